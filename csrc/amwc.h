@@ -1,0 +1,69 @@
+// Asymmetric multiway cut (AMWC) and multiway cut (MWC) solvers of detectron2-cops.
+//
+// Problem (Kroeger et al. 2014, "Asymmetric cuts: joint image labeling and partitioning"; COPS,
+// Abbas & Swoboda 2021, Sec. 3.1):
+//
+//   min_{x, y}  sum_i c_V(i, x(i)) + sum_{ij} c_E(ij) y(ij)
+//   s.t.        y(ij) = 1  if x(i) != x(j)
+//               y(ij) = 0  if x(i) == x(j) and x(i) is not partitionable
+//               y is a valid clustering (no cut edge inside a cluster)
+//
+// A positive edge cost favours joining the two nodes, a negative one favours cutting.
+// MWC is the special case where no class is partitionable.
+//
+// All algorithmic state lives in plain structs; nothing here depends on Python or PyTorch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cops {
+
+// A read-only view of one instance. Arrays are C-contiguous and owned by the caller.
+struct InstanceView {
+  int64_t num_nodes = 0;      // N
+  int64_t num_classes = 0;    // K
+  int64_t num_edges = 0;      // E (input edges, duplicates allowed)
+  const double* node_costs = nullptr;      // [N, K] row-major
+  const int64_t* edges = nullptr;          // [E, 2]
+  const double* edge_costs = nullptr;      // [E]
+  const uint8_t* partitionable = nullptr;  // [K], 1 = partitionable (thing) class
+};
+
+struct SolveOptions {
+  bool local_search = true;  // run the local-search pass after GAEC
+  int max_local_search_rounds = 50;  // alternations of node moves and cluster moves
+};
+
+struct Solution {
+  std::vector<int32_t> node_labels;   // [N] class per node
+  std::vector<int32_t> instance_ids;  // [N] contiguous cluster ids (connected segments)
+  std::vector<uint8_t> edge_labels;   // [E] per input edge, 1 = cut
+  double objective = 0.0;
+  double gaec_objective = 0.0;  // objective after GAEC (+ final merge), before local search
+  int64_t gaec_contractions = 0;
+  int64_t local_search_moves = 0;
+};
+
+// Thrown on invalid input; the bindings turn it into a Python ValueError.
+struct InvalidInput {
+  std::string message;
+};
+
+// Validates the instance (ranges, self-loops, finiteness). Throws InvalidInput.
+void validate_instance(const InstanceView& inst);
+
+// Solves one AMWC instance with GAEC (+ optional local search).
+Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts);
+
+// Solves a batch of instances on `num_threads` threads (<= 0: hardware concurrency).
+// Every instance is validated before any is solved.
+std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
+                                       int num_threads);
+
+// Objective of a labelling given per-node classes and cluster ids (edge cut iff cluster ids
+// differ). Used by tests and as the single source of truth for reported objectives.
+double labelling_objective(const InstanceView& inst, const int32_t* node_labels, const int32_t* cluster_ids);
+
+}  // namespace cops

@@ -1,0 +1,153 @@
+// pybind11 bindings of the AMWC/MWC solvers: `detectron2_cops._C`.
+//
+// The Python layer (detectron2_cops/solvers) converts inputs to C-contiguous float64 / int64 /
+// uint8 arrays and gives friendly errors; these bindings re-check every shape so that no input
+// can make the native code read out of bounds, and release the GIL while solving.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <string>
+
+#include "amwc.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using BArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+struct HeldInstance {
+  DArray node_costs;
+  IArray edges;
+  DArray edge_costs;
+  BArray partitionable;
+  cops::InstanceView view;
+};
+
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
+                  const std::string& where) {
+  HeldInstance h{DArray::ensure(node_costs), IArray::ensure(edges), DArray::ensure(edge_costs),
+                 BArray::ensure(partitionable), {}};
+  if (!h.node_costs || !h.edges || !h.edge_costs || !h.partitionable) {
+    PyErr_Clear();
+    fail(where + "inputs must be convertible to numeric arrays");
+  }
+  if (h.node_costs.ndim() != 2) fail(where + "node_costs must have shape [N, K]");
+  if (h.edges.ndim() != 2 || h.edges.shape(1) != 2) fail(where + "edges must have shape [E, 2]");
+  if (h.edge_costs.ndim() != 1 || h.edge_costs.shape(0) != h.edges.shape(0))
+    fail(where + "edge_costs must have shape [E] with E = len(edges)");
+  if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != h.node_costs.shape(1))
+    fail(where + "partitionable must have shape [K] with K = node_costs.shape[1]");
+  h.view.num_nodes = h.node_costs.shape(0);
+  h.view.num_classes = h.node_costs.shape(1);
+  h.view.num_edges = h.edges.shape(0);
+  h.view.node_costs = h.node_costs.data();
+  h.view.edges = h.edges.data();
+  h.view.edge_costs = h.edge_costs.data();
+  h.view.partitionable = h.partitionable.data();
+  return h;
+}
+
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(T));
+  return out;
+}
+
+py::tuple to_python(const cops::Solution& s) {
+  py::dict info;
+  info["gaec_objective"] = s.gaec_objective;
+  info["gaec_contractions"] = s.gaec_contractions;
+  info["local_search_moves"] = s.local_search_moves;
+  return py::make_tuple(to_array(s.node_labels), to_array(s.instance_ids), to_array(s.edge_labels), s.objective,
+                        info);
+}
+
+py::tuple solve_one(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
+                    bool local_search) {
+  HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
+  cops::SolveOptions opts;
+  opts.local_search = local_search;
+  try {
+    cops::validate_instance(h.view);
+  } catch (const cops::InvalidInput& err) {
+    fail(err.message);
+  }
+  cops::Solution sol;
+  {
+    py::gil_scoped_release release;
+    sol = cops::solve_amwc(h.view, opts);
+  }
+  return to_python(sol);
+}
+
+py::list solve_batch(py::sequence instances, bool local_search, int num_threads) {
+  std::vector<HeldInstance> held;
+  held.reserve(py::len(instances));
+  for (size_t b = 0; b < py::len(instances); ++b) {
+    py::sequence t = instances[b].cast<py::sequence>();
+    if (py::len(t) != 4) fail("each batch entry must be (node_costs, edges, edge_costs, partitionable)");
+    held.push_back(hold(t[0], t[1], t[2], t[3], "instance " + std::to_string(b) + ": "));
+  }
+  std::vector<cops::InstanceView> views;
+  views.reserve(held.size());
+  for (auto& h : held) views.push_back(h.view);
+  cops::SolveOptions opts;
+  opts.local_search = local_search;
+  std::vector<cops::Solution> sols;
+  {
+    py::gil_scoped_release release;
+    try {
+      sols = cops::solve_amwc_batch(views, opts, num_threads);
+    } catch (const cops::InvalidInput& err) {
+      fail(err.message);  // a C++ exception; translated to ValueError once the GIL is back
+    }
+  }
+  py::list out;
+  for (const auto& s : sols) out.append(to_python(s));
+  return out;
+}
+
+double objective(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
+                 py::handle node_labels, py::handle cluster_ids) {
+  HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
+  try {
+    cops::validate_instance(h.view);
+  } catch (const cops::InvalidInput& err) {
+    fail(err.message);
+  }
+  using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+  I32 labels = I32::ensure(node_labels), clusters = I32::ensure(cluster_ids);
+  if (!labels || !clusters) {
+    PyErr_Clear();
+    fail("node_labels and cluster_ids must be integer arrays");
+  }
+  if (labels.ndim() != 1 || labels.shape(0) != h.view.num_nodes || clusters.ndim() != 1 ||
+      clusters.shape(0) != h.view.num_nodes)
+    fail("node_labels and cluster_ids must have shape [N]");
+  for (py::ssize_t i = 0; i < labels.shape(0); ++i) {
+    if (labels.data()[i] < 0 || labels.data()[i] >= h.view.num_classes) fail("node_labels out of range [0, K)");
+  }
+  return cops::labelling_objective(h.view, labels.data(), clusters.data());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Native AMWC/MWC solvers of detectron2-cops (GAEC + local search).";
+  m.def("solve_amwc", &solve_one, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
+        py::arg("partitionable"), py::arg("local_search") = true,
+        "Solve one AMWC instance; returns (node_labels, instance_ids, edge_labels, objective, info).");
+  m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
+        py::arg("num_threads") = 0, "Solve a list of AMWC instances on a pool of threads (GIL released).");
+  m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
+        py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
+        "AMWC objective of a labelling (edge cut iff cluster ids differ).");
+}

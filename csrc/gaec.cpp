@@ -1,0 +1,362 @@
+// Greedy additive edge contraction (GAEC) for the asymmetric multiway cut.
+//
+// GAEC for multicut: Keuper et al. 2015, "Efficient decomposition of image and mesh graphs by
+// lifted multicuts". Its extension to AMWC as used by COPS (Abbas & Swoboda 2021, Sec. 3.2, and
+// the LPMP implementation the original code called): every node starts as its own cluster at its
+// cheapest class; the gain of contracting the clusters a and b joined by the (summed) edge cost W
+// is
+//
+//     gain(a, b) = min_k (C_a[k] + C_b[k]) - min_k C_a[k] - min_k C_b[k] - W      ("join - separate")
+//
+// where C_a is the summed class-cost vector of cluster a. The edge with the most negative gain is
+// contracted (the joined cluster takes the class minimising the summed costs), parallel edges are
+// summed, and contraction stops when no gain is negative. Finally adjacent clusters with the same
+// non-partitionable class are merged (feasibility of the AMWC).
+//
+// Data structures: an 8-ary heap of (gain, edge) entries with float keys; an entry is stale when
+// the edge died or its key is not the one stamped on the edge when it was last queued (the key
+// serves as the stale-entry stamp). When a cluster m is merged into s (m has the smaller
+// adjacency), only m's edges move and are re-evaluated. The gains of s's other edges are
+// re-evaluated lazily: a popped entry is recomputed in double precision with the current class
+// costs and re-queued if it got worse, so every contraction uses its exact current gain; an edge
+// whose gain got worse keeps its queued entry until then. When the class of s changes, all its
+// edges are re-evaluated.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "adjacency.h"
+#include "graph.h"
+
+namespace cops {
+namespace detail {
+
+namespace {
+
+// Order-preserving code of a float: a < b  <=>  code(a) < code(b) (for non-NaN values).
+inline uint32_t float_code(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// 8-ary min-heap of packed (code << 32 | edge) entries: the children of a node share a cache line.
+class EdgeHeap {
+ public:
+  static constexpr size_t kArity = 8;
+
+  bool empty() const { return v_.empty(); }
+  size_t size() const { return v_.size(); }
+  void reserve(size_t n) { v_.reserve(n); }
+  void clear() { v_.clear(); }
+  void push_unordered(uint64_t x) { v_.push_back(x); }
+  void build() {
+    if (v_.size() < 2) return;
+    for (size_t i = (v_.size() - 2) / kArity + 1; i-- > 0;) sift_down(i);
+  }
+  void push(uint64_t x) {
+    v_.push_back(x);
+    size_t i = v_.size() - 1;
+    while (i > 0) {
+      const size_t parent = (i - 1) / kArity;
+      if (v_[parent] <= x) break;
+      v_[i] = v_[parent];
+      i = parent;
+    }
+    v_[i] = x;
+  }
+  uint64_t pop() {
+    const uint64_t top = v_.front();
+    v_.front() = v_.back();
+    v_.pop_back();
+    if (!v_.empty()) sift_down(0);
+    return top;
+  }
+  // Removes the entries for which `stale(entry)` holds and restores the heap order: O(size).
+  template <class Pred>
+  void compact(Pred&& stale) {
+    size_t out = 0;
+    for (size_t i = 0; i < v_.size(); ++i)
+      if (!stale(v_[i])) v_[out++] = v_[i];
+    v_.resize(out);
+    build();
+  }
+
+ private:
+  void sift_down(size_t i) {
+    const size_t n = v_.size();
+    const uint64_t x = v_[i];
+    for (;;) {
+      const size_t first = i * kArity + 1;
+      if (first >= n) break;
+      const size_t last = std::min(first + kArity, n);
+      size_t best = first;
+      uint64_t best_v = v_[first];
+      for (size_t c = first + 1; c < last; ++c) {
+        const uint64_t cv = v_[c];
+        const bool smaller = cv < best_v;
+        best = smaller ? c : best;
+        best_v = smaller ? cv : best_v;
+      }
+      if (best_v >= x) break;
+      v_[i] = best_v;
+      i = best;
+    }
+    v_[i] = x;
+  }
+  std::vector<uint64_t> v_;
+};
+
+struct EdgeRec {
+  double w;        // summed edge cost
+  int32_t a, b;    // current endpoints (cluster roots)
+  uint32_t queued; // float_code of the key of the edge's current heap entry, 0 if none
+  uint32_t alive;
+};
+
+class Gaec {
+ public:
+  Gaec(const InstanceView& inst, const SimpleGraph& g)
+      : inst_(inst), g_(g), n_(g.num_nodes), K_(static_cast<int32_t>(inst.num_classes)), uf_(g.num_nodes) {}
+
+  Labelling run(int64_t* num_contractions) {
+    init();
+    int64_t contractions = 0;
+    while (!heap_.empty()) {
+      const uint64_t top = heap_.pop();
+      const int32_t e = static_cast<int32_t>(top & 0xffffffffu);
+      const uint32_t code = static_cast<uint32_t>(top >> 32);
+      EdgeRec& r = E_[e];
+      if (!r.alive || r.queued != code) continue;  // stale entry
+      r.queued = 0;
+      --live_;
+      const double gain = compute_gain(r.a, r.b, r.w);
+      if (!(gain < 0.0)) continue;  // no longer improving; queued again if its cost improves
+      if (float_code(static_cast<float>(gain)) > code) {
+        queue(e, gain);  // worse than when it was queued: re-queue with the exact gain
+        continue;
+      }
+      contract(e, joint_label(r.a, r.b));
+      ++contractions;
+    }
+    if (num_contractions) *num_contractions = contractions;
+    return finish();
+  }
+
+ private:
+  double* costs(int32_t c) { return &C_[static_cast<size_t>(c) * K_]; }
+  const double* costs(int32_t c) const { return &C_[static_cast<size_t>(c) * K_]; }
+
+  // Gain ("join - separate") of contracting clusters a and b joined by summed edge cost W.
+  double compute_gain(int32_t a, int32_t b, double W) const {
+    if (label_[a] == label_[b]) return -W;
+    return (min_sum(costs(a), costs(b)) - minc_[a] - minc_[b]) - W;
+  }
+
+  // min_k (x[k] + y[k]); exact (min does not depend on the evaluation order).
+  double min_sum(const double* x, const double* y) const {
+    constexpr double inf = std::numeric_limits<double>::infinity();
+    int32_t k = 0;
+#if defined(__SSE2__)
+    __m128d m0 = _mm_set1_pd(inf), m1 = _mm_set1_pd(inf);
+    for (; k + 4 <= K_; k += 4) {
+      m0 = _mm_min_pd(m0, _mm_add_pd(_mm_loadu_pd(x + k), _mm_loadu_pd(y + k)));
+      m1 = _mm_min_pd(m1, _mm_add_pd(_mm_loadu_pd(x + k + 2), _mm_loadu_pd(y + k + 2)));
+    }
+    m0 = _mm_min_pd(m0, m1);
+    double buf[2];
+    _mm_storeu_pd(buf, m0);
+    double m = buf[0] < buf[1] ? buf[0] : buf[1];
+#else
+    double m = inf;
+#endif
+    for (; k < K_; ++k) {
+      const double v = x[k] + y[k];
+      m = v < m ? v : m;
+    }
+    return m;
+  }
+
+  // Class of the cluster joining a and b: argmin_k (C_a[k] + C_b[k]), lowest k on ties.
+  int32_t joint_label(int32_t a, int32_t b) const {
+    if (label_[a] == label_[b]) return label_[a];
+    const double* ca = costs(a);
+    const double* cb = costs(b);
+    double best = std::numeric_limits<double>::infinity();
+    int32_t best_k = 0;
+    for (int32_t k = 0; k < K_; ++k) {
+      const double v = ca[k] + cb[k];
+      if (v < best) {
+        best = v;
+        best_k = k;
+      }
+    }
+    return best_k;
+  }
+
+  void queue(int32_t e, double gain) {
+    const uint32_t code = float_code(static_cast<float>(gain));
+    EdgeRec& r = E_[e];
+    if (r.queued == 0) ++live_;
+    r.queued = code;
+    heap_.push((static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(e));
+    if (heap_.size() > 2 * live_ + 4096) {
+      heap_.compact([&](uint64_t x) {
+        const EdgeRec& q = E_[static_cast<int32_t>(x & 0xffffffffu)];
+        return !q.alive || q.queued != static_cast<uint32_t>(x >> 32);
+      });
+    }
+  }
+
+  void kill(int32_t e) {
+    EdgeRec& r = E_[e];
+    r.alive = 0;
+    if (r.queued) {
+      r.queued = 0;
+      --live_;
+    }
+  }
+
+  // Re-evaluates edge e after its cost or an endpoint changed. A queued entry with a better key
+  // than the new gain stays in place and is refreshed when popped.
+  void reevaluate(int32_t e) {
+    const EdgeRec& r = E_[e];
+    const double gain = compute_gain(r.a, r.b, r.w);
+    if (!(gain < 0.0)) return;  // a queued entry (if any) is dropped when popped
+    if (r.queued && r.queued <= float_code(static_cast<float>(gain))) return;
+    queue(e, gain);
+  }
+
+  void init() {
+    C_.assign(inst_.node_costs, inst_.node_costs + static_cast<size_t>(n_) * K_);
+    label_.resize(n_);
+    minc_.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) {
+      const double* c = costs(i);
+      int32_t best_k = 0;
+      for (int32_t k = 1; k < K_; ++k)
+        if (c[k] < c[best_k]) best_k = k;
+      label_[i] = best_k;
+      minc_[i] = c[best_k];
+    }
+    const int32_t E = g_.num_edges();
+    E_.clear();
+    E_.reserve(E);
+    for (int32_t e = 0; e < E; ++e) E_.push_back(EdgeRec{g_.w[e], g_.u[e], g_.v[e], 0u, 1u});
+    adj_.init(n_, g_.offsets.data(), g_.nbr.data(), g_.eid.data());
+    heap_.reserve(E + E / 2 + 4096);
+    for (int32_t e = 0; e < E; ++e) {
+      const double gain = compute_gain(E_[e].a, E_[e].b, E_[e].w);
+      if (gain < 0.0) {
+        const uint32_t code = float_code(static_cast<float>(gain));
+        E_[e].queued = code;
+        heap_.push_unordered((static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(e));
+        ++live_;
+      }
+    }
+    heap_.build();
+  }
+
+  void contract(int32_t e, int32_t joint) {
+    int32_t s = E_[e].a, m = E_[e].b;
+    if (adj_.size(s) < adj_.size(m)) std::swap(s, m);
+    kill(e);
+    adj_.erase(s, m);
+    uf_.merge_into(m, s);
+
+    const int32_t old_label_s = label_[s];
+    const int32_t old_label_m = label_[m];
+    double* cs = costs(s);
+    const double* cm = costs(m);
+    for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+    label_[s] = joint;
+    minc_[s] = cs[joint];
+    const bool label_changed = joint != old_label_s;
+
+    // The moves touch scattered memory (s's table, the neighbours' tables, edge records); they
+    // are done in three passes so that each pass prefetches what the next one reads.
+    moves_.clear();
+    adj_.for_each(m, [&](int32_t x, int32_t em) {
+      if (x == s) return;
+      moves_.push_back({x, em, -1});
+      adj_.prefetch(s, x);
+      adj_.prefetch_head(x);
+      COPS_PREFETCH(&E_[em]);
+      COPS_PREFETCH(&label_[x]);
+    });
+    for (Move& mv : moves_) {
+      mv.es = adj_.find(s, mv.x);
+      if (mv.es >= 0) COPS_PREFETCH(&E_[mv.es]);
+      adj_.prefetch_data(mv.x);
+    }
+    for (const Move& mv : moves_) {
+      const int32_t x = mv.x, em = mv.em, es = mv.es;
+      if (es >= 0) {
+        // Parallel edge: sum into s's edge, drop m's.
+        E_[es].w += E_[em].w;
+        kill(em);
+        adj_.erase(x, m);
+        if (!label_changed) reevaluate(es);
+      } else {
+        adj_.insert(s, x, em);
+        adj_.rekey(x, m, s);
+        EdgeRec& r = E_[em];
+        if (r.a == m) r.a = s;
+        else r.b = s;
+        const bool unchanged = label_[x] == joint && label_[x] == old_label_m;
+        if (!label_changed && !unchanged) reevaluate(em);
+      }
+    }
+    adj_.release(m);
+    if (label_changed) {
+      adj_.for_each(s, [&](int32_t, int32_t es) { reevaluate(es); });
+    }
+  }
+
+  Labelling finish() {
+    // Final merge: adjacent clusters with the same non-partitionable class form one segment.
+    for (int32_t e = 0; e < g_.num_edges(); ++e) {
+      const int32_t a = uf_.find(g_.u[e]), b = uf_.find(g_.v[e]);
+      if (a != b && label_[a] == label_[b] && !inst_.partitionable[label_[a]]) uf_.merge_into(b, a);
+    }
+    Labelling lab;
+    lab.label.resize(n_);
+    lab.cluster.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) {
+      const int32_t r = uf_.find(i);
+      lab.cluster[i] = r;
+      lab.label[i] = label_[r];
+    }
+    return lab;
+  }
+
+  const InstanceView& inst_;
+  const SimpleGraph& g_;
+  const int32_t n_;
+  const int32_t K_;
+  UnionFind uf_;
+  std::vector<double> C_;       // [N, K] summed class costs per cluster root
+  std::vector<int32_t> label_;  // class per cluster root
+  std::vector<double> minc_;    // C_[root][label_[root]]
+  std::vector<EdgeRec> E_;
+  AdjacencyTables adj_;
+  EdgeHeap heap_;
+  size_t live_ = 0;  // edges with a current heap entry
+  struct Move {
+    int32_t x, em, es;  // neighbour of m, edge (m, x), edge (s, x) or -1
+  };
+  std::vector<Move> moves_;
+};
+
+}  // namespace
+
+Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions) {
+  Gaec solver(inst, g);
+  return solver.run(num_contractions);
+}
+
+}  // namespace detail
+}  // namespace cops

@@ -1,0 +1,238 @@
+// Instance validation, simple-graph construction, objective, and the solve entry points.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "graph.h"
+
+namespace cops {
+
+void validate_instance(const InstanceView& inst) {
+  std::ostringstream msg;
+  if (inst.num_nodes < 0 || inst.num_classes < 0 || inst.num_edges < 0) {
+    throw InvalidInput{"sizes must be non-negative"};
+  }
+  if (inst.num_nodes > INT32_MAX - 1 || inst.num_edges > INT32_MAX - 1) {
+    throw InvalidInput{"instances with more than 2^31 - 2 nodes or edges are not supported"};
+  }
+  if (inst.num_nodes > 0 && inst.num_classes == 0) {
+    throw InvalidInput{"node_costs must have at least one class (K >= 1) when there are nodes"};
+  }
+  const int64_t nk = inst.num_nodes * inst.num_classes;
+  for (int64_t i = 0; i < nk; ++i) {
+    if (!std::isfinite(inst.node_costs[i])) {
+      msg << "node_costs must be finite; found " << inst.node_costs[i] << " at node "
+          << i / inst.num_classes << ", class " << i % inst.num_classes;
+      throw InvalidInput{msg.str()};
+    }
+  }
+  for (int64_t e = 0; e < inst.num_edges; ++e) {
+    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    if (a < 0 || b < 0 || a >= inst.num_nodes || b >= inst.num_nodes) {
+      msg << "edges must hold node ids in [0, " << inst.num_nodes << "); edge " << e << " is (" << a
+          << ", " << b << ")";
+      throw InvalidInput{msg.str()};
+    }
+    if (a == b) {
+      msg << "edges must not contain self-loops; edge " << e << " is (" << a << ", " << b << ")";
+      throw InvalidInput{msg.str()};
+    }
+    if (!std::isfinite(inst.edge_costs[e])) {
+      msg << "edge_costs must be finite; found " << inst.edge_costs[e] << " at edge " << e;
+      throw InvalidInput{msg.str()};
+    }
+  }
+}
+
+namespace detail {
+
+SimpleGraph build_simple_graph(const InstanceView& inst) {
+  SimpleGraph g;
+  const int32_t n = static_cast<int32_t>(inst.num_nodes);
+  const int64_t E = inst.num_edges;
+  g.num_nodes = n;
+  g.input_to_unique.assign(E, -1);
+
+  // Bucket input edges by their smaller endpoint (counting sort), then merge duplicates per
+  // bucket with a marker array: O(N + E), deterministic order.
+  std::vector<int64_t> start(static_cast<size_t>(n) + 1, 0);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    start[std::min(a, b) + 1]++;
+  }
+  for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
+  std::vector<int32_t> bucket(E);
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      bucket[fill[std::min(a, b)]++] = static_cast<int32_t>(e);
+    }
+  }
+  std::vector<int32_t> seen_row(n, -1), uid_of(n, -1);
+  g.u.reserve(E);
+  g.v.reserve(E);
+  g.w.reserve(E);
+  for (int32_t r = 0; r < n; ++r) {
+    for (int64_t p = start[r]; p < start[r + 1]; ++p) {
+      const int32_t e = bucket[p];
+      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      const int32_t other = static_cast<int32_t>(std::max(a, b));
+      if (seen_row[other] == r) {
+        const int32_t id = uid_of[other];
+        g.w[id] += inst.edge_costs[e];
+        g.input_to_unique[e] = id;
+      } else {
+        const int32_t id = static_cast<int32_t>(g.u.size());
+        seen_row[other] = r;
+        uid_of[other] = id;
+        g.u.push_back(r);
+        g.v.push_back(other);
+        g.w.push_back(inst.edge_costs[e]);
+        g.input_to_unique[e] = id;
+      }
+    }
+  }
+
+  const int32_t Eu = g.num_edges();
+  g.offsets.assign(static_cast<size_t>(n) + 1, 0);
+  for (int32_t e = 0; e < Eu; ++e) {
+    g.offsets[g.u[e] + 1]++;
+    g.offsets[g.v[e] + 1]++;
+  }
+  for (int32_t i = 0; i < n; ++i) g.offsets[i + 1] += g.offsets[i];
+  g.nbr.resize(2 * static_cast<size_t>(Eu));
+  g.eid.resize(2 * static_cast<size_t>(Eu));
+  std::vector<int64_t> fill(g.offsets.begin(), g.offsets.end() - 1);
+  for (int32_t e = 0; e < Eu; ++e) {
+    int64_t p = fill[g.u[e]]++;
+    g.nbr[p] = g.v[e];
+    g.eid[p] = e;
+    p = fill[g.v[e]]++;
+    g.nbr[p] = g.u[e];
+    g.eid[p] = e;
+  }
+  return g;
+}
+
+double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
+  const int64_t K = inst.num_classes;
+  double obj = 0.0;
+  for (int32_t i = 0; i < g.num_nodes; ++i) obj += inst.node_costs[i * K + lab.label[i]];
+  for (int32_t e = 0; e < g.num_edges(); ++e) {
+    if (lab.cluster[g.u[e]] != lab.cluster[g.v[e]]) obj += g.w[e];
+  }
+  return obj;
+}
+
+namespace {
+
+// Relabels clusters as connected components of the joined (uncut) edges, numbered 0.. in order
+// of their first node. Nodes with equal cluster ids that are not connected become separate
+// segments; the objective does not change because no edge joins them.
+std::vector<int32_t> connected_segments(const SimpleGraph& g, const Labelling& lab) {
+  const int32_t n = g.num_nodes;
+  std::vector<int32_t> seg(n, -1);
+  std::vector<int32_t> stack;
+  int32_t next = 0;
+  for (int32_t s = 0; s < n; ++s) {
+    if (seg[s] >= 0) continue;
+    seg[s] = next;
+    stack.push_back(s);
+    while (!stack.empty()) {
+      const int32_t i = stack.back();
+      stack.pop_back();
+      for (int64_t p = g.offsets[i]; p < g.offsets[i + 1]; ++p) {
+        const int32_t j = g.nbr[p];
+        if (seg[j] < 0 && lab.cluster[j] == lab.cluster[i]) {
+          seg[j] = next;
+          stack.push_back(j);
+        }
+      }
+    }
+    ++next;
+  }
+  return seg;
+}
+
+}  // namespace
+}  // namespace detail
+
+double labelling_objective(const InstanceView& inst, const int32_t* node_labels, const int32_t* cluster_ids) {
+  const int64_t K = inst.num_classes;
+  double obj = 0.0;
+  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + node_labels[i]];
+  for (int64_t e = 0; e < inst.num_edges; ++e) {
+    if (cluster_ids[inst.edges[2 * e]] != cluster_ids[inst.edges[2 * e + 1]]) obj += inst.edge_costs[e];
+  }
+  return obj;
+}
+
+Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts) {
+  using namespace detail;
+  Solution sol;
+  const SimpleGraph g = build_simple_graph(inst);
+  Labelling lab = gaec(inst, g, &sol.gaec_contractions);
+  sol.gaec_objective = objective(inst, g, lab);
+  if (opts.local_search && g.num_nodes > 0) {
+    Labelling improved = lab;
+    sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
+    // Keep the local-search result only if it is not worse (guards against rounding).
+    if (objective(inst, g, improved) <= sol.gaec_objective) lab = std::move(improved);
+  }
+  sol.instance_ids = connected_segments(g, lab);
+  sol.node_labels = std::move(lab.label);
+  sol.edge_labels.resize(inst.num_edges);
+  for (int64_t e = 0; e < inst.num_edges; ++e) {
+    sol.edge_labels[e] =
+        sol.instance_ids[inst.edges[2 * e]] != sol.instance_ids[inst.edges[2 * e + 1]] ? 1 : 0;
+  }
+  sol.objective = labelling_objective(inst, sol.node_labels.data(), sol.instance_ids.data());
+  return sol;
+}
+
+std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
+                                       int num_threads) {
+  for (size_t b = 0; b < insts.size(); ++b) {
+    try {
+      validate_instance(insts[b]);
+    } catch (InvalidInput& err) {
+      err.message = "instance " + std::to_string(b) + ": " + err.message;
+      throw;
+    }
+  }
+  std::vector<Solution> out(insts.size());
+  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  num_threads = std::min<int>(num_threads, static_cast<int>(std::max<size_t>(1, insts.size())));
+  if (num_threads <= 1) {
+    for (size_t b = 0; b < insts.size(); ++b) out[b] = solve_amwc(insts[b], opts);
+    return out;
+  }
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&]() {
+    for (;;) {
+      const size_t b = next.fetch_add(1);
+      if (b >= insts.size()) return;
+      try {
+        out[b] = solve_amwc(insts[b], opts);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(num_threads);
+  for (int t = 0; t < num_threads; ++t) threads.emplace_back(worker);
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+  return out;
+}
+
+}  // namespace cops

@@ -1,0 +1,62 @@
+// Internal graph structures shared by GAEC and the local search.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "amwc.h"
+
+namespace cops {
+namespace detail {
+
+// Simple undirected graph: duplicate input edges are merged (costs summed), (i, j) and (j, i)
+// are the same edge. `input_to_unique[e]` maps every input edge to its unique edge.
+struct SimpleGraph {
+  int32_t num_nodes = 0;
+  std::vector<int32_t> u, v;          // [Eu] endpoints, u < v
+  std::vector<double> w;              // [Eu] summed costs
+  std::vector<int32_t> input_to_unique;  // [E]
+  // CSR adjacency over unique edges, both directions.
+  std::vector<int64_t> offsets;       // [N + 1]
+  std::vector<int32_t> nbr;           // [2 Eu] neighbour node
+  std::vector<int32_t> eid;           // [2 Eu] unique edge id
+
+  int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
+};
+
+SimpleGraph build_simple_graph(const InstanceView& inst);
+
+// Union-find with path halving; `merge_into(child, root)` makes `root` the representative.
+struct UnionFind {
+  std::vector<int32_t> parent;
+  explicit UnionFind(int32_t n) : parent(n) {
+    for (int32_t i = 0; i < n; ++i) parent[i] = i;
+  }
+  int32_t find(int32_t x) {
+    while (parent[x] != x) {
+      parent[x] = parent[parent[x]];
+      x = parent[x];
+    }
+    return x;
+  }
+  void merge_into(int32_t child_root, int32_t root) { parent[child_root] = root; }
+};
+
+// Per-node state handed from GAEC to the local search: a class per node and a cluster id per
+// node (two nodes are joined iff their cluster ids are equal).
+struct Labelling {
+  std::vector<int32_t> label;    // [N]
+  std::vector<int32_t> cluster;  // [N]
+};
+
+// GAEC for AMWC followed by the final merge of adjacent same-class non-partitionable clusters.
+Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions);
+
+// Improves `lab` in place by node and cluster moves; returns the number of moves applied.
+int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds);
+
+// Objective on the simple graph (same value as on the input edges).
+double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab);
+
+}  // namespace detail
+}  // namespace cops

@@ -1,0 +1,233 @@
+"""Python API of the native AMWC / MWC solvers (``detectron2_cops._C``).
+
+The asymmetric multiway cut (AMWC; Kroeger et al. 2014, COPS Sec. 3.1, ``DESIGN.md`` section 1)
+
+    min_{x, y}  sum_i c_V(i, x(i)) + sum_{ij} c_E(ij) y(ij)
+    s.t.        y(ij) = 1  if x(i) != x(j)
+                y(ij) = 0  if x(i) == x(j) and x(i) is not partitionable
+                y is a valid clustering
+
+is solved by greedy additive edge contraction (GAEC) extended to AMWC, followed by an optional
+local search (node and cluster moves) that never makes the objective worse. A positive edge cost
+favours joining its two nodes, a negative one favours cutting. Multiway cut (MWC) is the special
+case without partitionable classes.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .. import _C
+
+__all__ = [
+    "AMWCResult",
+    "solve_amwc",
+    "solve_mwc",
+    "solve_amwc_batch",
+    "solve_mwc_batch",
+    "amwc_objective",
+]
+
+
+class AMWCResult(NamedTuple):
+    """Solution of one AMWC / MWC instance.
+
+    Attributes:
+        node_labels: ``[N] int32`` class of every node.
+        instance_ids: ``[N] int32`` contiguous segment ids ``0..S-1`` (connected components of
+            joined edges, numbered in order of their first node).
+        edge_labels: ``[E] uint8`` one per input edge, 1 = cut (``instance_ids`` differ).
+        objective: the AMWC objective of this labelling (float).
+        info: solver statistics: ``gaec_objective`` (objective after GAEC and the final merge,
+            before local search), ``gaec_contractions``, ``local_search_moves``.
+    """
+
+    node_labels: np.ndarray
+    instance_ids: np.ndarray
+    edge_labels: np.ndarray
+    objective: float
+    info: dict
+
+
+_FLOATS = (np.float32, np.float64)
+
+
+def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.dtype.type not in _FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape_desc}, got {list(a.shape)}")
+    if a.size and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0].tolist()
+        raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at index {bad}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _prepare(node_costs, edges, edge_costs, partitionable, where: str = ""):
+    """Validate and convert one instance; returns C-contiguous float64/int64/uint8 arrays."""
+    try:
+        nc = _check_costs(node_costs, "node_costs", 2, "[N, K]")
+        N, K = nc.shape
+        e = np.asarray(edges)
+        if e.size == 0 and e.ndim in (1, 2):
+            e = e.reshape(0, 2)
+        if e.ndim != 2 or e.shape[1] != 2:
+            raise ValueError(f"edges must have shape [E, 2], got {list(e.shape)}")
+        if e.dtype.kind not in "iu":
+            raise ValueError(f"edges must be an integer array, got dtype {e.dtype}")
+        E = e.shape[0]
+        ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {E}")
+        if ec.shape[0] != E:
+            raise ValueError(f"edge_costs must have shape [{E}] (one cost per edge), got {list(ec.shape)}")
+        if E:
+            if e.min() < 0 or e.max() >= N:
+                bad = int(np.argmax((e < 0).any(1) | (e >= N).any(1)))
+                raise ValueError(
+                    f"edges must hold node ids in [0, {N}); edge {bad} is {e[bad].tolist()}"
+                )
+            loops = e[:, 0] == e[:, 1]
+            if loops.any():
+                bad = int(np.argmax(loops))
+                raise ValueError(f"edges must not contain self-loops; edge {bad} is {e[bad].tolist()}")
+        e = np.ascontiguousarray(e, dtype=np.int64)
+        if partitionable is None:
+            p = np.zeros(K, dtype=np.uint8)
+        else:
+            p = np.asarray(partitionable)
+            if p.ndim != 1 or p.shape[0] != K:
+                raise ValueError(
+                    f"partitionable must have shape [K] with K = {K} (node_costs.shape[1]), "
+                    f"got {list(p.shape)}"
+                )
+            if p.dtype != np.bool_ and not (p.dtype.kind in "iu" and np.isin(p, (0, 1)).all()):
+                raise ValueError(f"partitionable must be a bool array, got dtype {p.dtype}")
+            p = np.ascontiguousarray(p, dtype=np.uint8)
+        if N > 0 and K == 0:
+            raise ValueError("node_costs must have at least one class (K >= 1)")
+    except ValueError as err:
+        raise ValueError(where + str(err)) from None
+    return nc, e, ec, p
+
+
+def _wrap(raw) -> AMWCResult:
+    node_labels, instance_ids, edge_labels, objective, info = raw
+    return AMWCResult(node_labels, instance_ids, edge_labels, float(objective), dict(info))
+
+
+def solve_amwc(
+    node_costs: np.ndarray,
+    edges: np.ndarray,
+    edge_costs: np.ndarray,
+    partitionable: np.ndarray,
+    *,
+    local_search: bool = True,
+) -> AMWCResult:
+    """Solve an asymmetric multiway cut with GAEC (+ local search).
+
+    Args:
+        node_costs: ``[N, K]`` float32/float64, cost ``c_V(i, k)`` of giving node ``i`` class ``k``.
+        edges: ``[E, 2]`` integer node ids; duplicates are summed, ``(i, j)`` equals ``(j, i)``.
+        edge_costs: ``[E]`` float32/float64, ``c_E``: paid when the edge is cut (positive favours
+            joining, negative favours cutting).
+        partitionable: ``[K]`` bool, True for classes whose clusters may be split into several
+            instances (thing classes).
+        local_search: run the local-search pass after GAEC (default True); its result is never
+            worse than plain GAEC's.
+
+    Returns:
+        :class:`AMWCResult`. ``N = 0`` and ``E = 0`` are valid.
+
+    Raises:
+        ValueError: wrong ranks or lengths, non-float costs, non-finite costs, non-integer edges,
+            edge ids out of range or negative, self-loops.
+    """
+    nc, e, ec, p = _prepare(node_costs, edges, edge_costs, partitionable)
+    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search)))
+
+
+def solve_mwc(
+    node_costs: np.ndarray,
+    edges: np.ndarray,
+    edge_costs: np.ndarray,
+    *,
+    local_search: bool = True,
+) -> AMWCResult:
+    """Solve a multiway cut: :func:`solve_amwc` with no partitionable class.
+
+    Every label forms one cluster: an edge is cut iff its endpoints have different labels.
+    Used by the backward pass of the AMWC layer (COPS Sec. 3.5). Arguments, result and errors as
+    in :func:`solve_amwc`.
+    """
+    nc, e, ec, p = _prepare(node_costs, edges, edge_costs, None)
+    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search)))
+
+
+Instance = Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]
+
+
+def solve_amwc_batch(
+    instances: Sequence[Instance],
+    *,
+    local_search: bool = True,
+    num_threads: int = 0,
+) -> List[AMWCResult]:
+    """Solve a list of AMWC instances on a pool of native threads (the GIL is released).
+
+    Args:
+        instances: sequence of ``(node_costs, edges, edge_costs, partitionable)`` tuples, each as
+            in :func:`solve_amwc` (``partitionable=None`` means MWC).
+        local_search: as in :func:`solve_amwc`.
+        num_threads: worker threads; ``0`` = one per instance, at most the number of CPU cores.
+
+    Returns:
+        list of :class:`AMWCResult`, in input order; identical to solving one by one.
+
+    Raises:
+        ValueError: as :func:`solve_amwc`, with the message prefixed by ``instance <b>: ``;
+            ``num_threads < 0``.
+    """
+    if int(num_threads) != num_threads or num_threads < 0:
+        raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+    prepared = []
+    for b, inst in enumerate(instances):
+        if len(inst) != 4:
+            raise ValueError(
+                f"instance {b}: expected (node_costs, edges, edge_costs, partitionable), "
+                f"got a sequence of length {len(inst)}"
+            )
+        prepared.append(_prepare(*inst, where=f"instance {b}: "))
+    return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
+
+
+def solve_mwc_batch(
+    instances: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    local_search: bool = True,
+    num_threads: int = 0,
+) -> List[AMWCResult]:
+    """Batch version of :func:`solve_mwc`: ``instances`` holds ``(node_costs, edges, edge_costs)``."""
+    for b, inst in enumerate(instances):
+        if len(inst) != 3:
+            raise ValueError(
+                f"instance {b}: expected (node_costs, edges, edge_costs), got a sequence of length {len(inst)}"
+            )
+    return solve_amwc_batch(
+        [(nc, e, ec, None) for nc, e, ec in instances], local_search=local_search, num_threads=num_threads
+    )
+
+
+def amwc_objective(
+    node_costs: np.ndarray,
+    edges: np.ndarray,
+    edge_costs: np.ndarray,
+    node_labels: np.ndarray,
+    instance_ids: np.ndarray,
+) -> float:
+    """AMWC objective ``sum_i c_V(i, x(i)) + sum_ij c_E(ij) [instance_ids differ]`` (native, float64).
+
+    Does not check feasibility. Raises ValueError on malformed inputs or labels out of ``[0, K)``.
+    """
+    nc, e, ec, p = _prepare(node_costs, edges, edge_costs, None)
+    return float(_C.labelling_objective(nc, e, ec, p, node_labels, instance_ids))

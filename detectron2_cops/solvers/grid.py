@@ -1,0 +1,221 @@
+"""The pixel grid graph of COPS: edge distances <-> edge lists.
+
+COPS (Abbas & Swoboda 2021, Sec. 3.1) solves the asymmetric multiway cut on the pixels of the
+output-stride-4 grid. Every pixel is joined to its ``+``-shaped neighbours at each distance ``d``
+in ``edge_distances``. The affinity head predicts one edge-cost map per distance, of shape
+``[2, H_d, W_d]``; this module fixes how a map position corresponds to an edge and converts
+between the maps and the flat edge lists the solvers take.
+
+Convention (the same as the original COPS code for ``d = 1`` and even ``d``):
+
+* sampling interval ``s`` (``edge_sampling_intervals``, default 1): the map of distance ``d`` has
+  shape ``(H_d, W_d) = (ceil(H / s), ceil(W / s))``; map position ``(a, b)`` is anchored at grid
+  pixel ``(y, x) = (a * s, b * s)``;
+* ``lo = d // 2`` for ``d > 1`` and ``lo = 0`` for ``d = 1``; ``hi = d - lo``;
+* channel 0 (edges along rows / the y axis) joins ``(y - lo, x)`` and ``(y + hi, x)``;
+* channel 1 (edges along columns / the x axis) joins ``(y, x - lo)`` and ``(y, x + hi)``;
+* a map position whose edge leaves the grid is *invalid*: it is not an edge of the graph, its
+  cost is ignored and its label is 0.
+
+Pixel ``(y, x)`` is node ``y * W + x`` (row-major). Edges are enumerated distance by distance,
+channel 0 before channel 1, valid map positions in row-major order.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["GridGraph", "edge_offsets"]
+
+
+def edge_offsets(distance: int) -> Tuple[int, int]:
+    """Return ``(lo, hi)`` with ``lo + hi == distance``: how far the two endpoints of an edge of
+    this distance lie before and after its anchor pixel (see the module docstring)."""
+    d = int(distance)
+    lo = 0 if d == 1 else d // 2
+    return lo, d - lo
+
+
+def _as_positive_int_list(values, name: str) -> List[int]:
+    try:
+        out = [int(v) for v in values]
+    except TypeError as e:
+        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from e
+    for v, orig in zip(out, values):
+        if v <= 0 or float(orig) != v:
+            raise ValueError(f"{name} must contain positive integers, got {list(values)!r}")
+    return out
+
+
+class GridGraph:
+    """Edges of the COPS grid graph and conversions between edge-cost maps and edge lists.
+
+    Args:
+        height, width: grid size in nodes (pixels of the stride-4 grid), ``>= 0``.
+        edge_distances: distances ``d`` in grid pixels, e.g. ``[1, 4, 16, 32, 64]``.
+        edge_sampling_intervals: one sampling interval ``s`` per distance (default all 1).
+
+    Attributes:
+        edges: ``[E, 2] int64`` node ids ``(y * width + x)`` of each edge's two endpoints.
+        map_shapes: ``[(2, H_d, W_d), ...]`` one per distance.
+        num_nodes, num_edges: ``height * width`` and ``E``.
+        map_index: ``[E] int64``; edge ``e`` reads position ``map_index[e]`` of the concatenation
+            of all flattened maps (``np.concatenate([m.ravel() for m in maps])``).
+
+    Raises:
+        ValueError: negative sizes, non-positive distances or intervals, or a number of intervals
+            that differs from the number of distances.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        edge_distances: Sequence[int],
+        edge_sampling_intervals: Optional[Sequence[int]] = None,
+    ):
+        if int(height) != height or int(width) != width or height < 0 or width < 0:
+            raise ValueError(f"height and width must be non-negative integers, got {height}x{width}")
+        self.height = int(height)
+        self.width = int(width)
+        self.edge_distances = _as_positive_int_list(edge_distances, "edge_distances")
+        if edge_sampling_intervals is None:
+            edge_sampling_intervals = [1] * len(self.edge_distances)
+        self.edge_sampling_intervals = _as_positive_int_list(
+            edge_sampling_intervals, "edge_sampling_intervals"
+        )
+        if len(self.edge_sampling_intervals) != len(self.edge_distances):
+            raise ValueError(
+                "edge_sampling_intervals must have one entry per edge distance: "
+                f"got {len(self.edge_sampling_intervals)} intervals for "
+                f"{len(self.edge_distances)} distances"
+            )
+
+        H, W = self.height, self.width
+        self.map_shapes: List[Tuple[int, int, int]] = []
+        edges, index, valid_masks = [], [], []
+        offset = 0
+        for d, s in zip(self.edge_distances, self.edge_sampling_intervals):
+            lo, hi = edge_offsets(d)
+            Hd, Wd = -(-H // s), -(-W // s)
+            self.map_shapes.append((2, Hd, Wd))
+            ys = np.arange(Hd, dtype=np.int64) * s
+            xs = np.arange(Wd, dtype=np.int64) * s
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            pos = np.arange(2 * Hd * Wd, dtype=np.int64).reshape(2, Hd, Wd) + offset
+            valid = np.zeros((2, Hd, Wd), dtype=bool)
+            # channel 0: along rows (y)
+            v0 = (yy - lo >= 0) & (yy + hi <= H - 1)
+            valid[0] = v0
+            e0 = np.stack([(yy - lo) * W + xx, (yy + hi) * W + xx], -1)[v0]
+            # channel 1: along columns (x)
+            v1 = (xx - lo >= 0) & (xx + hi <= W - 1)
+            valid[1] = v1
+            e1 = np.stack([yy * W + xx - lo, yy * W + xx + hi], -1)[v1]
+            edges += [e0, e1]
+            index += [pos[0][v0], pos[1][v1]]
+            valid_masks.append(valid)
+            offset += 2 * Hd * Wd
+        self._total_map_size = offset
+        self.edges = (
+            np.concatenate(edges, 0).astype(np.int64, copy=False)
+            if edges
+            else np.zeros((0, 2), dtype=np.int64)
+        )
+        self.map_index = (
+            np.concatenate(index, 0).astype(np.int64, copy=False) if index else np.zeros(0, np.int64)
+        )
+        self._valid_masks = valid_masks
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_nodes(self) -> int:
+        return self.height * self.width
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def valid_masks(self) -> List[np.ndarray]:
+        """``[2, H_d, W_d] bool`` per distance: True where the map position is an edge."""
+        return [m.copy() for m in self._valid_masks]
+
+    def __repr__(self) -> str:
+        return (
+            f"GridGraph(height={self.height}, width={self.width}, "
+            f"edge_distances={self.edge_distances}, "
+            f"edge_sampling_intervals={self.edge_sampling_intervals}, num_edges={self.num_edges})"
+        )
+
+    # ------------------------------------------------------------------ conversions
+    def _check_maps(self, maps, name: str, batch: bool) -> List[np.ndarray]:
+        if len(maps) != len(self.map_shapes):
+            raise ValueError(
+                f"{name} must hold one map per edge distance ({len(self.map_shapes)}), got {len(maps)}"
+            )
+        out = []
+        lead = None
+        for i, (m, shape) in enumerate(zip(maps, self.map_shapes)):
+            m = np.asarray(m)
+            got = m.shape[-3:] if batch else m.shape
+            if m.ndim != (4 if batch else 3) or tuple(got) != shape:
+                want = ("[B, " if batch else "[") + ", ".join(map(str, shape)) + "]"
+                raise ValueError(
+                    f"{name}[{i}] (edge distance {self.edge_distances[i]}) must have shape {want}, "
+                    f"got {list(m.shape)}"
+                )
+            if batch:
+                if lead is None:
+                    lead = m.shape[0]
+                elif m.shape[0] != lead:
+                    raise ValueError(f"{name}: all maps must have the same batch size")
+            out.append(m)
+        return out
+
+    def maps_to_edge_values(self, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """Read per-edge values (costs or labels) off edge maps.
+
+        Args:
+            maps: one array ``[2, H_d, W_d]`` per distance, or ``[B, 2, H_d, W_d]`` for a batch.
+        Returns:
+            ``[E]`` (or ``[B, E]``) array with the maps' dtype (promoted if the maps differ).
+        Raises:
+            ValueError: wrong number of maps or a map of the wrong shape.
+        """
+        if len(maps) > 0 and np.asarray(maps[0]).ndim == 4:
+            ms = self._check_maps(maps, "maps", batch=True)
+            flat = np.concatenate([m.reshape(m.shape[0], -1) for m in ms], 1)
+            return flat[:, self.map_index]
+        ms = self._check_maps(maps, "maps", batch=False)
+        if not ms:
+            return np.zeros(0, dtype=np.float64)
+        flat = np.concatenate([m.reshape(-1) for m in ms], 0)
+        return flat[self.map_index]
+
+    def edge_values_to_maps(self, values: np.ndarray, fill=0) -> List[np.ndarray]:
+        """Scatter per-edge values back into maps; invalid positions get ``fill``.
+
+        Args:
+            values: ``[E]`` or ``[B, E]`` per-edge values (e.g. solver ``edge_labels``).
+            fill: value of map positions that are not edges.
+        Returns:
+            one array ``[2, H_d, W_d]`` (or ``[B, 2, H_d, W_d]``) per distance, dtype of ``values``.
+        Raises:
+            ValueError: ``values`` does not have ``E`` entries in its last dimension.
+        """
+        values = np.asarray(values)
+        if values.ndim not in (1, 2) or values.shape[-1] != self.num_edges:
+            raise ValueError(
+                f"values must have shape [{self.num_edges}] or [B, {self.num_edges}], "
+                f"got {list(values.shape)}"
+            )
+        lead = values.shape[:-1]
+        flat = np.full(lead + (self._total_map_size,), fill, dtype=values.dtype)
+        flat[..., self.map_index] = values
+        out, offset = [], 0
+        for shape in self.map_shapes:
+            n = shape[0] * shape[1] * shape[2]
+            out.append(flat[..., offset : offset + n].reshape(lead + shape))
+            offset += n
+        return out
