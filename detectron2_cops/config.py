@@ -1,0 +1,107 @@
+"""Configuration keys of COPS (Abbas & Swoboda, NeurIPS 2021) for Detectron2.
+
+``add_cops_config(cfg)`` adds every key COPS reads, each with a default and a comment. It builds on
+Detectron2's DeepLab project config (``detectron2.projects.deeplab.add_deeplab_config``: the
+ResNet-DeepLab backbone keys, ``MODEL.SEM_SEG_HEAD`` ASPP/projection keys, poly LR keys and
+``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``).
+
+Units: ``*_AREA`` keys are in *input image* pixels; edge distances are in pixels of the
+output-stride-4 grid (see ``detectron2_cops.solvers.GridGraph``).
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.projects.deeplab import add_deeplab_config
+
+__all__ = ["add_cops_config"]
+
+
+def add_cops_config(cfg):
+    """Add the COPS config keys to a Detectron2 ``CfgNode`` in place (idempotent)."""
+    if hasattr(cfg.MODEL, "COPS"):
+        return cfg
+    add_deeplab_config(cfg)
+
+    # ---------------------------------------------------------------- solver (optimizer)
+    # "ADAM" (the paper's setting) or "SGD"; read by tools/train_net.py.
+    cfg.SOLVER.OPTIMIZER = "ADAM"
+
+    # ---------------------------------------------------------------- input / targets
+    # Pixels of thing segments smaller than SMALL_INSTANCE_AREA (image pixels) get
+    # SMALL_INSTANCE_WEIGHT in the semantic loss (DeeperLab / Panoptic-DeepLab weighting).
+    cfg.INPUT.SMALL_INSTANCE_AREA = 4096
+    cfg.INPUT.SMALL_INSTANCE_WEIGHT = 3
+    # Whether crowd regions are ignored (weight 0) in the semantic loss.
+    cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC = False
+    # Whether edges with a stuff endpoint are ignored in the affinity loss (the paper: False).
+    cfg.INPUT.IGNORE_STUFF_IN_AFFINITIES = False
+    # Weight of affinity edges that touch a thing (instance) segment, relative to 1.0 for
+    # stuff-stuff edges (the original pretrain configs use 4.0).
+    cfg.INPUT.INSTANCE_AFFINITY_WEIGHT = 4.0
+
+    # ---------------------------------------------------------------- semantic head
+    # Channels of the extra 5x5 head conv before the predictor (as Panoptic-DeepLab's head).
+    cfg.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256
+    # Fraction of hardest pixels kept by DeepLabCE ("hard_pixel_mining" loss).
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.2
+
+    # ---------------------------------------------------------------- affinity head
+    cfg.MODEL.AFFINITY_HEAD = CN()
+    # Name in AFFINITY_HEAD_REGISTRY.
+    cfg.MODEL.AFFINITY_HEAD.NAME = "AffinityHead"
+    cfg.MODEL.AFFINITY_HEAD.IN_FEATURES = ["res2", "res3", "res5"]
+    cfg.MODEL.AFFINITY_HEAD.PROJECT_FEATURES = ["res2", "res3"]
+    cfg.MODEL.AFFINITY_HEAD.PROJECT_CHANNELS = [32, 64]
+    cfg.MODEL.AFFINITY_HEAD.ASPP_CHANNELS = 256
+    cfg.MODEL.AFFINITY_HEAD.ASPP_DILATIONS = [6, 12, 18]
+    cfg.MODEL.AFFINITY_HEAD.ASPP_DROPOUT = 0.1
+    cfg.MODEL.AFFINITY_HEAD.CONVS_DIM = 256
+    # Channels of the head conv of each per-distance classifier.
+    cfg.MODEL.AFFINITY_HEAD.HEAD_CHANNELS = 256
+    cfg.MODEL.AFFINITY_HEAD.COMMON_STRIDE = 4
+    cfg.MODEL.AFFINITY_HEAD.NORM = "SyncBN"
+    cfg.MODEL.AFFINITY_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True
+    # Edge distances d on the stride-4 grid, and one sampling interval per distance.
+    cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = [1, 4, 16, 32, 64]
+    cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS = [1, 1, 1, 1, 1]
+    # Weight of the weighted binary cross entropy on affinities (pretraining stage).
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
+    # Fraction of hardest edges kept in the affinity loss (1.0 = all edges).
+    cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = 1.0
+
+    # ---------------------------------------------------------------- COPS
+    cfg.MODEL.COPS = CN()
+    # Training stage: False = pretraining (DeepLabCE + affinity BCE, the AMWC layer is not used
+    # for the loss); True = fully differentiable training with the PQ surrogate through the AMWC
+    # layer (paper Sec. 3.3-3.5).
+    cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = False
+    # Weight of the PQ surrogate loss (1 - PQ~); the paper uses 10 on Cityscapes.
+    cfg.MODEL.COPS.PQ_LOSS_WEIGHT = 10.0
+    # Perturbation magnitudes lambda ~ U(LAMBDA_MIN, LAMBDA_MAX) and their number N for the
+    # averaged black-box gradient estimator (paper Sec. 3.4, contribution 1).
+    cfg.MODEL.COPS.LAMBDA_MIN = 1.0
+    cfg.MODEL.COPS.LAMBDA_MAX = 5000.0
+    cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 5
+    # Probability of pixel dropout on the semantic costs during fully differentiable training.
+    cfg.MODEL.COPS.PIXEL_DROPOUT = 0.1
+    # Segments smaller than these areas (image pixels) are dropped at inference; in training
+    # they are the area limits of the foreground probability of the PQ surrogate.
+    cfg.MODEL.COPS.STUFF_AREA = 2048
+    cfg.MODEL.COPS.INSTANCE_AREA = 200
+    # Run the local-search pass of the AMWC solver after GAEC.
+    cfg.MODEL.COPS.LOCAL_SEARCH = True
+    # Threads of the batch solver; 0 = one per image, at most the number of CPU cores.
+    cfg.MODEL.COPS.NUM_THREADS = 0
+    # Freeze all BatchNorm layers (statistics and affine parameters).
+    cfg.MODEL.COPS.FREEZE_BN = False
+    # Parameters whose names start with one of these prefixes are frozen, e.g.
+    # ["backbone", "sem_seg_head.decoder", "affinity_head.decoder"].
+    cfg.MODEL.COPS.FROZEN_PREFIXES = []
+    # Pad images to a multiple of this size (-1: the backbone's size divisibility). ASPP with
+    # image pooling needs a fixed size when INPUT.CROP.ENABLED.
+    cfg.MODEL.COPS.SIZE_DIVISIBILITY = -1
+    # Name in POST_PROCESSOR_REGISTRY of the post-processor used at inference.
+    cfg.MODEL.COPS.POST_PROCESSOR = "AMWCPostProcessor"
+    # Whether inference also returns "instances" (masks, classes, boxes, scores).
+    cfg.MODEL.COPS.PREDICT_INSTANCES = True
+    # Log the exact PQ of the training batch's AMWC solution (fully differentiable stage).
+    cfg.MODEL.COPS.LOG_TRAIN_PQ = True
+    return cfg
