@@ -1,0 +1,460 @@
+"""Differentiable panoptic-quality surrogate of COPS and the segment matching it uses.
+
+Source: Abbas & Swoboda, "Combinatorial Optimization for Panoptic Segmentation: A Fully
+Differentiable Approach", NeurIPS 2021, "Contribution 2: optimize panoptic quality surrogate"
+(slides, /work/shared/reference/cops-slides.txt) and the authors' code
+(``panoptic_affinity/losses.py``: ``iou_batch``, ``PanopticQualityLoss``; ``utils.py``:
+``MatchMasksPair``; ``panoptic_seg_affinity.py``: ``compute_foreground_probabilities``). The
+exact definitions used here are listed in :class:`PanopticQualitySurrogate`.
+
+Pure PyTorch + SciPy (``scipy.optimize.linear_sum_assignment``); no Detectron2 import.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+__all__ = ["PanopticQualitySurrogate", "SurrogateOutput", "match_segments"]
+
+
+class SurrogateOutput(NamedTuple):
+    """Result of :class:`PanopticQualitySurrogate`.
+
+    Attributes:
+        loss: scalar tensor ``1 - pq`` (differentiable w.r.t. the predicted masks).
+        pq: scalar tensor, the surrogate PQ~ averaged over the classes of the batch.
+        per_class: ``{class_id: PQ~_c}`` (Python floats) of the classes that were averaged.
+        matches: one list per image of ``(pred_index, gt_index)`` matched pairs.
+    """
+
+    loss: Tensor
+    pq: Tensor
+    per_class: Dict[int, float]
+    matches: List[List[Tuple[int, int]]]
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_number(value, name: str, *, positive: bool = False, non_negative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if non_negative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _thing_set(thing_classes: Iterable[int]) -> Set[int]:
+    if isinstance(thing_classes, Tensor):
+        thing_classes = thing_classes.tolist()
+    out = set()
+    for i, c in enumerate(thing_classes):
+        if isinstance(c, bool):
+            raise ValueError(f"thing_classes[{i}] must be an integer class id, got {c!r}")
+        try:
+            c = operator.index(c)
+        except TypeError:
+            raise ValueError(f"thing_classes[{i}] must be an integer class id, got {c!r}") from None
+        if c < 0:
+            raise ValueError(f"thing_classes[{i}] must be >= 0, got {c}")
+        out.add(c)
+    return out
+
+
+def _check_masks(x, name: str, *, allow_bool: bool) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [N, H, W], got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be 3-D [N, H, W], got shape {tuple(x.shape)}")
+    if x.dtype == torch.bool:
+        if not allow_bool:
+            raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
+        return
+    if not x.is_floating_point():
+        kinds = "bool or floating point" if allow_bool else "floating point"
+        raise ValueError(f"{name} must be a {kinds} tensor, got {x.dtype}")
+    if x.numel() > 0:
+        xd = x.detach()
+        if not bool(torch.isfinite(xd).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+        if bool((xd < 0).any()) or bool((xd > 1).any()):
+            raise ValueError(f"{name} values must lie in [0, 1]")
+
+
+def _check_classes(x, name: str, n: int) -> List[int]:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be an int64 torch.Tensor [{n}], got {type(x).__name__}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer (int64) tensor, got {x.dtype}")
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape [{n}] (one class per mask), got {tuple(x.shape)}")
+    values = [int(v) for v in x.tolist()]
+    if any(v < 0 for v in values):
+        raise ValueError(f"{name} contains negative class ids: {values}")
+    return values
+
+
+def _check_weights(x, name: str, hw: Tuple[int, int]) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor [H, W], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
+    if tuple(x.shape) != tuple(hw):
+        raise ValueError(f"{name} must have shape [H, W] = {list(hw)}, got {list(x.shape)}")
+    xd = x.detach()
+    if not bool(torch.isfinite(xd).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    if bool((xd < 0).any()):
+        raise ValueError(f"{name} must be non-negative")
+
+
+def _check_image(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights, where: str):
+    """Validate one image's inputs; return (pred_cls list, gt_cls list)."""
+    _check_masks(pred_masks, f"pred_masks{where}", allow_bool=False)
+    _check_masks(gt_masks, f"gt_masks{where}", allow_bool=True)
+    hw = tuple(pred_masks.shape[1:])
+    if tuple(gt_masks.shape[1:]) != hw:
+        raise ValueError(
+            f"gt_masks{where} spatial size {list(gt_masks.shape[1:])} differs from "
+            f"pred_masks{where} {list(hw)}"
+        )
+    if pixel_weights is not None:
+        _check_weights(pixel_weights, f"pixel_weights{where}", hw)
+    pred_cls = _check_classes(pred_classes, f"pred_classes{where}", pred_masks.shape[0])
+    gt_cls = _check_classes(gt_classes, f"gt_classes{where}", gt_masks.shape[0])
+    return pred_cls, gt_cls
+
+
+# ----------------------------------------------------------------------------- core pieces
+def _weighted_overlaps(pred: Tensor, gt: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    """Weighted soft intersection and union, both ``[M, G]``.
+
+    ``inter[m, g] = sum_x w(x) p_m(x) g_g(x)``, ``union[m, g] = sum_x w(x) (p_m + g_g - p_m g_g)``
+    (``iou_batch`` of the COPS code), computed with two matrix products.
+    """
+    pf = pred.flatten(1)  # [M, HW]
+    wf = weights.reshape(-1)  # [HW]
+    gwf = gt.flatten(1) * wf  # [G, HW]
+    inter = pf @ gwf.transpose(0, 1)  # [M, G]
+    area_p = pf @ wf  # [M]
+    area_g = gwf.sum(1)  # [G]
+    union = area_p[:, None] + area_g[None, :] - inter
+    return inter, union
+
+
+def _assign(
+    inter: np.ndarray,
+    union: np.ndarray,
+    pred_cls: Sequence[int],
+    gt_cls: Sequence[int],
+    things: Set[int],
+    eps: float,
+) -> List[Tuple[int, int]]:
+    """Per-class maximum-IoU bipartite matching on (no-grad) float64 overlap matrices."""
+    pairs: List[Tuple[int, int]] = []
+    pred_arr = np.asarray(pred_cls, dtype=np.int64)
+    gt_arr = np.asarray(gt_cls, dtype=np.int64)
+    for c in sorted(set(pred_cls) & set(gt_cls)):
+        pi = np.nonzero(pred_arr == c)[0]
+        gi = np.nonzero(gt_arr == c)[0]
+        sub_inter = inter[np.ix_(pi, gi)]
+        score = (sub_inter + eps) / (union[np.ix_(pi, gi)] + eps)
+        is_thing = c in things
+        if is_thing:
+            # Pairs that do not overlap are never matched (and must not compete in the assignment).
+            score = np.where(sub_inter > 0, score, 0.0)
+        rows, cols = linear_sum_assignment(score, maximize=True)
+        for r, k in zip(rows.tolist(), cols.tolist()):
+            if is_thing and not sub_inter[r, k] > 0:
+                continue
+            pairs.append((int(pi[r]), int(gi[k])))
+    pairs.sort()
+    return pairs
+
+
+def match_segments(
+    pred_masks: Tensor,
+    pred_classes: Tensor,
+    gt_masks: Tensor,
+    gt_classes: Tensor,
+    pixel_weights: Optional[Tensor],
+    thing_classes: Iterable[int],
+    eps: float = 0.1,
+) -> List[Tuple[int, int]]:
+    """Match the predicted to the ground-truth segments of one image, class by class.
+
+    For every class present on both sides, the segments of that class are matched by
+    maximum-IoU bipartite matching (``scipy.optimize.linear_sum_assignment(..., maximize=True)``,
+    as ``MatchMasksPair`` in the COPS code) on the soft, pixel-weighted IoU
+    ``(sum w p g + eps) / (sum w (p + g - p g) + eps)`` computed without gradient.
+
+    * Thing classes: pairs whose weighted intersection ``sum w p g`` is 0 get score 0 and are
+      never returned (only pairs with IoU > 0 in the eps-free sense are matched).
+    * Stuff classes: normally one segment per class on each side, matched by class whatever
+      their overlap; if a stuff class has several segments on a side, the same assignment is
+      used and every assigned pair is kept.
+
+    Args:
+        pred_masks: ``[M, H, W]`` float, values in [0, 1] (pixels of the mask's grid).
+        pred_classes: ``[M]`` integer (int64) contiguous class ids, >= 0.
+        gt_masks: ``[G, H, W]`` bool or float in [0, 1], same ``H, W``.
+        gt_classes: ``[G]`` integer (int64) class ids, >= 0.
+        pixel_weights: ``[H, W]`` float >= 0 (0 = ignored pixel) or None (all ones).
+        thing_classes: class ids that are things; all others are stuff.
+        eps: > 0, smoothing of the IoU (0.1 in the COPS code).
+
+    Returns:
+        Sorted list of ``(pred_index, gt_index)``; each index appears at most once.
+
+    Raises:
+        ValueError: non-tensors, masks not 3-D or of the wrong dtype, ``H, W`` mismatch between
+            masks and weights, class tensors of the wrong length/dtype or negative, NaN/inf or
+            values outside [0, 1] in masks, negative or non-finite weights, ``eps <= 0``.
+    """
+    eps = _check_number(eps, "eps", positive=True)
+    things = _thing_set(thing_classes)
+    pred_cls, gt_cls = _check_image(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights, "")
+    with torch.no_grad():
+        p = pred_masks.detach().to(torch.float64)
+        g = gt_masks.detach().to(device=p.device, dtype=torch.float64)
+        if pixel_weights is None:
+            w = torch.ones(p.shape[1:], dtype=torch.float64, device=p.device)
+        else:
+            w = pixel_weights.detach().to(device=p.device, dtype=torch.float64)
+        inter, union = _weighted_overlaps(p, g, w)
+    return _assign(inter.cpu().numpy(), union.cpu().numpy(), pred_cls, gt_cls, things, eps)
+
+
+class PanopticQualitySurrogate(nn.Module):
+    """Differentiable surrogate of panoptic quality (COPS, NeurIPS 2021, contribution 2).
+
+    For each class ``c`` present in the batch (in the ground truth or the predictions)::
+
+        PQ~_c = sum_{(p,g) in TP~} h(IoU) s(p) IoU
+                / ( sum_{TP~} h(IoU) s(p) + 0.5 (sum_{FP~} s(p) + |FN~|) )
+
+    with numerator and denominator summed over all images of the batch before the ratio, and
+    ``PQ~ = mean_c PQ~_c``, ``loss = 1 - PQ~``. Definitions (following the COPS code):
+
+    * soft IoU with pixel weights ``w`` (0 on ignore regions):
+      ``IoU = (sum w p g + eps) / (sum w (p + g - p g) + eps)``, ``eps = 0.1`` (``iou_batch``);
+    * soft threshold at 0.5: ``h(u) = u^beta / (u^beta + (1 - u)^beta)``, ``beta = 4``;
+    * foreground probability ``s(p) = sigmoid(area_temperature * (area(p) - min_area))``,
+      ``area(p) = sum_x p(x)`` (unweighted, pixels of the masks' grid), ``min_area`` =
+      ``instance_area`` for thing classes and ``stuff_area`` for stuff classes
+      (``compute_foreground_probabilities``; same grid units as the masks, the caller converts
+      from image pixels);
+    * matching: :func:`match_segments` (per-class maximum-IoU assignment, stuff by class);
+    * a matched pair contributes ``t = h(IoU) s(p)`` to TP (``t * IoU`` to the numerator),
+      ``(1 - h(IoU)) s(p)`` to FP and ``1 - h(IoU)`` to FN; an unmatched prediction contributes
+      ``s(p)`` to FP, an unmatched ground truth 1 to FN.
+
+    With hard masks, IoUs in {0, 1} and ``s = 1`` this is exactly Kirillov et al.'s PQ (no
+    crowd handling: give crowd and void pixels weight 0 and leave crowd segments out of the
+    ground truth). Classes whose denominator is exactly 0 (possible only when every
+    contribution underflows to 0) are left out of the mean, as in the COPS code. If no class
+    remains (e.g. no ground truth and no predictions anywhere) the loss is ``0 * sum(masks)``
+    (zero, but connected to the inputs so ``backward`` works) and ``pq = 1 - loss``.
+
+    ``ratio_eps`` (default 0, i.e. the definition above) adds a constant to numerator and
+    denominator of every ``PQ~_c`` as the COPS code does (it uses 0.1): then a class with only
+    false positives has ``PQ~_c = ratio_eps / (0.5 sum s(p) + ratio_eps)`` and still gives a
+    gradient that shrinks ``s(p)``; with ``ratio_eps = 0`` such a class has ``PQ~_c = 0`` and no
+    gradient.
+
+    Args:
+        thing_classes: class ids that are things (others are stuff).
+        stuff_area: minimum stuff segment area, in pixels of the masks' grid.
+        instance_area: minimum instance (thing) area, in pixels of the masks' grid.
+        eps: IoU smoothing, > 0.
+        beta: soft-threshold sharpness, > 0.
+        area_temperature: slope of the foreground sigmoid, > 0 (per pixel).
+        ratio_eps: >= 0, see above.
+
+    Raises:
+        ValueError: on bad constructor arguments (non-finite numbers, non-positive ``eps``,
+            ``beta`` or ``area_temperature``, negative ``ratio_eps``, negative thing ids), and
+            in ``forward`` on bad inputs (see :meth:`forward`).
+    """
+
+    def __init__(
+        self,
+        thing_classes: Sequence[int],
+        *,
+        stuff_area: float,
+        instance_area: float,
+        eps: float = 0.1,
+        beta: float = 4.0,
+        area_temperature: float = 0.1,
+        ratio_eps: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.thing_classes = frozenset(_thing_set(thing_classes))
+        self.stuff_area = _check_number(stuff_area, "stuff_area")
+        self.instance_area = _check_number(instance_area, "instance_area")
+        self.eps = _check_number(eps, "eps", positive=True)
+        self.beta = _check_number(beta, "beta", positive=True)
+        self.area_temperature = _check_number(area_temperature, "area_temperature", positive=True)
+        self.ratio_eps = _check_number(ratio_eps, "ratio_eps", non_negative=True)
+
+    def extra_repr(self) -> str:
+        return (
+            f"thing_classes={sorted(self.thing_classes)}, stuff_area={self.stuff_area}, "
+            f"instance_area={self.instance_area}, eps={self.eps}, beta={self.beta}, "
+            f"area_temperature={self.area_temperature}, ratio_eps={self.ratio_eps}"
+        )
+
+    def soft_threshold(self, iou: Tensor) -> Tensor:
+        """``h(u) = u^beta / (u^beta + (1 - u)^beta)``: soft step at 0.5 (COPS ``soft_threshold``)."""
+        a = iou.pow(self.beta)
+        return a / (a + (1.0 - iou).clamp_min(0.0).pow(self.beta))
+
+    def foreground_probability(self, areas: Tensor, classes: Sequence[int]) -> Tensor:
+        """``s(p) = sigmoid(area_temperature * (area - min_area(class)))`` for ``areas [M]``."""
+        limits = torch.tensor(
+            [self.instance_area if c in self.thing_classes else self.stuff_area for c in classes],
+            dtype=areas.dtype,
+            device=areas.device,
+        )
+        return torch.sigmoid(self.area_temperature * (areas - limits))
+
+    def forward(
+        self,
+        pred_masks: List[Tensor],
+        pred_classes: List[Tensor],
+        gt_masks: List[Tensor],
+        gt_classes: List[Tensor],
+        pixel_weights: Optional[List[Tensor]] = None,
+    ) -> SurrogateOutput:
+        """Compute the surrogate PQ and the loss ``1 - PQ~`` for a batch of images.
+
+        Args:
+            pred_masks: per image ``[M_b, H_b, W_b]`` float (float32/float64) in [0, 1],
+                typically hard 0/1 masks from the AMWC layer with ``requires_grad``; ``M_b`` may
+                be 0. Units: pixels of the grid the masks live on (stride-4 grid in training).
+            pred_classes: per image ``[M_b]`` int64 contiguous class ids (>= 0).
+            gt_masks: per image ``[G_b, H_b, W_b]`` bool or float in [0, 1]; ``G_b`` may be 0.
+            gt_classes: per image ``[G_b]`` int64 class ids (>= 0).
+            pixel_weights: per image ``[H_b, W_b]`` float >= 0 (0 = ignore), default all ones.
+
+        All images' ``pred_masks`` must share one dtype and device; all computation runs there
+        (ground truth, classes and weights are moved there); only the no-grad ``[M_b, G_b]``
+        overlap matrices go to the CPU for the assignment.
+
+        Returns:
+            :class:`SurrogateOutput` ``(loss, pq, per_class, matches)``.
+
+        Raises:
+            ValueError: empty batch or lists of different lengths; non-tensors; masks not 3-D,
+                of the wrong dtype, with NaN/inf or values outside [0, 1]; ``H, W`` mismatch
+                between pred, gt and weights; class tensors of the wrong length, non-integer
+                dtype or with negative ids; weights negative or not finite; ``pred_masks`` of
+                different images with different dtype or device.
+        """
+        n = len(pred_masks)
+        lengths = {"pred_masks": n, "pred_classes": len(pred_classes),
+                   "gt_masks": len(gt_masks), "gt_classes": len(gt_classes)}
+        if pixel_weights is not None:
+            lengths["pixel_weights"] = len(pixel_weights)
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"per-image lists must have the same length, got {lengths}")
+        if n == 0:
+            raise ValueError("empty batch: pred_masks, pred_classes, gt_masks, gt_classes are empty lists")
+
+        ref = pred_masks[0]
+
+        # Pass 1: validate, compute overlaps and matches.
+        per_image = []
+        all_classes: Set[int] = set()
+        for b in range(n):
+            where = f"[{b}]"
+            w_b = None if pixel_weights is None else pixel_weights[b]
+            pred_cls, gt_cls = _check_image(pred_masks[b], pred_classes[b], gt_masks[b], gt_classes[b], w_b, where)
+            p = pred_masks[b]
+            if p.device != ref.device or p.dtype != ref.dtype:
+                raise ValueError(
+                    f"pred_masks{where} is {p.dtype} on {p.device} but pred_masks[0] is {ref.dtype} on "
+                    f"{ref.device}; all predicted masks of a batch must share dtype and device"
+                )
+            g = gt_masks[b].to(device=p.device, dtype=p.dtype)
+            if w_b is None:
+                w = torch.ones(p.shape[1:], dtype=p.dtype, device=p.device)
+            else:
+                w = w_b.to(device=p.device, dtype=p.dtype)
+            inter, union = _weighted_overlaps(p, g, w)
+            pairs = _assign(
+                inter.detach().to(torch.float64).cpu().numpy(),
+                union.detach().to(torch.float64).cpu().numpy(),
+                pred_cls, gt_cls, self.thing_classes, self.eps,
+            )
+            per_image.append((p, inter, union, pred_cls, gt_cls, pairs))
+            all_classes.update(pred_cls)
+            all_classes.update(gt_cls)
+
+        matches = [list(item[5]) for item in per_image]
+        classes = sorted(all_classes)
+        if not classes:
+            return self._empty_output(pred_masks, matches)
+        index_of = {c: i for i, c in enumerate(classes)}
+        num_classes = len(classes)
+
+        # Pass 2: soft TP / FP / FN per class, summed over the batch.
+        numerator = ref.new_zeros(num_classes)
+        tp_sum = ref.new_zeros(num_classes)
+        fp_sum = ref.new_zeros(num_classes)
+        fn_sum = ref.new_zeros(num_classes)
+        for p, inter, union, pred_cls, gt_cls, pairs in per_image:
+            dev, dt = p.device, p.dtype
+            m, g_count = len(pred_cls), len(gt_cls)
+            pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
+            gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
+            s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
+
+            matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
+            matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
+            if pairs:
+                mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
+                mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
+                matched_pred[mp] = True
+                matched_gt[mg] = True
+                iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
+                h = self.soft_threshold(iou)
+                s_m = s[mp]
+                t = h * s_m
+                cls_m = pred_idx[mp]
+                numerator = numerator.index_add(0, cls_m, t * iou)
+                tp_sum = tp_sum.index_add(0, cls_m, t)
+                fp_sum = fp_sum.index_add(0, cls_m, (1.0 - h) * s_m)
+                fn_sum = fn_sum.index_add(0, cls_m, 1.0 - h)
+            un_p = ~matched_pred
+            fp_sum = fp_sum.index_add(0, pred_idx[un_p], s[un_p])
+            un_g = ~matched_gt
+            fn_sum = fn_sum.index_add(0, gt_idx[un_g], torch.ones(int(un_g.sum()), dtype=dt, device=dev))
+
+        denominator = tp_sum + 0.5 * (fp_sum + fn_sum)
+        keep = (denominator > 0).tolist()
+        if not any(keep):
+            return self._empty_output(pred_masks, matches)
+        keep_idx = torch.tensor([i for i, k in enumerate(keep) if k], dtype=torch.long, device=ref.device)
+        pq_c = (numerator[keep_idx] + self.ratio_eps) / (denominator[keep_idx] + self.ratio_eps)
+        pq = pq_c.mean()
+        per_class = {classes[i]: float(v) for i, v in zip(keep_idx.tolist(), pq_c.detach().cpu().tolist())}
+        return SurrogateOutput(loss=1.0 - pq, pq=pq, per_class=per_class, matches=matches)
+
+    @staticmethod
+    def _empty_output(pred_masks: List[Tensor], matches) -> SurrogateOutput:
+        ref = pred_masks[0]
+        loss = ref.new_zeros(())
+        for p in pred_masks:
+            loss = loss + 0.0 * p.to(device=ref.device).sum()
+        return SurrogateOutput(loss=loss, pq=1.0 - loss, per_class={}, matches=matches)

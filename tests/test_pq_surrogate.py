@@ -1,0 +1,489 @@
+"""Tests of the COPS PQ surrogate (detectron2_cops.layers.pq_surrogate)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2_cops.layers.panoptic_quality import panoptic_quality
+from detectron2_cops.layers.pq_surrogate import (
+    PanopticQualitySurrogate,
+    SurrogateOutput,
+    match_segments,
+)
+
+LD = 1000
+THINGS = (0, 1, 2)
+STUFF = (3, 4)
+EXTRA_STUFF = 5  # a stuff class never present in the ground truth
+
+
+def masks_from_ids(id_map, void_id=-1, dtype=torch.float32):
+    """[H, W] id map -> ([N, H, W] masks, [N] int64 classes, ids)."""
+    ids = [i for i in np.unique(id_map).tolist() if i != void_id]
+    m = torch.from_numpy(np.stack([id_map == i for i in ids]) if ids else np.zeros((0,) + id_map.shape, bool))
+    return m.to(dtype), torch.tensor([i // LD for i in ids], dtype=torch.long), ids
+
+
+def hard_batch(seed, n_cells=6, cell=3):
+    """Random gt/pred id maps whose same-class overlaps are all IoU 0 or 1.
+
+    Cells of ``cell x cell`` pixels get a gt segment (stuff class, thing instance spanning one or
+    more cells) or void. Each gt segment is predicted exactly (kept), dropped, or predicted with a
+    wrong class (relabelled to a thing class or to a stuff class absent from the gt); kept
+    segments may also grow onto a void cell (weight 0; void is removed from the exact IoU).
+    """
+    rng = np.random.default_rng(seed)
+    gts, preds = [], []
+    for _ in range(int(rng.integers(1, 4))):
+        lab = np.full((n_cells, n_cells), -1, dtype=np.int64)
+        inst = 1
+        for y in range(n_cells):
+            for x in range(n_cells):
+                r = rng.random()
+                if r < 0.12:
+                    continue
+                if r < 0.45:
+                    lab[y, x] = int(rng.choice(STUFF)) * LD
+                elif x > 0 and lab[y, x - 1] % LD != 0 and lab[y, x - 1] != -1 and rng.random() < 0.4:
+                    lab[y, x] = lab[y, x - 1]  # extend the thing on the left
+                else:
+                    lab[y, x] = int(rng.choice(THINGS)) * LD + inst
+                    inst += 1
+        pred_lab = np.full_like(lab, -1)
+        new_inst = 500
+        for i in [i for i in np.unique(lab).tolist() if i != -1]:
+            r = rng.random()
+            if r < 0.6:
+                new = i if i % LD == 0 else (i // LD) * LD + new_inst
+            elif r < 0.75:
+                new = None
+            elif r < 0.9:
+                new = int(rng.choice([c for c in THINGS if c != i // LD])) * LD + new_inst
+            else:
+                new = EXTRA_STUFF * LD
+            new_inst += 1
+            if new is not None:
+                pred_lab[lab == i] = new
+                if rng.random() < 0.3 and new // LD == i // LD:
+                    ys, xs = np.nonzero((lab == -1) & (pred_lab == -1))
+                    if ys.size:
+                        pred_lab[ys[0], xs[0]] = new  # grow onto a void cell
+        gts.append(np.kron(lab, np.ones((cell, cell), dtype=np.int64)))
+        preds.append(np.kron(pred_lab, np.ones((cell, cell), dtype=np.int64)))
+    return preds, gts
+
+
+def surrogate_inputs(preds, gts, dtype=torch.float32, requires_grad=False):
+    pm, pc, gm, gc, w = [], [], [], [], []
+    for p, g in zip(preds, gts):
+        m, c, _ = masks_from_ids(p, dtype=dtype)
+        pm.append(m.requires_grad_(requires_grad))
+        pc.append(c)
+        m, c, _ = masks_from_ids(g)
+        gm.append(m.bool())
+        gc.append(c)
+        w.append(torch.from_numpy(g != -1).to(dtype))
+    return pm, pc, gm, gc, w
+
+
+# --------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("seed", range(8))
+def test_equals_exact_pq_on_hard_masks(seed):
+    preds, gts = hard_batch(seed)
+    pm, pc, gm, gc, w = surrogate_inputs(preds, gts)
+    module = PanopticQualitySurrogate(THINGS, stuff_area=-1e4, instance_area=-1e4)
+    out = module(pm, pc, gm, gc, w)
+    exact = panoptic_quality(preds, gts, label_divisor=LD, thing_classes=THINGS)
+    assert isinstance(out, SurrogateOutput)
+    assert out.pq.item() == pytest.approx(exact["All"]["pq"], abs=1e-4)
+    assert out.loss.item() == pytest.approx(1.0 - exact["All"]["pq"], abs=1e-4)
+    assert set(out.per_class) == {c for c, v in exact["per_class"].items() if v["tp"] + v["fp"] + v["fn"] > 0}
+    for c, v in out.per_class.items():
+        assert v == pytest.approx(exact["per_class"][c]["pq"], abs=1e-4), c
+    # matched pairs are exactly the exact-PQ true positives (stuff pairs with zero overlap aside)
+    n_tp = sum(v["tp"] for v in exact["per_class"].values())
+    n_overlapping = 0
+    for b, pairs in enumerate(out.matches):
+        for i, j in pairs:
+            assert int(pc[b][i]) == int(gc[b][j])
+            n_overlapping += bool((pm[b][i].bool() & gm[b][j]).any())
+    assert n_overlapping == n_tp
+
+
+def test_formula_by_hand_on_soft_overlaps():
+    """Partial overlaps, unsaturated s(p), zero weights: compare with the formula written out."""
+    h_, w_ = 6, 8
+    weights = torch.ones(h_, w_, dtype=torch.float64)
+    weights[5, :] = 0.0  # ignored row
+    gt = torch.zeros(3, h_, w_, dtype=torch.float64)
+    gt[0, 0:3, 0:3] = 1  # thing class 0
+    gt[1, 3:6, 0:8] = 1  # stuff class 3
+    gt[2, 0:2, 5:8] = 1  # thing class 0, no prediction -> FN
+    pred = torch.zeros(3, h_, w_, dtype=torch.float64)
+    pred[0, 0:3, 1:4] = 1    # class 0, partial overlap with gt 0 (IoU 6/12)
+    pred[0, 1, 1] = 0.5      # a soft pixel
+    pred[1, 0:2, 4:5] = 0.7  # class 1 thing without gt -> FP
+    pred[2, 2:6, 0:6] = 1    # class 3 (stuff), partial overlap with gt 1
+    pred_classes = torch.tensor([0, 1, 3])
+    gt_classes = torch.tensor([0, 3, 0])
+    eps, beta, temp, inst_area, stuff_area = 0.1, 4.0, 0.1, 8.0, 30.0
+
+    def iou(p, g):
+        return (float((weights * p * g).sum()) + eps) / (float((weights * (p + g - p * g)).sum()) + eps)
+
+    def h(u):
+        return u ** beta / (u ** beta + (1 - u) ** beta)
+
+    def s(p, limit):
+        return 1.0 / (1.0 + np.exp(-temp * (float(p.sum()) - limit)))
+
+    u0, u1 = iou(pred[0], gt[0]), iou(pred[2], gt[1])
+    s0, s1, s2 = s(pred[0], inst_area), s(pred[2], stuff_area), s(pred[1], inst_area)
+    assert 0.3 < u0 < 0.7 and 0.3 < u1 < 0.9 and 0.2 < s0 < 0.9 and 0.2 < s1 < 0.9
+    # class 0: matched pair (pred 0, gt 0), unmatched gt 2
+    pq0 = h(u0) * s0 * u0 / (h(u0) * s0 + 0.5 * ((1 - h(u0)) * s0 + (1 - h(u0)) + 1.0))
+    # class 3: matched pair (pred 2, gt 1)
+    pq3 = h(u1) * s1 * u1 / (h(u1) * s1 + 0.5 * ((1 - h(u1)) * s1 + (1 - h(u1))))
+    # class 1: only a false positive
+    pq1 = 0.0 / (0.5 * s2)
+    module = PanopticQualitySurrogate([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area)
+    out = module([pred], [pred_classes], [gt], [gt_classes], [weights])
+    assert out.matches == [[(0, 0), (2, 1)]]
+    assert out.per_class[0] == pytest.approx(pq0, rel=1e-12)
+    assert out.per_class[3] == pytest.approx(pq3, rel=1e-12)
+    assert out.per_class[1] == 0.0
+    assert out.pq.item() == pytest.approx((pq0 + pq1 + pq3) / 3, rel=1e-12)
+    # The same image twice in a batch: numerators and denominators are summed per class.
+    out2 = module([pred, pred], [pred_classes] * 2, [gt, gt], [gt_classes] * 2, [weights, weights])
+    assert out2.pq.item() == pytest.approx(out.pq.item(), rel=1e-12)
+    # ratio_eps is added to numerator and denominator of each class
+    out3 = PanopticQualitySurrogate([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area, ratio_eps=0.1)(
+        [pred], [pred_classes], [gt], [gt_classes], [weights])
+    den1 = 0.5 * s2
+    assert out3.per_class[1] == pytest.approx(0.1 / (den1 + 0.1), rel=1e-12)
+
+
+def test_hard_batches_cover_fp_and_fn():
+    fp = fn = 0
+    for seed in range(8):
+        exact = panoptic_quality(*hard_batch(seed), label_divisor=LD, thing_classes=THINGS)
+        fp += sum(v["fp"] for v in exact["per_class"].values())
+        fn += sum(v["fn"] for v in exact["per_class"].values())
+    assert fp >= 8 and fn >= 8
+
+
+# --------------------------------------------------------------------------- gradients
+def test_backward_reaches_every_overlapping_prediction():
+    rng = np.random.default_rng(3)
+    gts, preds = [], []
+    for _ in range(2):
+        gt = np.full((16, 16), 3 * LD)
+        gt[8:, :] = 4 * LD
+        for k in range(4):
+            y, x = rng.integers(0, 11, size=2)
+            gt[y:y + 5, x:x + 5] = (k % 2) * LD + k + 1
+        pred = np.roll(gt, shift=(1, 1), axis=(0, 1))
+        pred[0, :4] = 1 * LD + 77  # a class-1 prediction on the first row, over gt of other segments
+        gts.append(gt)
+        preds.append(pred)
+    pm, pc, gm, gc, w = surrogate_inputs(preds, gts, requires_grad=True)
+    module = PanopticQualitySurrogate(THINGS, stuff_area=60.0, instance_area=10.0)
+    out = module(pm, pc, gm, gc, w)
+    assert all(v > 0 for v in out.per_class.values())  # every predicted class has a TP
+    out.loss.backward()
+    checked = 0
+    for b in range(len(pm)):
+        grad = pm[b].grad
+        assert grad is not None and torch.isfinite(grad).all()
+        overlap = (pm[b].detach()[:, None].bool() & gm[b][None]).flatten(2).any(2).any(1)
+        for m in range(pm[b].shape[0]):
+            if overlap[m]:
+                assert grad[m].abs().sum() > 0, (b, m)
+                checked += 1
+    assert checked >= 8
+
+
+def test_false_positive_only_class_gradient_needs_ratio_eps():
+    gt = torch.zeros(1, 6, 6, dtype=torch.bool)
+    gt[0, :3] = True
+    p = torch.zeros(2, 6, 6)
+    p[0, :3] = 1.0  # TP of class 0
+    p[1, 4:] = 1.0  # FP of class 1, which has no ground truth
+    args = ([torch.tensor([0, 1])], [gt], [torch.tensor([0])])
+    for ratio_eps, expect_grad in ((0.0, False), (0.1, True)):
+        pm = p.clone().requires_grad_(True)
+        out = PanopticQualitySurrogate([0, 1], stuff_area=5, instance_area=20, ratio_eps=ratio_eps)(
+            [pm], args[0], args[1], args[2])
+        out.loss.backward()
+        assert bool(pm.grad[1].abs().sum() > 0) == expect_grad
+        if ratio_eps:
+            # the gradient shrinks the false positive (positive dL/dp on its pixels)
+            assert (pm.grad[1][4:] > 0).all()
+
+
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_gradcheck_float64(with_weights):
+    torch.manual_seed(0)
+    h = w = 5
+    gt = torch.zeros(3, h, w, dtype=torch.float64)
+    gt[0, :3, :3] = 1  # thing class 0
+    gt[1, :, 3:] = 1   # stuff class 3
+    gt[2, 3:, :2] = 1  # thing class 0, left unmatched
+    gt_classes = torch.tensor([0, 3, 0])
+    base = torch.zeros(3, h, w, dtype=torch.float64)
+    base[0, :3, :3] = 0.8
+    base[0, 3:, 3:] = 0.1
+    base[1, :, 2:] = 0.7
+    base[2, 3:, 2:] = 0.6  # class 1: no gt of class 1 -> FP
+    masks = (base + 0.05 + 0.1 * torch.rand(3, h, w, dtype=torch.float64)).clamp(0.02, 0.98)
+    masks2 = masks.flip(-1).clone()
+    pred_classes = torch.tensor([0, 3, 1])
+    weights = torch.ones(h, w, dtype=torch.float64)
+    if with_weights:
+        weights[4, 4] = 0.0
+        weights[0, 0] = 0.5
+    module = PanopticQualitySurrogate([0, 1], stuff_area=8.0, instance_area=4.0)
+
+    def fn(m1, m2):
+        out = module([m1, m2], [pred_classes, pred_classes], [gt, gt.flip(-1)], [gt_classes, gt_classes],
+                     [weights, weights.flip(-1)])
+        return out.loss
+
+    m1 = masks.clone().requires_grad_(True)
+    m2 = masks2.clone().requires_grad_(True)
+    out = module([m1, m2], [pred_classes] * 2, [gt, gt.flip(-1)], [gt_classes] * 2, [weights, weights.flip(-1)])
+    assert out.matches == [[(0, 0), (1, 1)], [(0, 0), (1, 1)]]
+    assert torch.autograd.gradcheck(fn, (m1, m2), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- matching
+def _strip_masks(intervals, length=20):
+    m = torch.zeros(len(intervals), 1, length)
+    for k, (a, b) in enumerate(intervals):
+        m[k, 0, a:b] = 1.0
+    return m
+
+
+def _iou(a, b):
+    inter = float((a * b).sum())
+    return inter / float((a + b - a * b).sum())
+
+
+def test_matching_is_maximum_iou_not_greedy():
+    gt = _strip_masks([(0, 10), (10, 20)]).bool()
+    pred = _strip_masks([(2, 16), (0, 4)])
+    iou = np.array([[_iou(pred[i], gt[j].float()) for j in range(2)] for i in range(2)])
+    # greedy (take the best pair first) would match pred 0 to gt 0 and leave gt 1 unmatched ...
+    assert np.unravel_index(iou.argmax(), iou.shape) == (0, 0) and iou[1, 1] == 0
+    assert iou[0, 1] + iou[1, 0] > iou[0, 0]
+    pairs = match_segments(pred, torch.tensor([0, 0]), gt, torch.tensor([0, 0]), None, thing_classes=[0])
+    # ... the maximum-IoU assignment matches both
+    assert pairs == [(0, 1), (1, 0)]
+    out = PanopticQualitySurrogate([0], stuff_area=0, instance_area=0)(
+        [pred], [torch.tensor([0, 0])], [gt], [torch.tensor([0, 0])])
+    assert out.matches == [[(0, 1), (1, 0)]]
+
+
+def test_matching_beats_every_permutation_on_random_masks():
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        m, g = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        pred = torch.from_numpy((rng.random((m, 6, 6)) < 0.4).astype(np.float64))
+        gt = torch.from_numpy(rng.random((g, 6, 6)) < 0.4)
+        weights = torch.from_numpy(rng.random((6, 6)))
+        pairs = match_segments(pred, torch.zeros(m, dtype=torch.long), gt, torch.zeros(g, dtype=torch.long),
+                               weights, thing_classes=[0], eps=0.1)
+
+        def score(i, j):
+            w, p, q = weights, pred[i], gt[j].double()
+            inter = float((w * p * q).sum())
+            return (inter + 0.1) / (float((w * (p + q - p * q)).sum()) + 0.1) if inter > 0 else 0.0
+
+        best = 0.0
+        for perm in itertools.permutations(range(max(m, g)), min(m, g)):
+            pp = list(zip(range(m), perm)) if m <= g else list(zip(perm, range(g)))
+            best = max(best, sum(score(i, j) for i, j in pp))
+        assert sum(score(i, j) for i, j in pairs) == pytest.approx(best, abs=1e-9), trial
+        assert all(score(i, j) > 0 for i, j in pairs)
+        assert len({i for i, _ in pairs}) == len(pairs) == len({j for _, j in pairs})
+
+
+def test_stuff_matched_by_class_things_need_overlap():
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[0, :2] = True   # stuff class 3
+    gt[1, 3, 3] = True  # thing class 0
+    pred = torch.zeros(3, 4, 4)
+    pred[0, 2:, :2] = 1  # stuff class 3, no overlap with the gt stuff
+    pred[1, 0, 0] = 1    # thing class 0, no overlap with the gt thing
+    pred[2, 2:, 2:] = 1  # stuff class 4 (absent from gt)
+    pairs = match_segments(pred, torch.tensor([3, 0, 4]), gt, torch.tensor([3, 0]), None, thing_classes=[0])
+    assert pairs == [(0, 0)]
+    # different classes are never matched, even when they overlap perfectly
+    assert match_segments(gt.float(), torch.tensor([4, 1]), gt, torch.tensor([3, 0]), None, [0]) == []
+
+
+def test_unmatched_gt_is_false_negative_and_adding_its_prediction_lowers_the_loss():
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[0, :4] = True
+    gt[1, 4:] = True
+    gt_classes = [torch.tensor([1, 1])]
+    module = PanopticQualitySurrogate([1], stuff_area=-1e4, instance_area=-1e4)
+    one = module([gt[:1].float()], [torch.tensor([1])], [gt], gt_classes)
+    assert one.pq.item() == pytest.approx(1.0 / 1.5)  # 1 TP, 1 FN
+    two = module([gt.float()], [torch.tensor([1, 1])], [gt], gt_classes)
+    assert two.loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert two.loss.item() < one.loss.item()
+    none = module([torch.zeros(0, 8, 8, requires_grad=True)], [torch.zeros(0, dtype=torch.long)], [gt], gt_classes)
+    assert none.loss.item() == 1.0 and none.matches == [[]]
+
+
+def test_foreground_probability_discounts_tiny_false_positives():
+    gt = torch.zeros(1, 20, 20, dtype=torch.bool)
+    gt[0, :15] = True  # 300 px thing, predicted exactly (s = sigmoid(20) ~ 1)
+    module = PanopticQualitySurrogate([0], stuff_area=1000, instance_area=100)
+
+    def pq_with_fp(module, rows):
+        fp = torch.zeros(1, 20, 20)
+        fp[0, 20 - rows:] = 1.0  # 20 * rows px, no overlap with the gt
+        out = module([torch.cat([gt.float(), fp])], [torch.tensor([0, 0])], [gt], [torch.tensor([0])])
+        assert out.matches == [[(0, 0)]]
+        return out.pq.item()
+
+    # tiny false positive: 20 px << 100 px, s = sigmoid(-8) ~ 3e-4: almost free
+    assert pq_with_fp(module, 1) == pytest.approx(1.0 / (1.0 + 0.5 / (1.0 + np.exp(8.0))), abs=1e-6)
+    assert pq_with_fp(module, 1) > 0.9998
+    # at the limit: 100 px, s = 0.5
+    assert pq_with_fp(module, 5) == pytest.approx(1.0 / 1.25, abs=1e-5)
+    # big false positive: 100 px >> 10 px limit, s ~ 1: costs 0.5 in the denominator
+    big = PanopticQualitySurrogate([0], stuff_area=1000, instance_area=10)
+    assert pq_with_fp(big, 5) == pytest.approx(1.0 / 1.5, abs=1e-4)
+
+
+def test_stuff_uses_stuff_area_things_use_instance_area():
+    gt = torch.zeros(1, 10, 10, dtype=torch.bool)
+    gt[0, :5] = True   # 50 px, predicted exactly
+    fp = torch.zeros(1, 10, 10)
+    fp[0, 7:] = 1.0    # 30 px false positive of the same class
+    module = PanopticQualitySurrogate([0], stuff_area=40.0, instance_area=0.0)
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    for cls, limit in ((3, 40.0), (0, 0.0)):
+        s_tp, s_fp = sig(0.1 * (50 - limit)), sig(0.1 * (30 - limit))
+        out = module([torch.cat([gt.float(), fp])], [torch.tensor([cls, cls])], [gt], [torch.tensor([cls])])
+        assert out.matches == [[(0, 0)]]
+        assert out.pq.item() == pytest.approx(s_tp / (s_tp + 0.5 * s_fp), rel=1e-5), cls
+
+
+# --------------------------------------------------------------------------- edge cases
+def test_no_gt_all_false_positives():
+    pred = torch.zeros(2, 6, 6)
+    pred[0, :3] = 1
+    pred[1, 3:] = 1
+    pred.requires_grad_(True)
+    module = PanopticQualitySurrogate([0], stuff_area=5, instance_area=5)
+    out = module([pred], [torch.tensor([0, 3])], [torch.zeros(0, 6, 6, dtype=torch.bool)],
+                 [torch.zeros(0, dtype=torch.long)])
+    assert out.loss.item() == 1.0 and out.matches == [[]] and set(out.per_class) == {0, 3}
+    out.loss.backward()
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_no_gt_and_no_predictions_gives_finite_zero_loss():
+    pred = torch.zeros(0, 6, 6, requires_grad=True)
+    other = torch.zeros(1, 6, 6)
+    other[0, :2] = 1
+    other.requires_grad_(True)
+    module = PanopticQualitySurrogate([0], stuff_area=5, instance_area=5)
+    empty_gt = [torch.zeros(0, 6, 6, dtype=torch.bool)]
+    empty_cls = [torch.zeros(0, dtype=torch.long)]
+    out = module([pred], [torch.zeros(0, dtype=torch.long)], empty_gt, empty_cls)
+    assert out.loss.item() == 0.0 and torch.isfinite(out.loss) and out.per_class == {}
+    out.loss.backward()
+    # a batch where one image is empty and the other is perfect: the empty one changes nothing
+    gt = other.detach().bool()
+    mixed = module([pred, other], [torch.zeros(0, dtype=torch.long), torch.tensor([0])],
+                   empty_gt + [gt], empty_cls + [torch.tensor([0])])
+    alone = module([other], [torch.tensor([0])], [gt], [torch.tensor([0])])
+    assert mixed.loss.item() == pytest.approx(alone.loss.item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_cuda_matches_cpu():
+    preds, gts = hard_batch(5)
+    pm, pc, gm, gc, w = surrogate_inputs(preds, gts, requires_grad=True)
+    module = PanopticQualitySurrogate(THINGS, stuff_area=20.0, instance_area=10.0)
+    cpu = module(pm, pc, gm, gc, w)
+    cpu.loss.backward()
+    pm_cuda = [p.detach().cuda().requires_grad_(True) for p in pm]
+    out = module(pm_cuda, [c.cuda() for c in pc], [g.cuda() for g in gm], [c.cuda() for c in gc],
+                 [x.cuda() for x in w])
+    assert out.loss.device.type == "cuda"
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(cpu.loss.item(), abs=1e-5)
+    assert out.matches == cpu.matches
+    for a, b in zip(pm, pm_cuda):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, atol=1e-5, rtol=1e-4)
+
+
+def _good_inputs():
+    pm = [torch.zeros(2, 4, 4), torch.zeros(1, 4, 5)]
+    pc = [torch.tensor([0, 1]), torch.tensor([1])]
+    gm = [torch.zeros(1, 4, 4, dtype=torch.bool), torch.zeros(2, 4, 5)]
+    gc = [torch.tensor([0]), torch.tensor([1, 2])]
+    w = [torch.ones(4, 4), torch.ones(4, 5)]
+    return pm, pc, gm, gc, w
+
+
+def _set(lst, k, v):
+    lst = list(lst)
+    lst[k] = v
+    return lst
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda a: (a[0][:1],) + a[1:], "same length"),
+        (lambda a: a[:4] + ([torch.ones(4, 4)],), "same length"),
+        (lambda a: (_set(a[0], 0, torch.zeros(4, 4)),) + a[1:], "3-D"),
+        (lambda a: a[:2] + (_set(a[2], 0, torch.zeros(1, 4, 5, dtype=torch.bool)),) + a[3:], "spatial size"),
+        (lambda a: a[:4] + (_set(a[4], 1, torch.ones(4, 4)),), r"\[H, W\]"),
+        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0]))) + a[2:], "shape"),
+        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0.0, 1.0]))) + a[2:], "integer"),
+        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0, -1]))) + a[2:], "negative"),
+        (lambda a: a[:3] + (_set(a[3], 1, torch.tensor([1])),) + a[4:], "shape"),
+        (lambda a: (_set(a[0], 0, torch.zeros(2, 4, 4, dtype=torch.long)),) + a[1:], "floating point"),
+        (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), float("nan"))),) + a[1:], "NaN"),
+        (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), 1.5)),) + a[1:], r"\[0, 1\]"),
+        (lambda a: a[:2] + (_set(a[2], 1, torch.full((2, 4, 5), float("inf"))),) + a[3:], "NaN or inf"),
+        (lambda a: a[:2] + (_set(a[2], 1, torch.zeros(2, 4, 5, dtype=torch.long)),) + a[3:], "bool or floating"),
+        (lambda a: a[:4] + (_set(a[4], 0, torch.full((4, 4), float("nan"))),), "NaN"),
+        (lambda a: a[:4] + (_set(a[4], 0, -torch.ones(4, 4)),), "non-negative"),
+        (lambda a: (_set(a[0], 0, np.zeros((2, 4, 4))),) + a[1:], "torch.Tensor"),
+        (lambda a: (_set(a[0], 1, torch.zeros(1, 4, 5, dtype=torch.float64)),) + a[1:], "share dtype"),
+        (lambda a: ([], [], [], [], None), "empty batch"),
+    ],
+)
+def test_bad_input_raises(edit, message):
+    module = PanopticQualitySurrogate([0], stuff_area=1.0, instance_area=1.0)
+    args = edit(_good_inputs())
+    with pytest.raises(ValueError, match=message):
+        module(*args)
+
+
+def test_good_inputs_work_and_bad_constructor_arguments_raise():
+    out = PanopticQualitySurrogate([0], stuff_area=1.0, instance_area=1.0)(*_good_inputs())
+    assert torch.isfinite(out.loss)
+    for kwargs in (dict(eps=0.0), dict(beta=-1.0), dict(area_temperature=0.0), dict(ratio_eps=-0.1),
+                   dict(stuff_area=float("nan")), dict(instance_area="10")):
+        args = dict(stuff_area=1.0, instance_area=1.0)
+        args.update(kwargs)
+        with pytest.raises(ValueError):
+            PanopticQualitySurrogate([0], **args)
+    with pytest.raises(ValueError, match="thing_classes"):
+        PanopticQualitySurrogate([-1], stuff_area=1.0, instance_area=1.0)
+    with pytest.raises(ValueError, match="eps"):
+        match_segments(torch.zeros(1, 2, 2), torch.tensor([0]), torch.zeros(1, 2, 2), torch.tensor([0]),
+                       None, [0], eps=0.0)
