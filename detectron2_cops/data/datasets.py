@@ -1,0 +1,483 @@
+"""Dataset registration for COPS: COCO-panoptic-format folders, and panoptic metadata access.
+
+Detectron2's builtin panoptic datasets (``cityscapes_fine_panoptic_{train,val}``,
+``coco_2017_{train,val}_panoptic``, ...) are used unchanged. This module adds
+
+* :func:`register_coco_panoptic_folder`: registers any folder ``<root>/<name>/`` in the COCO
+  panoptic format (``images/``, ``panoptic/`` with RGB-encoded id PNGs, ``panoptic.json`` and
+  optionally ``panoptic_coco_categories.json``) through Detectron2's own
+  :func:`detectron2.data.datasets.register_coco_panoptic`, with the metadata of Detectron2's
+  standard COCO panoptic dataset (one contiguous id range over all categories, in category-file
+  order; ``label_divisor=1000``, ``ignore_label=255``);
+* :func:`register_all_coco_panoptic_folders`, called when :mod:`detectron2_cops.data` is
+  imported: registers the bundled sample ``coco_panoptic_sample`` under
+  ``$DETECTRON2_DATASETS`` (default ``datasets``), e.g. ``DETECTRON2_DATASETS=../shared/data``;
+* :func:`get_panoptic_metadata`: the metadata fields COPS reads, checked, with
+  ``label_divisor`` defaulting to 1000 when a dataset does not set it;
+* :func:`register_panoptic_instances_view`: a ``<name>_instances`` dataset with the thing
+  segments of a panoptic dataset as instance annotations, for Detectron2's ``COCOEvaluator``.
+
+Registration is lazy: the annotation json is read when the dataset is first used. A folder
+that does not exist at registration time still registers; using it raises a
+``FileNotFoundError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_panoptic
+from detectron2.utils.file_io import PathManager
+
+from .panoptic_utils import rgb2id
+
+__all__ = [
+    "COCO_PANOPTIC_FOLDERS",
+    "register_coco_panoptic_folder",
+    "register_all_coco_panoptic_folders",
+    "load_coco_panoptic_folder",
+    "get_panoptic_metadata",
+    "register_panoptic_instances_view",
+    "load_panoptic_as_instances",
+]
+
+logger = logging.getLogger(__name__)
+
+#: COCO-panoptic-format folders registered on import of ``detectron2_cops.data``.
+COCO_PANOPTIC_FOLDERS = ("coco_panoptic_sample",)
+
+#: name -> absolute folder of datasets registered by :func:`register_coco_panoptic_folder`.
+_REGISTERED_FOLDERS: Dict[str, str] = {}
+#: name -> panoptic dataset name of views registered by :func:`register_panoptic_instances_view`.
+_INSTANCE_VIEWS: Dict[str, str] = {}
+
+_DEFAULT_LABEL_DIVISOR = 1000
+_DEFAULT_IGNORE_LABEL = 255
+
+
+def _default_root() -> str:
+    """Detectron2's dataset root: ``$DETECTRON2_DATASETS`` or ``datasets``."""
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def _read_json(path: str, what: str):
+    if not PathManager.isfile(path):
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    try:
+        with PathManager.open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} '{path}' is not valid json: {e}") from e
+
+
+def _folder_paths(folder: str) -> Dict[str, str]:
+    return {
+        "image_root": os.path.join(folder, "images"),
+        "panoptic_root": os.path.join(folder, "panoptic"),
+        "panoptic_json": os.path.join(folder, "panoptic.json"),
+        "categories_json": os.path.join(folder, "panoptic_coco_categories.json"),
+    }
+
+
+def _default_colors(n: int) -> List[List[int]]:
+    from detectron2.utils.colormap import colormap
+
+    palette = colormap(rgb=True, maximum=255).astype(int).tolist()
+    return [palette[i % len(palette)] for i in range(n)]
+
+
+def _read_categories(folder: str) -> Tuple[List[dict], str]:
+    """Categories of a COCO panoptic folder and the file they come from (checked)."""
+    paths = _folder_paths(folder)
+    if PathManager.isfile(paths["categories_json"]):
+        source = paths["categories_json"]
+        categories = _read_json(source, "category file")
+    else:
+        source = paths["panoptic_json"]
+        categories = _read_json(source, "panoptic annotation file").get("categories")
+    if not isinstance(categories, list) or not categories:
+        raise ValueError(f"'{source}' must hold a non-empty list of categories")
+    seen = set()
+    for k, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not {"id", "name", "isthing"} <= set(cat):
+            raise ValueError(
+                f"'{source}': category {k} must be a dict with 'id', 'name' and 'isthing', got {cat!r}"
+            )
+        if cat["id"] in seen:
+            raise ValueError(f"'{source}': duplicate category id {cat['id']}")
+        seen.add(cat["id"])
+    return categories, source
+
+
+def _metadata_from_categories(categories: List[dict], source: str) -> dict:
+    """Metadata in the layout of Detectron2's standard COCO panoptic dataset: contiguous id =
+    position in the category list; ``thing_*`` and ``stuff_*`` both list all categories."""
+    names = [c["name"] for c in categories]
+    colors = [list(c["color"]) if "color" in c else None for c in categories]
+    if any(c is None for c in colors):
+        fallback = _default_colors(len(categories))
+        colors = [c if c is not None else fallback[i] for i, c in enumerate(colors)]
+    thing_map, stuff_map = {}, {}
+    for i, c in enumerate(categories):
+        (thing_map if int(c["isthing"]) == 1 else stuff_map)[int(c["id"])] = i
+    return {
+        "thing_classes": names,
+        "thing_colors": colors,
+        "stuff_classes": list(names),
+        "stuff_colors": [list(c) for c in colors],
+        "thing_dataset_id_to_contiguous_id": thing_map,
+        "stuff_dataset_id_to_contiguous_id": stuff_map,
+        "categories_file": source,
+    }
+
+
+def _ensure_folder_metadata(name: str) -> None:
+    """Fill in the category metadata of a folder dataset registered while its folder was
+    missing; raise ``FileNotFoundError`` naming the folder if it is still missing."""
+    folder = _REGISTERED_FOLDERS.get(name)
+    if folder is None:
+        return
+    meta = MetadataCatalog.get(name)
+    if hasattr(meta, "thing_dataset_id_to_contiguous_id"):
+        return
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"dataset '{name}' is registered from the folder '{folder}', which does not exist. "
+            f"Set DETECTRON2_DATASETS to the directory that contains '{os.path.basename(folder)}' "
+            "before importing detectron2_cops, or call "
+            "register_coco_panoptic_folder(name, root, overwrite=True)."
+        )
+    categories, source = _read_categories(folder)
+    meta.set(**_metadata_from_categories(categories, source))
+
+
+def load_coco_panoptic_folder(
+    json_file: str, image_root: str, panoptic_root: str, metadata: dict
+) -> List[dict]:
+    """Load a COCO panoptic annotation file into Detectron2 dataset dicts.
+
+    The same dict format as Detectron2's ``load_coco_panoptic_json`` (``file_name``,
+    ``image_id``, ``pan_seg_file_name``, ``segments_info`` with contiguous ``category_id`` and
+    ``isthing``), plus ``height``/``width`` from the json's ``images``. Unlike Detectron2's
+    loader, the image file name is taken from ``images`` (not assumed to be ``.jpg``; an image
+    id missing from ``images`` falls back to the PNG name with ``.jpg``), and errors are clear.
+
+    Args:
+        json_file: ``panoptic.json`` path.
+        image_root, panoptic_root: folders of the images and of the panoptic PNGs.
+        metadata: dict with ``thing_dataset_id_to_contiguous_id`` and
+            ``stuff_dataset_id_to_contiguous_id``.
+    Returns:
+        list of dataset dicts, one per annotation, in json order.
+    Raises:
+        FileNotFoundError: the json, a folder or the first image/PNG is missing (names the path).
+        ValueError: no annotations, or a segment whose ``category_id`` is not a category of the
+            dataset (names the json file, the image and the id).
+    """
+    for path, what in [(image_root, "image folder"), (panoptic_root, "panoptic PNG folder")]:
+        if not PathManager.isdir(path):
+            raise FileNotFoundError(f"{what} '{path}' does not exist")
+    data = _read_json(json_file, "panoptic annotation file")
+    thing_map = metadata["thing_dataset_id_to_contiguous_id"]
+    stuff_map = metadata["stuff_dataset_id_to_contiguous_id"]
+    images = {img["id"]: img for img in data.get("images", [])}
+    annotations = data.get("annotations", [])
+    if not annotations:
+        raise ValueError(f"panoptic annotation file '{json_file}' has no annotations")
+    ret = []
+    for ann in annotations:
+        image_id = ann["image_id"]
+        info = images.get(image_id, {})
+        image_name = info.get("file_name", os.path.splitext(ann["file_name"])[0] + ".jpg")
+        segments_info = []
+        for seg in ann["segments_info"]:
+            seg = dict(seg)
+            cat = seg["category_id"]
+            if cat in thing_map:
+                seg["category_id"], seg["isthing"] = thing_map[cat], True
+            elif cat in stuff_map:
+                seg["category_id"], seg["isthing"] = stuff_map[cat], False
+            else:
+                raise ValueError(
+                    f"'{json_file}': segment {seg.get('id')} of image {image_id} "
+                    f"({ann['file_name']}) has unknown category id {cat}; known category ids: "
+                    f"{sorted(list(thing_map) + list(stuff_map))[:20]}..."
+                )
+            segments_info.append(seg)
+        record = {
+            "file_name": os.path.join(image_root, image_name),
+            "image_id": image_id,
+            "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
+            "segments_info": segments_info,
+        }
+        if "height" in info and "width" in info:
+            record["height"], record["width"] = int(info["height"]), int(info["width"])
+        ret.append(record)
+    for key in ("file_name", "pan_seg_file_name"):
+        if not PathManager.isfile(ret[0][key]):
+            raise FileNotFoundError(f"'{ret[0][key]}' (listed in '{json_file}') does not exist")
+    return ret
+
+
+def register_coco_panoptic_folder(
+    name: str, root: Optional[str] = None, *, overwrite: bool = False, _defer_errors: bool = False
+) -> None:
+    """Register the COCO-panoptic-format folder ``<root>/<name>/`` as dataset ``name``.
+
+    The folder holds ``images/``, ``panoptic/`` (RGB-encoded id PNGs), ``panoptic.json`` and
+    optionally ``panoptic_coco_categories.json`` (else the categories of ``panoptic.json`` are
+    used). Registration goes through Detectron2's ``register_coco_panoptic`` (metadata keys
+    ``panoptic_root``, ``image_root``, ``panoptic_json``, ``evaluator_type="coco_panoptic_seg"``,
+    ``ignore_label=255``, ``label_divisor=1000``, plus ``thing_classes``/``stuff_classes``,
+    colors and the two ``*_dataset_id_to_contiguous_id`` maps over one contiguous range of all
+    categories); the dataset loader is then replaced by :func:`load_coco_panoptic_folder` (which
+    reads image names from the json and reports unknown categories clearly).
+
+    Args:
+        name: dataset name and folder name.
+        root: parent directory (default: ``$DETECTRON2_DATASETS`` or ``datasets``); stored as an
+            absolute path.
+        overwrite: replace an existing registration of ``name``.
+    Raises:
+        ValueError: ``name`` is already registered (by something else, or from another folder)
+            and ``overwrite`` is False; or the category file is malformed.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    folder = os.path.abspath(os.path.join(root if root is not None else _default_root(), name))
+    if name in DatasetCatalog.list():
+        if not overwrite:
+            if _REGISTERED_FOLDERS.get(name) == folder:
+                return  # idempotent
+            raise ValueError(
+                f"dataset '{name}' is already registered"
+                + (f" from '{_REGISTERED_FOLDERS[name]}'" if name in _REGISTERED_FOLDERS else "")
+                + f"; pass overwrite=True to register it from '{folder}'"
+            )
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+        _REGISTERED_FOLDERS.pop(name, None)
+    paths = _folder_paths(folder)
+    metadata = {}
+    if os.path.isdir(folder):
+        try:
+            metadata = _metadata_from_categories(*_read_categories(folder))
+        except (OSError, ValueError):
+            if not _defer_errors:
+                raise
+            # registered without categories: the error is raised again when the dataset is used
+            logger.warning(
+                f"dataset '{name}': could not read the categories in '{folder}'", exc_info=True
+            )
+    register_coco_panoptic(
+        name,
+        metadata,
+        paths["image_root"],
+        paths["panoptic_root"],
+        paths["panoptic_json"],
+        instances_json=None,
+    )
+    MetadataCatalog.get(name).set(dataset_folder=folder)
+    _REGISTERED_FOLDERS[name] = folder
+
+    def _load(name=name, paths=paths):
+        _ensure_folder_metadata(name)
+        meta = MetadataCatalog.get(name).as_dict()
+        return load_coco_panoptic_folder(
+            paths["panoptic_json"], paths["image_root"], paths["panoptic_root"], meta
+        )
+
+    # Detectron2's loader assumes ".jpg" images and raises a bare KeyError on unknown
+    # categories; keep its metadata, use ours for the dicts.
+    DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, _load)
+
+
+def register_all_coco_panoptic_folders(root: Optional[str] = None) -> List[str]:
+    """Register every folder of :data:`COCO_PANOPTIC_FOLDERS` under ``root`` (default
+    ``$DETECTRON2_DATASETS`` or ``datasets``), skipping names already registered.
+
+    Returns:
+        the names registered by this call.
+    Raises:
+        nothing for a missing or malformed folder: the error is raised when the dataset is used.
+    """
+    done = []
+    for name in COCO_PANOPTIC_FOLDERS:
+        if name in DatasetCatalog.list():
+            continue
+        # at import time, a broken folder must not break the import: errors surface on use
+        register_coco_panoptic_folder(name, root, _defer_errors=True)
+        done.append(name)
+    return done
+
+
+def get_panoptic_metadata(dataset_name: str) -> dict:
+    """The metadata fields of a panoptic dataset that COPS reads, checked.
+
+    Returns:
+        dict with ``metadata`` (Detectron2 ``Metadata``), ``thing_dataset_id_to_contiguous_id``,
+        ``stuff_dataset_id_to_contiguous_id`` (dataset id -> contiguous id), ``thing_ids`` and
+        ``class_ids`` (sorted lists of contiguous ids: things, all classes), ``label_divisor``
+        (default 1000 when the metadata has none) and ``ignore_label`` (default 255).
+    Raises:
+        ValueError: ``dataset_name`` is not registered.
+        FileNotFoundError: a folder dataset whose folder does not exist (names it).
+        ValueError: the metadata lacks the two id maps, or they overlap / collide with
+            ``ignore_label``.
+    """
+    if dataset_name not in DatasetCatalog.list():
+        raise ValueError(
+            f"dataset '{dataset_name}' is not registered; registered panoptic datasets include "
+            f"{[n for n in DatasetCatalog.list() if 'panoptic' in n][:20]}"
+        )
+    _ensure_folder_metadata(dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    missing = [
+        k
+        for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+        if not hasattr(meta, k)
+    ]
+    if missing:
+        raise ValueError(
+            f"dataset '{dataset_name}' is not a panoptic dataset: its metadata has no {missing}"
+        )
+    thing_map = dict(meta.thing_dataset_id_to_contiguous_id)
+    stuff_map = dict(meta.stuff_dataset_id_to_contiguous_id)
+    thing_ids = sorted(set(thing_map.values()))
+    stuff_ids = sorted(set(stuff_map.values()))
+    if set(thing_ids) & set(stuff_ids):
+        raise ValueError(
+            f"dataset '{dataset_name}': contiguous ids {sorted(set(thing_ids) & set(stuff_ids))} "
+            "are both thing and stuff"
+        )
+    ignore_label = int(meta.get("ignore_label", _DEFAULT_IGNORE_LABEL))
+    label_divisor = int(meta.get("label_divisor", _DEFAULT_LABEL_DIVISOR))
+    class_ids = sorted(thing_ids + stuff_ids)
+    if ignore_label in class_ids:
+        raise ValueError(
+            f"dataset '{dataset_name}': ignore_label {ignore_label} is also a class id"
+        )
+    if class_ids and class_ids[-1] >= label_divisor:
+        raise ValueError(
+            f"dataset '{dataset_name}': class id {class_ids[-1]} >= label_divisor {label_divisor}"
+        )
+    return {
+        "metadata": meta,
+        "thing_dataset_id_to_contiguous_id": thing_map,
+        "stuff_dataset_id_to_contiguous_id": stuff_map,
+        "thing_ids": thing_ids,
+        "class_ids": class_ids,
+        "label_divisor": label_divisor,
+        "ignore_label": ignore_label,
+    }
+
+
+# ---------------------------------------------------------------------------- instances view
+def load_panoptic_as_instances(panoptic_name: str) -> List[dict]:
+    """Dataset dicts of ``panoptic_name`` with its thing segments as instance annotations.
+
+    Each dict keeps ``file_name``, ``image_id``, ``height``, ``width`` and gets
+    ``annotations``: one per thing segment (crowd included, with ``iscrowd``) with
+    ``segmentation`` (COCO RLE of the mask read from the panoptic PNG), ``bbox`` (XYWH of the
+    mask, ``bbox_mode=BoxMode.XYWH_ABS``) and the contiguous ``category_id``. Segments with no
+    pixel in the PNG are skipped.
+
+    Raises:
+        FileNotFoundError: a panoptic PNG is missing (names it).
+        ValueError: a PNG is not RGB (names it).
+    """
+    import pycocotools.mask as mask_util
+    from detectron2.structures import BoxMode
+
+    info = get_panoptic_metadata(panoptic_name)
+    thing_ids = set(info["thing_ids"])
+    out = []
+    for record in DatasetCatalog.get(panoptic_name):
+        png = record["pan_seg_file_name"]
+        if not PathManager.isfile(png):
+            raise FileNotFoundError(f"panoptic PNG '{png}' does not exist")
+        with PathManager.open(png, "rb") as f:
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+        ids = rgb2id(rgb)
+        annotations = []
+        for seg in record["segments_info"]:
+            if seg["category_id"] not in thing_ids:
+                continue
+            mask = ids == seg["id"]
+            if not mask.any():
+                continue
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            annotations.append(
+                {
+                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
+                    "bbox_mode": BoxMode.XYWH_ABS,
+                    "segmentation": rle,
+                    "category_id": int(seg["category_id"]),
+                    "iscrowd": int(seg.get("iscrowd", 0)),
+                }
+            )
+        out.append(
+            {
+                "file_name": record["file_name"],
+                "image_id": record["image_id"],
+                "height": int(ids.shape[0]),
+                "width": int(ids.shape[1]),
+                "annotations": annotations,
+            }
+        )
+    return out
+
+
+def register_panoptic_instances_view(panoptic_name: str, name: Optional[str] = None) -> str:
+    """Register ``name`` (default ``<panoptic_name>_instances``): the thing segments of a
+    panoptic dataset as an instance segmentation dataset (:func:`load_panoptic_as_instances`),
+    so that Detectron2's ``COCOEvaluator`` can score predicted ``instances`` on datasets that
+    have no COCO instances json. Its metadata has ``thing_classes``/``thing_colors`` of the
+    thing classes only and the panoptic dataset's ``thing_dataset_id_to_contiguous_id``, so
+    predicted ``pred_classes`` (panoptic contiguous ids) are used unchanged.
+
+    Returns:
+        the registered name (an existing view of the same dataset is reused).
+    Raises:
+        ValueError: the thing classes are not the contiguous ids ``0 .. T-1`` (COCOEvaluator
+            requires it; Detectron2's COCO panoptic metadata lists things first), or ``name`` is
+            already registered as something else.
+    """
+    name = name or f"{panoptic_name}_instances"
+    if name in DatasetCatalog.list():
+        if _INSTANCE_VIEWS.get(name) == panoptic_name:
+            return name
+        raise ValueError(
+            f"dataset '{name}' is already registered and is not an instances view of '{panoptic_name}'"
+        )
+    info = get_panoptic_metadata(panoptic_name)
+    thing_ids = info["thing_ids"]
+    if thing_ids != list(range(len(thing_ids))):
+        raise ValueError(
+            f"dataset '{panoptic_name}': COCO instance evaluation needs the thing classes to be the "
+            f"contiguous ids 0..{len(thing_ids) - 1}, got {thing_ids[:10]}..."
+        )
+    meta = info["metadata"]
+    names = list(meta.thing_classes)
+    colors = list(meta.get("thing_colors", _default_colors(len(names))))
+    DatasetCatalog.register(name, lambda: load_panoptic_as_instances(panoptic_name))
+    MetadataCatalog.get(name).set(
+        thing_classes=names[: len(thing_ids)],
+        thing_colors=colors[: len(thing_ids)],
+        thing_dataset_id_to_contiguous_id=copy.deepcopy(info["thing_dataset_id_to_contiguous_id"]),
+        image_root=meta.get("image_root", ""),
+        evaluator_type="coco",
+        panoptic_dataset=panoptic_name,
+    )
+    _INSTANCE_VIEWS[name] = panoptic_name
+    return name

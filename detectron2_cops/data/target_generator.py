@@ -1,0 +1,389 @@
+"""Training targets of COPS from a panoptic ground truth (NumPy/PyTorch only, no Detectron2).
+
+COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3 and 4) trains
+
+* a semantic head at full resolution (DeepLabCE with hard pixel mining and the small-instance
+  weighting of DeeperLab / Panoptic-DeepLab), and
+* an affinity head that predicts, for every edge of the grid graph of the output-stride-4 grid,
+  whether its two endpoints lie in different panoptic segments (an edge *cut*, target 1) or in
+  the same segment (a *join*, target 0); weighted binary cross entropy (pretraining stage),
+* and, in the fully differentiable stage, the PQ surrogate on the stride-4 grid, which needs the
+  ground-truth segments on that grid.
+
+:class:`COPSTargetGenerator` produces all of them. Its design follows the original
+implementation (``PanopticAffinityTargetGenerator`` in the authors' ``affinityNet`` code) and
+Detectron2's Panoptic-DeepLab ``PanopticDeepLabTargetGenerator``; the edge convention is the
+one of :class:`detectron2_cops.solvers.grid.GridGraph` (read its module docstring).
+
+Sampling of the stride-``s`` grid (``s = 4`` in COPS): the grid of an ``H x W`` image has
+``(h, w) = (ceil(H / s), ceil(W / s))`` pixels, and grid pixel ``(i, j)`` takes the label of image
+pixel ``(min(s*i + s//2, H-1), min(s*j + s//2, W-1))`` -- the centre of its ``s x s`` cell (the
+original code samples ``array[s//2::s, s//2::s]``; the ``min`` clamps the last row/column when
+``H`` or ``W`` is not a multiple of ``s``, so the grid always covers the whole image).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from detectron2_cops.solvers.grid import GridGraph, edge_offsets
+
+__all__ = ["COPSTargetGenerator", "grid_size", "grid_sample_coordinates"]
+
+
+def grid_size(height: int, width: int, stride: int = 4) -> Tuple[int, int]:
+    """Size ``(ceil(height / stride), ceil(width / stride))`` of the stride grid of an image.
+
+    Raises:
+        ValueError: non-positive ``stride`` or negative sizes.
+    """
+    if int(stride) != stride or stride <= 0:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    if height < 0 or width < 0:
+        raise ValueError(f"height and width must be >= 0, got {height}x{width}")
+    return -(-int(height) // int(stride)), -(-int(width) // int(stride))
+
+
+def grid_sample_coordinates(
+    height: int, width: int, stride: int = 4
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Image rows and columns read by the stride grid (see the module docstring).
+
+    Returns:
+        ``rows [h] int64`` with ``rows[i] = min(stride*i + stride//2, height-1)`` and
+        ``cols [w] int64`` likewise; ``(h, w) = grid_size(height, width, stride)``.
+    Raises:
+        ValueError: as :func:`grid_size`.
+    """
+    h, w = grid_size(height, width, stride)
+    rows = np.minimum(np.arange(h, dtype=np.int64) * stride + stride // 2, max(height - 1, 0))
+    cols = np.minimum(np.arange(w, dtype=np.int64) * stride + stride // 2, max(width - 1, 0))
+    return rows, cols
+
+
+class COPSTargetGenerator:
+    """Semantic, panoptic and affinity training targets of COPS for one image.
+
+    Args:
+        thing_ids: contiguous class ids of the *thing* (partitionable) classes.
+        class_ids: all contiguous class ids (things and stuff); a segment with another
+            ``category_id`` is an error. ``None``: any id in ``[0, label_divisor)`` other than
+            ``ignore_label``.
+        ignore_label: semantic label of void pixels (Detectron2: 255).
+        label_divisor: panoptic id = ``class * label_divisor + instance index``.
+        edge_distances: edge distances ``d`` in pixels of the stride grid
+            (``MODEL.AFFINITY_HEAD.EDGE_DISTANCES``).
+        edge_sampling_intervals: one sampling interval per distance (default all 1).
+        stride: output stride of the grid in image pixels (``MODEL.AFFINITY_HEAD.COMMON_STRIDE``, 4).
+        small_instance_area: thing segments with fewer image pixels than this (after
+            augmentation) are *small* (``INPUT.SMALL_INSTANCE_AREA``).
+        small_instance_weight: semantic loss weight of small-instance pixels
+            (``INPUT.SMALL_INSTANCE_WEIGHT``; DeeperLab / Panoptic-DeepLab weighting).
+        ignore_crowd_in_semantic: crowd pixels get ``ignore_label`` and weight 0 in the semantic
+            targets (``INPUT.IGNORE_CROWD_IN_SEMANTIC``); otherwise they keep their class.
+        ignore_stuff_in_affinities: edges whose two endpoints are both stuff get weight 0
+            (``INPUT.IGNORE_STUFF_IN_AFFINITIES``).
+        instance_affinity_weight: weight of edges with at least one endpoint in a thing segment;
+            other edges weigh 1 (``INPUT.INSTANCE_AFFINITY_WEIGHT``).
+        ignore_crowd_in_affinities: edges with an endpoint in a crowd region get weight 0, as in
+            the original COPS code ("Crowd would be always ignored in affinities"): a crowd region
+            holds several instances, so neither "join" nor "cut" is known inside it.
+
+    Raises:
+        ValueError: on invalid arguments (negative weights, non-positive stride, ...).
+
+    ``__call__(panoptic, segments_info)`` returns a dict of tensors (``H, W``: image size;
+    ``h, w = ceil(H/stride), ceil(W/stride)``: grid size; ``H_d, W_d``: map size of distance ``d``
+    with sampling interval ``s_d``, ``ceil(h/s_d), ceil(w/s_d)``):
+
+    * ``sem_seg`` ``[H, W] int64``: contiguous class, ``ignore_label`` on void (and on crowd if
+      ``ignore_crowd_in_semantic``).
+    * ``sem_seg_weights`` ``[H, W] float32``: 1; ``small_instance_weight`` on non-crowd thing
+      segments with area ``< small_instance_area``; 0 where ``sem_seg == ignore_label``.
+    * ``panoptic_ids`` ``[h, w] int64``: ``class * label_divisor + k`` with ``k = 0`` for stuff
+      and ``k = 1, 2, ...`` for the thing segments of that class in ``segments_info`` order
+      (crowd segments included); -1 on void. All stuff segments of one class share one id
+      (stuff is not partitionable).
+    * ``crowd_ids`` ``[C] int64``: panoptic ids of the crowd segments present on the grid.
+    * ``gt_masks`` ``[G, h, w] bool`` and ``gt_classes`` ``[G] int64``: one mask per distinct
+      non-crowd panoptic id present on the grid, in ``segments_info`` order.
+    * ``pixel_weights`` ``[h, w] float32``: 0 on void and crowd, 1 elsewhere.
+    * ``affinity_targets`` list of ``[2, H_d, W_d] float32`` per distance: 1 where the edge's
+      endpoints have different panoptic ids (cut), 0 where equal, 0 at invalid positions.
+    * ``affinity_weights`` list of ``[2, H_d, W_d] float32``: 0 at invalid positions and where
+      an endpoint is void (or crowd, see ``ignore_crowd_in_affinities``);
+      ``instance_affinity_weight`` where an endpoint is in a thing segment; 1 otherwise; 0 where
+      both endpoints are stuff if ``ignore_stuff_in_affinities``.
+    """
+
+    def __init__(
+        self,
+        *,
+        thing_ids: Iterable[int],
+        class_ids: Optional[Iterable[int]] = None,
+        ignore_label: int = 255,
+        label_divisor: int = 1000,
+        edge_distances: Sequence[int] = (1, 4, 16, 32, 64),
+        edge_sampling_intervals: Optional[Sequence[int]] = None,
+        stride: int = 4,
+        small_instance_area: float = 4096,
+        small_instance_weight: float = 3.0,
+        ignore_crowd_in_semantic: bool = False,
+        ignore_stuff_in_affinities: bool = False,
+        instance_affinity_weight: float = 4.0,
+        ignore_crowd_in_affinities: bool = True,
+    ):
+        if int(label_divisor) != label_divisor or label_divisor <= 0:
+            raise ValueError(f"label_divisor must be a positive integer, got {label_divisor!r}")
+        if int(stride) != stride or stride <= 0:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        for name, value in [
+            ("small_instance_area", small_instance_area),
+            ("small_instance_weight", small_instance_weight),
+            ("instance_affinity_weight", instance_affinity_weight),
+        ]:
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.thing_ids = frozenset(int(c) for c in thing_ids)
+        self.class_ids = None if class_ids is None else frozenset(int(c) for c in class_ids)
+        if self.class_ids is not None and not self.thing_ids <= self.class_ids:
+            raise ValueError(
+                f"thing_ids must be a subset of class_ids; not in class_ids: "
+                f"{sorted(self.thing_ids - self.class_ids)}"
+            )
+        self.ignore_label = int(ignore_label)
+        self.label_divisor = int(label_divisor)
+        self.stride = int(stride)
+        # GridGraph validates distances and intervals (raises ValueError on bad ones).
+        probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
+        self.edge_distances = probe.edge_distances
+        self.edge_sampling_intervals = probe.edge_sampling_intervals
+        self.small_instance_area = float(small_instance_area)
+        self.small_instance_weight = float(small_instance_weight)
+        self.ignore_crowd_in_semantic = bool(ignore_crowd_in_semantic)
+        self.ignore_stuff_in_affinities = bool(ignore_stuff_in_affinities)
+        self.instance_affinity_weight = float(instance_affinity_weight)
+        self.ignore_crowd_in_affinities = bool(ignore_crowd_in_affinities)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_thing_classes={len(self.thing_ids)}, "
+            f"label_divisor={self.label_divisor}, stride={self.stride}, "
+            f"edge_distances={self.edge_distances}, "
+            f"edge_sampling_intervals={self.edge_sampling_intervals})"
+        )
+
+    # ------------------------------------------------------------------ input checks
+    def _segment_table(self, segments_info: Sequence[dict]):
+        """Per-segment arrays: ids, classes, is_thing, is_crowd, panoptic ids (segment order)."""
+        if not isinstance(segments_info, (list, tuple)):
+            raise ValueError(
+                f"segments_info must be a list of dicts, got {type(segments_info).__name__}"
+            )
+        n = len(segments_info)
+        ids = np.zeros(n, dtype=np.int64)
+        classes = np.zeros(n, dtype=np.int64)
+        is_crowd = np.zeros(n, dtype=bool)
+        for k, seg in enumerate(segments_info):
+            if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+                raise ValueError(
+                    f"segments_info[{k}] must be a dict with keys 'id' and 'category_id', got {seg!r}"
+                )
+            sid, cat = int(seg["id"]), int(seg["category_id"])
+            if sid <= 0:
+                raise ValueError(
+                    f"segments_info[{k}] has id {sid}; segment ids must be > 0 (0 is void)"
+                )
+            if self.class_ids is not None:
+                known = cat in self.class_ids
+            else:
+                known = 0 <= cat < self.label_divisor and cat != self.ignore_label
+            if not known:
+                raise ValueError(
+                    f"segments_info[{k}] (segment id {sid}) has category_id {cat}, which is not a "
+                    "contiguous class id of the dataset"
+                )
+            ids[k], classes[k] = sid, cat
+            is_crowd[k] = bool(seg.get("iscrowd", 0))
+        if len(np.unique(ids)) != n:
+            uniq, counts = np.unique(ids, return_counts=True)
+            raise ValueError(f"segments_info has duplicate segment ids {uniq[counts > 1].tolist()}")
+        is_thing = np.array([c in self.thing_ids for c in classes.tolist()], dtype=bool)
+        instance = np.zeros(n, dtype=np.int64)
+        counters: Dict[int, int] = {}
+        for k in np.flatnonzero(is_thing).tolist():
+            c = int(classes[k])
+            counters[c] = counters.get(c, 0) + 1
+            instance[k] = counters[c]
+            if instance[k] >= self.label_divisor:
+                raise ValueError(
+                    f"class {c} has more than {self.label_divisor - 1} thing segments; they do not "
+                    f"fit below label_divisor={self.label_divisor}"
+                )
+        pan_ids = classes * self.label_divisor + instance
+        return ids, classes, is_thing, is_crowd, pan_ids
+
+    # ------------------------------------------------------------------ main entry
+    def __call__(self, panoptic: np.ndarray, segments_info: Sequence[dict]) -> Dict[str, object]:
+        """Compute the targets (see the class docstring for the output).
+
+        Args:
+            panoptic: ``[H, W]`` integer array of segment ids (dataset ids decoded from the
+                RGB PNG with :func:`~detectron2_cops.data.panoptic_utils.rgb2id`; 0 = void).
+            segments_info: Detectron2 dataset-dict format: dicts with ``id``, contiguous
+                ``category_id`` and ``iscrowd``.
+        Raises:
+            ValueError: ``panoptic`` not a 2-D integer array; a segment without id/category, with
+                id <= 0, a duplicate id or an unknown ``category_id``; a non-zero id in
+                ``panoptic`` that is not in ``segments_info``.
+        """
+        panoptic = np.asarray(panoptic)
+        if panoptic.ndim != 2 or not np.issubdtype(panoptic.dtype, np.integer):
+            raise ValueError(
+                f"panoptic must be an [H, W] integer array of segment ids, got shape "
+                f"{list(panoptic.shape)} and dtype {panoptic.dtype}"
+            )
+        panoptic = panoptic.astype(np.int64, copy=False)
+        H, W = panoptic.shape
+        ids, classes, is_thing, is_crowd, pan_ids = self._segment_table(segments_info)
+        n = len(ids)
+
+        # ---- pixel -> segment index, vectorised with a sorted lookup; void pixels get index n,
+        # so every per-segment lookup table below has n + 1 entries (the last one for void).
+        seg_index = np.full((H, W), n, dtype=np.int64)
+        if n > 0:
+            order = np.argsort(ids, kind="stable")
+            pos = np.minimum(np.searchsorted(ids[order], panoptic), n - 1)
+            found = ids[order][pos] == panoptic
+            seg_index[found] = order[pos[found]]
+        unknown = (seg_index == n) & (panoptic != 0)
+        if unknown.any():
+            bad = np.unique(panoptic[unknown])
+            raise ValueError(
+                f"panoptic has segment ids {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''} "
+                "that are not in segments_info"
+            )
+        area = np.bincount(seg_index.ravel(), minlength=n + 1)[:n]
+
+        def lut(values, void):
+            return np.append(np.asarray(values), np.asarray(void, dtype=np.asarray(values).dtype))
+
+        # ---- full resolution semantic targets
+        sem_values = classes.copy()
+        if self.ignore_crowd_in_semantic:
+            sem_values[is_crowd] = self.ignore_label
+        sem_seg = lut(sem_values, self.ignore_label)[seg_index]
+        weight_values = np.ones(n, dtype=np.float32)
+        weight_values[is_thing & ~is_crowd & (area < self.small_instance_area)] = (
+            self.small_instance_weight
+        )
+        sem_seg_weights = lut(weight_values, 0.0)[seg_index]
+        sem_seg_weights[sem_seg == self.ignore_label] = 0.0
+
+        # ---- stride grid
+        rows, cols = grid_sample_coordinates(H, W, self.stride)
+        grid_index = seg_index[rows[:, None], cols[None, :]]
+        gvalid = grid_index < n
+        panoptic_ids = lut(pan_ids, -1)[grid_index]
+        grid_crowd = lut(is_crowd, False)[grid_index]
+        grid_thing = lut(is_thing, False)[grid_index]
+        grid_stuff = gvalid & ~grid_thing
+        pixel_weights = (gvalid & ~grid_crowd).astype(np.float32)
+
+        present = np.zeros(n + 1, dtype=bool)
+        present[grid_index.ravel()] = True
+        crowd_ids: List[int] = []
+        mask_ids: List[int] = []
+        for k in np.flatnonzero(present[:n]).tolist():
+            pid = int(pan_ids[k])
+            target = crowd_ids if is_crowd[k] else mask_ids
+            if pid not in target:
+                target.append(pid)
+        mask_id_array = np.asarray(mask_ids, dtype=np.int64)
+        # Pixels of crowd regions never belong to a ground-truth mask (they matter only if a
+        # crowd stuff segment shared its class id with a non-crowd stuff segment).
+        gt_masks = (panoptic_ids[None] == mask_id_array[:, None, None]) & ~grid_crowd[None]
+        gt_classes = mask_id_array // self.label_divisor
+
+        # ---- affinities on the grid graph
+        node_ok = gvalid & ~grid_crowd if self.ignore_crowd_in_affinities else gvalid
+        affinity_targets, affinity_weights = self.affinity_targets(
+            panoptic_ids, node_ok, grid_thing, grid_stuff
+        )
+
+        return {
+            "sem_seg": torch.from_numpy(sem_seg),
+            "sem_seg_weights": torch.from_numpy(sem_seg_weights),
+            "panoptic_ids": torch.from_numpy(panoptic_ids),
+            "crowd_ids": torch.tensor(crowd_ids, dtype=torch.int64),
+            "gt_masks": torch.from_numpy(np.ascontiguousarray(gt_masks)),
+            "gt_classes": torch.from_numpy(gt_classes),
+            "pixel_weights": torch.from_numpy(pixel_weights),
+            "affinity_targets": [torch.from_numpy(t) for t in affinity_targets],
+            "affinity_weights": [torch.from_numpy(w) for w in affinity_weights],
+        }
+
+    # ------------------------------------------------------------------ affinities
+    def affinity_targets(
+        self,
+        panoptic_ids: np.ndarray,
+        node_ok: np.ndarray,
+        node_thing: np.ndarray,
+        node_stuff: np.ndarray,
+    ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+        """Edge targets and weights on the grid graph, one ``[2, H_d, W_d]`` map per distance.
+
+        Vectorised with array slicing: for distance ``d`` with ``(lo, hi) = edge_offsets(d)``,
+        channel 0 at anchor ``(y, x)`` compares ``(y - lo, x)`` with ``(y + hi, x)``, i.e. the
+        slices ``[0 : h-d]`` and ``[d : h]`` written to anchor rows ``[lo : h-hi]``; channel 1
+        likewise along x; then every ``s``-th anchor is kept (GridGraph convention).
+
+        Args:
+            panoptic_ids: ``[h, w] int64`` node labels (-1 void).
+            node_ok: ``[h, w] bool``: False where edges must be ignored (void, crowd).
+            node_thing, node_stuff: ``[h, w] bool`` thing / stuff nodes.
+        Returns:
+            ``(targets, weights)``: lists of ``[2, H_d, W_d] float32`` (see the class docstring).
+        Raises:
+            ValueError: inputs of different shapes or not 2-D.
+        """
+        P = np.asarray(panoptic_ids)
+        arrays = [
+            np.asarray(node_ok, bool),
+            np.asarray(node_thing, bool),
+            np.asarray(node_stuff, bool),
+        ]
+        if P.ndim != 2 or any(a.shape != P.shape for a in arrays):
+            raise ValueError(
+                "panoptic_ids, node_ok, node_thing and node_stuff must be [h, w] arrays of one shape, "
+                f"got {[list(np.shape(a)) for a in [P] + arrays]}"
+            )
+        ok, thing, stuff = arrays
+        h, w = P.shape
+        targets, weights = [], []
+
+        def along(axis: int, start: int, stop: int):
+            index = [slice(None), slice(None)]
+            index[axis] = slice(start, stop)
+            return tuple(index)
+
+        for d, s in zip(self.edge_distances, self.edge_sampling_intervals):
+            lo, hi = edge_offsets(d)
+            t = np.zeros((2, h, w), dtype=np.float32)
+            wt = np.zeros((2, h, w), dtype=np.float32)
+            for axis in (0, 1):  # channel 0: edges along y; channel 1: along x
+                n = P.shape[axis]
+                if n <= d:
+                    continue  # no edge of this distance fits: all positions invalid
+                a, b, anchor = along(axis, 0, n - d), along(axis, d, n), along(axis, lo, n - hi)
+                t[axis][anchor] = P[a] != P[b]
+                edge_w = np.where(thing[a] | thing[b], self.instance_affinity_weight, 1.0)
+                if self.ignore_stuff_in_affinities:
+                    edge_w[stuff[a] & stuff[b]] = 0.0
+                wt[axis][anchor] = np.where(ok[a] & ok[b], edge_w, 0.0)
+            targets.append(np.ascontiguousarray(t[:, ::s, ::s]))
+            weights.append(np.ascontiguousarray(wt[:, ::s, ::s]))
+        return targets, weights

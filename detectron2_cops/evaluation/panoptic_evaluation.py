@@ -1,0 +1,338 @@
+"""Panoptic quality (PQ) evaluation without panopticapi.
+
+:class:`PanopticEvaluator` is a drop-in replacement for Detectron2's ``COCOPanopticEvaluator``
+(same constructor, prediction files and result keys) that scores with the PQ implementation
+shipped in ``cityscapesscripts`` (``cityscapesscripts.evaluation.evalPanopticSemanticLabeling``,
+a port of panopticapi's ``pq_compute`` for the COCO panoptic format) instead of panopticapi.
+
+PQ, SQ, RQ (Kirillov et al., "Panoptic Segmentation", CVPR 2019, Eq. 1-2): per category,
+predicted and ground-truth segments match when their IoU > 0.5 (void and, for false positives,
+same-class crowd regions are ignored), ``PQ = sum_TP IoU / (|TP| + |FP|/2 + |FN|/2)``,
+``SQ = sum_TP IoU / |TP|``, ``RQ = |TP| / (|TP| + |FP|/2 + |FN|/2)``; averaged over the categories
+that occur in the ground truth or the predictions, for all, thing and stuff categories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import os
+import tempfile
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+from detectron2_cops.data.datasets import get_panoptic_metadata
+from detectron2_cops.data.panoptic_utils import MAX_PANOPTIC_ID, id2rgb
+
+__all__ = ["PanopticEvaluator", "pq_compute", "print_panoptic_results"]
+
+logger = logging.getLogger(__name__)
+
+_PQ_GROUPS = (("All", None), ("Things", True), ("Stuff", False))
+
+
+def _pq_chunk(args):
+    """Worker: cityscapesscripts' single-core PQ statistics over a list of image pairs."""
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import pq_compute_single_core
+
+    proc_id, pairs, gt_folder, pred_folder, categories = args
+    with contextlib.redirect_stdout(io.StringIO()):
+        return pq_compute_single_core(proc_id, pairs, gt_folder, pred_folder, categories)
+
+
+def pq_compute(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: str,
+    pred_folder: str,
+    *,
+    categories: Optional[List[dict]] = None,
+    num_processes: int = 1,
+) -> Dict[str, dict]:
+    """PQ/SQ/RQ of predictions in the COCO panoptic format, with cityscapesscripts.
+
+    Uses ``pq_compute_single_core`` and ``PQStat`` of
+    ``cityscapesscripts.evaluation.evalPanopticSemanticLabeling`` (the same statistics as
+    panopticapi's ``pq_compute``), on one process by default (no pool start-up cost).
+
+    Args:
+        gt_json_file, pred_json_file: COCO panoptic json files (``annotations`` with
+            ``image_id``, ``file_name``, ``segments_info``); predictions are matched by
+            ``image_id`` and must cover every ground-truth image.
+        gt_folder, pred_folder: folders of the RGB-encoded PNGs named by ``file_name``.
+        categories: the dataset categories (``id``, ``name``, ``isthing``); default: the
+            ``categories`` of the ground-truth json.
+        num_processes: > 1 splits the images over a ``multiprocessing`` pool of that size.
+    Returns:
+        ``{"All"|"Things"|"Stuff": {"pq", "sq", "rq" (fractions in [0, 1]), "n" (number of
+        categories averaged)}, "per_class": {category_id: {"pq", "sq", "rq"}}}``; a group with no
+        category (``n == 0``) has NaN scores.
+    Raises:
+        ValueError: no categories, or ground-truth images without a prediction (names them).
+        KeyError: inconsistent prediction files (raised by cityscapesscripts: a segment id in a
+            PNG missing from the json or vice versa, or an unknown category id).
+    """
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import PQStat
+
+    with PathManager.open(gt_json_file, "r") as f:
+        gt_json = json.load(f)
+    with PathManager.open(pred_json_file, "r") as f:
+        pred_json = json.load(f)
+    if categories is None:
+        categories = gt_json.get("categories")
+    if not categories:
+        raise ValueError(f"no categories: '{gt_json_file}' has none and none were given")
+    categories = {c["id"]: c for c in categories}
+    pred_by_image = {a["image_id"]: a for a in pred_json["annotations"]}
+    missing = [a["image_id"] for a in gt_json["annotations"] if a["image_id"] not in pred_by_image]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} ground-truth images of '{gt_json_file}' have no prediction in "
+            f"'{pred_json_file}', e.g. image ids {missing[:10]}"
+        )
+    pairs = [(a, pred_by_image[a["image_id"]]) for a in gt_json["annotations"]]
+
+    num_processes = max(1, min(int(num_processes), len(pairs)))
+    chunks = [pairs[i::num_processes] for i in range(num_processes)]
+    jobs = [(i, c, gt_folder, pred_folder, categories) for i, c in enumerate(chunks)]
+    if num_processes == 1:
+        stats = [_pq_chunk(jobs[0])]
+    else:
+        with multiprocessing.Pool(num_processes) as pool:
+            stats = pool.map(_pq_chunk, jobs)
+    pq_stat = PQStat()
+    for s in stats:
+        pq_stat += s
+
+    results: Dict[str, dict] = {}
+    for name, isthing in _PQ_GROUPS:
+        try:
+            results[name], per_class = pq_stat.pq_average(categories, isthing=isthing)
+        except ZeroDivisionError:  # no category of this group in ground truth or predictions
+            results[name] = {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
+            per_class = {}
+        if name == "All":
+            results["per_class"] = per_class
+    return results
+
+
+def print_panoptic_results(pq_res: Dict[str, dict]) -> str:
+    """Log (and return) the table Detectron2's ``COCOPanopticEvaluator`` prints."""
+    headers = ["", "PQ", "SQ", "RQ", "#categories"]
+    data = []
+    for name, _ in _PQ_GROUPS:
+        row = [name] + [pq_res[name][k] * 100 for k in ["pq", "sq", "rq"]] + [pq_res[name]["n"]]
+        data.append(row)
+    table = tabulate(
+        data, headers=headers, tablefmt="pipe", floatfmt=".3f", stralign="center", numalign="center"
+    )
+    logger.info("Panoptic Evaluation Results:\n" + table)
+    return table
+
+
+class PanopticEvaluator(DatasetEvaluator):
+    """Evaluate PQ/SQ/RQ like Detectron2's ``COCOPanopticEvaluator``, with cityscapesscripts.
+
+    Works for every dataset with panoptic metadata (``panoptic_json``, ``panoptic_root``,
+    ``thing_dataset_id_to_contiguous_id``, ``stuff_dataset_id_to_contiguous_id``,
+    ``label_divisor`` (default 1000)): COCO panoptic, Cityscapes panoptic, COCO-panoptic
+    folders. It contains a synchronisation and must be called from all workers; only the main
+    process scores.
+
+    ``process`` takes ``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``:
+
+    * ``panoptic_img`` ``[H, W]`` integer tensor at the input image's original size;
+    * ``segments_info`` a list of dicts (``id``, ``category_id``, optional ``isthing``: the
+      contiguous id is mapped back to the dataset id when ``isthing`` is given, as in
+      Detectron2), with id 0 = void; or ``None``: then ``panoptic_img`` holds
+      ``class * label_divisor + instance`` with -1 = void (Panoptic-DeepLab / COPS convention),
+      and segments are derived from its unique values.
+
+    ``evaluate`` writes ``predictions.json`` (the ground-truth json with the predicted
+    ``annotations``) and the PNGs: into ``output_dir`` (PNGs under
+    ``output_dir/predictions/``) when given, else into a temporary directory; then returns
+    ``OrderedDict({"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st",
+    "SQ_st", "RQ_st"}})`` in percent.
+
+    Args:
+        dataset_name: a registered panoptic dataset.
+        output_dir: where to save the predictions (optional).
+        num_processes: processes of the PQ computation (keyword only; default 1).
+    Raises:
+        ValueError: (constructor) not a panoptic dataset or no ``panoptic_json``/``panoptic_root``;
+            (``process``) a ``panoptic_seg`` that is not ``[H, W]`` integer, ids outside the
+            PNG range, or classes unknown to the dataset.
+    """
+
+    def __init__(
+        self, dataset_name: str, output_dir: Optional[str] = None, *, num_processes: int = 1
+    ):
+        info = get_panoptic_metadata(dataset_name)
+        self._dataset_name = dataset_name
+        self._metadata = info["metadata"]
+        for key in ("panoptic_json", "panoptic_root"):
+            if not self._metadata.get(key):
+                raise ValueError(f"dataset '{dataset_name}' has no '{key}' in its metadata")
+        self._label_divisor = info["label_divisor"]
+        self._thing_contiguous_id_to_dataset_id = {
+            v: k for k, v in info["thing_dataset_id_to_contiguous_id"].items()
+        }
+        self._stuff_contiguous_id_to_dataset_id = {
+            v: k for k, v in info["stuff_dataset_id_to_contiguous_id"].items()
+        }
+        self._output_dir = output_dir
+        if self._output_dir is not None:
+            PathManager.mkdirs(self._output_dir)
+        self._num_processes = int(num_processes)
+        self._predictions: List[dict] = []
+
+    def reset(self):
+        self._predictions = []
+
+    def _convert_category_id(self, segment_info: dict, context: str) -> dict:
+        segment_info = dict(segment_info)
+        isthing = segment_info.pop("isthing", None)
+        if isthing is None:
+            # the model produces dataset category ids directly
+            return segment_info
+        table = (
+            self._thing_contiguous_id_to_dataset_id
+            if isthing
+            else self._stuff_contiguous_id_to_dataset_id
+        )
+        cat = int(segment_info["category_id"])
+        if cat not in table:
+            raise ValueError(
+                f"{context}: segment {segment_info.get('id')} has contiguous "
+                f"{'thing' if isthing else 'stuff'} class {cat}, unknown to dataset "
+                f"'{self._dataset_name}'"
+            )
+        segment_info["category_id"] = table[cat]
+        return segment_info
+
+    def _segments_from_label_divisor(self, panoptic_img: np.ndarray, context: str):
+        if panoptic_img.size and panoptic_img.min() < -1:
+            raise ValueError(
+                f"{context}: panoptic_seg with segments_info=None must use -1 for void and "
+                f"class * label_divisor + instance otherwise, got value {int(panoptic_img.min())}"
+            )
+        segments_info = []
+        for label in np.unique(panoptic_img).tolist():
+            if label == -1:
+                continue
+            pred_class = label // self._label_divisor
+            if pred_class in self._thing_contiguous_id_to_dataset_id:
+                isthing = True
+            elif pred_class in self._stuff_contiguous_id_to_dataset_id:
+                isthing = False
+            else:
+                raise ValueError(
+                    f"{context}: panoptic id {label} has class {pred_class} (label_divisor "
+                    f"{self._label_divisor}), unknown to dataset '{self._dataset_name}'"
+                )
+            # the official evaluation uses 0 for void: shift every id by one
+            segments_info.append({"id": label + 1, "category_id": pred_class, "isthing": isthing})
+        return panoptic_img + 1, segments_info
+
+    def process(self, inputs, outputs):
+        for input, output in zip(inputs, outputs):
+            context = f"image '{input.get('file_name', input.get('image_id'))}'"
+            panoptic_img, segments_info = output["panoptic_seg"]
+            panoptic_img = np.asarray(
+                panoptic_img.cpu().numpy() if hasattr(panoptic_img, "cpu") else panoptic_img
+            )
+            if panoptic_img.ndim != 2 or not np.issubdtype(panoptic_img.dtype, np.integer):
+                raise ValueError(
+                    f"{context}: panoptic_seg[0] must be an [H, W] integer tensor, got shape "
+                    f"{list(panoptic_img.shape)} and dtype {panoptic_img.dtype}"
+                )
+            panoptic_img = panoptic_img.astype(np.int64)
+            if segments_info is None:
+                panoptic_img, segments_info = self._segments_from_label_divisor(
+                    panoptic_img, context
+                )
+            if panoptic_img.size and (
+                panoptic_img.min() < 0 or panoptic_img.max() > MAX_PANOPTIC_ID
+            ):
+                raise ValueError(
+                    f"{context}: panoptic ids must lie in [0, {MAX_PANOPTIC_ID}] to be written as "
+                    f"RGB, got [{int(panoptic_img.min())}, {int(panoptic_img.max())}]"
+                )
+            segments_info = [self._convert_category_id(s, context) for s in segments_info]
+            file_name_png = os.path.splitext(os.path.basename(input["file_name"]))[0] + ".png"
+            with io.BytesIO() as out:
+                Image.fromarray(id2rgb(panoptic_img)).save(out, format="PNG")
+                png_string = out.getvalue()
+            self._predictions.append(
+                {
+                    "image_id": input["image_id"],
+                    "file_name": file_name_png,
+                    "png_string": png_string,
+                    "segments_info": segments_info,
+                }
+            )
+
+    def evaluate(self):
+        comm.synchronize()
+        predictions = list(itertools.chain(*comm.gather(self._predictions)))
+        if not comm.is_main_process():
+            return None
+
+        gt_json = PathManager.get_local_path(self._metadata.panoptic_json)
+        gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
+        with open(gt_json, "r") as f:
+            json_data = json.load(f)
+        categories = json_data.get("categories")
+        if not categories and self._metadata.get("categories_file"):
+            with open(self._metadata.categories_file, "r") as f:
+                categories = json.load(f)
+
+        with contextlib.ExitStack() as stack:
+            if self._output_dir is not None:
+                out_dir = self._output_dir
+                pred_dir = os.path.join(out_dir, "predictions")
+                PathManager.mkdirs(pred_dir)
+            else:
+                out_dir = pred_dir = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="panoptic_eval")
+                )
+            logger.info(f"Writing all panoptic predictions to {pred_dir} ...")
+            annotations = []
+            for p in predictions:
+                p = dict(p)
+                with PathManager.open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
+                    f.write(p.pop("png_string"))
+                annotations.append(p)
+            json_data["annotations"] = annotations
+            predictions_json = os.path.join(out_dir, "predictions.json")
+            with PathManager.open(predictions_json, "w") as f:
+                f.write(json.dumps(json_data))
+
+            pq_res = pq_compute(
+                gt_json,
+                PathManager.get_local_path(predictions_json),
+                gt_folder=gt_folder,
+                pred_folder=pred_dir,
+                categories=categories,
+                num_processes=self._num_processes,
+            )
+
+        res = {}
+        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            for key in ("pq", "sq", "rq"):
+                res[key.upper() + suffix] = 100.0 * float(pq_res[group][key])
+        print_panoptic_results(pq_res)
+        return OrderedDict({"panoptic_seg": res})

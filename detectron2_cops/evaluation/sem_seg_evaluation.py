@@ -1,0 +1,114 @@
+"""Semantic segmentation metrics (mIoU, fwIoU, mACC, pACC) on panoptic datasets.
+
+Detectron2's ``SemSegEvaluator`` reads the ground truth from ``sem_seg_file_name`` and maps
+contiguous ids back to dataset ids with ``stuff_dataset_id_to_contiguous_id`` only. Panoptic
+datasets (Detectron2's standard COCO panoptic, COCO-panoptic folders) have no
+``sem_seg_file_name``, and their thing classes are not in the stuff map, so
+:class:`PanopticSemSegEvaluator` derives the semantic ground truth from the panoptic PNG and
+``segments_info`` and maps ids with the union of both maps. Everything else (confusion matrix,
+metrics, boundary IoU, saved files, result keys) is Detectron2's ``SemSegEvaluator``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import SemSegEvaluator
+from detectron2.evaluation import sem_seg_evaluation as _d2_sem_seg
+from detectron2.utils.file_io import PathManager
+
+from detectron2_cops.data.datasets import get_panoptic_metadata
+from detectron2_cops.data.panoptic_utils import rgb2id
+
+__all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic"]
+
+
+def panoptic_to_semantic(
+    panoptic: np.ndarray, segments_info: List[dict], ignore_label: int = 255
+) -> np.ndarray:
+    """Semantic labels of a panoptic ground truth.
+
+    Args:
+        panoptic: ``[H, W]`` integer segment ids (0 = void).
+        segments_info: dicts with ``id`` and contiguous ``category_id`` (crowd segments keep
+            their class, as in Detectron2's panoptic-to-semantic conversion).
+        ignore_label: label of void pixels and of ids not in ``segments_info``.
+    Returns:
+        ``[H, W] int64`` contiguous class ids, ``ignore_label`` on void.
+    """
+    panoptic = np.asarray(panoptic)
+    sem = np.full(panoptic.shape, ignore_label, dtype=np.int64)
+    for seg in segments_info:
+        sem[panoptic == seg["id"]] = int(seg["category_id"])
+    return sem
+
+
+class PanopticSemSegEvaluator(SemSegEvaluator):
+    """Detectron2's ``SemSegEvaluator`` with the ground truth taken from the panoptic PNGs.
+
+    ``process`` takes ``outputs[i]["sem_seg"]`` ``[K, H, W]`` scores (any dtype ``argmax``
+    supports) at the original image size, with ``K = len(stuff_classes)`` (Detectron2's
+    panoptic metadata lists all classes there). ``evaluate`` returns Detectron2's
+    ``{"sem_seg": {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent.
+
+    Args:
+        dataset_name: a registered panoptic dataset (dicts with ``pan_seg_file_name`` and
+            ``segments_info``).
+        distributed: gather results from all ranks (Detectron2's meaning).
+        output_dir: where Detectron2's ``SemSegEvaluator`` saves its files.
+    Raises:
+        ValueError: not a panoptic dataset, or dataset dicts without ``pan_seg_file_name``.
+    """
+
+    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None):
+        # Not calling SemSegEvaluator.__init__: it requires "sem_seg_file_name" in every dataset
+        # dict. The attributes below are the ones its process()/evaluate() read.
+        info = get_panoptic_metadata(dataset_name)
+        meta = info["metadata"]
+        self._logger = logging.getLogger(__name__)
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._cpu_device = torch.device("cpu")
+        self._ignore_label = info["ignore_label"]
+        self._segments: Dict[str, List[dict]] = {}
+        self.input_file_to_gt_file = {}
+        for record in DatasetCatalog.get(dataset_name):
+            if "pan_seg_file_name" not in record:
+                raise ValueError(
+                    f"dataset '{dataset_name}': record of '{record['file_name']}' has no "
+                    "'pan_seg_file_name'"
+                )
+            self.input_file_to_gt_file[record["file_name"]] = record["pan_seg_file_name"]
+            self._segments[record["pan_seg_file_name"]] = record["segments_info"]
+        self._contiguous_id_to_dataset_id = {
+            v: k
+            for m in (
+                info["thing_dataset_id_to_contiguous_id"],
+                info["stuff_dataset_id_to_contiguous_id"],
+            )
+            for k, v in m.items()
+        }
+        self._class_names = list(meta.stuff_classes)
+        self._num_classes = len(self._class_names)
+        if info["class_ids"] and info["class_ids"][-1] >= self._num_classes:
+            raise ValueError(
+                f"dataset '{dataset_name}': class id {info['class_ids'][-1]} but only "
+                f"{self._num_classes} stuff_classes"
+            )
+        self.sem_seg_loading_fn = self._load_panoptic_as_semantic
+        self._compute_boundary_iou = (
+            _d2_sem_seg._CV2_IMPORTED and self._num_classes < np.iinfo(np.uint8).max
+        )
+
+    def _load_panoptic_as_semantic(self, filename: str, dtype=int) -> np.ndarray:
+        with PathManager.open(filename, "rb") as f:
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+        sem = panoptic_to_semantic(rgb2id(rgb), self._segments[filename], self._ignore_label)
+        return sem.astype(dtype)
