@@ -1,0 +1,435 @@
+"""The affinity (edge cost) head of COPS and its registry.
+
+COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1 and Sec. 4 "Architecture") predicts, for every edge
+distance ``d`` of the grid graph, a map of *cut logits* ``[B, 2, H_d, W_d]`` on the output-stride-4
+grid: channel 0 scores the edges along rows (the y axis), channel 1 the edges along columns (the x
+axis); a positive logit says the two pixels of the edge belong to different panoptic segments.
+The map layout is the one of ``detectron2_cops.solvers.grid.GridGraph``: map position ``(a, b)``
+is anchored at grid pixel ``(y, x) = (a * s, b * s)`` (``s`` = the distance's sampling interval),
+channel 0 joins ``(y - lo, x)`` and ``(y + hi, x)``, channel 1 joins ``(y, x - lo)`` and
+``(y, x + hi)`` with ``(lo, hi) = edge_offsets(d)``.
+
+Architecture (the original COPS ``PanopticAffinityInsEmbedHead``):
+
+1. its own DeepLabV3+ decoder (Detectron2's ``DeepLabV3PlusHead``, decoder only);
+2. the semantic logits (detached) are concatenated to the decoder output;
+3. a head of two 3x3 convs to ``head_channels``;
+4. one classifier per distance: two 3x3 convs (``head_channels / 4`` then ``head_channels / 8``
+   channels per group) and a 1x1 conv to the 2 cut-logit channels, applied to the ``[::s, ::s]``
+   subsampled features. For ``d = 1`` it sees the head features directly (one group). For
+   ``d > 1`` it sees the *centred feature differences* along each axis
+   (``centered_difference``), concatenated ``[rows, columns]`` and processed by grouped convs
+   (2 groups: row differences -> channel 0, column differences -> channel 1).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.projects.deeplab import DeepLabV3PlusHead
+from detectron2.utils.registry import Registry
+
+from ..solvers.grid import edge_offsets
+from .sem_seg_head import check_decoder_features
+
+__all__ = [
+    "AFFINITY_HEAD_REGISTRY",
+    "AffinityHead",
+    "build_affinity_head",
+    "centered_difference",
+]
+
+AFFINITY_HEAD_REGISTRY = Registry("AFFINITY_HEAD")
+AFFINITY_HEAD_REGISTRY.__doc__ = """
+Registry for COPS affinity heads, which predict edge cut logits of the grid graph from backbone
+features and semantic logits.
+
+The registered object is called with ``obj(cfg, input_shape)`` (``input_shape``: backbone output
+name -> ``ShapeSpec``) and must return an ``nn.Module`` whose
+``forward(features, sem_seg_logits, targets=None, weights=None)`` returns
+``(List[[B, 2, H_d, W_d] cut logits], dict of losses)``, one map per ``EDGE_DISTANCES`` entry in
+the ``detectron2_cops.solvers.GridGraph`` convention.
+"""
+
+
+def build_affinity_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """Build the affinity head named by ``cfg.MODEL.AFFINITY_HEAD.NAME`` from
+    ``AFFINITY_HEAD_REGISTRY``. Raises ``KeyError`` (from the registry) for an unknown name."""
+    name = cfg.MODEL.AFFINITY_HEAD.NAME
+    return AFFINITY_HEAD_REGISTRY.get(name)(cfg, input_shape)
+
+
+def centered_difference(features: torch.Tensor, distance: int, axis: int) -> torch.Tensor:
+    """Feature difference across the edges of one distance, at the edges' anchor pixels.
+
+    For ``axis = 0`` (edges along rows / y, edge-map channel 0) the output at ``(y, x)`` is
+    ``features[..., y + hi, x] - features[..., y - lo, x]`` with ``(lo, hi) = edge_offsets(distance)``
+    (the ``GridGraph`` convention, ``detectron2_cops/solvers/grid.py``), and 0 where
+    ``y - lo < 0`` or ``y + hi > H - 1`` (the edge leaves the grid). ``axis = 1`` does the same
+    along x (edge-map channel 1). Differentiable.
+
+    Args:
+        features: ``[B, C, H, W]`` float tensor on the stride-4 grid.
+        distance: edge distance ``d >= 1`` in grid pixels.
+        axis: 0 (rows / y) or 1 (columns / x).
+    Returns:
+        ``[B, C, H, W]`` tensor, same dtype and device as ``features``.
+    Raises:
+        ValueError: ``features`` not 4-D, ``distance`` not a positive integer, ``axis`` not 0/1.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must have shape [B, C, H, W], got {list(features.shape)}")
+    if int(distance) != distance or distance < 1:
+        raise ValueError(f"distance must be a positive integer, got {distance!r}")
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 (rows / y) or 1 (columns / x), got {axis!r}")
+    d = int(distance)
+    lo, hi = edge_offsets(d)
+    dim = 2 + axis
+    n = features.shape[dim]
+    if n <= d:
+        # No edge of this distance fits in the grid along this axis.
+        return torch.zeros_like(features)
+    diff = features.narrow(dim, d, n - d) - features.narrow(dim, 0, n - d)
+    # Output index y = j + lo holds f[j + d] - f[j] = f[y + hi] - f[y - lo].
+    pad = (0, 0, lo, hi) if axis == 0 else (lo, hi, 0, 0)
+    return F.pad(diff, pad)
+
+
+def _as_int_list(values, name: str) -> List[int]:
+    out = []
+    for v in values:
+        if int(v) != v or int(v) < 1:
+            raise ValueError(f"{name} must contain positive integers, got {list(values)!r}")
+        out.append(int(v))
+    return out
+
+
+@AFFINITY_HEAD_REGISTRY.register()
+class AffinityHead(DeepLabV3PlusHead):
+    """COPS affinity head: per-distance edge cut logits on the stride-4 grid (see module docstring).
+
+    Loss (pretraining stage, COPS Sec. 4): per distance ``d``, the binary cross entropy with
+    logits between the cut logits and the cut targets (1 = the two pixels lie in different
+    panoptic segments), times the per-edge weights; with ``loss_top_k < 1`` only the
+    ``loss_top_k`` fraction of edges with weight > 0 whose weighted loss is largest is kept
+    (hard example mining, as ``DeepLabCE``; the original COPS head does the same per channel).
+    The kept weighted losses are summed and divided by the sum of the kept weights, then
+    multiplied by ``loss_weight``. One loss per distance, ``"loss_affinity_d{d}"``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        decoder_channels: List[int],
+        norm: Union[str, Callable],
+        head_channels: int,
+        num_sem_seg_classes: int,
+        edge_distances: Sequence[int],
+        edge_sampling_intervals: Sequence[int],
+        loss_weight: float,
+        loss_top_k: float,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_shape: backbone features the decoder reads (name -> ``ShapeSpec``).
+            decoder_channels: output channels of each decoder stage, finest to coarsest (the last
+                one is the ASPP width).
+            norm: normalization of all conv layers ("BN", "SyncBN", "GN", "" ...).
+            head_channels: channels of the head and classifier input; a multiple of 8.
+            num_sem_seg_classes: K, channels of the semantic logits concatenated to the decoder.
+            edge_distances: distances ``d`` in stride-4 grid pixels, distinct, e.g. [1, 4, 16, 32, 64].
+            edge_sampling_intervals: one sampling interval ``s >= 1`` per distance.
+            loss_weight: weight of the affinity loss; 0 disables it (``losses`` returns ``{}``).
+            loss_top_k: fraction in ``(0, 1]`` of the hardest weighted edges that are kept.
+            **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
+                ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
+                ``use_depthwise_separable_conv``).
+        Raises:
+            ValueError: invalid distances / intervals (non-positive, duplicated, different
+                lengths), ``head_channels`` not a positive multiple of 8, ``loss_top_k`` outside
+                ``(0, 1]``, negative ``loss_weight``, non-positive ``num_sem_seg_classes``.
+        """
+        distances = _as_int_list(edge_distances, "edge_distances")
+        intervals = _as_int_list(edge_sampling_intervals, "edge_sampling_intervals")
+        if len(distances) == 0:
+            raise ValueError("edge_distances must not be empty")
+        if len(set(distances)) != len(distances):
+            raise ValueError(f"edge_distances must be distinct, got {distances}")
+        if len(intervals) != len(distances):
+            raise ValueError(
+                "edge_sampling_intervals must have one entry per edge distance: got "
+                f"{intervals} for distances {distances}"
+            )
+        if int(head_channels) != head_channels or head_channels < 8 or head_channels % 8:
+            raise ValueError(f"head_channels must be a positive multiple of 8, got {head_channels}")
+        if not 0.0 < float(loss_top_k) <= 1.0:
+            raise ValueError(f"loss_top_k must be in (0, 1], got {loss_top_k}")
+        if float(loss_weight) < 0:
+            raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
+        if int(num_sem_seg_classes) <= 0:
+            raise ValueError(
+                f"num_sem_seg_classes must be a positive integer, got {num_sem_seg_classes}"
+            )
+        # num_classes is not passed on: the base class builds the decoder only.
+        super().__init__(input_shape, decoder_channels=decoder_channels, norm=norm, **kwargs)
+        assert self.decoder_only
+
+        self.edge_distances = distances
+        self.edge_sampling_intervals = intervals
+        self.num_sem_seg_classes = int(num_sem_seg_classes)
+        self.loss_weight = float(loss_weight)
+        self.loss_top_k = float(loss_top_k)
+        head_channels = int(head_channels)
+        use_bias = norm == ""
+
+        # Head on [decoder features, detached semantic logits].
+        self.head = nn.Sequential(
+            Conv2d(
+                decoder_channels[0] + self.num_sem_seg_classes,
+                decoder_channels[0],
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, decoder_channels[0]),
+                activation=F.relu,
+            ),
+            Conv2d(
+                decoder_channels[0],
+                head_channels,
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, head_channels),
+                activation=F.relu,
+            ),
+        )
+        weight_init.c2_xavier_fill(self.head[0])
+        weight_init.c2_xavier_fill(self.head[1])
+
+        classifiers = []
+        for d in self.edge_distances:
+            # d = 1: one group on the features; d > 1: two groups, [row diffs, column diffs].
+            groups = 1 if d == 1 else 2
+            c1 = groups * (head_channels // 4)
+            c2 = groups * (head_channels // 8)
+            classifier = nn.Sequential(
+                Conv2d(
+                    groups * head_channels,
+                    c1,
+                    kernel_size=3,
+                    padding=1,
+                    groups=groups,
+                    bias=use_bias,
+                    norm=get_norm(norm, c1),
+                    activation=F.relu,
+                ),
+                Conv2d(
+                    c1,
+                    c2,
+                    kernel_size=3,
+                    padding=1,
+                    groups=groups,
+                    bias=use_bias,
+                    norm=get_norm(norm, c2),
+                    activation=F.relu,
+                ),
+            )
+            weight_init.c2_xavier_fill(classifier[0])
+            weight_init.c2_xavier_fill(classifier[1])
+            predictor = Conv2d(c2, 2, kernel_size=1, groups=groups)
+            nn.init.normal_(predictor.weight, 0, 0.001)
+            nn.init.constant_(predictor.bias, 0)
+            classifiers.append(nn.ModuleDict({"convs": classifier, "predictor": predictor}))
+        self.classifiers = nn.ModuleList(classifiers)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        """Read ``MODEL.AFFINITY_HEAD.*`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``. The ASPP image
+        pooling window is fixed to the training crop when ``INPUT.CROP.ENABLED`` (as
+        DeepLabV3+). Raises ``ValueError`` on inconsistent keys."""
+        head = cfg.MODEL.AFFINITY_HEAD
+        in_features = list(head.IN_FEATURES)
+        shapes = check_decoder_features(
+            input_shape,
+            in_features,
+            list(head.PROJECT_FEATURES),
+            list(head.PROJECT_CHANNELS),
+            "MODEL.AFFINITY_HEAD",
+        )
+        if cfg.INPUT.CROP.ENABLED:
+            if cfg.INPUT.CROP.TYPE != "absolute":
+                raise ValueError(
+                    "INPUT.CROP.TYPE must be 'absolute' when INPUT.CROP.ENABLED (the ASPP pooling "
+                    f"window is derived from the crop size), got {cfg.INPUT.CROP.TYPE!r}"
+                )
+            train_size = tuple(cfg.INPUT.CROP.SIZE)
+        else:
+            train_size = None
+        decoder_channels = [head.CONVS_DIM] * (len(in_features) - 1) + [head.ASPP_CHANNELS]
+        return dict(
+            input_shape=shapes,
+            project_channels=list(head.PROJECT_CHANNELS),
+            aspp_dilations=list(head.ASPP_DILATIONS),
+            aspp_dropout=head.ASPP_DROPOUT,
+            decoder_channels=decoder_channels,
+            common_stride=head.COMMON_STRIDE,
+            norm=head.NORM,
+            train_size=train_size,
+            use_depthwise_separable_conv=head.USE_DEPTHWISE_SEPARABLE_CONV,
+            head_channels=head.HEAD_CHANNELS,
+            num_sem_seg_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            edge_distances=list(head.EDGE_DISTANCES),
+            edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
+            loss_weight=head.LOSS_WEIGHT,
+            loss_top_k=head.LOSS_TOP_K,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        sem_seg_logits: torch.Tensor,
+        targets: Optional[List[torch.Tensor]] = None,
+        weights: Optional[List[torch.Tensor]] = None,
+    ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+        """
+        Args:
+            features: backbone features, name -> ``[B, C, H/stride, W/stride] float32``.
+            sem_seg_logits: ``[B, K, h, w] float32`` semantic logits at the decoder stride
+                (``h, w`` = the decoder output size); detached inside.
+            targets: one ``[B, 2, H_d, W_d]`` float map of cut targets per distance, or None.
+            weights: one ``[B, 2, H_d, W_d]`` float map of edge weights per distance, or None
+                (all edges weigh 1).
+        Returns:
+            ``(logits, losses)``: one ``[B, 2, H_d, W_d]`` cut-logit map per distance with
+            ``(H_d, W_d) = (ceil(h / s), ceil(w / s))``; losses as ``losses`` (``{}`` when
+            ``targets`` is None).
+        """
+        logits = self.layers(features, sem_seg_logits)
+        if targets is None:
+            return logits, {}
+        if weights is None:
+            weights = [torch.ones_like(t, dtype=logits[0].dtype) for t in targets]
+        return logits, self.losses(logits, targets, weights)
+
+    def difference_features(self, head_features: torch.Tensor, distance: int) -> torch.Tensor:
+        """Classifier input for one distance: the head features for ``d = 1``, else
+        ``cat([centered_difference(f, d, 0), centered_difference(f, d, 1)], 1)``
+        (``[B, 2C, h, w]``)."""
+        if distance == 1:
+            return head_features
+        return torch.cat(
+            [
+                centered_difference(head_features, distance, 0),
+                centered_difference(head_features, distance, 1),
+            ],
+            dim=1,
+        )
+
+    def layers(
+        self, features: Dict[str, torch.Tensor], sem_seg_logits: torch.Tensor
+    ) -> List[torch.Tensor]:
+        """Cut logits, one ``[B, 2, ceil(h / s), ceil(w / s)]`` map per distance (``h, w``: the
+        decoder output size, i.e. the stride-4 grid). Raises ``ValueError`` if features are
+        missing or ``sem_seg_logits`` does not match the decoder output's batch and size."""
+        missing = [f for f in self.in_features if f not in features]
+        if missing:
+            raise ValueError(f"features is missing {missing}; got {sorted(features)}")
+        y = super().layers(features)
+        B, _, h, w = y.shape
+        if (
+            sem_seg_logits.dim() != 4
+            or sem_seg_logits.shape[0] != B
+            or sem_seg_logits.shape[1] != self.num_sem_seg_classes
+            or tuple(sem_seg_logits.shape[2:]) != (h, w)
+        ):
+            raise ValueError(
+                f"sem_seg_logits must have shape [B, K, h, w] = "
+                f"{[B, self.num_sem_seg_classes, h, w]} (the decoder output size), "
+                f"got {list(sem_seg_logits.shape)}"
+            )
+        f = self.head(torch.cat([y, sem_seg_logits.detach().to(y.dtype)], dim=1))
+
+        out = []
+        for d, s, clf in zip(self.edge_distances, self.edge_sampling_intervals, self.classifiers):
+            x = clf["convs"](self.difference_features(f, d))
+            if s > 1:
+                x = x[:, :, ::s, ::s]
+            out.append(clf["predictor"](x))
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def losses(
+        self,
+        logits: List[torch.Tensor],
+        targets: List[torch.Tensor],
+        weights: List[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        """Weighted binary cross entropy on the cut logits (see the class docstring).
+
+        Args:
+            logits: one ``[B, 2, H_d, W_d]`` float map per distance.
+            targets: same shapes, float in ``[0, 1]`` (1 = cut).
+            weights: same shapes, float ``>= 0``; edges with weight 0 (invalid map positions,
+                ignored regions) do not contribute.
+        Returns:
+            ``{"loss_affinity_d{d}": scalar}`` per distance, or ``{}`` when ``loss_weight`` is 0.
+        Raises:
+            ValueError: wrong number of maps, mismatching shapes, non-float targets or weights,
+                targets outside ``[0, 1]`` or negative weights.
+        """
+        if self.loss_weight == 0.0:
+            return {}
+        n = len(self.edge_distances)
+        for name, maps in (("logits", logits), ("targets", targets), ("weights", weights)):
+            if len(maps) != n:
+                raise ValueError(
+                    f"{name} must hold one map per edge distance ({n}: {self.edge_distances}), "
+                    f"got {len(maps)}"
+                )
+        losses = {}
+        for d, x, t, w in zip(self.edge_distances, logits, targets, weights):
+            if x.dim() != 4 or x.shape[1] != 2:
+                raise ValueError(
+                    f"logits for distance {d} must have shape [B, 2, H_d, W_d], got {list(x.shape)}"
+                )
+            for name, m in (("targets", t), ("weights", w)):
+                if tuple(m.shape) != tuple(x.shape):
+                    raise ValueError(
+                        f"{name} for distance {d} must have the shape of the logits "
+                        f"{list(x.shape)}, got {list(m.shape)}"
+                    )
+                if not m.is_floating_point():
+                    raise ValueError(f"{name} for distance {d} must be float, got {m.dtype}")
+            t = t.to(x.dtype)
+            w = w.to(x.dtype)
+            bad = torch.stack([(t < 0).any() | (t > 1).any(), (w < 0).any()]).tolist()
+            if bad[0]:
+                raise ValueError(f"targets for distance {d} must lie in [0, 1]")
+            if bad[1]:
+                raise ValueError(f"weights for distance {d} must be >= 0")
+
+            edge_losses = F.binary_cross_entropy_with_logits(x, t, reduction="none") * w
+            if self.loss_top_k < 1.0:
+                mask = w > 0
+                vals = edge_losses[mask]
+                k = int(self.loss_top_k * vals.numel())
+                if vals.numel() > 0:
+                    k = max(k, 1)
+                kept, idx = torch.topk(vals, k)
+                loss = kept.sum() / w[mask][idx].sum().clamp(min=1e-12)
+            else:
+                loss = edge_losses.sum() / w.sum().clamp(min=1e-12)
+            # With no weighted edge the loss is an exact 0 that keeps the graph.
+            losses[f"loss_affinity_d{d}"] = loss * self.loss_weight
+        return losses

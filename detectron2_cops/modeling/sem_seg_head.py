@@ -1,0 +1,307 @@
+"""The semantic head of COPS: a DeepLabV3+ decoder with Panoptic-DeepLab's extra head convs.
+
+COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 4 "Architecture") uses Panoptic-DeepLab's semantic
+branch (Cheng et al., CVPR 2020): a DeepLabV3+ decoder (ASPP on the coarsest feature, then
+low-level feature projections fused top-down), an extra head conv and a 1x1 predictor. Unlike
+Panoptic-DeepLab, the logits are returned at the decoder stride (``common_stride``, 4), because
+the asymmetric multiway cut is solved on that grid; they are upsampled only inside the loss.
+
+Reference implementations: Detectron2's ``projects/Panoptic-DeepLab`` (``PanopticDeepLabSemSegHead``)
+and the original COPS code (``PanopticAffinitySemSegHead`` in ``panoptic_seg_affinity.py``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import Conv2d, DepthwiseSeparableConv2d, ShapeSpec, get_norm
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+from detectron2.projects.deeplab import DeepLabV3PlusHead
+from detectron2.projects.deeplab.loss import DeepLabCE
+
+__all__ = ["COPSSemSegHead", "check_decoder_features"]
+
+_LOSS_TYPES = ("cross_entropy", "hard_pixel_mining")
+
+
+def check_decoder_features(
+    input_shape: Dict[str, ShapeSpec],
+    in_features: List[str],
+    project_features: List[str],
+    project_channels: List[int],
+    prefix: str,
+) -> Dict[str, ShapeSpec]:
+    """Check the DeepLabV3+ decoder keys of one head against the backbone's output shapes.
+
+    DeepLabV3+ (as implemented by Detectron2's ``DeepLabV3PlusHead``) runs ASPP on the feature
+    with the largest stride and projects every other feature in ``in_features``; so
+    ``project_features`` must be exactly those other features.
+
+    Args:
+        input_shape: backbone output name -> ``ShapeSpec`` (channels, stride in image pixels).
+        in_features: the feature names the head reads, e.g. ``["res2", "res3", "res5"]``.
+        project_features: the low-level features that are projected, e.g. ``["res2", "res3"]``.
+        project_channels: output channels of each projection, one per projected feature.
+        prefix: config prefix used in error messages, e.g. ``"MODEL.SEM_SEG_HEAD"``.
+    Returns:
+        ``input_shape`` restricted to ``in_features``.
+    Raises:
+        ValueError: a feature missing from the backbone, project features that are not all but the
+            coarsest input feature, or a number of project channels that does not match.
+    """
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise ValueError(
+            f"{prefix}.IN_FEATURES names features the backbone does not produce: {missing}; "
+            f"the backbone outputs {sorted(input_shape)}"
+        )
+    if len(in_features) < 1:
+        raise ValueError(f"{prefix}.IN_FEATURES must not be empty")
+    shapes = {f: input_shape[f] for f in in_features}
+    by_stride = sorted(in_features, key=lambda f: shapes[f].stride)
+    expected = by_stride[:-1]
+    if sorted(project_features) != sorted(expected):
+        raise ValueError(
+            f"{prefix}.PROJECT_FEATURES must be all IN_FEATURES except the coarsest one "
+            f"({by_stride[-1]!r}, which goes through ASPP): expected {expected}, "
+            f"got {list(project_features)}"
+        )
+    if len(project_channels) != len(expected):
+        raise ValueError(
+            f"{prefix}.PROJECT_CHANNELS must have one entry per projected feature "
+            f"({len(expected)}), got {list(project_channels)}"
+        )
+    return shapes
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class COPSSemSegHead(DeepLabV3PlusHead):
+    """Semantic segmentation head of COPS (Panoptic-DeepLab's semantic branch, stride-4 output).
+
+    Architecture: Detectron2's ``DeepLabV3PlusHead`` in decoder-only mode, then an extra head
+    (one 5x5 depthwise-separable conv when ``use_depthwise_separable_conv``, else two 3x3
+    convs, as Panoptic-DeepLab) with ``head_channels`` outputs, then a 1x1 predictor to
+    ``num_classes`` logits.
+
+    Loss (pretraining stage, COPS Sec. 4): the logits are bilinearly upsampled by
+    ``common_stride`` (``align_corners=False``) and scored with
+
+    * ``"hard_pixel_mining"``: Detectron2's ``DeepLabCE`` (DeeperLab, Yang et al. 2019): per-pixel
+      cross entropy times the pixel weights, mean over the ``loss_top_k`` fraction of pixels with
+      the largest weighted loss;
+    * ``"cross_entropy"``: per-pixel cross entropy times the pixel weights, averaged over the
+      pixels whose label is not ``ignore_value``;
+
+    and multiplied by ``loss_weight``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        decoder_channels: List[int],
+        norm: Union[str, Callable],
+        head_channels: int,
+        loss_weight: float,
+        loss_type: str,
+        loss_top_k: float,
+        ignore_value: int,
+        num_classes: int,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_shape: backbone features the decoder reads (name -> ``ShapeSpec``).
+            decoder_channels: output channels of each decoder stage, ordered from the finest to
+                the coarsest feature (the last one is the ASPP width).
+            norm: normalization of all conv layers ("BN", "SyncBN", "GN", "" ...).
+            head_channels: channels of the extra head conv(s) before the predictor.
+            loss_weight: weight of the semantic loss; 0 disables it (``losses`` returns ``{}``).
+            loss_type: ``"hard_pixel_mining"`` or ``"cross_entropy"``.
+            loss_top_k: fraction in ``(0, 1]`` of hardest pixels kept by ``"hard_pixel_mining"``.
+            ignore_value: semantic label that is ignored by the loss (Detectron2: 255).
+            num_classes: number of semantic classes K (things and stuff).
+            **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
+                ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
+                ``use_depthwise_separable_conv``).
+        Raises:
+            ValueError: unknown ``loss_type``, ``loss_top_k`` outside ``(0, 1]``, negative
+                ``loss_weight``, non-positive ``num_classes`` or ``head_channels``.
+        """
+        if loss_type not in _LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
+        if not 0.0 < float(loss_top_k) <= 1.0:
+            raise ValueError(f"loss_top_k must be in (0, 1], got {loss_top_k}")
+        if float(loss_weight) < 0:
+            raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
+        if int(num_classes) <= 0:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        if int(head_channels) <= 0:
+            raise ValueError(f"head_channels must be a positive integer, got {head_channels}")
+        # num_classes is not passed on: the base class then builds the decoder only.
+        super().__init__(
+            input_shape, decoder_channels=decoder_channels, norm=norm, ignore_value=ignore_value, **kwargs
+        )
+        assert self.decoder_only
+
+        self.num_classes = int(num_classes)
+        self.loss_weight = float(loss_weight)
+        self.loss_type = loss_type
+        self.loss_top_k = float(loss_top_k)
+        use_bias = norm == ""
+        if self.use_depthwise_separable_conv:
+            # One 5x5 depthwise-separable conv has the receptive field of two 3x3 convs
+            # (Panoptic-DeepLab).
+            self.head = DepthwiseSeparableConv2d(
+                decoder_channels[0],
+                head_channels,
+                kernel_size=5,
+                padding=2,
+                norm1=norm,
+                activation1=F.relu,
+                norm2=norm,
+                activation2=F.relu,
+            )
+        else:
+            self.head = nn.Sequential(
+                Conv2d(
+                    decoder_channels[0],
+                    decoder_channels[0],
+                    kernel_size=3,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, decoder_channels[0]),
+                    activation=F.relu,
+                ),
+                Conv2d(
+                    decoder_channels[0],
+                    head_channels,
+                    kernel_size=3,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(norm, head_channels),
+                    activation=F.relu,
+                ),
+            )
+            weight_init.c2_xavier_fill(self.head[0])
+            weight_init.c2_xavier_fill(self.head[1])
+        self.predictor = Conv2d(head_channels, self.num_classes, kernel_size=1)
+        nn.init.normal_(self.predictor.weight, 0, 0.001)
+        nn.init.constant_(self.predictor.bias, 0)
+
+        if loss_type == "hard_pixel_mining":
+            self.loss = DeepLabCE(ignore_label=ignore_value, top_k_percent_pixels=self.loss_top_k)
+        else:
+            self.loss = None  # weighted cross entropy, see losses()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        """Read ``MODEL.SEM_SEG_HEAD.*`` (the DeepLab keys plus ``HEAD_CHANNELS`` and
+        ``LOSS_TOP_K`` from ``add_cops_config``). Raises ``ValueError`` on inconsistent
+        feature keys (see ``check_decoder_features``)."""
+        head = cfg.MODEL.SEM_SEG_HEAD
+        check_decoder_features(
+            input_shape,
+            list(head.IN_FEATURES),
+            list(head.PROJECT_FEATURES),
+            list(head.PROJECT_CHANNELS),
+            "MODEL.SEM_SEG_HEAD",
+        )
+        ret = super().from_config(cfg, input_shape)
+        ret["head_channels"] = head.HEAD_CHANNELS
+        ret["loss_top_k"] = head.LOSS_TOP_K
+        return ret
+
+    def forward(
+        self,
+        features: Dict[str, torch.Tensor],
+        targets: Optional[torch.Tensor] = None,
+        weights: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """
+        Args:
+            features: backbone features, name -> ``[B, C, H/stride, W/stride] float32``.
+            targets: ``[B, H, W] int64`` semantic labels at image resolution (contiguous class
+                ids, ``ignore_value`` = ignored), or None.
+            weights: ``[B, H, W] float32`` per-pixel loss weights, or None (all 1).
+        Returns:
+            ``(logits, losses)``: logits ``[B, K, H/4, W/4] float32`` at the decoder stride (not
+            upsampled), losses ``{"loss_sem_seg": scalar}`` (``{}`` when ``targets`` is None or
+            the loss weight is 0).
+        """
+        logits = self.layers(features)
+        if targets is None:
+            return logits, {}
+        return logits, self.losses(logits, targets, weights)
+
+    def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Decoder, head and predictor: ``[B, K, H/common_stride, W/common_stride]`` logits."""
+        missing = [f for f in self.in_features if f not in features]
+        if missing:
+            raise ValueError(f"features is missing {missing}; got {sorted(features)}")
+        y = super().layers(features)
+        y = self.head(y)
+        return self.predictor(y)
+
+    def losses(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        weights: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """Semantic loss on the logits upsampled by ``common_stride`` (see the class docstring).
+
+        Args:
+            logits: ``[B, K, h, w] float`` logits at the decoder stride.
+            targets: ``[B, h * common_stride, w * common_stride] int64`` labels.
+            weights: ``[B, h * common_stride, w * common_stride] float`` pixel weights, or None.
+        Returns:
+            ``{"loss_sem_seg": scalar}``, or ``{}`` when ``loss_weight`` is 0.
+        Raises:
+            ValueError: wrong ranks, shapes or dtypes.
+        """
+        if self.loss_weight == 0.0:
+            return {}
+        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"logits must have shape [B, {self.num_classes}, h, w], got {list(logits.shape)}"
+            )
+        B, _, h, w = logits.shape
+        size = (h * self.common_stride, w * self.common_stride)
+        if targets.dim() != 3 or tuple(targets.shape) != (B,) + size:
+            raise ValueError(
+                f"targets must have shape [B, H, W] = {[B, *size]} (logits {list(logits.shape)} "
+                f"upsampled by common_stride={self.common_stride}), got {list(targets.shape)}"
+            )
+        if targets.dtype != torch.int64:
+            raise ValueError(f"targets must be int64 (torch.long), got {targets.dtype}")
+        if weights is not None:
+            if tuple(weights.shape) != tuple(targets.shape):
+                raise ValueError(
+                    f"weights must have the shape of targets {list(targets.shape)}, "
+                    f"got {list(weights.shape)}"
+                )
+            if not weights.is_floating_point():
+                raise ValueError(f"weights must be a floating point tensor, got {weights.dtype}")
+            weights = weights.to(logits.dtype)
+
+        upsampled = F.interpolate(
+            logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        )
+        if self.loss is not None:
+            loss = self.loss(upsampled, targets, weights)
+        else:
+            pixel_losses = F.cross_entropy(
+                upsampled, targets, ignore_index=self.ignore_value, reduction="none"
+            )
+            if weights is not None:
+                pixel_losses = pixel_losses * weights
+            num_valid = (targets != self.ignore_value).sum().clamp(min=1)
+            loss = pixel_losses.sum() / num_valid
+        return {"loss_sem_seg": loss * self.loss_weight}

@@ -1,0 +1,504 @@
+"""Tests of the COPS semantic and affinity heads, the paper YAML configs and train_net's optimizer."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY  # noqa: E402
+
+from detectron2_cops.config import add_cops_config  # noqa: E402
+from detectron2_cops.modeling.affinity_head import (  # noqa: E402
+    AFFINITY_HEAD_REGISTRY,
+    AffinityHead,
+    build_affinity_head,
+    centered_difference,
+)
+from detectron2_cops.modeling.sem_seg_head import COPSSemSegHead  # noqa: E402
+from detectron2_cops.solvers.grid import GridGraph, edge_offsets  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIRS = [
+    REPO / "configs" / "Cityscapes-PanopticSegmentation",
+    REPO / "configs" / "COCO-PanopticSegmentation",
+]
+PAPER_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
+
+NUM_CLASSES = 5
+# Image 72x100 -> stride-4 grid 18x25: not a multiple of the distances; d = 32 is larger than the
+# grid; odd d = 3 has lo = 1, hi = 2.
+IMAGE_HW = (72, 100)
+GRID_HW = (18, 25)
+DISTANCES = [1, 2, 3, 4, 16, 32]
+INTERVALS = [1, 2, 1, 3, 2, 1]
+INPUT_SHAPE = {
+    "res2": ShapeSpec(channels=8, stride=4),
+    "res3": ShapeSpec(channels=8, stride=8),
+    "res5": ShapeSpec(channels=16, stride=16),
+}
+
+
+def small_cfg(norm="BN", distances=DISTANCES, intervals=INTERVALS, dsconv=False):
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    for head in (cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.AFFINITY_HEAD):
+        head.IN_FEATURES = ["res2", "res3", "res5"]
+        head.PROJECT_FEATURES = ["res2", "res3"]
+        head.PROJECT_CHANNELS = [4, 8]
+        head.ASPP_CHANNELS = 16
+        head.CONVS_DIM = 16
+        head.HEAD_CHANNELS = 16
+        head.NORM = norm
+        head.USE_DEPTHWISE_SEPARABLE_CONV = dsconv
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "COPSSemSegHead"
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = list(distances)
+    cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS = list(intervals)
+    cfg.INPUT.CROP.ENABLED = False
+    return cfg
+
+
+def features(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = GRID_HW
+    return {
+        "res2": torch.randn(batch, 8, h, w, generator=g),
+        "res3": torch.randn(batch, 8, math.ceil(h / 2), math.ceil(w / 2), generator=g),
+        "res5": torch.randn(batch, 16, math.ceil(h / 4), math.ceil(w / 4), generator=g),
+    }
+
+
+def affinity_targets(head, logits, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    targets, weights = [], []
+    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
+    for x, valid in zip(logits, gg.valid_masks()):
+        targets.append(torch.randint(0, 2, x.shape, generator=g).float())
+        w = torch.rand(x.shape, generator=g) + 0.5
+        w = w * torch.from_numpy(valid).float()  # invalid map positions weigh 0
+        weights.append(w)
+    return targets, weights
+
+
+# ---------------------------------------------------------------------------- semantic head
+@pytest.mark.parametrize("norm,dsconv", [("BN", True), ("GN", False), ("", False)])
+def test_sem_seg_head_shapes_and_registry(norm, dsconv):
+    torch.manual_seed(0)
+    cfg = small_cfg(norm=norm, dsconv=dsconv)
+    if norm == "GN":  # Detectron2's GN uses 32 groups
+        sem = cfg.MODEL.SEM_SEG_HEAD
+        sem.ASPP_CHANNELS = sem.CONVS_DIM = sem.HEAD_CHANNELS = 32
+        sem.PROJECT_CHANNELS = [32, 32]
+    head = SEM_SEG_HEADS_REGISTRY.get("COPSSemSegHead")(cfg, INPUT_SHAPE)
+    assert isinstance(head, COPSSemSegHead)
+    logits, losses = head(features())
+    assert logits.shape == (2, NUM_CLASSES) + GRID_HW
+    assert logits.dtype == torch.float32
+    assert losses == {}
+
+
+@pytest.mark.parametrize("loss_type", ["hard_pixel_mining", "cross_entropy"])
+def test_sem_seg_head_loss_and_gradients(loss_type):
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = loss_type
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 2.0
+    head = COPSSemSegHead(cfg, INPUT_SHAPE)
+    g = torch.Generator().manual_seed(1)
+    targets = torch.randint(0, NUM_CLASSES, (2,) + IMAGE_HW, generator=g)
+    targets[0, :10] = 255  # ignored
+    weights = torch.rand((2,) + IMAGE_HW, generator=g) + 0.5
+    logits, losses = head(features(), targets, weights)
+    assert set(losses) == {"loss_sem_seg"}
+    loss = losses["loss_sem_seg"]
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+    # The loss is the one documented: upsample, per-pixel CE, weights, (top-k), times weight.
+    up = torch.nn.functional.interpolate(logits.detach(), size=IMAGE_HW, mode="bilinear", align_corners=False)
+    ce = torch.nn.functional.cross_entropy(up, targets, ignore_index=255, reduction="none") * weights
+    if loss_type == "cross_entropy":
+        expected = ce.sum() / (targets != 255).sum()
+    else:
+        flat = ce.flatten()
+        expected = torch.topk(flat, int(0.2 * flat.numel()))[0].mean()
+    assert torch.allclose(loss.detach(), 2.0 * expected, rtol=1e-5)
+
+
+def test_sem_seg_head_zero_weight_and_bad_input():
+    cfg = small_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 0.0
+    head = COPSSemSegHead(cfg, INPUT_SHAPE)
+    targets = torch.zeros((2,) + IMAGE_HW, dtype=torch.long)
+    logits, losses = head(features(), targets)
+    assert losses == {}
+
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
+    head = COPSSemSegHead(cfg, INPUT_SHAPE)
+    with pytest.raises(ValueError, match="targets must have shape"):
+        head.losses(logits, torch.zeros((2, 70, 100), dtype=torch.long))
+    with pytest.raises(ValueError, match="int64"):
+        head.losses(logits, targets.float())
+    with pytest.raises(ValueError, match="weights"):
+        head.losses(logits, targets, torch.ones(2, 72, 99))
+    with pytest.raises(ValueError, match="features is missing"):
+        head.layers({"res2": features()["res2"]})
+
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.0
+    with pytest.raises(ValueError, match="loss_top_k"):
+        COPSSemSegHead(cfg, INPUT_SHAPE)
+    cfg = small_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
+    with pytest.raises(ValueError, match="PROJECT_FEATURES"):
+        COPSSemSegHead(cfg, INPUT_SHAPE)
+    cfg = small_cfg()
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4"]
+    with pytest.raises(ValueError, match="does not produce"):
+        COPSSemSegHead(cfg, INPUT_SHAPE)
+
+
+# ---------------------------------------------------------------------------- centred difference
+@pytest.mark.parametrize("distance", [1, 2, 3, 4, 5, 16, 25, 40])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_centered_difference_follows_grid_convention(distance, axis):
+    g = torch.Generator().manual_seed(distance)
+    f = torch.randn(2, 3, *GRID_HW, generator=g, dtype=torch.float64)
+    out = centered_difference(f, distance, axis)
+    assert out.shape == f.shape and out.dtype == f.dtype
+    lo, hi = edge_offsets(distance)
+    H, W = GRID_HW
+    expected = torch.zeros_like(f)
+    for y in range(H):
+        for x in range(W):
+            if axis == 0 and y - lo >= 0 and y + hi <= H - 1:
+                expected[:, :, y, x] = f[:, :, y + hi, x] - f[:, :, y - lo, x]
+            if axis == 1 and x - lo >= 0 and x + hi <= W - 1:
+                expected[:, :, y, x] = f[:, :, y, x + hi] - f[:, :, y, x - lo]
+    assert torch.equal(out, expected)
+    # Non-zero exactly where GridGraph has an edge (random features: differences are non-zero).
+    gg = GridGraph(H, W, [distance])
+    valid = torch.from_numpy(gg.valid_masks()[0][axis])
+    assert torch.equal(out[0, 0] != 0, valid)
+
+
+def test_centered_difference_bad_input():
+    f = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="axis"):
+        centered_difference(f, 2, 2)
+    with pytest.raises(ValueError, match="distance"):
+        centered_difference(f, 0, 0)
+    with pytest.raises(ValueError, match="features"):
+        centered_difference(f[0], 2, 0)
+
+
+# ---------------------------------------------------------------------------- affinity head
+@pytest.mark.parametrize(
+    "distances,intervals", [(DISTANCES, INTERVALS), ([1, 4, 16, 32, 64], [1, 1, 1, 1, 1])]
+)
+def test_affinity_head_shapes_match_grid_graph(distances, intervals):
+    torch.manual_seed(0)
+    cfg = small_cfg(distances=distances, intervals=intervals)
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    assert isinstance(head, AffinityHead)
+    assert AFFINITY_HEAD_REGISTRY.get("AffinityHead") is AffinityHead
+    sem = torch.randn(2, NUM_CLASSES, *GRID_HW)
+    logits, losses = head(features(), sem)
+    assert losses == {}
+    gg = GridGraph(*GRID_HW, distances, intervals)
+    assert [tuple(x.shape[1:]) for x in logits] == gg.map_shapes
+    assert all(x.shape[0] == 2 and x.dtype == torch.float32 for x in logits)
+    # The maps plug straight into the grid graph's edge list.
+    values = gg.maps_to_edge_values([x.detach().numpy() for x in logits])
+    assert values.shape == (2, gg.num_edges)
+
+
+def test_affinity_head_classifier_inputs_and_groups():
+    """The classifier of d > 1 sees [row differences, column differences] of the head features,
+    and channel 0 (rows) depends only on the row differences, channel 1 only on the columns."""
+    torch.manual_seed(0)
+    head = build_affinity_head(small_cfg(), INPUT_SHAPE).eval()
+    captured = {}
+    head.head.register_forward_hook(lambda m, i, o: captured.__setitem__("head", o))
+    for idx, clf in enumerate(head.classifiers):
+        clf["convs"].register_forward_pre_hook(
+            lambda m, i, idx=idx: captured.__setitem__(idx, i[0])
+        )
+    sem = torch.randn(2, NUM_CLASSES, *GRID_HW)
+    with torch.no_grad():
+        logits = head.layers(features(), sem)
+    f = captured["head"]
+    C = f.shape[1]
+    for idx, (d, s) in enumerate(zip(head.edge_distances, head.edge_sampling_intervals)):
+        x = captured[idx]
+        if d == 1:
+            assert torch.equal(x, f)
+            continue
+        assert torch.equal(x[:, :C], centered_difference(f, d, 0))
+        assert torch.equal(x[:, C:], centered_difference(f, d, 1))
+        clf = head.classifiers[idx]
+        with torch.no_grad():
+            ref = clf["predictor"](clf["convs"](x)[:, :, ::s, ::s])
+            assert torch.equal(ref, logits[idx])
+            rows_changed = x.clone()
+            rows_changed[:, :C] += torch.randn_like(rows_changed[:, :C])
+            out = clf["predictor"](clf["convs"](rows_changed)[:, :, ::s, ::s])
+            assert torch.equal(out[:, 1], ref[:, 1])
+            assert not torch.equal(out[:, 0], ref[:, 0])
+            cols_changed = x.clone()
+            cols_changed[:, C:] += torch.randn_like(cols_changed[:, C:])
+            out = clf["predictor"](clf["convs"](cols_changed)[:, :, ::s, ::s])
+            assert torch.equal(out[:, 0], ref[:, 0])
+            assert not torch.equal(out[:, 1], ref[:, 1])
+
+
+def test_affinity_head_semantic_logits_are_detached():
+    torch.manual_seed(0)
+    head = build_affinity_head(small_cfg(), INPUT_SHAPE)
+    sem = torch.randn(2, NUM_CLASSES, *GRID_HW, requires_grad=True)
+    logits, _ = head(features(), sem)
+    sum(x.sum() for x in logits).backward()
+    assert sem.grad is None
+
+
+def test_affinity_loss_gradients_and_weight_zero_edges():
+    torch.manual_seed(0)
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.5
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    sem = torch.randn(2, NUM_CLASSES, *GRID_HW)
+    logits = head.layers(features(), sem)
+    targets, weights = affinity_targets(head, logits)
+    _, losses = head(features(), sem, targets, weights)
+    assert set(losses) == {f"loss_affinity_d{d}" for d in DISTANCES}
+    for d in DISTANCES:
+        assert torch.isfinite(losses[f"loss_affinity_d{d}"])
+    # d = 32 does not fit in an 18x25 grid: no edge, loss exactly 0.
+    assert losses["loss_affinity_d32"].item() == 0.0
+    sum(losses.values()).backward()
+    for name, p in head.named_parameters():
+        if name.startswith("classifiers.5."):  # d = 32: no valid edge, zero gradient
+            continue
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+    # Flipping targets where the weight is 0 leaves every loss unchanged; flipping a weighted
+    # target changes it.
+    with torch.no_grad():
+        logits = [x.detach() for x in logits]
+        base = head.losses(logits, targets, weights)
+        flipped = [torch.where(w == 0, 1 - t, t) for t, w in zip(targets, weights)]
+        again = head.losses(logits, flipped, weights)
+        for k in base:
+            assert torch.equal(base[k], again[k]), k
+        changed = [t.clone() for t in targets]
+        changed[0][weights[0] > 0] = 1 - changed[0][weights[0] > 0]
+        assert not torch.equal(head.losses(logits, changed, weights)["loss_affinity_d1"], base["loss_affinity_d1"])
+
+
+@pytest.mark.parametrize("top_k", [1.0, 0.25])
+def test_affinity_loss_value_and_hard_example_mining(top_k):
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = top_k
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 3.0
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
+    rng = np.random.default_rng(0)
+    logits = [torch.from_numpy(rng.normal(0, 3, (2,) + s)).float() for s in gg.map_shapes]
+    targets, weights = affinity_targets(head, logits, seed=3)
+    losses = head.losses(logits, targets, weights)
+    for d, x, t, w in zip(DISTANCES, logits, targets, weights):
+        x, t, w = x.double().numpy(), t.double().numpy(), w.double().numpy()
+        per_edge = (np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))) * w
+        m = w > 0
+        vals, ws = per_edge[m], w[m]
+        if vals.size == 0:
+            expected = 0.0
+        elif top_k < 1:
+            order = np.argsort(-vals)[: max(1, int(top_k * vals.size))]
+            expected = vals[order].sum() / ws[order].sum()
+        else:
+            expected = vals.sum() / ws.sum()
+        assert losses[f"loss_affinity_d{d}"].item() == pytest.approx(3.0 * expected, rel=1e-5)
+
+    if top_k < 1:
+        # Making the easiest weighted edge even easier leaves the top-k loss unchanged (it is not
+        # kept); making it the hardest edge changes the loss.
+        x0 = logits[0].clone()
+        t0, w0 = targets[0], weights[0]
+        per_edge = torch.nn.functional.binary_cross_entropy_with_logits(x0, t0, reduction="none") * w0
+        per_edge[w0 == 0] = float("inf")
+        easiest = torch.argmin(per_edge)
+        easier = x0.clone().flatten()
+        sign = 1.0 if t0.flatten()[easiest] > 0.5 else -1.0
+        easier[easiest] = sign * 50.0
+        new = head.losses([easier.view_as(x0)] + logits[1:], targets, weights)
+        assert new["loss_affinity_d1"].item() == pytest.approx(losses["loss_affinity_d1"].item(), rel=1e-6)
+        harder = x0.clone().flatten()
+        harder[easiest] = -sign * 50.0
+        new = head.losses([harder.view_as(x0)] + logits[1:], targets, weights)
+        assert new["loss_affinity_d1"].item() > losses["loss_affinity_d1"].item()
+
+
+def test_affinity_loss_weight_zero_and_bad_input():
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.0
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    sem = torch.randn(2, NUM_CLASSES, *GRID_HW)
+    logits = head.layers(features(), sem)
+    targets, weights = affinity_targets(head, logits)
+    assert head(features(), sem, targets, weights)[1] == {}
+
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    with pytest.raises(ValueError, match="one map per edge distance"):
+        head.losses(logits, targets[:-1], weights)
+    with pytest.raises(ValueError, match="shape"):
+        head.losses(logits, [t[:, :, :-1] for t in targets], weights)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        head.losses(logits, [t * 2 for t in targets], weights)
+    with pytest.raises(ValueError, match=">= 0"):
+        head.losses(logits, targets, [-w for w in weights])
+    with pytest.raises(ValueError, match="float"):
+        head.losses(logits, [t.long() for t in targets], weights)
+    with pytest.raises(ValueError, match="sem_seg_logits"):
+        head.layers(features(), sem[:, :, :-1])
+    with pytest.raises(ValueError, match="sem_seg_logits"):
+        head.layers(features(), sem[:, :-1])
+
+    for distances, intervals, match in [
+        ([1, 4, 4], [1, 1, 1], "distinct"),
+        ([1, 4], [1], "one entry per edge distance"),
+        ([0, 4], [1, 1], "positive integers"),
+        ([1, 4], [1, 0], "positive integers"),
+    ]:
+        cfg = small_cfg(distances=distances, intervals=intervals)
+        with pytest.raises(ValueError, match=match):
+            build_affinity_head(cfg, INPUT_SHAPE)
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.HEAD_CHANNELS = 12
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_affinity_head(cfg, INPUT_SHAPE)
+
+
+# ---------------------------------------------------------------------------- YAML configs
+def test_paper_configs_exist():
+    names = {(p.parent.name, p.name) for p in PAPER_CONFIGS}
+    for d in ("Cityscapes-PanopticSegmentation", "COCO-PanopticSegmentation"):
+        for f in ("Base-COPS.yaml", "cops_R_52_pretrain.yaml", "cops_R_52_fully_differentiable.yaml"):
+            assert (d, f) in names
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_paper_config_merges_and_builds_heads(path):
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.merge_from_file(str(path))  # raises KeyError on any unknown key
+    assert cfg.MODEL.META_ARCHITECTURE == "COPS"
+    aff = cfg.MODEL.AFFINITY_HEAD
+    assert len(aff.EDGE_DISTANCES) == len(aff.EDGE_SAMPLING_INTERVALS)
+    crop_h, crop_w = cfg.INPUT.CROP.SIZE
+    assert crop_h % 16 == 0 and crop_w % 16 == 0
+    if "Cityscapes" in path.parent.name:
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19
+        assert list(aff.EDGE_DISTANCES) == [1, 4, 16, 32, 64]
+    else:
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 133
+        assert list(aff.EDGE_DISTANCES) == [1, 4, 16, 32]
+        assert cfg.MODEL.COPS.SIZE_DIVISIBILITY == 640
+    if path.name.endswith("fully_differentiable.yaml"):
+        assert cfg.MODEL.COPS.FULLY_DIFFERENTIABLE
+        assert cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT == 0 and aff.LOSS_WEIGHT == 0
+        assert cfg.MODEL.COPS.FREEZE_BN
+    elif path.name.endswith("pretrain.yaml"):
+        assert not cfg.MODEL.COPS.FULLY_DIFFERENTIABLE
+        assert cfg.MODEL.WEIGHTS == "detectron2://DeepLab/R-52.pkl"
+    # Both heads build from the paper settings (backbone: DeepLab ResNet, res5 dilated: stride 16).
+    shape = {
+        "res2": ShapeSpec(channels=256, stride=4),
+        "res3": ShapeSpec(channels=512, stride=8),
+        "res5": ShapeSpec(channels=2048, stride=16),
+    }
+    sem = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, shape)
+    assert isinstance(sem, COPSSemSegHead)
+    head = build_affinity_head(cfg, shape)
+    assert len(head.classifiers) == len(aff.EDGE_DISTANCES)
+
+
+# ---------------------------------------------------------------------------- train_net
+def load_train_net():
+    path = REPO / "tools" / "train_net.py"
+    spec = importlib.util.spec_from_file_location("cops_train_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name,cls", [("ADAM", "Adam"), ("SGD", "SGD")])
+def test_build_optimizer_skips_frozen_parameters(name, cls):
+    train_net = load_train_net()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1)
+    )
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.SOLVER.OPTIMIZER = name
+    cfg.SOLVER.BASE_LR = 0.01
+    opt = train_net.Trainer.build_optimizer(cfg, model)
+    assert isinstance(opt, getattr(torch.optim, cls))
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)
+
+    cfg.SOLVER.OPTIMIZER = "RMSPROP"
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
+        train_net.Trainer.build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cfg.SOLVER.OPTIMIZER = name
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train_net.Trainer.build_optimizer(cfg, model)
+
+
+# ---------------------------------------------------------------------------- demo
+def load_demo():
+    path = REPO / "tools" / "demo.py"
+    spec = importlib.util.spec_from_file_location("cops_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_input_expansion(tmp_path):
+    demo = load_demo()
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.jpg", "a/y.PNG", "a/notes.txt", "b.jpg", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    files = demo.expand_inputs([str(tmp_path / "a"), str(tmp_path / "*.jpg"), str(tmp_path / "c.png"),
+                                str(tmp_path / "b.jpg")])
+    assert [Path(f).name for f in files] == ["x.jpg", "y.PNG", "b.jpg", "c.png"]
+    with pytest.raises(ValueError, match="missing.jpg"):
+        demo.expand_inputs([str(tmp_path / "missing.jpg")])
+    with pytest.raises(ValueError, match="matches no file"):
+        demo.expand_inputs([str(tmp_path / "*.bmp")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image"):
+        demo.expand_inputs([str(tmp_path / "empty")])
+    assert demo.output_names(["p/x.jpg", "q/x.png", "y.jpg", "r/x.jpg"]) == [
+        "x_panoptic.png", "x_1_panoptic.png", "y_panoptic.png", "x_2_panoptic.png"
+    ]
