@@ -7,6 +7,11 @@
 // to storage of its own; once it holds more than kSmall entries it becomes an open-addressing
 // hash table (linear probing, tombstones), so that "is cluster x adjacent to cluster s" stays
 // O(1) for the large clusters GAEC grows by accretion.
+//
+// Entries whose edge died may be left in place (lazy deletion: GAEC does not touch the map of a
+// neighbour whose edge to a merged cluster became parallel to an existing one); they are keyed by
+// a cluster that no longer exists, so lookups never match them, `for_each` skips them and growing
+// a map drops them. `alive` (one byte per edge) tells which edges live.
 #pragma once
 
 #include <algorithm>
@@ -33,7 +38,8 @@ class AdjacencyTables {
   static constexpr int32_t kSmall = 32;
 
   // offsets: [n + 1] CSR offsets; nbr/eid: [offsets[n]] neighbour and edge id per slot.
-  void init(int32_t n, const int64_t* offsets, const int32_t* nbr, const int32_t* eid) {
+  void init(int32_t n, const int64_t* offsets, const int32_t* nbr, const int32_t* eid, const uint8_t* alive) {
+    alive_ = alive;
     arena_.resize(static_cast<size_t>(offsets[n]));
     head_.assign(n, Head{});
     own_.clear();
@@ -130,15 +136,17 @@ class AdjacencyTables {
     insert(c, new_key, val);
   }
 
+  // Calls f(key, val) for every entry whose edge is alive.
   template <class F>
   void for_each(int32_t c, F&& f) const {
     const Head& h = head_[c];
     if (!h.hashed) {
-      for (int32_t i = 0; i < h.size; ++i) f(h.data[i].key, h.data[i].val);
+      for (int32_t i = 0; i < h.size; ++i)
+        if (alive_[h.data[i].val]) f(h.data[i].key, h.data[i].val);
       return;
     }
     for (int32_t i = 0; i < h.cap; ++i)
-      if (h.data[i].key >= 0) f(h.data[i].key, h.data[i].val);
+      if (h.data[i].key >= 0 && alive_[h.data[i].val]) f(h.data[i].key, h.data[i].val);
   }
 
   void release(int32_t c) {
@@ -173,10 +181,13 @@ class AdjacencyTables {
   void grow_small(int32_t c, int32_t cap) {
     Head& h = head_[c];
     std::vector<Slot> fresh(cap);
-    for (int32_t i = 0; i < h.size; ++i) fresh[i] = h.data[i];
+    int32_t live = 0;
+    for (int32_t i = 0; i < h.size; ++i)
+      if (alive_[h.data[i].val]) fresh[live++] = h.data[i];
     own_[c].swap(fresh);
     h.data = own_[c].data();
     h.cap = cap;
+    h.size = live;
   }
 
   void rehash(int32_t c, int32_t min_capacity) {
@@ -189,15 +200,17 @@ class AdjacencyTables {
     nh.cap = cap;
     nh.hashed = 1;
     if (!h.hashed) {
-      for (int32_t i = 0; i < h.size; ++i) insert_hashed(nh, h.data[i].key, h.data[i].val);
+      for (int32_t i = 0; i < h.size; ++i)
+        if (alive_[h.data[i].val]) insert_hashed(nh, h.data[i].key, h.data[i].val);
     } else {
       for (int32_t i = 0; i < h.cap; ++i)
-        if (h.data[i].key >= 0) insert_hashed(nh, h.data[i].key, h.data[i].val);
+        if (h.data[i].key >= 0 && alive_[h.data[i].val]) insert_hashed(nh, h.data[i].key, h.data[i].val);
     }
     own_[c].swap(fresh);
     h = nh;
   }
 
+  const uint8_t* alive_ = nullptr;
   std::vector<Slot> arena_;
   std::vector<Head> head_;
   std::vector<std::vector<Slot>> own_;

@@ -111,27 +111,28 @@ class EdgeHeap {
 };
 
 struct EdgeRec {
-  double w;        // summed edge cost
-  int32_t a, b;    // current endpoints (cluster roots)
-  uint32_t queued; // float_code of the key of the edge's current heap entry, 0 if none
-  uint32_t alive;
+  double w;      // summed edge cost
+  int32_t a, b;  // current endpoints (cluster roots)
 };
 
+// Reusable solver state: one instance per thread keeps its buffers between solves, so repeated
+// solves (training, benchmarks) do not pay for fresh memory again.
 class Gaec {
  public:
-  Gaec(const InstanceView& inst, const SimpleGraph& g)
-      : inst_(inst), g_(g), n_(g.num_nodes), K_(static_cast<int32_t>(inst.num_classes)), uf_(g.num_nodes) {}
-
-  Labelling run(int64_t* num_contractions) {
+  Labelling run(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions) {
+    inst_ = &inst;
+    g_ = &g;
+    n_ = g.num_nodes;
+    K_ = static_cast<int32_t>(inst.num_classes);
     init();
     int64_t contractions = 0;
     while (!heap_.empty()) {
       const uint64_t top = heap_.pop();
       const int32_t e = static_cast<int32_t>(top & 0xffffffffu);
       const uint32_t code = static_cast<uint32_t>(top >> 32);
-      EdgeRec& r = E_[e];
-      if (!r.alive || r.queued != code) continue;  // stale entry
-      r.queued = 0;
+      if (!alive_[e] || queued_[e] != code) continue;  // stale entry
+      queued_[e] = 0;
+      const EdgeRec& r = E_[e];
       --live_;
       const double gain = compute_gain(r.a, r.b, r.w);
       if (!(gain < 0.0)) continue;  // no longer improving; queued again if its cost improves
@@ -199,23 +200,21 @@ class Gaec {
 
   void queue(int32_t e, double gain) {
     const uint32_t code = float_code(static_cast<float>(gain));
-    EdgeRec& r = E_[e];
-    if (r.queued == 0) ++live_;
-    r.queued = code;
+    if (queued_[e] == 0) ++live_;
+    queued_[e] = code;
     heap_.push((static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(e));
     if (heap_.size() > 2 * live_ + 4096) {
       heap_.compact([&](uint64_t x) {
-        const EdgeRec& q = E_[static_cast<int32_t>(x & 0xffffffffu)];
-        return !q.alive || q.queued != static_cast<uint32_t>(x >> 32);
+        const int32_t e2 = static_cast<int32_t>(x & 0xffffffffu);
+        return !alive_[e2] || queued_[e2] != static_cast<uint32_t>(x >> 32);
       });
     }
   }
 
   void kill(int32_t e) {
-    EdgeRec& r = E_[e];
-    r.alive = 0;
-    if (r.queued) {
-      r.queued = 0;
+    alive_[e] = 0;
+    if (queued_[e]) {
+      queued_[e] = 0;
       --live_;
     }
   }
@@ -226,12 +225,15 @@ class Gaec {
     const EdgeRec& r = E_[e];
     const double gain = compute_gain(r.a, r.b, r.w);
     if (!(gain < 0.0)) return;  // a queued entry (if any) is dropped when popped
-    if (r.queued && r.queued <= float_code(static_cast<float>(gain))) return;
+    if (queued_[e] && queued_[e] <= float_code(static_cast<float>(gain))) return;
     queue(e, gain);
   }
 
   void init() {
-    C_.assign(inst_.node_costs, inst_.node_costs + static_cast<size_t>(n_) * K_);
+    uf_.reset(n_);
+    live_ = 0;
+    heap_.clear();
+    C_.assign(inst_->node_costs, inst_->node_costs + static_cast<size_t>(n_) * K_);
     label_.resize(n_);
     minc_.resize(n_);
     for (int32_t i = 0; i < n_; ++i) {
@@ -242,17 +244,19 @@ class Gaec {
       label_[i] = best_k;
       minc_[i] = c[best_k];
     }
-    const int32_t E = g_.num_edges();
+    const int32_t E = g_->num_edges();
     E_.clear();
     E_.reserve(E);
-    for (int32_t e = 0; e < E; ++e) E_.push_back(EdgeRec{g_.w[e], g_.u[e], g_.v[e], 0u, 1u});
-    adj_.init(n_, g_.offsets.data(), g_.nbr.data(), g_.eid.data());
+    for (int32_t e = 0; e < E; ++e) E_.push_back(EdgeRec{g_->w[e], g_->u[e], g_->v[e]});
+    alive_.assign(E, 1);
+    queued_.assign(E, 0);
+    adj_.init(n_, g_->offsets.data(), g_->nbr.data(), g_->eid.data(), alive_.data());
     heap_.reserve(E + E / 2 + 4096);
     for (int32_t e = 0; e < E; ++e) {
       const double gain = compute_gain(E_[e].a, E_[e].b, E_[e].w);
       if (gain < 0.0) {
         const uint32_t code = float_code(static_cast<float>(gain));
-        E_[e].queued = code;
+        queued_[e] = code;
         heap_.push_unordered((static_cast<uint64_t>(code) << 32) | static_cast<uint32_t>(e));
         ++live_;
       }
@@ -295,10 +299,9 @@ class Gaec {
     for (const Move& mv : moves_) {
       const int32_t x = mv.x, em = mv.em, es = mv.es;
       if (es >= 0) {
-        // Parallel edge: sum into s's edge, drop m's.
+        // Parallel edge: sum into s's edge, drop m's (its entry in x's map is left to lazy deletion).
         E_[es].w += E_[em].w;
         kill(em);
-        adj_.erase(x, m);
         if (!label_changed) reevaluate(es);
       } else {
         adj_.insert(s, x, em);
@@ -318,9 +321,9 @@ class Gaec {
 
   Labelling finish() {
     // Final merge: adjacent clusters with the same non-partitionable class form one segment.
-    for (int32_t e = 0; e < g_.num_edges(); ++e) {
-      const int32_t a = uf_.find(g_.u[e]), b = uf_.find(g_.v[e]);
-      if (a != b && label_[a] == label_[b] && !inst_.partitionable[label_[a]]) uf_.merge_into(b, a);
+    for (int32_t e = 0; e < g_->num_edges(); ++e) {
+      const int32_t a = uf_.find(g_->u[e]), b = uf_.find(g_->v[e]);
+      if (a != b && label_[a] == label_[b] && !inst_->partitionable[label_[a]]) uf_.merge_into(b, a);
     }
     Labelling lab;
     lab.label.resize(n_);
@@ -333,15 +336,17 @@ class Gaec {
     return lab;
   }
 
-  const InstanceView& inst_;
-  const SimpleGraph& g_;
-  const int32_t n_;
-  const int32_t K_;
+  const InstanceView* inst_ = nullptr;
+  const SimpleGraph* g_ = nullptr;
+  int32_t n_ = 0;
+  int32_t K_ = 0;
   UnionFind uf_;
   std::vector<double> C_;       // [N, K] summed class costs per cluster root
   std::vector<int32_t> label_;  // class per cluster root
   std::vector<double> minc_;    // C_[root][label_[root]]
   std::vector<EdgeRec> E_;
+  std::vector<uint8_t> alive_;    // per edge; shared with adj_
+  std::vector<uint32_t> queued_;  // per edge: float_code of its current heap entry's key, 0 if none
   AdjacencyTables adj_;
   EdgeHeap heap_;
   size_t live_ = 0;  // edges with a current heap entry
@@ -354,8 +359,8 @@ class Gaec {
 }  // namespace
 
 Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions) {
-  Gaec solver(inst, g);
-  return solver.run(num_contractions);
+  thread_local Gaec solver;
+  return solver.run(inst, g, num_contractions);
 }
 
 }  // namespace detail

@@ -1,6 +1,5 @@
 // Instance validation, simple-graph construction, objective, and the solve entry points.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <exception>
 #include <mutex>
@@ -8,6 +7,7 @@
 #include <thread>
 
 #include "graph.h"
+#include "thread_pool.h"
 
 namespace cops {
 
@@ -50,30 +50,38 @@ void validate_instance(const InstanceView& inst) {
 
 namespace detail {
 
-SimpleGraph build_simple_graph(const InstanceView& inst) {
-  SimpleGraph g;
+void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
   const int32_t n = static_cast<int32_t>(inst.num_nodes);
   const int64_t E = inst.num_edges;
   g.num_nodes = n;
   g.input_to_unique.assign(E, -1);
+  g.u.clear();
+  g.v.clear();
+  g.w.clear();
 
   // Bucket input edges by their smaller endpoint (counting sort), then merge duplicates per
   // bucket with a marker array: O(N + E), deterministic order.
-  std::vector<int64_t> start(static_cast<size_t>(n) + 1, 0);
+  std::vector<int64_t>& start = g.scratch_start;
+  start.assign(static_cast<size_t>(n) + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
     start[std::min(a, b) + 1]++;
   }
   for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
-  std::vector<int32_t> bucket(E);
+  std::vector<int32_t>& bucket = g.scratch_bucket;
+  bucket.resize(E);
   {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    std::vector<int64_t>& fill = g.scratch_fill;
+    fill.assign(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
       bucket[fill[std::min(a, b)]++] = static_cast<int32_t>(e);
     }
   }
-  std::vector<int32_t> seen_row(n, -1), uid_of(n, -1);
+  std::vector<int32_t>& seen_row = g.scratch_seen;
+  std::vector<int32_t>& uid_of = g.scratch_uid;
+  seen_row.assign(n, -1);
+  uid_of.resize(n);
   g.u.reserve(E);
   g.v.reserve(E);
   g.w.reserve(E);
@@ -107,7 +115,8 @@ SimpleGraph build_simple_graph(const InstanceView& inst) {
   for (int32_t i = 0; i < n; ++i) g.offsets[i + 1] += g.offsets[i];
   g.nbr.resize(2 * static_cast<size_t>(Eu));
   g.eid.resize(2 * static_cast<size_t>(Eu));
-  std::vector<int64_t> fill(g.offsets.begin(), g.offsets.end() - 1);
+  std::vector<int64_t>& fill = g.scratch_fill;
+  fill.assign(g.offsets.begin(), g.offsets.end() - 1);
   for (int32_t e = 0; e < Eu; ++e) {
     int64_t p = fill[g.u[e]]++;
     g.nbr[p] = g.v[e];
@@ -116,7 +125,6 @@ SimpleGraph build_simple_graph(const InstanceView& inst) {
     g.nbr[p] = g.u[e];
     g.eid[p] = e;
   }
-  return g;
 }
 
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
@@ -159,6 +167,22 @@ std::vector<int32_t> connected_segments(const SimpleGraph& g, const Labelling& l
   return seg;
 }
 
+// Renumbers cluster ids 0.. in order of their first node.
+std::vector<int32_t> contiguous_ids(const std::vector<int32_t>& cluster) {
+  const int32_t n = static_cast<int32_t>(cluster.size());
+  int32_t max_id = -1;
+  for (int32_t c : cluster) max_id = std::max(max_id, c);
+  std::vector<int32_t> id_of(static_cast<size_t>(max_id) + 1, -1);
+  std::vector<int32_t> out(n);
+  int32_t next = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    int32_t& id = id_of[cluster[i]];
+    if (id < 0) id = next++;
+    out[i] = id;
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -175,23 +199,40 @@ double labelling_objective(const InstanceView& inst, const int32_t* node_labels,
 Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts) {
   using namespace detail;
   Solution sol;
-  const SimpleGraph g = build_simple_graph(inst);
+  thread_local SimpleGraph g;  // buffers reused by the next solve on this thread
+  build_simple_graph(inst, g);
   Labelling lab = gaec(inst, g, &sol.gaec_contractions);
-  sol.gaec_objective = objective(inst, g, lab);
+  bool gaec_result = true;
+  double gaec_objective = 0.0;
   if (opts.local_search && g.num_nodes > 0) {
     Labelling improved = lab;
     sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
-    // Keep the local-search result only if it is not worse (guards against rounding).
-    if (objective(inst, g, improved) <= sol.gaec_objective) lab = std::move(improved);
+    if (sol.local_search_moves > 0) {
+      gaec_objective = objective(inst, g, lab);
+      // Keep the local-search result only if it is not worse (guards against rounding).
+      if (objective(inst, g, improved) <= gaec_objective) {
+        lab = std::move(improved);
+        gaec_result = false;
+      }
+    }
   }
-  sol.instance_ids = connected_segments(g, lab);
+  // GAEC clusters are connected (built by contractions and merges along edges): their ids only
+  // need renumbering. Local-search moves can disconnect a cluster: take connected components.
+  sol.instance_ids = gaec_result ? contiguous_ids(lab.cluster) : connected_segments(g, lab);
   sol.node_labels = std::move(lab.label);
+  // Edge labels and the objective, on the input edges, in one pass.
+  const int64_t K = inst.num_classes;
+  double obj = 0.0;
+  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + sol.node_labels[i]];
   sol.edge_labels.resize(inst.num_edges);
+  const int32_t* ids = sol.instance_ids.data();
   for (int64_t e = 0; e < inst.num_edges; ++e) {
-    sol.edge_labels[e] =
-        sol.instance_ids[inst.edges[2 * e]] != sol.instance_ids[inst.edges[2 * e + 1]] ? 1 : 0;
+    const bool cut = ids[inst.edges[2 * e]] != ids[inst.edges[2 * e + 1]];
+    sol.edge_labels[e] = cut ? 1 : 0;
+    if (cut) obj += inst.edge_costs[e];
   }
-  sol.objective = labelling_objective(inst, sol.node_labels.data(), sol.instance_ids.data());
+  sol.objective = obj;
+  sol.gaec_objective = gaec_result ? obj : gaec_objective;
   return sol;
 }
 
@@ -207,30 +248,16 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, c
   }
   std::vector<Solution> out(insts.size());
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  num_threads = std::min<int>(num_threads, static_cast<int>(std::max<size_t>(1, insts.size())));
-  if (num_threads <= 1) {
-    for (size_t b = 0; b < insts.size(); ++b) out[b] = solve_amwc(insts[b], opts);
-    return out;
-  }
-  std::atomic<size_t> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;
-  auto worker = [&]() {
-    for (;;) {
-      const size_t b = next.fetch_add(1);
-      if (b >= insts.size()) return;
-      try {
-        out[b] = solve_amwc(insts[b], opts);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-      }
+  detail::parallel_for(insts.size(), num_threads, [&](size_t b) {
+    try {
+      out[b] = solve_amwc(insts[b], opts);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
     }
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(num_threads);
-  for (int t = 0; t < num_threads; ++t) threads.emplace_back(worker);
-  for (auto& t : threads) t.join();
+  });
   if (error) std::rethrow_exception(error);
   return out;
 }

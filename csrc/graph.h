@@ -22,14 +22,22 @@ struct SimpleGraph {
   std::vector<int32_t> eid;           // [2 Eu] unique edge id
 
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
+
+  // Scratch buffers of build_simple_graph, kept for reuse.
+  std::vector<int64_t> scratch_start, scratch_fill;
+  std::vector<int32_t> scratch_bucket, scratch_seen, scratch_uid;
 };
 
-SimpleGraph build_simple_graph(const InstanceView& inst);
+// Builds the simple graph into `g`, reusing its buffers.
+void build_simple_graph(const InstanceView& inst, SimpleGraph& g);
 
 // Union-find with path halving; `merge_into(child, root)` makes `root` the representative.
 struct UnionFind {
   std::vector<int32_t> parent;
-  explicit UnionFind(int32_t n) : parent(n) {
+  UnionFind() = default;
+  explicit UnionFind(int32_t n) { reset(n); }
+  void reset(int32_t n) {
+    parent.resize(n);
     for (int32_t i = 0; i < n; ++i) parent[i] = i;
   }
   int32_t find(int32_t x) {
@@ -48,6 +56,8 @@ struct Labelling {
   std::vector<int32_t> label;    // [N]
   std::vector<int32_t> cluster;  // [N]
 };
+
+// The solvers below keep per-thread buffers between calls (they are not re-entrant on one thread).
 
 // GAEC for AMWC followed by the final merge of adjacent same-class non-partitionable clusters.
 Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions);

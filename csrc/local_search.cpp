@@ -25,75 +25,144 @@ namespace detail {
 
 namespace {
 
+// Reusable state: one instance per thread keeps its buffers between solves.
 class LocalSearch {
  public:
-  LocalSearch(const InstanceView& inst, const SimpleGraph& g, Labelling& lab)
-      : inst_(inst), g_(g), lab_(lab), n_(g.num_nodes), K_(static_cast<int32_t>(inst.num_classes)) {
+  int64_t run(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
+    inst_ = &inst;
+    g_ = &g;
+    lab_ = &lab;
+    n_ = g.num_nodes;
+    K_ = static_cast<int32_t>(inst.num_classes);
+    init();
+    return search(max_rounds);
+  }
+
+ private:
+  void init() {
+    const InstanceView& inst = *inst_;
+    const SimpleGraph& g = *g_;
     double scale = 1.0;
     for (int64_t i = 0; i < static_cast<int64_t>(n_) * K_; ++i) scale = std::max(scale, std::abs(inst.node_costs[i]));
     for (double w : g.w) scale = std::max(scale, std::abs(w));
     tol_ = 1e-9 * scale;
     // Canonical ids: stuff nodes -> N + class; thing clusters keep their GAEC id.
     for (int32_t i = 0; i < n_; ++i) {
-      if (!inst.partitionable[lab_.label[i]]) lab_.cluster[i] = n_ + lab_.label[i];
+      if (!inst.partitionable[lab_->label[i]]) lab_->cluster[i] = n_ + lab_->label[i];
     }
     next_id_ = n_ + K_;
     cluster_label_.assign(next_id_, -1);
     for (int32_t k = 0; k < K_; ++k) cluster_label_[n_ + k] = k;
-    for (int32_t i = 0; i < n_; ++i) cluster_label_[lab_.cluster[i]] = lab_.label[i];
+    for (int32_t i = 0; i < n_; ++i) cluster_label_[lab_->cluster[i]] = lab_->label[i];
     mark_.assign(next_id_, -1);
   }
 
-  int64_t run(int max_rounds) {
+  int64_t search(int max_rounds) {
+    // Round 1 evaluates every node; later rounds only the nodes of segments that a cluster move
+    // changed (and their neighbours): elsewhere the node moves have already converged.
+    std::vector<int32_t>& seeds = seeds_;
+    seeds.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) seeds[i] = i;
     int64_t total = 0;
     for (int round = 0; round < max_rounds; ++round) {
-      const int64_t moved = node_moves() + cluster_moves();
+      total += node_moves(seeds);
+      seeds.clear();
+      const int64_t moved = cluster_moves(&seeds);
       total += moved;
       if (moved == 0) break;
     }
     return total;
   }
 
- private:
-  double cost(int32_t i, int32_t k) const { return inst_.node_costs[static_cast<size_t>(i) * K_ + k]; }
+  double cost(int32_t i, int32_t k) const { return inst_->node_costs[static_cast<size_t>(i) * K_ + k]; }
 
   int32_t new_cluster_id(int32_t k) {
-    if (!inst_.partitionable[k]) return n_ + k;
+    if (!inst_->partitionable[k]) return n_ + k;
     const int32_t id = next_id_++;
     cluster_label_.push_back(k);
     mark_.push_back(-1);
     return id;
   }
 
-  // Accumulates, for the neighbours of node i, the summed edge cost per neighbouring cluster.
+  // Accumulates, for the neighbours of node i, the summed edge cost per neighbouring cluster into
+  // cand_ids_ / cand_w_; mark_[cluster] holds the slot until clear_marks().
   void gather_node(int32_t i) {
     cand_ids_.clear();
     cand_w_.clear();
-    for (int64_t p = g_.offsets[i]; p < g_.offsets[i + 1]; ++p) {
-      const int32_t c = lab_.cluster[g_.nbr[p]];
-      const double w = g_.w[g_.eid[p]];
-      int32_t& slot = mark_[c];
-      if (slot < 0) {
-        slot = static_cast<int32_t>(cand_ids_.size());
-        cand_ids_.push_back(c);
-        cand_w_.push_back(w);
-      } else {
-        cand_w_[slot] += w;
-      }
+    for (int64_t p = g_->offsets[i]; p < g_->offsets[i + 1]; ++p) add_candidate(lab_->cluster[g_->nbr[p]], g_->w[g_->eid[p]]);
+  }
+
+  void add_candidate(int32_t cluster, double w) {
+    int32_t& slot = mark_[cluster];
+    if (slot < 0) {
+      slot = static_cast<int32_t>(cand_ids_.size());
+      cand_ids_.push_back(cluster);
+      cand_w_.push_back(w);
+    } else {
+      cand_w_[slot] += w;
     }
+  }
+
+  void clear_marks() {
     for (int32_t c : cand_ids_) mark_[c] = -1;
   }
 
-  int64_t node_moves() {
-    std::deque<int32_t> queue;
-    std::vector<uint8_t> queued(n_, 0);
-    for (int32_t i = 0; i < n_; ++i) {
-      for (int64_t p = g_.offsets[i]; p < g_.offsets[i + 1]; ++p) {
-        if (lab_.cluster[g_.nbr[p]] != lab_.cluster[i]) {
-          queue.push_back(i);
-          queued[i] = 1;
-          break;
+  double weight_to(int32_t cluster) const {
+    const int32_t slot = mark_[cluster];
+    return slot < 0 ? 0.0 : cand_w_[slot];
+  }
+
+  // Best move of a unit (a node or a segment) whose class costs are `unit_cost(k)`, currently in
+  // cluster `own` with class `own_label`, given the summed edge costs to the neighbouring clusters
+  // (gathered in cand_ids_ / cand_w_ with marks set). Candidates: join a neighbouring thing
+  // cluster; take any class k as a new cluster (thing) or join the cluster of stuff class k.
+  // Returns the target cluster id (-2: a new thing cluster of class *new_class; -1: no
+  // improving move) and writes the change of the objective to *delta.
+  template <class CostFn>
+  int32_t best_move(CostFn&& unit_cost, int32_t own, int32_t own_label, double* delta, int32_t* new_class) const {
+    const double base = unit_cost(own_label) - weight_to(own);
+    double best_delta = -tol_;
+    int32_t best_target = -1;
+    for (size_t c = 0; c < cand_ids_.size(); ++c) {
+      const int32_t t = cand_ids_[c];
+      if (t == own || (t >= n_ && t < n_ + K_)) continue;  // stuff clusters: in the class loop
+      const double d = unit_cost(cluster_label_[t]) - cand_w_[c] - base;
+      if (d < best_delta) {
+        best_delta = d;
+        best_target = t;
+      }
+    }
+    for (int32_t k = 0; k < K_; ++k) {
+      if (inst_->partitionable[k]) {
+        const double d = unit_cost(k) - base;
+        if (d < best_delta) {
+          best_delta = d;
+          best_target = -2;
+          *new_class = k;
         }
+      } else {
+        const int32_t t = n_ + k;
+        if (t == own) continue;
+        const double d = unit_cost(k) - weight_to(t) - base;
+        if (d < best_delta) {
+          best_delta = d;
+          best_target = t;
+        }
+      }
+    }
+    *delta = best_delta;
+    return best_target;
+  }
+
+  int64_t node_moves(const std::vector<int32_t>& seeds) {
+    std::deque<int32_t>& queue = queue_;
+    queue.clear();
+    queued_.assign(n_, 0);
+    std::vector<uint8_t>& queued = queued_;
+    for (int32_t i : seeds) {
+      if (!queued[i]) {
+        queued[i] = 1;
+        queue.push_back(i);
       }
     }
     int64_t moves = 0;
@@ -102,47 +171,21 @@ class LocalSearch {
       const int32_t i = queue.front();
       queue.pop_front();
       queued[i] = 0;
-      const int32_t own = lab_.cluster[i];
-      const int32_t own_label = lab_.label[i];
+      const int32_t own = lab_->cluster[i];
+      const int32_t own_label = lab_->label[i];
       gather_node(i);
-      double w_own = 0.0;
-      for (size_t c = 0; c < cand_ids_.size(); ++c)
-        if (cand_ids_[c] == own) w_own = cand_w_[c];
-      const double base = cost(i, own_label) - w_own;
-      double best_delta = -tol_;
-      int32_t best_target = -1;  // cluster id; -2 = new cluster of class best_new_class
+      double best_delta;
       int32_t best_new_class = -1;
-      for (size_t c = 0; c < cand_ids_.size(); ++c) {
-        const int32_t t = cand_ids_[c];
-        if (t == own) continue;
-        const double delta = cost(i, cluster_label_[t]) - cand_w_[c] - base;
-        if (delta < best_delta) {
-          best_delta = delta;
-          best_target = t;
-        }
-      }
-      // The node's cheapest class as a cluster of its own (thing) or its stuff cluster if that
-      // cluster is not among the neighbours (else it was evaluated above).
-      int32_t kmin = 0;
-      for (int32_t k = 1; k < K_; ++k)
-        if (cost(i, k) < cost(i, kmin)) kmin = k;
-      const bool stuff_neighbour = !inst_.partitionable[kmin] &&
-                                   std::find(cand_ids_.begin(), cand_ids_.end(), n_ + kmin) != cand_ids_.end();
-      if (!stuff_neighbour) {
-        const double delta = cost(i, kmin) - base;
-        if (delta < best_delta) {
-          best_delta = delta;
-          best_target = -2;
-          best_new_class = kmin;
-        }
-      }
+      const int32_t best_target = best_move([&](int32_t k) { return cost(i, k); }, own, own_label, &best_delta,
+                                            &best_new_class);
+      clear_marks();
       if (best_target == -1) continue;
       const int32_t target = best_target == -2 ? new_cluster_id(best_new_class) : best_target;
-      lab_.cluster[i] = target;
-      lab_.label[i] = cluster_label_[target];
+      lab_->cluster[i] = target;
+      lab_->label[i] = cluster_label_[target];
       ++moves;
-      for (int64_t p = g_.offsets[i]; p < g_.offsets[i + 1]; ++p) {
-        const int32_t j = g_.nbr[p];
+      for (int64_t p = g_->offsets[i]; p < g_->offsets[i + 1]; ++p) {
+        const int32_t j = g_->nbr[p];
         if (!queued[j]) {
           queued[j] = 1;
           queue.push_back(j);
@@ -152,133 +195,146 @@ class LocalSearch {
     return moves;
   }
 
-  int64_t cluster_moves() {
-    // Segments: connected components of joined edges.
-    std::vector<int32_t> comp(n_, -1);
-    std::vector<int32_t> order;  // nodes grouped by segment
-    std::vector<int64_t> comp_start;
-    order.reserve(n_);
-    int32_t num_comp = 0;
-    for (int32_t s = 0; s < n_; ++s) {
-      if (comp[s] >= 0) continue;
-      comp_start.push_back(static_cast<int64_t>(order.size()));
-      comp[s] = num_comp;
-      order.push_back(s);
-      for (size_t q = order.size() - 1; q < order.size(); ++q) {
-        const int32_t i = order[q];
-        for (int64_t p = g_.offsets[i]; p < g_.offsets[i + 1]; ++p) {
-          const int32_t j = g_.nbr[p];
-          if (comp[j] < 0 && lab_.cluster[j] == lab_.cluster[i]) {
-            comp[j] = num_comp;
-            order.push_back(j);
-          }
-        }
-      }
-      ++num_comp;
+  int64_t cluster_moves(std::vector<int32_t>* touched) {
+    // Segments: connected components of joined edges (union-find over the edges).
+    UnionFind& uf = uf_;
+    uf.reset(n_);
+    for (int32_t e = 0; e < g_->num_edges(); ++e) {
+      const int32_t u = g_->u[e], v = g_->v[e];
+      if (lab_->cluster[u] != lab_->cluster[v]) continue;
+      const int32_t a = uf.find(u), b = uf.find(v);
+      if (a != b) uf.merge_into(std::max(a, b), std::min(a, b));
     }
-    comp_start.push_back(static_cast<int64_t>(order.size()));
+    std::vector<int32_t>& comp = comp_;
+    comp.assign(n_, -1);
+    int32_t num_comp = 0;
+    for (int32_t i = 0; i < n_; ++i) {
+      const int32_t r = uf.find(i);
+      if (comp[r] < 0) comp[r] = num_comp++;
+      comp[i] = comp[r];
+    }
     if (num_comp <= 1) return 0;
 
-    // Summed class costs per segment.
-    std::vector<double> S(static_cast<size_t>(num_comp) * K_, 0.0);
-    for (int32_t c = 0; c < num_comp; ++c) {
-      double* sc = &S[static_cast<size_t>(c) * K_];
-      for (int64_t q = comp_start[c]; q < comp_start[c + 1]; ++q) {
-        const double* nc = &inst_.node_costs[static_cast<size_t>(order[q]) * K_];
-        for (int32_t k = 0; k < K_; ++k) sc[k] += nc[k];
+    // Summed class costs and first node per segment.
+    std::vector<double>& S = S_;
+    S.assign(static_cast<size_t>(num_comp) * K_, 0.0);
+    std::vector<int32_t>& first = first_;
+    first.assign(num_comp, -1);
+    for (int32_t i = 0; i < n_; ++i) {
+      double* sc = &S[static_cast<size_t>(comp[i]) * K_];
+      const double* nc = &inst_->node_costs[static_cast<size_t>(i) * K_];
+      for (int32_t k = 0; k < K_; ++k) sc[k] += nc[k];
+      if (first[comp[i]] < 0) first[comp[i]] = i;
+    }
+
+    // Cut edges grouped by segment (both directions): the segment adjacency.
+    std::vector<int64_t>& start = start_;
+    start.assign(static_cast<size_t>(num_comp) + 1, 0);
+    for (int32_t e = 0; e < g_->num_edges(); ++e) {
+      const int32_t cu = comp[g_->u[e]], cv = comp[g_->v[e]];
+      if (cu == cv) continue;
+      ++start[cu + 1];
+      ++start[cv + 1];
+    }
+    for (int32_t c = 0; c < num_comp; ++c) start[c + 1] += start[c];
+    std::vector<int32_t>& cut_other = cut_other_;  // neighbour node
+    cut_other.resize(static_cast<size_t>(start[num_comp]));
+    std::vector<double>& cut_w = cut_w_;
+    cut_w.resize(static_cast<size_t>(start[num_comp]));
+    {
+      std::vector<int64_t>& fill = fill_;
+      fill.assign(start.begin(), start.end() - 1);
+      for (int32_t e = 0; e < g_->num_edges(); ++e) {
+        const int32_t u = g_->u[e], v = g_->v[e];
+        const int32_t cu = comp[u], cv = comp[v];
+        if (cu == cv) continue;
+        int64_t q = fill[cu]++;
+        cut_other[q] = v;
+        cut_w[q] = g_->w[e];
+        q = fill[cv]++;
+        cut_other[q] = u;
+        cut_w[q] = g_->w[e];
       }
     }
 
-    std::vector<uint8_t> dirty(num_comp, 0);
+    std::vector<uint8_t>& dirty = dirty_;
+    dirty.assign(num_comp, 0);
+    std::vector<int32_t>& moved_comps = moved_comps_;
+    moved_comps.clear();
+    target_of_comp_.assign(num_comp, -1);
     int64_t moves = 0;
-    std::vector<int32_t> nb_comps;
     for (int32_t c = 0; c < num_comp; ++c) {
       if (dirty[c]) continue;
-      const int32_t first = order[comp_start[c]];
-      const int32_t own = lab_.cluster[first];
-      const int32_t own_label = lab_.label[first];
-      // Summed edge cost from this segment to each neighbouring cluster.
+      const int32_t own = lab_->cluster[first[c]];
+      const int32_t own_label = lab_->label[first[c]];
+      // Summed edge cost from this segment to each neighbouring cluster (current state).
       cand_ids_.clear();
       cand_w_.clear();
-      nb_comps.clear();
-      for (int64_t q = comp_start[c]; q < comp_start[c + 1]; ++q) {
-        const int32_t i = order[q];
-        for (int64_t p = g_.offsets[i]; p < g_.offsets[i + 1]; ++p) {
-          const int32_t j = g_.nbr[p];
-          if (comp[j] == c) continue;
-          nb_comps.push_back(comp[j]);
-          const int32_t t = lab_.cluster[j];
-          int32_t& slot = mark_[t];
-          if (slot < 0) {
-            slot = static_cast<int32_t>(cand_ids_.size());
-            cand_ids_.push_back(t);
-            cand_w_.push_back(g_.w[g_.eid[p]]);
-          } else {
-            cand_w_[slot] += g_.w[g_.eid[p]];
-          }
-        }
-      }
-      for (int32_t t : cand_ids_) mark_[t] = -1;
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) add_candidate(lab_->cluster[cut_other[q]], cut_w[q]);
       const double* sc = &S[static_cast<size_t>(c) * K_];
-      const double base = sc[own_label];
-      double best_delta = -tol_;
-      int32_t best_target = -1;
+      double best_delta;
       int32_t best_new_class = -1;
-      for (size_t t = 0; t < cand_ids_.size(); ++t) {
-        if (cand_ids_[t] == own) continue;  // cannot happen for a full component; kept for safety
-        const double delta = sc[cluster_label_[cand_ids_[t]]] - cand_w_[t] - base;
-        if (delta < best_delta) {
-          best_delta = delta;
-          best_target = cand_ids_[t];
-        }
-      }
-      int32_t kmin = 0;
-      for (int32_t k = 1; k < K_; ++k)
-        if (sc[k] < sc[kmin]) kmin = k;
-      if (kmin != own_label) {
-        const bool stuff_neighbour = !inst_.partitionable[kmin] &&
-                                     std::find(cand_ids_.begin(), cand_ids_.end(), n_ + kmin) != cand_ids_.end();
-        if (!stuff_neighbour) {
-          const double delta = sc[kmin] - base;
-          if (delta < best_delta) {
-            best_delta = delta;
-            best_target = -2;
-            best_new_class = kmin;
-          }
-        }
-      }
+      const int32_t best_target = best_move([&](int32_t k) { return sc[k]; }, own, own_label, &best_delta,
+                                            &best_new_class);
+      clear_marks();
       if (best_target == -1) continue;
       const int32_t target = best_target == -2 ? new_cluster_id(best_new_class) : best_target;
-      const int32_t new_label = cluster_label_[target];
-      for (int64_t q = comp_start[c]; q < comp_start[c + 1]; ++q) {
-        lab_.cluster[order[q]] = target;
-        lab_.label[order[q]] = new_label;
-      }
       ++moves;
       dirty[c] = 1;
-      for (int32_t d : nb_comps) dirty[d] = 1;
+      moved_comps.push_back(c);
+      target_of_comp_[c] = target;
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) dirty[comp[cut_other[q]]] = 1;
+    }
+    if (moves == 0) return 0;
+    // Apply the moves and collect the nodes whose neighbourhood changed.
+    std::vector<uint8_t>& is_moved = is_moved_;
+    is_moved.assign(num_comp, 0);
+    for (int32_t c : moved_comps) is_moved[c] = 1;
+    for (int32_t i = 0; i < n_; ++i) {
+      const int32_t c = comp[i];
+      if (!is_moved[c]) continue;
+      const int32_t target = target_of_comp_[c];
+      lab_->cluster[i] = target;
+      lab_->label[i] = cluster_label_[target];
+      touched->push_back(i);
+    }
+    for (int32_t c : moved_comps) {
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) touched->push_back(cut_other[q]);
     }
     return moves;
   }
 
-  const InstanceView& inst_;
-  const SimpleGraph& g_;
-  Labelling& lab_;
-  const int32_t n_;
-  const int32_t K_;
+  const InstanceView* inst_ = nullptr;
+  const SimpleGraph* g_ = nullptr;
+  Labelling* lab_ = nullptr;
+  int32_t n_ = 0;
+  int32_t K_ = 0;
   double tol_ = 0.0;
   int32_t next_id_ = 0;
   std::vector<int32_t> cluster_label_;  // class of each cluster id
   std::vector<int32_t> mark_;           // scratch: cluster id -> slot in cand_ids_
   std::vector<int32_t> cand_ids_;
   std::vector<double> cand_w_;
+  std::vector<uint8_t> queued_;
+  std::deque<int32_t> queue_;
+  std::vector<int32_t> seeds_;
+  UnionFind uf_;
+  std::vector<double> S_;
+  std::vector<int32_t> first_;
+  std::vector<int64_t> start_, fill_;
+  std::vector<int32_t> cut_other_;
+  std::vector<double> cut_w_;
+  std::vector<uint8_t> dirty_, is_moved_;
+  std::vector<int32_t> moved_comps_;
+  std::vector<int32_t> comp_;
+  std::vector<int32_t> target_of_comp_;
 };
 
 }  // namespace
 
 int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
-  LocalSearch ls(inst, g, lab);
-  return ls.run(max_rounds);
+  thread_local LocalSearch solver;
+  return solver.run(inst, g, lab, max_rounds);
 }
 
 }  // namespace detail

@@ -1,0 +1,483 @@
+"""Tests of the native AMWC / MWC solvers and their Python API (no PyTorch, no Detectron2).
+
+* property tests (hypothesis, >= 500 random graphs): feasibility and objective of every result;
+* exact optimum by an ILP (scipy.optimize.milp) on small instances: never below it, and equal on
+  planted instances whose optimum is unique and obvious;
+* local search never worse than plain GAEC; batch == single; GridGraph round trips; bad input.
+"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from detectron2_cops.solvers import (
+    GridGraph,
+    amwc_objective,
+    edge_offsets,
+    solve_amwc,
+    solve_amwc_batch,
+    solve_mwc,
+    solve_mwc_batch,
+)
+from detectron2_cops.solvers.synthetic import synthetic_instance
+
+
+# --------------------------------------------------------------------------- helpers
+def numpy_objective(node_costs, edges, edge_costs, node_labels, instance_ids):
+    node_costs = np.asarray(node_costs, np.float64)
+    obj = node_costs[np.arange(len(node_labels)), node_labels].sum()
+    if len(edges):
+        cut = instance_ids[edges[:, 0]] != instance_ids[edges[:, 1]]
+        obj += np.asarray(edge_costs, np.float64)[cut].sum()
+    return float(obj)
+
+
+def check_feasible(node_costs, edges, partitionable, res):
+    """Asserts that `res` is a valid AMWC labelling of the instance."""
+    N, K = node_costs.shape
+    labels, ids, elab = res.node_labels, res.instance_ids, res.edge_labels
+    assert labels.shape == (N,) and labels.dtype == np.int32
+    assert ids.shape == (N,) and ids.dtype == np.int32
+    assert elab.shape == (len(edges),) and elab.dtype == np.uint8
+    if N == 0:
+        return
+    assert labels.min() >= 0 and labels.max() < K
+    # contiguous segment ids 0..S-1
+    assert set(np.unique(ids)) == set(range(ids.max() + 1))
+    # one class per segment
+    for s in range(ids.max() + 1):
+        assert len(np.unique(labels[ids == s])) == 1
+    if len(edges):
+        u, v = edges[:, 0], edges[:, 1]
+        # edge labels match the clusters
+        np.testing.assert_array_equal(elab, (ids[u] != ids[v]).astype(np.uint8))
+        # different classes are always cut
+        assert np.all(elab[labels[u] != labels[v]] == 1)
+        # no cut between adjacent nodes of one non-partitionable class
+        same_stuff = (labels[u] == labels[v]) & ~partitionable[labels[u]]
+        assert np.all(elab[same_stuff] == 0)
+    # every segment is connected through joined edges (valid clustering)
+    parent = np.arange(N)
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a, b), c in zip(edges, elab):
+        if c == 0:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[ra] = rb
+    roots = np.array([find(i) for i in range(N)])
+    for s in range(ids.max() + 1):
+        assert len(np.unique(roots[ids == s])) == 1, "a segment is not connected"
+
+
+def exact_amwc(node_costs, edges, edge_costs, partitionable):
+    """Optimal AMWC objective by an ILP on the complete graph (transitivity constraints)."""
+    node_costs = np.asarray(node_costs, np.float64)
+    N, K = node_costs.shape
+    pairs = list(itertools.combinations(range(N), 2))
+    pidx = {p: i for i, p in enumerate(pairs)}
+    nx, nz = N * K, len(pairs)
+    c = np.zeros(nx + nz)
+    c[:nx] = node_costs.reshape(-1)
+    adjacent = set()
+    for (a, b), w in zip(edges, edge_costs):
+        a, b = int(min(a, b)), int(max(a, b))
+        c[nx + pidx[(a, b)]] += w
+        adjacent.add((a, b))
+    rows, lb, ub = [], [], []
+
+    def row():
+        return np.zeros(nx + nz)
+
+    for i in range(N):  # one class per node
+        r = row()
+        r[i * K : (i + 1) * K] = 1
+        rows.append(r), lb.append(1), ub.append(1)
+    for (a, b), z in pidx.items():
+        for k in range(K):  # different classes are separated: z >= x_ak - x_bk and z >= x_bk - x_ak
+            for s, t in ((a, b), (b, a)):
+                r = row()
+                r[nx + z] = 1
+                r[s * K + k] -= 1
+                r[t * K + k] += 1
+                rows.append(r), lb.append(0), ub.append(np.inf)
+            if (a, b) in adjacent and not partitionable[k]:  # same stuff class joined: z <= 2 - x_ak - x_bk
+                r = row()
+                r[nx + z] = 1
+                r[a * K + k] += 1
+                r[b * K + k] += 1
+                rows.append(r), lb.append(-np.inf), ub.append(2)
+    for i, j, k in itertools.permutations(range(N), 3):  # transitivity: z_ij <= z_ik + z_kj
+        if i < j:
+            r = row()
+            r[nx + pidx[(i, j)]] += 1
+            r[nx + pidx[tuple(sorted((i, k)))]] -= 1
+            r[nx + pidx[tuple(sorted((k, j)))]] -= 1
+            rows.append(r), lb.append(-np.inf), ub.append(0)
+    res = milp(
+        c,
+        constraints=LinearConstraint(np.array(rows), lb, ub),
+        integrality=np.ones(nx + nz),
+        bounds=Bounds(0, 1),
+    )
+    assert res.success, res.message
+    return float(res.fun)
+
+
+# --------------------------------------------------------------------------- hypothesis
+@st.composite
+def instances(draw):
+    N = draw(st.integers(0, 14))
+    K = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    node_costs = rng.normal(0, draw(st.sampled_from([0.5, 2.0])), (N, K)).astype(dtype)
+    E = draw(st.integers(0, 3 * N)) if N >= 2 else 0
+    edges = np.zeros((E, 2), dtype=draw(st.sampled_from([np.int64, np.int32])))
+    if E:
+        a = rng.integers(0, N, E)
+        b = (a + rng.integers(1, N, E)) % N  # never a self-loop; duplicates and both orientations occur
+        edges[:, 0], edges[:, 1] = a, b
+    edge_costs = rng.normal(0.3, 2.0, E).astype(dtype)
+    partitionable = rng.random(K) < 0.5
+    return node_costs, edges, edge_costs, partitionable
+
+
+@settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_random_instances_feasible_and_objective_exact(inst):
+    node_costs, edges, edge_costs, partitionable = inst
+    plain = solve_amwc(node_costs, edges, edge_costs, partitionable, local_search=False)
+    ls = solve_amwc(node_costs, edges, edge_costs, partitionable, local_search=True)
+    for res in (plain, ls):
+        check_feasible(node_costs, edges, partitionable, res)
+        expected = numpy_objective(node_costs, edges, edge_costs, res.node_labels, res.instance_ids)
+        assert res.objective == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert amwc_objective(node_costs, edges, edge_costs, res.node_labels, res.instance_ids) == pytest.approx(
+            expected, rel=1e-9, abs=1e-9
+        )
+    # local search never worse than plain GAEC, and reports GAEC's objective
+    assert ls.objective <= plain.objective + 1e-9 * max(1.0, abs(plain.objective))
+    assert ls.info["gaec_objective"] == pytest.approx(plain.objective, rel=1e-9, abs=1e-9)
+    # MWC: every label is one cluster, i.e. an edge is cut iff the labels differ
+    mwc = solve_mwc(node_costs, edges, edge_costs)
+    check_feasible(node_costs, edges, np.zeros(node_costs.shape[1], bool), mwc)
+    if len(edges):
+        np.testing.assert_array_equal(
+            mwc.edge_labels, (mwc.node_labels[edges[:, 0]] != mwc.node_labels[edges[:, 1]]).astype(np.uint8)
+        )
+
+
+# --------------------------------------------------------------------------- exact optimum
+def _random_small(rng, N, K):
+    node_costs = rng.normal(0, 1.0, (N, K))
+    pairs = np.array(list(itertools.combinations(range(N), 2)))
+    keep = rng.random(len(pairs)) < 0.5
+    edges = pairs[keep]
+    if len(edges) == 0:
+        edges = pairs[:1]
+    edge_costs = rng.normal(0.0, 1.5, len(edges))
+    partitionable = rng.random(K) < 0.5
+    return node_costs, edges, edge_costs, partitionable
+
+
+def test_never_below_the_exact_optimum():
+    rng = np.random.default_rng(0)
+    gaps = []
+    for t in range(60):
+        N = int(rng.integers(3, 10))
+        K = int(rng.integers(1, 4))
+        node_costs, edges, edge_costs, partitionable = _random_small(rng, N, K)
+        opt = exact_amwc(node_costs, edges, edge_costs, partitionable)
+        for local_search in (False, True):
+            res = solve_amwc(node_costs, edges, edge_costs, partitionable, local_search=local_search)
+            check_feasible(node_costs, edges, partitionable, res)
+            assert res.objective >= opt - 1e-7, (t, res.objective, opt)
+            if local_search:
+                gaps.append(res.objective - opt)
+    # a heuristic, but on these tiny instances it is optimal most of the time
+    assert np.mean(np.array(gaps) < 1e-7) >= 0.6
+
+
+def _planted(rng, N, K, partitionable, margin=10.0):
+    """Costs of a planted AMWC solution with large margins: its labelling is the unique optimum."""
+    # planted segments: consecutive runs along a path, random classes; thing segments of one class
+    # may touch (they are separated by strongly repulsive edges), stuff segments never touch one of
+    # their own class.
+    seg = np.sort(rng.integers(0, max(1, N // 2), N))
+    seg = np.unique(seg, return_inverse=True)[1]
+    S = seg.max() + 1
+    cls = np.zeros(S, dtype=np.int64)
+    starts = np.ones(S, dtype=bool)  # False: segment s continues segment s - 1
+    for s in range(S):
+        choices = [k for k in range(K) if not (s > 0 and cls[s - 1] == k and not partitionable[k])]
+        if choices:
+            cls[s] = rng.choice(choices)
+        else:  # a single stuff class: consecutive runs are one segment
+            cls[s], starts[s] = cls[s - 1], False
+    merged = np.cumsum(starts) - 1
+    seg, cls = merged[seg], cls[starts]
+    labels = cls[seg]
+    node_costs = rng.uniform(0, 1, (N, K)) + margin
+    node_costs[np.arange(N), labels] -= 2 * margin
+    pairs = np.array(list(itertools.combinations(range(N), 2)))
+    path = np.array([[i, i + 1] for i in range(N - 1)])
+    extra = pairs[rng.random(len(pairs)) < 0.3]
+    edges = np.concatenate([path, extra]) if len(extra) else path
+    # two segments of one stuff class must not touch, else the planted labelling is infeasible
+    a, b = seg[edges[:, 0]], seg[edges[:, 1]]
+    edges = edges[(a == b) | (cls[a] != cls[b]) | partitionable[cls[a]]]
+    same = seg[edges[:, 0]] == seg[edges[:, 1]]
+    edge_costs = np.where(same, margin, -margin) + rng.uniform(-1, 1, len(edges))
+    return node_costs, edges, edge_costs, labels, seg
+
+
+def test_planted_optimum_is_found():
+    rng = np.random.default_rng(1)
+    for t in range(60):
+        N = int(rng.integers(2, 10))
+        K = int(rng.integers(1, 4))
+        partitionable = rng.random(K) < 0.5
+        node_costs, edges, edge_costs, labels, seg = _planted(rng, N, K, partitionable)
+        opt = exact_amwc(node_costs, edges, edge_costs, partitionable)
+        planted = numpy_objective(node_costs, edges, edge_costs, labels, seg)
+        assert planted == pytest.approx(opt, abs=1e-6)  # the planted labelling is optimal
+        for local_search in (False, True):
+            res = solve_amwc(node_costs, edges, edge_costs, partitionable, local_search=local_search)
+            assert res.objective == pytest.approx(opt, abs=1e-6), (t, local_search)
+            np.testing.assert_array_equal(res.node_labels, labels)
+            # same partition as the planted one
+            assert len(set(zip(res.instance_ids.tolist(), seg.tolist()))) == seg.max() + 1
+
+
+def test_local_search_improves_on_grids_and_is_never_worse():
+    improved = 0
+    for seed in range(12):
+        inst = synthetic_instance(
+            24, 32, 5, 2, [1, 2, 4], seed=seed, class_noise=2.0, edge_noise=2.0,
+            noise_smoothing=1.0, num_things=6, num_stuff_regions=4,
+        )
+        args = (inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+        plain = solve_amwc(*args, local_search=False)
+        ls = solve_amwc(*args, local_search=True)
+        check_feasible(inst.node_costs, inst.edges, inst.partitionable, ls)
+        assert ls.objective <= plain.objective + 1e-9 * abs(plain.objective)
+        improved += ls.objective < plain.objective - 1e-9 * abs(plain.objective)
+    assert improved >= 3, f"local search improved only {improved} of 12 noisy instances"
+
+
+# --------------------------------------------------------------------------- batch API
+@pytest.mark.parametrize("num_threads", [0, 1, 2, 3])
+def test_batch_equals_single(num_threads):
+    insts = [
+        synthetic_instance(20 + 3 * s, 30, 6, 3, [1, 3, 8], seed=s, class_noise=1.5, edge_noise=1.5)
+        for s in range(5)
+    ]
+    batch = solve_amwc_batch(
+        [(i.node_costs, i.edges, i.edge_costs, i.partitionable) for i in insts], num_threads=num_threads
+    )
+    mwc_batch = solve_mwc_batch([(i.node_costs, i.edges, i.edge_costs) for i in insts], num_threads=num_threads)
+    assert len(batch) == len(insts) == len(mwc_batch)
+    for inst, b, mb in zip(insts, batch, mwc_batch):
+        single = solve_amwc(inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+        for field in ("node_labels", "instance_ids", "edge_labels"):
+            np.testing.assert_array_equal(getattr(b, field), getattr(single, field))
+        assert b.objective == single.objective
+        msingle = solve_mwc(inst.node_costs, inst.edges, inst.edge_costs)
+        np.testing.assert_array_equal(mb.node_labels, msingle.node_labels)
+        assert mb.objective == msingle.objective
+
+
+def test_batch_reports_the_bad_instance():
+    good = synthetic_instance(8, 8, 3, 1, [1], seed=0)
+    bad_edges = good.edges.copy()
+    bad_edges[3, 1] = 10_000
+    with pytest.raises(ValueError, match=r"instance 1: edges must hold node ids"):
+        solve_amwc_batch(
+            [
+                (good.node_costs, good.edges, good.edge_costs, good.partitionable),
+                (good.node_costs, bad_edges, good.edge_costs, good.partitionable),
+            ]
+        )
+    with pytest.raises(ValueError, match="num_threads"):
+        solve_amwc_batch([], num_threads=-1)
+    assert solve_amwc_batch([]) == []
+
+
+def test_deterministic_and_contiguity_independent():
+    inst = synthetic_instance(30, 40, 7, 3, [1, 4, 8], seed=3)
+    a = solve_amwc(inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+    # the same instance through non-contiguous views and other dtypes
+    nc = np.asfortranarray(inst.node_costs.astype(np.float64))
+    edges = np.ascontiguousarray(inst.edges[:, ::-1].astype(np.int32))[:, ::-1]
+    ec = np.repeat(inst.edge_costs, 2)[::2]
+    b = solve_amwc(nc, edges, ec, inst.partitionable.astype(np.uint8))
+    np.testing.assert_array_equal(a.node_labels, b.node_labels)
+    np.testing.assert_array_equal(a.instance_ids, b.instance_ids)
+    assert a.objective == pytest.approx(b.objective, rel=1e-12)
+
+
+def test_duplicate_edges_are_summed():
+    rng = np.random.default_rng(5)
+    node_costs = rng.normal(0, 1, (6, 3))
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [0, 5]])
+    costs = rng.normal(0, 2, len(edges))
+    part = np.array([True, False, True])
+    ref = solve_amwc(node_costs, edges, costs, part)
+    # split every edge into three parallel copies, one reversed, with the same total cost
+    dup_edges = np.concatenate([edges, edges[:, ::-1], edges])
+    dup_costs = np.concatenate([0.5 * costs, 0.25 * costs, 0.25 * costs])
+    dup = solve_amwc(node_costs, dup_edges, dup_costs, part)
+    np.testing.assert_array_equal(ref.node_labels, dup.node_labels)
+    np.testing.assert_array_equal(ref.instance_ids, dup.instance_ids)
+    assert dup.objective == pytest.approx(ref.objective, rel=1e-12)
+    np.testing.assert_array_equal(dup.edge_labels[:6], dup.edge_labels[6:12])
+
+
+def test_empty_instances():
+    for res in (
+        solve_amwc(np.zeros((0, 3)), np.zeros((0, 2), np.int64), np.zeros(0), np.array([True, False, True])),
+        solve_mwc(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.int64), np.zeros(0, np.float32)),
+    ):
+        assert res.node_labels.shape == (0,) and res.instance_ids.shape == (0,) and res.edge_labels.shape == (0,)
+        assert res.objective == 0.0
+    # no edges: every node at its cheapest class, each node its own segment
+    nc = np.array([[1.0, -2.0], [0.5, 0.0], [3.0, 2.0]])
+    res = solve_amwc(nc, np.zeros((0, 2), np.int64), np.zeros(0), np.array([True, True]))
+    np.testing.assert_array_equal(res.node_labels, [1, 1, 1])
+    np.testing.assert_array_equal(res.instance_ids, [0, 1, 2])
+    assert res.objective == pytest.approx(-2.0 + 0.0 + 2.0)
+
+
+def test_stuff_is_never_split_and_things_are():
+    # a path of 4 nodes all preferring class 0; strongly repulsive middle edge
+    nc = np.array([[-5.0, 0.0]] * 4)
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+    costs = np.array([3.0, -20.0, 3.0])
+    thing = solve_amwc(nc, edges, costs, np.array([True, False]))
+    assert thing.instance_ids.tolist() == [0, 0, 1, 1] and thing.edge_labels.tolist() == [0, 1, 0]
+    stuff = solve_amwc(nc, edges, costs, np.array([False, False]))
+    # stuff cannot be split: either one segment of class 0 (paying the repulsive edge) or part of
+    # it switches to class 1 -- here switching two nodes costs 10 and saves 20
+    check_feasible(nc, edges, np.array([False, False]), stuff)
+    assert stuff.objective == pytest.approx(exact_amwc(nc, edges, costs, np.array([False, False])))
+
+
+# --------------------------------------------------------------------------- grid graph
+@pytest.mark.parametrize(
+    "H,W,D,S",
+    [(7, 9, [1, 2, 3, 4], None), (16, 5, [1, 4, 16], [1, 2, 3]), (1, 1, [1], None), (0, 4, [1, 2], None), (10, 13, [5], [4])],
+)
+def test_grid_graph_convention_and_round_trip(H, W, D, S):
+    g = GridGraph(H, W, D, S)
+    S = S or [1] * len(D)
+    rng = np.random.default_rng(0)
+    maps = [rng.normal(size=shape) for shape in g.map_shapes]
+    values = g.maps_to_edge_values(maps)
+    assert values.shape == (g.num_edges,)
+    back = g.edge_values_to_maps(values, fill=0.0)
+    valid = g.valid_masks()
+    for m, b, v in zip(maps, back, valid):
+        np.testing.assert_array_equal(b[v], m[v])
+        assert np.all(b[~v] == 0)
+    # the convention of the module docstring, position by position
+    expected = []
+    for d, s, shape in zip(D, S, g.map_shapes):
+        lo, hi = edge_offsets(d)
+        assert shape == (2, -(-H // s), -(-W // s))
+        for ch in range(2):
+            for a in range(shape[1]):
+                for b in range(shape[2]):
+                    y, x = a * s, b * s
+                    if ch == 0 and y - lo >= 0 and y + hi <= H - 1:
+                        expected.append(((y - lo) * W + x, (y + hi) * W + x))
+                    if ch == 1 and x - lo >= 0 and x + hi <= W - 1:
+                        expected.append((y * W + x - lo, y * W + x + hi))
+    assert [tuple(e) for e in g.edges.tolist()] == expected
+    # labels round trip as uint8, batched values too
+    labels = (rng.random(g.num_edges) < 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(g.maps_to_edge_values(g.edge_values_to_maps(labels)), labels)
+    batch = rng.normal(size=(3, g.num_edges))
+    bmaps = g.edge_values_to_maps(batch)
+    assert all(m.shape == (3,) + shape for m, shape in zip(bmaps, g.map_shapes))
+    np.testing.assert_array_equal(g.maps_to_edge_values(bmaps), batch)
+
+
+def test_grid_graph_bad_input():
+    with pytest.raises(ValueError, match="edge_distances"):
+        GridGraph(4, 4, [0, 1])
+    with pytest.raises(ValueError, match="edge_sampling_intervals"):
+        GridGraph(4, 4, [1, 2], [1])
+    with pytest.raises(ValueError, match="height and width"):
+        GridGraph(-1, 4, [1])
+    g = GridGraph(4, 5, [1, 2])
+    with pytest.raises(ValueError, match="one map per edge distance"):
+        g.maps_to_edge_values([np.zeros((2, 4, 5))])
+    with pytest.raises(ValueError, match=r"maps\[1\].*shape"):
+        g.maps_to_edge_values([np.zeros((2, 4, 5)), np.zeros((2, 4, 4))])
+    with pytest.raises(ValueError, match="values must have shape"):
+        g.edge_values_to_maps(np.zeros(g.num_edges + 1))
+
+
+# --------------------------------------------------------------------------- bad input
+def _ok():
+    nc = np.zeros((4, 2), np.float32)
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+    ec = np.ones(3, np.float32)
+    part = np.array([True, False])
+    return nc, edges, ec, part
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: (a[0][None], *a[1:]), r"node_costs must have shape \[N, K\]"),
+        (lambda a: (a[0].astype(np.int64), *a[1:]), "node_costs must be float32 or float64"),
+        (lambda a: (np.where(np.eye(4, 2, dtype=bool), np.nan, a[0]), *a[1:]), "node_costs must be finite"),
+        (lambda a: (np.full((4, 2), np.inf), *a[1:]), "node_costs must be finite"),
+        (lambda a: (a[0], a[1][:, :1], *a[2:]), r"edges must have shape \[E, 2\]"),
+        (lambda a: (a[0], a[1].astype(np.float32), *a[2:]), "edges must be an integer array"),
+        (lambda a: (a[0], np.array([[0, 1], [1, 4], [2, 3]]), *a[2:]), r"node ids in \[0, 4\); edge 1"),
+        (lambda a: (a[0], np.array([[0, 1], [-1, 2], [2, 3]]), *a[2:]), r"node ids in \[0, 4\); edge 1"),
+        (lambda a: (a[0], np.array([[0, 1], [2, 2], [2, 3]]), *a[2:]), "self-loops; edge 1"),
+        (lambda a: (a[0], a[1], a[2][:2], a[3]), r"edge_costs must have shape \[3\]"),
+        (lambda a: (a[0], a[1], a[2][:, None], a[3]), "edge_costs must have shape"),
+        (lambda a: (a[0], a[1], np.array([1.0, np.nan, 0.0]), a[3]), "edge_costs must be finite"),
+        (lambda a: (a[0], a[1], a[2].astype(np.int32), a[3]), "edge_costs must be float32 or float64"),
+        (lambda a: (*a[:3], np.array([True])), r"partitionable must have shape \[K\]"),
+        (lambda a: (*a[:3], np.array([0.5, 1.0])), "partitionable must be a bool array"),
+        (lambda a: (np.zeros((4, 0)), *a[1:3], np.zeros(0, bool)), "at least one class"),
+    ],
+)
+def test_bad_input_raises(mutate, match):
+    args = mutate(_ok())
+    with pytest.raises(ValueError, match=match):
+        solve_amwc(*args)
+    with pytest.raises(ValueError, match="instance 0: .*" + match):
+        solve_amwc_batch([args])
+
+
+def test_native_bindings_reject_malformed_arrays():
+    """The extension re-checks shapes itself: calling it directly cannot read out of bounds."""
+    from detectron2_cops import _C
+
+    nc, edges, ec, part = _ok()
+    with pytest.raises(ValueError, match="edges must have shape"):
+        _C.solve_amwc(nc, edges[:, :1], ec, part)
+    with pytest.raises(ValueError, match="edge_costs must have shape"):
+        _C.solve_amwc(nc, edges, ec[:1], part)
+    with pytest.raises(ValueError, match="partitionable must have shape"):
+        _C.solve_amwc(nc, edges, ec, part[:1])
+    with pytest.raises(ValueError, match="node ids"):
+        _C.solve_amwc(nc, edges + 10, ec, part)
+    with pytest.raises(ValueError, match="finite"):
+        _C.solve_amwc(np.full_like(nc, np.nan), edges, ec, part)
