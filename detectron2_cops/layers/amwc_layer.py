@@ -1,0 +1,691 @@
+"""The differentiable asymmetric multiway cut (AMWC) layer of COPS.
+
+Source: Abbas & Swoboda, "Combinatorial Optimization for Panoptic Segmentation: A Fully
+Differentiable Approach", NeurIPS 2021: Sec. 3.1 (AMWC on the pixel grid), Sec. 3.4 (gradient
+estimation by averaging over perturbation magnitudes, slides "Contribution 1") and Sec. 3.5
+(backward pass through a transformation to multiway cut, slides "Contribution 3"); the black-box
+differentiation estimator of Vlastelica et al., "Differentiation of Blackbox Combinatorial
+Solvers", ICLR 2020; ``DESIGN.md`` section 1. The reference implementation is the authors'
+``panoptic_affinity/multicut_solvers.py`` (``AsymmetricMultiCutSolver``, ``solve_mc_grad_avg``)
+and ``losses.py`` (``AMWCBackward``).
+
+Forward: per image, the AMWC
+
+    min_{x, y}  sum_i c_V(i, x(i)) + sum_{ij} c_E(ij) y(ij)
+
+on the grid graph of :class:`~detectron2_cops.solvers.GridGraph` (thing classes partitionable) is
+solved by the native GAEC solver (all images of a batch in parallel); the solution is returned as
+class labels, contiguous instance ids, edge labels (1 = cut) and one binary *panoptic mask* per
+predicted segment (one per stuff class present, one per thing instance).
+
+Backward: the incoming gradients ``dL/dP_m`` (masks), ``dL/dX`` (node one-hot) and ``dL/dY``
+(edge labels) are turned into a multiway cut (MWC) whose labels are the predicted segments plus
+the classes without a segment, solved for ``N`` perturbation magnitudes ``lambda_i`` and
+averaged (see :class:`AMWCFunction`).
+
+Pure PyTorch + NumPy on top of :mod:`detectron2_cops.solvers`; imports no Detectron2.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import time
+from collections import OrderedDict
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..solvers import GridGraph, solve_amwc_batch
+
+__all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer"]
+
+
+class AMWCOutput(NamedTuple):
+    """AMWC solution of one image, on the grid of the costs (stride-4 grid pixels in COPS).
+
+    Attributes:
+        node_labels: ``[H, W] int64`` class of every grid pixel.
+        instance_ids: ``[H, W] int64`` contiguous segment id ``0..S-1`` of every pixel (connected
+            components of joined edges, as returned by the solver; a stuff class that occurs in
+            several disconnected components has several instance ids but one mask).
+        edge_labels: one ``[2, H_d, W_d] uint8`` map per edge distance, 1 = cut; 0 at map
+            positions that are not edges of the graph (see :class:`GridGraph`).
+        masks: ``[M, H, W]`` (dtype of the semantic costs) binary panoptic masks, one per
+            predicted segment, differentiable (gradients go through the MWC backward). Order:
+            stuff classes present (ascending class id), then thing segments (ascending instance
+            id). Every pixel lies in exactly one mask.
+        mask_classes: ``[M] int64`` class of every mask.
+        objective: AMWC objective of the solution (float).
+    """
+
+    node_labels: Tensor
+    instance_ids: Tensor
+    edge_labels: List[Tensor]
+    masks: Tensor
+    mask_classes: Tensor
+    objective: float
+
+
+class AMWCBatchOutput(NamedTuple):
+    """The raw, batched outputs of :class:`AMWCFunction` (see :meth:`AMWCLayer.forward_batched`).
+
+    Attributes:
+        masks: ``[M_total, H, W]`` float (costs' dtype), the masks of all images concatenated
+            (image ``b``'s masks are those with ``mask_image_index == b``), differentiable.
+        mask_image_index: ``[M_total] int64`` image of every mask (non-differentiable).
+        mask_classes: ``[M_total] int64`` class of every mask (non-differentiable).
+        node_one_hot: ``[B, K, H, W]`` float one-hot of the node labels, differentiable (for a
+            loss on semantic labels, the "naive" pipeline of the COPS slides).
+        node_labels: ``[B, H, W] int64`` (non-differentiable).
+        instance_ids: ``[B, H, W] int64`` (non-differentiable).
+        objectives: ``[B] float64`` AMWC objectives (non-differentiable).
+        edge_label_maps: per edge distance ``[B, 2, H_d, W_d]`` float edge labels (1 = cut, 0 at
+            invalid positions), differentiable (for a loss on edge labels).
+    """
+
+    masks: Tensor
+    mask_image_index: Tensor
+    mask_classes: Tensor
+    node_one_hot: Tensor
+    node_labels: Tensor
+    instance_ids: Tensor
+    objectives: Tensor
+    edge_label_maps: List[Tensor]
+
+
+# ----------------------------------------------------------------------------- configuration
+class _Spec:
+    """Everything :class:`AMWCFunction` needs besides the cost tensors (one object per call)."""
+
+    __slots__ = (
+        "grid", "thing_mask", "num_samples", "lambda_min", "lambda_max", "local_search",
+        "num_threads", "generator", "pixel_weights", "edge_weights", "timing",
+    )
+
+    def __init__(self, grid, thing_mask, num_samples, lambda_min, lambda_max, local_search,
+                 num_threads, generator, pixel_weights, edge_weights, timing):
+        self.grid = grid
+        self.thing_mask = thing_mask
+        self.num_samples = num_samples
+        self.lambda_min = lambda_min
+        self.lambda_max = lambda_max
+        self.local_search = local_search
+        self.num_threads = num_threads
+        self.generator = generator
+        self.pixel_weights = pixel_weights
+        self.edge_weights = edge_weights
+        self.timing = timing
+
+
+def _new_timing() -> Dict[str, float]:
+    return {"forward_solver_s": 0.0, "forward_other_s": 0.0,
+            "backward_solver_s": 0.0, "backward_other_s": 0.0}
+
+
+def _flat_maps(maps: Sequence[Tensor], batch: int) -> Tensor:
+    """Concatenate per-distance maps ``[B, 2, H_d, W_d]`` to ``[B, sum_d 2 H_d W_d]`` (on the CPU)."""
+    if len(maps) == 0:
+        return torch.zeros(batch, 0, dtype=torch.float64)
+    return torch.cat([m.detach().to("cpu").reshape(batch, -1) for m in maps], 1)
+
+
+def _to_cpu_f64(x: Tensor) -> Tensor:
+    return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+def _all_finite(x: Tensor) -> bool:
+    """True if ``x`` has no NaN/inf. One reduction without a temporary: a finite sum implies that
+    every entry is finite; only a non-finite sum (NaN/inf, or overflow) triggers the exact check."""
+    x = x.detach()
+    if x.numel() == 0:
+        return True
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
+def _node_costs_f64(semantic_costs: Tensor) -> np.ndarray:
+    """``[B, K, H, W]`` -> C-contiguous ``[B, H*W, K] float64`` on the CPU, in one copy."""
+    B, K, H, W = semantic_costs.shape
+    out = torch.empty((B, H, W, K), dtype=torch.float64)
+    out.copy_(semantic_costs.detach().permute(0, 2, 3, 1))
+    return out.reshape(B, H * W, K).numpy()
+
+
+# ----------------------------------------------------------------------------- autograd function
+class AMWCFunction(torch.autograd.Function):
+    """AMWC solve (forward) with the COPS multiway-cut gradient estimator (backward).
+
+    Low-level; use :class:`AMWCLayer`, which validates the inputs and builds ``spec``.
+    ``AMWCFunction.apply(spec, semantic_costs, *edge_costs)`` with ``semantic_costs``
+    ``[B, K, H, W]`` float and one edge-cost map ``[B, 2, H_d, W_d]`` float per edge distance
+    returns the tuple ``(masks, mask_image_index, mask_classes, node_one_hot, node_labels,
+    instance_ids, objectives, *edge_label_maps)`` described in :class:`AMWCBatchOutput`.
+
+    Backward (COPS Sec. 3.4 / 3.5, slides "Contribution 1" and "Contribution 3"; the authors'
+    ``AMWCBackward.backward_multiway_cut_averaging`` and ``solve_mc_grad_avg``). For image ``b``
+    with predicted segments ``m = 0..M-1`` of classes ``k(m)`` a multiway cut is built with one
+    label per segment and one label per class ``k`` without a predicted segment::
+
+        node cost of label m:  c_V(i, k(m)) + lambda * (dL/dP_m(i) + dL/dX(i, k(m)))
+        node cost of label k:  c_V(i, k)    + lambda * dL/dX(i, k)
+        edge cost:             c_E(ij)      + lambda * dL/dY(ij)
+
+    It is solved for ``lambda_i ~ U(lambda_min, lambda_max)``, ``i = 1..N`` (all ``B * N``
+    instances in one parallel :func:`~detectron2_cops.solvers.solve_amwc_batch` call), and the
+    estimates of Vlastelica et al. (2020, eq. (6)) are averaged (COPS eq. for ``dL_avg/dc``)::
+
+        dL/dc = (1/N) sum_i ( s(c + lambda_i dL/ds) - s(c) ) / lambda_i
+
+    where ``s`` is the node one-hot over the ``K`` classes (an MWC label is mapped to its class)
+    together with the edge labels (MWC: ``y(ij) = [label(i) != label(j)]``) and ``s(c)`` is the
+    forward AMWC solution. The node-cost gradient is multiplied by ``spec.pixel_weights``
+    ``[B, H, W]`` and the edge-cost gradient by ``spec.edge_weights`` (as the COPS code does);
+    invalid edge-map positions get gradient 0.
+
+    Two cases differ from the plain construction above, both exact for the black-box estimator:
+
+    * an image whose incoming gradients are all zero gets a zero gradient without solving
+      (``s(c + 0) = s(c)``; the MWC of such an image would otherwise be degenerate: the labels
+      of one class's segments would have identical costs);
+    * an image with zero mask gradient but a non-zero node or edge gradient (a loss on node or
+      edge labels only, the "naive pipeline" of the COPS slides) is perturbed in the AMWC itself
+      (slide "Naive pipeline: gradient estimation through AMWC"): ``c_V + lambda dL/dX``,
+      ``c_E + lambda dL/dY`` with the thing classes partitionable, since without a mask gradient
+      the segment labels of the MWC carry no information.
+
+    The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
+    global RNG if None), ``B * N`` values in image-major order, whether an image is solved or not,
+    so that a seeded run is reproducible. Missing (None) incoming gradients count as zero.
+    Gradients are returned on the device and in the dtype of each cost tensor.
+
+    Limitation (inherent in the labels above): a ground-truth segment with no predicted segment
+    (a false negative, e.g. an instance merged into its neighbour) has no MWC label of its own,
+    so a loss can reach it only indirectly: the MWC moves pixels that the loss pushes out of
+    their segment to another label, which cuts the wrong boundary (edge-cost gradient) and moves
+    them towards that label's class. The COPS code additionally pads the prediction with one
+    empty mask per unmatched ground-truth segment whose loss gradient becomes an extra MWC
+    label; that needs a loss which matches such empty masks to their ground truth.
+    """
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, semantic_costs: Tensor, *edge_costs: Tensor):
+        t_start = time.perf_counter()
+        ctx.set_materialize_grads(False)
+        grid: GridGraph = spec.grid
+        B, K, H, W = semantic_costs.shape
+        N = H * W
+        device, dtype = semantic_costs.device, semantic_costs.dtype
+
+        node_costs = _node_costs_f64(semantic_costs)  # [B, N, K]
+        map_index = torch.from_numpy(grid.map_index)
+        edge_cost_values = _flat_maps(edge_costs, B)[:, map_index].to(torch.float64).numpy()  # [B, E]
+        thing_mask = spec.thing_mask
+
+        t0 = time.perf_counter()
+        results = solve_amwc_batch(
+            [(node_costs[b], grid.edges, edge_cost_values[b], thing_mask) for b in range(B)],
+            local_search=spec.local_search,
+            num_threads=spec.num_threads,
+        )
+        t_solver = time.perf_counter() - t0
+
+        labels = np.stack([r.node_labels for r in results]).astype(np.int64)  # [B, N]
+        inst = np.stack([r.instance_ids for r in results]).astype(np.int64)  # [B, N]
+        edge_labels = (np.stack([r.edge_labels for r in results]) if grid.num_edges
+                       else np.zeros((B, 0), np.uint8))  # [B, E]
+        objectives = np.array([r.objective for r in results], dtype=np.float64)
+
+        # Segments: one per stuff class present (key = class), one per thing instance
+        # (key = K + instance id); keys are compacted with a presence count, O(N) per image.
+        seg_of_pixel, seg_classes, seg_counts = [], [], []
+        for b in range(B):
+            lab_b, inst_b = labels[b], inst[b]
+            key = np.where(thing_mask[lab_b], K + inst_b, lab_b)
+            num_keys = K + (int(inst_b.max()) + 1 if N else 0)
+            present = np.bincount(key, minlength=num_keys) > 0
+            remap = np.cumsum(present) - 1
+            key_class = np.empty(num_keys, dtype=np.int64)
+            key_class[:K] = np.arange(K)
+            key_class[K + inst_b] = lab_b  # an instance id has a single class
+            seg_of_pixel.append(remap[key])
+            seg_classes.append(key_class[present])
+            seg_counts.append(int(present.sum()))
+        offsets = np.concatenate([[0], np.cumsum(seg_counts)]).astype(np.int64)
+        M_total = int(offsets[-1])
+        global_seg = torch.from_numpy(np.stack(seg_of_pixel) + offsets[:-1, None])  # [B, N]
+        masks = torch.zeros(M_total, N, dtype=dtype)
+        masks[global_seg.reshape(-1), torch.arange(N).repeat(B)] = 1
+        masks = masks.reshape(M_total, H, W)
+        mask_image_index = torch.repeat_interleave(torch.arange(B), torch.tensor(seg_counts, dtype=torch.long))
+        mask_classes = torch.from_numpy(np.concatenate(seg_classes) if B else np.zeros(0, np.int64))
+
+        labels_t = torch.from_numpy(labels)
+        one_hot = torch.zeros(B, K, N, dtype=dtype)
+        one_hot.scatter_(1, labels_t[:, None, :], 1)
+        one_hot = one_hot.reshape(B, K, H, W)
+        edge_maps = [torch.from_numpy(m) for m in grid.edge_values_to_maps(edge_labels)]
+
+        ctx.spec = spec
+        ctx.shape = (B, K, H, W)
+        ctx.node_costs = node_costs  # [B, N, K] float64
+        ctx.edge_cost_values = edge_cost_values  # [B, E] float64
+        ctx.labels = labels
+        ctx.edge_labels = edge_labels
+        ctx.seg_classes = seg_classes
+        ctx.offsets = offsets
+        ctx.cost_meta = [(semantic_costs.device, semantic_costs.dtype)] + [
+            (e.device, e.dtype) for e in edge_costs
+        ]
+
+        outs = (
+            masks.to(device),
+            mask_image_index.to(device),
+            mask_classes.to(device),
+            one_hot.to(device),
+            labels_t.reshape(B, H, W).to(device),
+            torch.from_numpy(inst).reshape(B, H, W).to(device),
+            torch.from_numpy(objectives).to(device),
+        ) + tuple(m.to(device=device, dtype=dtype) for m in edge_maps)
+        ctx.mark_non_differentiable(outs[1], outs[2], outs[4], outs[5], outs[6])
+        spec.timing["forward_solver_s"] = t_solver
+        spec.timing["forward_other_s"] = time.perf_counter() - t_start - t_solver
+        return outs
+
+    @staticmethod
+    def backward(ctx, grad_masks, _g_index, _g_classes, grad_one_hot, _g_labels, _g_inst, _g_obj,
+                 *grad_edge_maps):
+        t_start = time.perf_counter()
+        spec: _Spec = ctx.spec
+        grid: GridGraph = spec.grid
+        B, K, H, W = ctx.shape
+        N, E = H * W, grid.num_edges
+        S = spec.num_samples
+        offsets = ctx.offsets
+
+        # Lambdas first (always B * S draws) so the RNG stream does not depend on the data.
+        u = torch.rand(B, S, dtype=torch.float64, generator=spec.generator)
+        lambdas = (spec.lambda_min + (spec.lambda_max - spec.lambda_min) * u).numpy()
+
+        def cpu_grad(g: Tensor, name: str) -> Tensor:
+            g = g.detach().to("cpu")
+            if not _all_finite(g):
+                raise ValueError(f"AMWCFunction.backward: the incoming gradient of {name} contains NaN or inf")
+            return g
+
+        # Incoming gradients stay in their dtype (no float64 copy of the [M, H, W] mask gradient).
+        dP = None if grad_masks is None else cpu_grad(grad_masks, "the masks").reshape(-1, N).numpy()
+        dX = None if grad_one_hot is None else cpu_grad(grad_one_hot, "the node one-hot").reshape(B, K, N).numpy()
+        if all(g is None for g in grad_edge_maps):
+            dY = None
+        else:
+            maps = []
+            for d, (g, shape) in enumerate(zip(grad_edge_maps, grid.map_shapes)):
+                maps.append(torch.zeros((B,) + shape, dtype=torch.float64) if g is None
+                            else cpu_grad(g, f"the edge labels (distance index {d})").to(torch.float64))
+            dY = _flat_maps(maps, B)[:, torch.from_numpy(grid.map_index)].numpy()  # [B, E]
+
+        instances, plan = [], []  # plan: (image, MWC label -> class) per solved image
+        for b in range(B):
+            M_b = int(offsets[b + 1] - offsets[b])
+            dP_b = None if dP is None or M_b == 0 else dP[offsets[b]:offsets[b + 1]]  # [M_b, N]
+            dX_b = None if dX is None else dX[b].T  # [N, K] (a transposed view)
+            dY_b = None if dY is None else dY[b]
+            has_p = dP_b is not None and bool(np.any(dP_b))
+            has_x = dX_b is not None and bool(np.any(dX_b))
+            has_y = dY_b is not None and bool(np.any(dY_b))
+            if not (has_p or has_x or has_y):
+                continue
+            c_E = ctx.edge_cost_values[b]
+            if has_p:
+                # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
+                seg_cls = ctx.seg_classes[b]
+                free = np.ones(K, dtype=bool)
+                free[seg_cls] = False
+                label_class = np.concatenate([seg_cls, np.flatnonzero(free)])
+                base = ctx.node_costs[b][:, label_class]  # [N, L], one gather
+                delta = np.zeros_like(base)
+                if has_x:
+                    delta[...] = dX_b[:, label_class]
+                delta[:, :M_b] += dP_b.T
+                part = None
+            else:
+                # Loss on node/edge labels only: perturb the AMWC itself (slides, naive pipeline).
+                label_class = np.arange(K)
+                base = ctx.node_costs[b]
+                delta = np.zeros_like(base)
+                if has_x:
+                    delta[...] = dX_b
+                part = spec.thing_mask
+            for i in range(S):
+                lam = float(lambdas[b, i])
+                node = np.multiply(delta, lam)
+                node += base
+                if has_y:
+                    edge = np.multiply(dY_b, lam)
+                    edge += c_E
+                else:
+                    edge = c_E
+                instances.append((node, grid.edges, edge, part))
+            plan.append((b, label_class))
+
+        t0 = time.perf_counter()
+        results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads)
+                   if instances else [])
+        t_solver = time.perf_counter() - t0
+
+        grad_node = np.zeros((B, N, K), dtype=np.float64)
+        grad_edge = np.zeros((B, E), dtype=np.float64)
+        rows = np.arange(N)
+        for j, (b, label_class) in enumerate(plan):
+            inv = 1.0 / lambdas[b]
+            acc_n = grad_node[b]
+            acc_e = grad_edge[b]
+            for i in range(S):
+                r = results[j * S + i]
+                acc_n[rows, label_class[r.node_labels]] += inv[i]
+                if E:
+                    acc_e += r.edge_labels * inv[i]
+            acc_n[rows, ctx.labels[b]] -= inv.sum()
+            if E:
+                acc_e -= ctx.edge_labels[b] * inv.sum()
+        if plan:
+            grad_node /= S
+            grad_edge /= S
+
+        g_sem = torch.from_numpy(grad_node).reshape(B, H, W, K).permute(0, 3, 1, 2)
+        if spec.pixel_weights is not None:
+            g_sem = g_sem * _to_cpu_f64(spec.pixel_weights)[:, None]
+        g_edges = [torch.from_numpy(m) for m in grid.edge_values_to_maps(grad_edge)]
+        if spec.edge_weights is not None:
+            g_edges = [g * _to_cpu_f64(w) for g, w in zip(g_edges, spec.edge_weights)]
+        meta = ctx.cost_meta
+        out = [g_sem.to(device=meta[0][0], dtype=meta[0][1])]
+        out += [g.to(device=dev, dtype=dt) for g, (dev, dt) in zip(g_edges, meta[1:])]
+        spec.timing["backward_solver_s"] = t_solver
+        spec.timing["backward_other_s"] = time.perf_counter() - t_start - t_solver
+        return (None, *out)
+
+
+# ----------------------------------------------------------------------------- input checks
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _check_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _check_tensor(x, name: str, shape: Tuple[int, ...], shape_desc: str, device, *, non_negative=False):
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {shape_desc}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {shape_desc} = {list(shape)}, got {list(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but semantic_costs is on {device}; use one device")
+    xd = x.detach()
+    if not _all_finite(xd):
+        raise ValueError(f"{name} contains NaN or inf")
+    if non_negative and xd.numel() and bool((xd < 0).any()):
+        raise ValueError(f"{name} must be non-negative")
+
+
+# ----------------------------------------------------------------------------- module
+class AMWCLayer(nn.Module):
+    """Differentiable AMWC layer: costs -> panoptic segments (COPS Sec. 3.1, 3.4, 3.5).
+
+    Args:
+        num_classes: ``K >= 1``, number of semantic classes (things and stuff).
+        thing_classes: class ids in ``[0, K)`` that are things (partitionable in the AMWC).
+        edge_distances: edge distances ``d`` in grid pixels (e.g. ``[1, 4, 16, 32, 64]``).
+        edge_sampling_intervals: one sampling interval per distance (default all 1); see
+            :class:`~detectron2_cops.solvers.GridGraph` for the edge-map convention.
+        num_samples: ``N >= 1``, number of perturbation magnitudes averaged in backward (COPS: 5).
+        lambda_min, lambda_max: ``0 < lambda_min <= lambda_max``, the range of
+            ``lambda ~ U(lambda_min, lambda_max)`` (COPS: 1 and 5000).
+        local_search: run the solver's local search after GAEC (forward and backward).
+        num_threads: solver threads, ``0`` = one per instance up to the core count.
+
+    Attributes:
+        last_timing: ``{"forward_solver_s", "forward_other_s", "backward_solver_s",
+            "backward_other_s"}`` wall-clock seconds of the latest call (backward entries 0.0
+            until its backward has run). "solver" is the time inside the batched solver call.
+
+    Memory: the backward holds ``B * N`` float64 MWC node-cost arrays ``[H*W, L]`` at once
+    (``L`` = predicted segments + absent classes), about 0.6 GB for two 256 x 512 grids with
+    ~55 labels each and ``N = 5``.
+
+    Example::
+
+        layer = AMWCLayer(19, range(11, 19), [1, 4, 16, 32, 64])
+        outs = layer(semantic_costs, edge_costs, pixel_weights=weights)
+        loss = pq_surrogate([o.masks for o in outs], [o.mask_classes for o in outs],
+                            gt_masks, gt_classes).loss
+        loss.backward()  # gradients w.r.t. semantic_costs and edge_costs
+
+    Raises:
+        ValueError: on bad constructor arguments (see the ranges above; thing class ids out of
+            range; non-positive distances or intervals, interval count != distance count).
+    """
+
+    _CACHE_SIZE = 8
+
+    def __init__(
+        self,
+        num_classes: int,
+        thing_classes: Sequence[int],
+        edge_distances: Sequence[int],
+        edge_sampling_intervals: Optional[Sequence[int]] = None,
+        *,
+        num_samples: int = 5,
+        lambda_min: float = 1.0,
+        lambda_max: float = 5000.0,
+        local_search: bool = True,
+        num_threads: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = _check_int(num_classes, "num_classes", 1)
+        if isinstance(thing_classes, Tensor):
+            thing_classes = thing_classes.tolist()
+        things = []
+        for i, c in enumerate(thing_classes):
+            c = _check_int(c, f"thing_classes[{i}]", 0)
+            if c >= self.num_classes:
+                raise ValueError(
+                    f"thing_classes[{i}] = {c} is out of range [0, {self.num_classes}) (num_classes)"
+                )
+            things.append(c)
+        self.thing_classes = tuple(sorted(set(things)))
+        self._thing_mask = np.zeros(self.num_classes, dtype=bool)
+        self._thing_mask[list(self.thing_classes)] = True
+        # GridGraph validates the distances and intervals.
+        probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
+        self.edge_distances = tuple(probe.edge_distances)
+        self.edge_sampling_intervals = tuple(probe.edge_sampling_intervals)
+        self.num_samples = _check_int(num_samples, "num_samples", 1)
+        self.lambda_min = _check_float(lambda_min, "lambda_min")
+        self.lambda_max = _check_float(lambda_max, "lambda_max")
+        if not 0 < self.lambda_min <= self.lambda_max:
+            raise ValueError(
+                f"need 0 < lambda_min <= lambda_max, got lambda_min={self.lambda_min}, "
+                f"lambda_max={self.lambda_max}"
+            )
+        if not isinstance(local_search, (bool, np.bool_)):
+            raise ValueError(f"local_search must be a bool, got {local_search!r}")
+        self.local_search = bool(local_search)
+        self.num_threads = _check_int(num_threads, "num_threads", 0)
+        self._grids: "OrderedDict[Tuple[int, int], GridGraph]" = OrderedDict()
+        self.last_timing: Dict[str, float] = _new_timing()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, thing_classes={list(self.thing_classes)}, "
+            f"edge_distances={list(self.edge_distances)}, "
+            f"edge_sampling_intervals={list(self.edge_sampling_intervals)}, "
+            f"num_samples={self.num_samples}, lambda=[{self.lambda_min}, {self.lambda_max}], "
+            f"local_search={self.local_search}, num_threads={self.num_threads}"
+        )
+
+    def grid(self, height: int, width: int) -> GridGraph:
+        """The (cached, LRU of 8 sizes) :class:`GridGraph` of a ``height x width`` grid."""
+        key = (int(height), int(width))
+        g = self._grids.get(key)
+        if g is None:
+            g = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
+            self._grids[key] = g
+            while len(self._grids) > self._CACHE_SIZE:
+                self._grids.popitem(last=False)
+        else:
+            self._grids.move_to_end(key)
+        return g
+
+    def _validate(self, semantic_costs, edge_costs, pixel_weights, edge_weights, generator) -> GridGraph:
+        if not isinstance(semantic_costs, Tensor):
+            raise ValueError(f"semantic_costs must be a torch.Tensor [B, K, H, W], got {type(semantic_costs).__name__}")
+        if semantic_costs.dim() != 4:
+            raise ValueError(f"semantic_costs must be 4-D [B, K, H, W], got shape {list(semantic_costs.shape)}")
+        if not semantic_costs.is_floating_point():
+            raise ValueError(f"semantic_costs must be a floating point tensor, got dtype {semantic_costs.dtype}")
+        B, K, H, W = semantic_costs.shape
+        if K != self.num_classes:
+            raise ValueError(f"semantic_costs has K = {K} classes (dim 1) but num_classes = {self.num_classes}")
+        if B == 0:
+            raise ValueError("semantic_costs is an empty batch (B = 0)")
+        if H == 0 or W == 0:
+            raise ValueError(f"semantic_costs has an empty image: H x W = {H} x {W}; need H, W >= 1")
+        if not _all_finite(semantic_costs):
+            raise ValueError("semantic_costs contains NaN or inf")
+        device = semantic_costs.device
+        grid = self.grid(H, W)
+        D = len(self.edge_distances)
+        if isinstance(edge_costs, Tensor) or not isinstance(edge_costs, (list, tuple)):
+            raise ValueError(
+                f"edge_costs must be a list of {D} tensors [B, 2, H_d, W_d] (one per edge distance), "
+                f"got {type(edge_costs).__name__}"
+            )
+        if len(edge_costs) != D:
+            raise ValueError(
+                f"edge_costs must hold one map per edge distance {list(self.edge_distances)}: "
+                f"expected {D}, got {len(edge_costs)}"
+            )
+        for d, (e, shape) in enumerate(zip(edge_costs, grid.map_shapes)):
+            _check_tensor(e, f"edge_costs[{d}] (edge distance {self.edge_distances[d]})", (B,) + shape,
+                          "[B, 2, H_d, W_d]", device)
+        if pixel_weights is not None:
+            _check_tensor(pixel_weights, "pixel_weights", (B, H, W), "[B, H, W]", device, non_negative=True)
+        if edge_weights is not None:
+            if isinstance(edge_weights, Tensor) or not isinstance(edge_weights, (list, tuple)):
+                raise ValueError(f"edge_weights must be None or a list of {D} tensors [B, 2, H_d, W_d]")
+            if len(edge_weights) != D:
+                raise ValueError(
+                    f"edge_weights must hold one map per edge distance: expected {D}, got {len(edge_weights)}"
+                )
+            for d, (w, shape) in enumerate(zip(edge_weights, grid.map_shapes)):
+                _check_tensor(w, f"edge_weights[{d}] (edge distance {self.edge_distances[d]})", (B,) + shape,
+                              "[B, 2, H_d, W_d]", device, non_negative=True)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+            if generator.device.type != "cpu":
+                raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+        return grid
+
+    def forward_batched(
+        self,
+        semantic_costs: Tensor,
+        edge_costs: Sequence[Tensor],
+        pixel_weights: Optional[Tensor] = None,
+        edge_weights: Optional[Sequence[Tensor]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> AMWCBatchOutput:
+        """Like :meth:`forward` but returns the batched :class:`AMWCBatchOutput` (all outputs of
+        :class:`AMWCFunction`, including the differentiable node one-hot and edge-label maps)."""
+        t0 = time.perf_counter()
+        grid = self._validate(semantic_costs, edge_costs, pixel_weights, edge_weights, generator)
+        timing = _new_timing()
+        self.last_timing = timing
+        spec = _Spec(
+            grid=grid, thing_mask=self._thing_mask, num_samples=self.num_samples,
+            lambda_min=self.lambda_min, lambda_max=self.lambda_max, local_search=self.local_search,
+            num_threads=self.num_threads, generator=generator,
+            pixel_weights=None if pixel_weights is None else pixel_weights.detach(),
+            edge_weights=None if edge_weights is None else [w.detach() for w in edge_weights],
+            timing=timing,
+        )
+        outs = AMWCFunction.apply(spec, semantic_costs, *edge_costs)
+        result = AMWCBatchOutput(*outs[:7], edge_label_maps=list(outs[7:]))
+        timing["forward_other_s"] = time.perf_counter() - t0 - timing["forward_solver_s"]
+        return result
+
+    def forward(
+        self,
+        semantic_costs: Tensor,
+        edge_costs: Sequence[Tensor],
+        pixel_weights: Optional[Tensor] = None,
+        edge_weights: Optional[Sequence[Tensor]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> List[AMWCOutput]:
+        """Solve the AMWC of every image; differentiable w.r.t. all costs.
+
+        Args:
+            semantic_costs: ``[B, K, H, W]`` float node costs ``c_V`` (lower = preferred class),
+                on the stride-4 grid; any device (solved on the CPU, results moved back).
+            edge_costs: one ``[B, 2, H_d, W_d]`` float map per edge distance (shapes of
+                ``GridGraph(H, W, ...).map_shapes``; channel 0 along y, 1 along x); positive =
+                favours joining, negative = favours cutting. Entries at positions that are not
+                edges are ignored (but must be finite).
+            pixel_weights: optional ``[B, H, W]`` float >= 0; multiplies the node-cost gradient
+                (0 on ignored pixels).
+            edge_weights: optional list of ``[B, 2, H_d, W_d]`` float >= 0; multiplies the
+                edge-cost gradients.
+            generator: optional CPU ``torch.Generator`` for the backward's lambdas (default: the
+                global RNG).
+
+        Returns:
+            one :class:`AMWCOutput` per image (tensors on the costs' device).
+
+        Raises:
+            ValueError: ``semantic_costs`` not a 4-D floating tensor, ``K != num_classes``,
+                ``B``, ``H`` or ``W`` zero, NaN/inf in costs or weights; ``edge_costs`` not a list
+                with one map per distance, maps of the wrong shape, dtype or device; weights of
+                the wrong shape/dtype/device or negative; ``generator`` not a CPU generator.
+        """
+        out = self.forward_batched(semantic_costs, edge_costs, pixel_weights, edge_weights, generator)
+        t0 = time.perf_counter()
+        B = semantic_costs.shape[0]
+        counts = torch.bincount(out.mask_image_index.cpu(), minlength=B).tolist()
+        mask_chunks = torch.split(out.masks, counts, 0)
+        class_chunks = torch.split(out.mask_classes, counts, 0)
+        edge_u8 = [m.detach().to(torch.uint8) for m in out.edge_label_maps]
+        objectives = out.objectives.cpu().tolist()
+        result = [
+            AMWCOutput(
+                node_labels=out.node_labels[b],
+                instance_ids=out.instance_ids[b],
+                edge_labels=[m[b] for m in edge_u8],
+                masks=mask_chunks[b],
+                mask_classes=class_chunks[b],
+                objective=objectives[b],
+            )
+            for b in range(B)
+        ]
+        self.last_timing["forward_other_s"] += time.perf_counter() - t0
+        return result

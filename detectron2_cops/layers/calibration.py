@@ -1,0 +1,172 @@
+"""Learnable cost calibration and pixel dropout in front of the AMWC layer of COPS.
+
+Source: ``DESIGN.md`` section 1 and the authors' code (``panoptic_affinity/panoptic_seg_affinity.py``:
+``seg_cost_weights``, ``edge_costs_weights`` and ``seg_dropout_layer``; ``utils.py``:
+``DropoutPixels``). The network predicts semantic logits and cut logits (high = the two pixels
+belong to different segments); the AMWC takes costs (low = preferred). The conversion has one
+learnable scale and offset for the semantic costs and one per edge distance:
+
+    c_V = -(a * semantic_logits + b)
+    c_E = -(|a_d| * cut_logits_d + b_d)
+
+(``|a_d|`` as in the COPS code, so that a larger cut logit always means a stronger preference for
+cutting). Pure PyTorch; no Detectron2 import.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CostCalibration", "PixelDropout"]
+
+
+def _check_logits(x, name: str, ndim_desc: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor {ndim_desc}, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D {ndim_desc}, got shape {list(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
+
+
+class CostCalibration(nn.Module):
+    """Learnable affine maps from network logits to AMWC costs (COPS; ``DESIGN.md`` section 1).
+
+    ``c_V = -(a * semantic_logits + b)`` and, per edge distance ``d``,
+    ``c_E,d = -(|a_d| * cut_logits_d + b_d)``.
+
+    Args:
+        num_edge_distances: ``D >= 0``, number of edge-cost maps (edge distances).
+
+    Parameters:
+        semantic_weight (``a``, scalar, init 1), semantic_bias (``b``, scalar, init 0),
+        edge_weight (``a_d``, ``[D]``, init 1), edge_bias (``b_d``, ``[D]``, init 0); all float32.
+
+    Raises:
+        ValueError: ``num_edge_distances`` not a non-negative integer.
+    """
+
+    def __init__(self, num_edge_distances: int) -> None:
+        super().__init__()
+        if isinstance(num_edge_distances, bool):
+            raise ValueError(f"num_edge_distances must be an integer, got {num_edge_distances!r}")
+        try:
+            D = operator.index(num_edge_distances)
+        except TypeError:
+            raise ValueError(f"num_edge_distances must be an integer, got {num_edge_distances!r}") from None
+        if D < 0:
+            raise ValueError(f"num_edge_distances must be >= 0, got {D}")
+        self.num_edge_distances = D
+        self.semantic_weight = nn.Parameter(torch.tensor(1.0))
+        self.semantic_bias = nn.Parameter(torch.tensor(0.0))
+        self.edge_weight = nn.Parameter(torch.ones(D))
+        self.edge_bias = nn.Parameter(torch.zeros(D))
+
+    def extra_repr(self) -> str:
+        return f"num_edge_distances={self.num_edge_distances}"
+
+    def forward(self, semantic_logits: Tensor, cut_logits: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Convert logits to costs.
+
+        Args:
+            semantic_logits: ``[B, K, H, W]`` float, class logits on the stride-4 grid.
+            cut_logits: list of ``D`` tensors ``[B, 2, H_d, W_d]`` float, cut (boundary) logits per
+                edge distance (channel 0 along y, 1 along x).
+
+        Returns:
+            ``(semantic_costs [B, K, H, W], edge_costs list of [B, 2, H_d, W_d])`` in the inputs'
+            dtypes, differentiable w.r.t. the inputs and the four parameters.
+
+        Raises:
+            ValueError: inputs not 4-D floating tensors, wrong number of cut-logit maps, batch
+                sizes that differ.
+        """
+        _check_logits(semantic_logits, "semantic_logits", "[B, K, H, W]")
+        if isinstance(cut_logits, Tensor) or not isinstance(cut_logits, (list, tuple)):
+            raise ValueError(
+                f"cut_logits must be a list of {self.num_edge_distances} tensors [B, 2, H_d, W_d], "
+                f"got {type(cut_logits).__name__}"
+            )
+        if len(cut_logits) != self.num_edge_distances:
+            raise ValueError(
+                f"cut_logits must hold one map per edge distance: expected {self.num_edge_distances}, "
+                f"got {len(cut_logits)}"
+            )
+        B = semantic_logits.shape[0]
+        for d, c in enumerate(cut_logits):
+            _check_logits(c, f"cut_logits[{d}]", "[B, 2, H_d, W_d]")
+            if c.shape[0] != B or c.shape[1] != 2:
+                raise ValueError(
+                    f"cut_logits[{d}] must have shape [B={B}, 2, H_d, W_d], got {list(c.shape)}"
+                )
+        a = self.semantic_weight.to(semantic_logits.dtype)
+        b = self.semantic_bias.to(semantic_logits.dtype)
+        semantic_costs = -(a * semantic_logits + b)
+        edge_costs = [
+            -(self.edge_weight[d].to(c.dtype).abs() * c + self.edge_bias[d].to(c.dtype))
+            for d, c in enumerate(cut_logits)
+        ]
+        return semantic_costs, edge_costs
+
+
+class PixelDropout(nn.Module):
+    """Drop whole pixels of the semantic costs in training (COPS ``DropoutPixels``).
+
+    In training mode each pixel of ``x [B, K, H, W]`` is, independently with probability ``p``,
+    set to 0 in *all* ``K`` channels (no ``1 / (1 - p)`` rescaling, as in the COPS code: a pixel
+    with all class costs 0 is left to its neighbours' edges). In eval mode the identity.
+
+    Args:
+        p: drop probability in ``[0, 1]``.
+        generator: optional ``torch.Generator`` used for the drop mask (default: the global RNG
+            of the mask's device); :meth:`forward` may override it per call.
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1]`` or not a number; ``generator`` not a Generator.
+    """
+
+    def __init__(self, p: float = 0.5, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(float(p)):
+            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must lie in [0, 1], got {p}")
+        self.p = float(p)
+        self.generator = self._check_generator(generator)
+
+    @staticmethod
+    def _check_generator(generator):
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        return generator
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Apply pixel dropout.
+
+        Args:
+            x: ``[B, K, H, W]`` float (semantic costs).
+            generator: overrides the constructor's generator for this call. The mask is drawn on
+                the generator's device and moved to ``x``'s device.
+
+        Returns:
+            ``[B, K, H, W]``, ``x`` times a ``[B, 1, H, W]`` keep mask (training) or ``x`` (eval).
+
+        Raises:
+            ValueError: ``x`` not a 4-D floating tensor; bad generator.
+        """
+        _check_logits(x, "x", "[B, K, H, W]")
+        g = self._check_generator(generator) if generator is not None else self.generator
+        if not self.training or self.p == 0.0:
+            return x
+        B, _, H, W = x.shape
+        dev = g.device if g is not None else x.device
+        keep = torch.rand((B, 1, H, W), generator=g, device=dev) >= self.p
+        return x * keep.to(device=x.device, dtype=x.dtype)
