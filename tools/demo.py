@@ -41,6 +41,12 @@ def get_parser() -> argparse.ArgumentParser:
         nargs=argparse.REMAINDER,
         help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model.pth MODEL.DEVICE cpu",
     )
+    parser.add_argument(
+        "overrides",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as trailing KEY VALUE pairs (as in train_net.py), applied after --opts",
+    )
     return parser
 
 
@@ -106,7 +112,7 @@ def setup_cfg(args):
     cfg = get_cfg()
     add_cops_config(cfg)
     cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg.merge_from_list(list(args.opts) + list(getattr(args, "overrides", None) or []))
     cfg.freeze()
     return cfg
 

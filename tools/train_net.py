@@ -19,6 +19,7 @@ are added by ``add_cops_config`` before any file is merged.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -54,7 +55,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """The COPS evaluator(s) for ``dataset_name`` (panoptic PQ without panopticapi, plus
-        semantic / instance metrics where the dataset has them)."""
+        semantic / instance metrics where the dataset has them). Predictions are written to
+        ``output_folder``, by default ``<OUTPUT_DIR>/inference`` (``DefaultTrainer.test`` passes
+        none, and COCOEvaluator needs a folder for datasets without a COCO instances json)."""
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         return build_cops_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod

@@ -1,0 +1,543 @@
+"""The COPS meta-architecture (Abbas & Swoboda, "Combinatorial Optimization for Panoptic
+Segmentation: A Fully Differentiable Approach", NeurIPS 2021).
+
+A backbone, a semantic head and an affinity head predict, on the output-stride-4 grid, semantic
+logits and cut logits; a learned affine calibration turns them into the costs of an asymmetric
+multiway cut (AMWC), whose solution is the panoptic segmentation (DESIGN.md section 1). The
+structure and the output format follow Detectron2's ``projects/Panoptic-DeepLab``
+(``PanopticDeepLab``), the training stages the original ``PanopticAffinity`` meta-architecture
+(``panoptic_affinity/panoptic_seg_affinity.py``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_seg_head
+from detectron2.modeling.backbone import Backbone
+from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
+
+from detectron2_cops.layers.amwc_layer import AMWCLayer
+from detectron2_cops.layers.calibration import CostCalibration, PixelDropout
+from detectron2_cops.layers.panoptic_quality import panoptic_quality
+from detectron2_cops.layers.pq_surrogate import PanopticQualitySurrogate
+
+from .affinity_head import build_affinity_head
+from .post_processing import build_post_processor, cops_dataset_metadata
+
+__all__ = ["COPS", "freeze_parameters"]
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> List[str]:
+    """Set ``requires_grad=False`` on the parameters whose names start with one of ``prefixes``.
+
+    A prefix matches a parameter name that equals it or continues it at a module boundary
+    (``"sem_seg_head.decoder"`` matches ``"sem_seg_head.decoder.res2.project_conv.weight"``,
+    not ``"sem_seg_head.decoder2.weight"``); a trailing ``"."`` is ignored.
+
+    Args:
+        model: the module whose ``named_parameters()`` are searched.
+        prefixes: parameter-name prefixes (``MODEL.COPS.FROZEN_PREFIXES``).
+    Returns:
+        the names of the frozen parameters.
+    Raises:
+        ValueError: a prefix that is empty or matches no parameter (names the prefix and the
+            top-level modules that exist).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    frozen: List[str] = []
+    for prefix in prefixes:
+        p = str(prefix).rstrip(".")
+        if not p:
+            raise ValueError(f"MODEL.COPS.FROZEN_PREFIXES contains an empty prefix: {list(prefixes)}")
+        matched = [n for n in names if n == p or n.startswith(p + ".")]
+        if not matched:
+            top = sorted({n.split(".")[0] for n in names})
+            raise ValueError(
+                f"MODEL.COPS.FROZEN_PREFIXES entry {prefix!r} matches no parameter of the model "
+                f"(top-level modules with parameters: {top})"
+            )
+        frozen += matched
+    params = dict(model.named_parameters())
+    for n in frozen:
+        params[n].requires_grad_(False)
+    return sorted(set(frozen))
+
+
+def _pad_or_crop(x: torch.Tensor, size: Tuple[int, int], value: float) -> torch.Tensor:
+    """Pad (bottom/right, with ``value``) or crop the last two dims of ``x`` to ``size``."""
+    h, w = x.shape[-2:]
+    x = x[..., : size[0], : size[1]]
+    ph, pw = max(size[0] - h, 0), max(size[1] - w, 0)
+    if ph or pw:
+        if x.dtype == torch.bool:
+            x = F.pad(x.to(torch.uint8), (0, pw, 0, ph), value=int(value)).bool()
+        else:
+            x = F.pad(x, (0, pw, 0, ph), value=value)
+    return x
+
+
+@META_ARCH_REGISTRY.register()
+class COPS(nn.Module):
+    """COPS: panoptic segmentation by an asymmetric multiway cut on learned costs.
+
+    Modules (attribute names are part of the interface: ``MODEL.COPS.FROZEN_PREFIXES`` and
+    checkpoints refer to them): ``backbone``, ``sem_seg_head`` (``COPSSemSegHead``: ``[B, K,
+    H/4, W/4]`` semantic logits), ``affinity_head`` (``AffinityHead``: one ``[B, 2, H_d, W_d]``
+    cut-logit map per edge distance), ``calibration`` (``CostCalibration``: ``c_V = -(a * logits
+    + b)``, ``c_E = -(|a_d| * cut_logits + b_d)``), and in the fully differentiable stage
+    ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` and ``pq_surrogate``
+    (``PanopticQualitySurrogate``).
+
+    Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``),
+    returns a dict of scalar losses:
+
+    * pretraining (``fully_differentiable=False``, COPS Sec. 4): ``loss_sem_seg`` (DeepLabCE with
+      ``sem_seg_weights``) and ``loss_affinity_d{d}`` (weighted BCE of the cut logits against
+      ``affinity_targets`` / ``affinity_weights``). Full-resolution targets are padded to the
+      decoder grid times the stride (``ignore_value`` / weight 0); the stride-4 targets are
+      padded (weight 0) or cropped to the network's grid.
+    * fully differentiable (COPS Sec. 3.3-3.5): calibrated costs, pixel dropout on the semantic
+      costs, the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients) with the
+      mapper's ``pixel_weights`` and ``affinity_weights``, and ``loss_pq = pq_loss_weight *
+      (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on the grid (area
+      limits divided by ``common_stride**2``: grid pixels); plus the head losses when their
+      loss weights are non-zero. With ``log_train_pq`` the exact PQ of the batch's AMWC solution
+      on the grid (against ``panoptic_ids`` / ``crowd_ids``, segments under the grid area limits
+      are void), the surrogate PQ, the calibration scalars and the solver time go to
+      Detectron2's ``EventStorage`` (``train_pq``, ``train_pq_th``, ``train_pq_st`` in percent,
+      ``train_pq_surrogate``, ``calib_*``, ``amwc_time`` (seconds of the AMWC layer's forward)
+      and ``amwc_solver_time`` (of which in the native solver)); they are also kept in
+      ``self.last_train_stats``.
+
+    Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
+    with ``panoptic_seg``, ``sem_seg`` and ``instances`` at the size ``(height, width)`` of the
+    input dict (default: the image's size), produced by the post-processor (see
+    :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
+
+    Inputs: each dict has ``image`` ``[C, H, W]`` (uint8 or float, ``INPUT.FORMAT`` channel
+    order); a one-channel image is repeated to the number of channels of ``pixel_mean``.
+
+    Raises:
+        ValueError: an empty batch, an image that is not ``[C, H, W]`` with ``C`` equal to the
+            pixel mean's channels (or 1), a training batch without the mapper's targets, and the
+            construction errors listed in ``__init__``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        affinity_head: nn.Module,
+        calibration: nn.Module,
+        post_processor,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int,
+        thing_ids: Sequence[int],
+        label_divisor: int = 1000,
+        fully_differentiable: bool = False,
+        amwc_layer: Optional[nn.Module] = None,
+        pixel_dropout: Optional[nn.Module] = None,
+        pq_surrogate: Optional[nn.Module] = None,
+        pq_loss_weight: float = 1.0,
+        log_train_pq: bool = False,
+        stuff_area: float = 0.0,
+        instance_area: float = 0.0,
+        freeze_bn: bool = False,
+        frozen_prefixes: Sequence[str] = (),
+    ):
+        """
+        Args:
+            backbone: Detectron2 backbone.
+            sem_seg_head: semantic head with ``layers(features) -> [B, K, h, w]``,
+                ``losses(logits, targets, weights)`` and ``ignore_value``, ``common_stride``.
+            affinity_head: affinity head with ``layers(features, sem_seg_logits)`` (one
+                ``[B, 2, H_d, W_d]`` map per distance), ``losses(logits, targets, weights)``,
+                ``edge_distances``, ``edge_sampling_intervals``.
+            calibration: ``CostCalibration``.
+            post_processor: callable as ``AMWCPostProcessor``.
+            pixel_mean, pixel_std: per-channel normalisation of the input image.
+            size_divisibility: images are padded to a multiple of this (0 = no constraint).
+            thing_ids: contiguous ids of the thing classes.
+            label_divisor: panoptic id = class * label_divisor + instance (ground truth ids).
+            fully_differentiable: training stage (see the class docstring).
+            amwc_layer, pixel_dropout, pq_surrogate: required when ``fully_differentiable``.
+            pq_loss_weight: weight of ``1 - PQ~``.
+            log_train_pq: log the exact PQ of the training batch (fully differentiable stage).
+            stuff_area, instance_area: area limits in input-image pixels (for the logged PQ;
+                the surrogate and the post-processor are configured with theirs).
+            freeze_bn: convert every BatchNorm / SyncBatchNorm to ``FrozenBatchNorm2d`` (fixed
+                statistics and affine parameters, also under ``model.train()``).
+            frozen_prefixes: parameter-name prefixes frozen with :func:`freeze_parameters`.
+        Raises:
+            ValueError: pixel mean / std of different lengths or a zero std; a missing module of
+                the fully differentiable stage; a negative ``pq_loss_weight`` or
+                ``size_divisibility``; a frozen prefix that matches nothing.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.affinity_head = affinity_head
+        self.calibration = calibration
+        self.post_processor = post_processor
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"pixel_mean and pixel_std must have the same length, got {list(pixel_mean)} and "
+                f"{list(pixel_std)}"
+            )
+        if any(float(s) == 0 for s in pixel_std):
+            raise ValueError(f"pixel_std must not contain 0, got {list(pixel_std)}")
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        if int(size_divisibility) != size_divisibility or size_divisibility < 0:
+            raise ValueError(f"size_divisibility must be a non-negative integer, got {size_divisibility!r}")
+        self.size_divisibility = int(size_divisibility)
+        self.thing_ids = sorted(int(t) for t in thing_ids)
+        self.label_divisor = int(label_divisor)
+        self.common_stride = int(sem_seg_head.common_stride)
+        if int(affinity_head.common_stride) != self.common_stride:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE ({self.common_stride}) and "
+                f"MODEL.AFFINITY_HEAD.COMMON_STRIDE ({affinity_head.common_stride}) must be equal: "
+                "both heads predict on one grid"
+            )
+        self.edge_distances = list(affinity_head.edge_distances)
+        self.edge_sampling_intervals = list(affinity_head.edge_sampling_intervals)
+
+        self.fully_differentiable = bool(fully_differentiable)
+        if self.fully_differentiable:
+            missing = [
+                n
+                for n, m in (("amwc_layer", amwc_layer), ("pixel_dropout", pixel_dropout), ("pq_surrogate", pq_surrogate))
+                if m is None
+            ]
+            if missing:
+                raise ValueError(f"fully_differentiable=True needs {missing}")
+        if float(pq_loss_weight) < 0:
+            raise ValueError(f"pq_loss_weight must be >= 0, got {pq_loss_weight}")
+        self.amwc_layer = amwc_layer
+        self.pixel_dropout = pixel_dropout
+        self.pq_surrogate = pq_surrogate
+        self.pq_loss_weight = float(pq_loss_weight)
+        self.log_train_pq = bool(log_train_pq)
+        self.stuff_area = float(stuff_area)
+        self.instance_area = float(instance_area)
+        self.last_train_stats: Dict[str, float] = {}
+
+        if freeze_bn:
+            for name, child in list(self.named_children()):
+                new_child = FrozenBatchNorm2d.convert_frozen_batchnorm(child)
+                if new_child is not child:
+                    self.add_module(name, new_child)
+        self.frozen_parameters = freeze_parameters(self, list(frozen_prefixes))
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Build every module from a config with the ``add_cops_config`` keys; the thing classes
+        and ``label_divisor`` come from ``DATASETS.TRAIN[0]`` (or ``TEST[0]``) via
+        :func:`~detectron2_cops.modeling.post_processing.cops_dataset_metadata`."""
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        sem_seg_head = build_sem_seg_head(cfg, shapes)
+        affinity_head = build_affinity_head(cfg, shapes)
+        info = cops_dataset_metadata(cfg)
+        cops = cfg.MODEL.COPS
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        distances = list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES)
+        intervals = list(cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS)
+        size_divisibility = (
+            cops.SIZE_DIVISIBILITY if cops.SIZE_DIVISIBILITY >= 0 else backbone.size_divisibility
+        )
+        ret = dict(
+            backbone=backbone,
+            sem_seg_head=sem_seg_head,
+            affinity_head=affinity_head,
+            calibration=CostCalibration(len(distances)),
+            post_processor=build_post_processor(cfg),
+            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+            pixel_std=list(cfg.MODEL.PIXEL_STD),
+            size_divisibility=size_divisibility,
+            thing_ids=info["thing_ids"],
+            label_divisor=info["label_divisor"],
+            fully_differentiable=cops.FULLY_DIFFERENTIABLE,
+            pq_loss_weight=cops.PQ_LOSS_WEIGHT,
+            log_train_pq=cops.LOG_TRAIN_PQ,
+            stuff_area=cops.STUFF_AREA,
+            instance_area=cops.INSTANCE_AREA,
+            freeze_bn=cops.FREEZE_BN,
+            frozen_prefixes=list(cops.FROZEN_PREFIXES),
+        )
+        if cops.FULLY_DIFFERENTIABLE:
+            grid_pixels = float(cfg.MODEL.AFFINITY_HEAD.COMMON_STRIDE) ** 2
+            ret["amwc_layer"] = AMWCLayer(
+                num_classes,
+                info["thing_ids"],
+                distances,
+                intervals,
+                num_samples=cops.NUM_LAMBDA_SAMPLES,
+                lambda_min=cops.LAMBDA_MIN,
+                lambda_max=cops.LAMBDA_MAX,
+                local_search=cops.LOCAL_SEARCH,
+                num_threads=cops.NUM_THREADS,
+            )
+            ret["pixel_dropout"] = PixelDropout(cops.PIXEL_DROPOUT)
+            ret["pq_surrogate"] = PanopticQualitySurrogate(
+                info["thing_ids"],
+                stuff_area=cops.STUFF_AREA / grid_pixels,
+                instance_area=cops.INSTANCE_AREA / grid_pixels,
+            )
+        return ret
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ------------------------------------------------------------------ forward
+    def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
+        """Normalise and pad the images (``[C, H, W]`` each) into an ``ImageList``."""
+        if not isinstance(batched_inputs, (list, tuple)) or len(batched_inputs) == 0:
+            raise ValueError("batched_inputs must be a non-empty list of dicts with an 'image'")
+        channels = self.pixel_mean.shape[0]
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if not isinstance(x, dict) or "image" not in x:
+                raise ValueError(f"batched_inputs[{i}] must be a dict with key 'image'")
+            img = x["image"]
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] not in (1, channels):
+                got = list(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(
+                    f"batched_inputs[{i}]['image'] must be a [C, H, W] tensor with C = {channels} "
+                    f"(or 1, repeated), got {got}"
+                )
+            if img.shape[1] == 0 or img.shape[2] == 0:
+                raise ValueError(f"batched_inputs[{i}]['image'] is empty: shape {list(img.shape)}")
+            img = img.to(self.device)
+            if img.shape[0] == 1 and channels != 1:
+                img = img.expand(channels, -1, -1)
+            images.append((img - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[dict]):
+        """
+        Args:
+            batched_inputs: list of dicts, outputs of ``COPSDatasetMapper`` (see the class
+                docstring for the keys used in training); at inference ``image`` and optionally
+                ``height``/``width``.
+        Returns:
+            training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
+            ``panoptic_seg``, ``sem_seg``, ``instances`` per image.
+        """
+        images = self.preprocess_image(batched_inputs)
+        if self.training:
+            self._require(batched_inputs, self.required_training_keys())
+        features = self.backbone(images.tensor)
+        sem_seg_logits = self.sem_seg_head.layers(features)
+        cut_logits = self.affinity_head.layers(features, sem_seg_logits)
+
+        if self.training:
+            return self.losses(batched_inputs, sem_seg_logits, cut_logits)
+
+        output_sizes = [
+            (int(x.get("height", size[0])), int(x.get("width", size[1])))
+            for x, size in zip(batched_inputs, images.image_sizes)
+        ]
+        return self.post_processor(
+            sem_seg_logits,
+            cut_logits,
+            [tuple(int(v) for v in s) for s in images.image_sizes],
+            output_sizes,
+            calibration=self.calibration,
+        )
+
+    # ------------------------------------------------------------------ targets
+    def required_training_keys(self) -> List[str]:
+        """The keys of ``COPSDatasetMapper``'s training dicts the configured stage reads."""
+        keys = []
+        if getattr(self.sem_seg_head, "loss_weight", 1.0) != 0:
+            keys += ["sem_seg", "sem_seg_weights"]
+        if getattr(self.affinity_head, "loss_weight", 1.0) != 0:
+            keys += ["affinity_targets", "affinity_weights"]
+        if self.fully_differentiable:
+            keys += ["pixel_weights", "affinity_weights", "gt_masks", "gt_classes"]
+            if self.log_train_pq:
+                keys += ["panoptic_ids", "crowd_ids"]
+        return list(dict.fromkeys(keys))
+
+    def _require(self, batched_inputs: List[dict], keys: Sequence[str]) -> None:
+        for i, x in enumerate(batched_inputs):
+            missing = [k for k in keys if k not in x]
+            if missing:
+                raise ValueError(
+                    f"training needs the targets of COPSDatasetMapper(cfg, is_train=True); "
+                    f"batched_inputs[{i}] lacks {missing}"
+                )
+
+    def _grid_targets(self, batched_inputs, key: str, size: Tuple[int, int], value) -> torch.Tensor:
+        """Stack the per-image stride-grid maps ``batched_inputs[i][key]`` padded/cropped to
+        ``size`` -> ``[B, *size]``."""
+        return torch.stack(
+            [_pad_or_crop(x[key].to(self.device), size, value) for x in batched_inputs]
+        )
+
+    def _affinity_targets(self, batched_inputs, cut_logits):
+        targets, weights = [], []
+        for i, (d, m) in enumerate(zip(self.edge_distances, cut_logits)):
+            size = tuple(m.shape[-2:])
+            for x in batched_inputs:
+                if len(x["affinity_targets"]) != len(self.edge_distances) or len(
+                    x["affinity_weights"]
+                ) != len(self.edge_distances):
+                    raise ValueError(
+                        f"affinity_targets / affinity_weights must hold one map per edge distance "
+                        f"{self.edge_distances}; got {len(x['affinity_targets'])} / "
+                        f"{len(x['affinity_weights'])} (mapper and model configs differ?)"
+                    )
+            targets.append(
+                torch.stack([_pad_or_crop(x["affinity_targets"][i].to(self.device), size, 0.0) for x in batched_inputs])
+            )
+            weights.append(
+                torch.stack([_pad_or_crop(x["affinity_weights"][i].to(self.device), size, 0.0) for x in batched_inputs])
+            )
+        return targets, weights
+
+    def head_losses(self, batched_inputs, sem_seg_logits, cut_logits) -> Dict[str, torch.Tensor]:
+        """The pretraining losses of both heads (see the class docstring); heads whose loss
+        weight is 0 return nothing."""
+        losses: Dict[str, torch.Tensor] = {}
+        h, w = sem_seg_logits.shape[-2:]
+        full = (h * self.common_stride, w * self.common_stride)
+        if getattr(self.sem_seg_head, "loss_weight", 1.0) != 0:
+            self._require(batched_inputs, ["sem_seg", "sem_seg_weights"])
+            targets = torch.stack(
+                [
+                    _pad_or_crop(x["sem_seg"].to(self.device).long(), full, self.sem_seg_head.ignore_value)
+                    for x in batched_inputs
+                ]
+            )
+            weights = torch.stack(
+                [_pad_or_crop(x["sem_seg_weights"].to(self.device).float(), full, 0.0) for x in batched_inputs]
+            )
+            losses.update(self.sem_seg_head.losses(sem_seg_logits, targets, weights))
+        if getattr(self.affinity_head, "loss_weight", 1.0) != 0:
+            self._require(batched_inputs, ["affinity_targets", "affinity_weights"])
+            targets, weights = self._affinity_targets(batched_inputs, cut_logits)
+            losses.update(self.affinity_head.losses(cut_logits, targets, weights))
+        return losses
+
+    # ------------------------------------------------------------------ losses
+    def losses(self, batched_inputs, sem_seg_logits, cut_logits) -> Dict[str, torch.Tensor]:
+        """Training losses of the configured stage (see the class docstring)."""
+        losses = self.head_losses(batched_inputs, sem_seg_logits, cut_logits)
+        if not self.fully_differentiable:
+            return losses
+
+        grid = tuple(sem_seg_logits.shape[-2:])
+        pixel_weights = self._grid_targets(batched_inputs, "pixel_weights", grid, 0.0).float()
+        edge_weights = [
+            torch.stack(
+                [_pad_or_crop(x["affinity_weights"][i].to(self.device), tuple(m.shape[-2:]), 0.0) for x in batched_inputs]
+            )
+            for i, m in enumerate(cut_logits)
+        ]
+        semantic_costs, edge_costs = self.calibration(sem_seg_logits, list(cut_logits))
+        semantic_costs = self.pixel_dropout(semantic_costs)
+
+        start = time.perf_counter()
+        solutions = self.amwc_layer(
+            semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights
+        )
+        amwc_time = time.perf_counter() - start
+
+        gt_masks = [_pad_or_crop(x["gt_masks"].to(self.device), grid, False) for x in batched_inputs]
+        gt_classes = [x["gt_classes"].to(self.device).long() for x in batched_inputs]
+        surrogate = self.pq_surrogate(
+            [s.masks for s in solutions],
+            [s.mask_classes.to(self.device) for s in solutions],
+            gt_masks,
+            gt_classes,
+            list(pixel_weights.unbind(0)),
+        )
+        losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
+
+        if self.log_train_pq:
+            self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time)
+        return losses
+
+    # ------------------------------------------------------------------ logging
+    def _solution_panoptic(self, solution, grid_size: Tuple[int, int], divisor: int) -> np.ndarray:
+        """Panoptic id map on the grid of one AMWC solution (``class * divisor + k``; stuff has
+        ``k = 0``, thing clusters ``k = 1, 2, ...``); segments under the grid area limits -> -1."""
+        labels = solution.node_labels.detach().cpu().numpy().astype(np.int64)
+        clusters = solution.instance_ids.detach().cpu().numpy().astype(np.int64)
+        hc, wc = grid_size
+        labels, clusters = labels[:hc, :wc], clusters[:hc, :wc]
+        is_thing = np.isin(labels, self.thing_ids)
+        pan = labels * divisor
+        if is_thing.any():
+            _, inverse = np.unique(clusters[is_thing], return_inverse=True)
+            pan[is_thing] += inverse.reshape(-1) + 1
+        grid_pixels = float(self.common_stride) ** 2
+        ids, counts = np.unique(pan, return_counts=True)
+        limits = np.where(np.isin(ids // divisor, self.thing_ids), self.instance_area, self.stuff_area) / grid_pixels
+        small = ids[counts < limits]
+        if small.size:
+            pan = np.where(np.isin(pan, small), -1, pan)
+        return pan
+
+    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time) -> None:
+        """Exact PQ of the batch's AMWC solutions on the grid and other training statistics
+        into the ``EventStorage`` (see the class docstring)."""
+        preds, gts, crowds = [], [], []
+        max_clusters = max(int(s.instance_ids.max()) + 2 if s.instance_ids.numel() else 1 for s in solutions)
+        divisor = max(self.label_divisor, max_clusters)
+        for x, s in zip(batched_inputs, solutions):
+            gt = x["panoptic_ids"].cpu().numpy().astype(np.int64)
+            hc, wc = gt.shape
+            grid = (min(hc, s.node_labels.shape[0]), min(wc, s.node_labels.shape[1]))
+            gt = gt[: grid[0], : grid[1]]
+            # re-encode the ground truth with the (possibly larger) divisor of the prediction
+            valid = gt >= 0
+            gt = np.where(valid, (gt // self.label_divisor) * divisor + gt % self.label_divisor, -1)
+            crowd = [int(c // self.label_divisor) * divisor + int(c % self.label_divisor) for c in x["crowd_ids"].tolist()]
+            preds.append(self._solution_panoptic(s, grid, divisor))
+            gts.append(gt)
+            crowds.append(crowd)
+        pq = panoptic_quality(
+            preds, gts, label_divisor=divisor, thing_classes=self.thing_ids, gt_crowd_ids=crowds
+        )
+        stats = {
+            "train_pq": 100.0 * pq["All"]["pq"],
+            "train_pq_th": 100.0 * pq["Things"]["pq"],
+            "train_pq_st": 100.0 * pq["Stuff"]["pq"],
+            "train_pq_surrogate": 100.0 * float(surrogate.pq.detach()),
+            "amwc_time": float(amwc_time),
+        }
+        timing = getattr(self.amwc_layer, "last_timing", None)
+        if isinstance(timing, dict) and "forward_solver_s" in timing:
+            stats["amwc_solver_time"] = float(timing["forward_solver_s"])
+        for name, param in self.calibration.named_parameters():
+            flat = param.detach().reshape(-1)
+            for j, v in enumerate(flat.tolist()):
+                key = f"calib_{name.replace('.', '_')}" + (f"_{j}" if flat.numel() > 1 else "")
+                stats[key] = float(v)
+        self.last_train_stats = stats
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # called outside a Detectron2 trainer (no EventStorage)
+            return
+        for k, v in stats.items():
+            storage.put_scalar(k, v)

@@ -1,0 +1,585 @@
+"""Tests of the COPS meta-architecture, the AMWC post-processor, the package registration and the
+YAML configs (build only for the big ones; tiny models for training / inference steps)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+
+from torch.nn import functional as F  # noqa: E402
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
+from detectron2.modeling import META_ARCH_REGISTRY, build_model  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+import detectron2_cops  # noqa: E402
+from detectron2_cops.config import add_cops_config  # noqa: E402
+from detectron2_cops.data import COPSTargetGenerator, get_panoptic_metadata  # noqa: E402
+from detectron2_cops.data.datasets import register_coco_panoptic_folder  # noqa: E402
+from detectron2_cops.modeling import (  # noqa: E402
+    POST_PROCESSOR_REGISTRY,
+    AMWCPostProcessor,
+    COPS,
+    build_post_processor,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+SAMPLE_PRETRAIN = REPO / "configs" / "sample" / "cops_R_18_pretrain.yaml"
+
+# Synthetic dataset: contiguous classes 0, 1 are things, 2, 3, 4 stuff.
+NUM_CLASSES = 5
+THING_IDS = [0, 1]
+DISTANCES = [1, 2, 4]
+INTERVALS = [1, 1, 2]
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def synth_dataset():
+    """A registered panoptic dataset name with the synthetic class layout (no images needed)."""
+    name = _unique("cops_test_synth")
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(
+        thing_dataset_id_to_contiguous_id={10: 0, 11: 1},
+        stuff_dataset_id_to_contiguous_id={20: 2, 21: 3, 22: 4},
+        thing_classes=["a", "b", "c", "d", "e"],
+        stuff_classes=["a", "b", "c", "d", "e"],
+        label_divisor=1000,
+        ignore_label=255,
+    )
+    return name
+
+
+@pytest.fixture(scope="module")
+def sample_dataset(tmp_path_factory):
+    """The real COCO sample registered under a unique name (symlink to the shared folder)."""
+    if not (SAMPLE / "panoptic.json").is_file():
+        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+    name = _unique("cops_meta_sample")
+    root = tmp_path_factory.mktemp("root")
+    os.symlink(SAMPLE, root / name)
+    register_coco_panoptic_folder(name, str(root))
+    return name
+
+
+def tiny_cfg(dataset: str, fully_differentiable: bool = False):
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "COPS"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.RES5_DILATION = 1
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res5"]
+    for head in (cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.AFFINITY_HEAD):
+        head.IN_FEATURES = ["res2", "res3", "res5"]
+        head.PROJECT_FEATURES = ["res2", "res3"]
+        head.PROJECT_CHANNELS = [8, 8]
+        head.ASPP_CHANNELS = 16
+        head.ASPP_DILATIONS = [1, 2, 3]
+        head.ASPP_DROPOUT = 0.0
+        head.CONVS_DIM = 16
+        head.HEAD_CHANNELS = 16
+        head.NORM = "BN"
+        head.COMMON_STRIDE = 4
+        head.USE_DEPTHWISE_SEPARABLE_CONV = False
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "COPSSemSegHead"
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.5
+    cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = DISTANCES
+    cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS = INTERVALS
+    cfg.MODEL.COPS.STUFF_AREA = 64
+    cfg.MODEL.COPS.INSTANCE_AREA = 16
+    cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 2
+    cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = fully_differentiable
+    if fully_differentiable:
+        cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 0.0
+        cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.0
+        cfg.MODEL.COPS.PIXEL_DROPOUT = 0.1
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = (dataset,)
+    return cfg
+
+
+def synthetic_input(height: int, width: int, seed: int, *, empty: bool = False, channels: int = 3):
+    """One training dict as COPSDatasetMapper produces it, for a synthetic panoptic scene: two
+    stuff regions, two instances of class 0, one of class 1 and a crowd region of class 1 (or,
+    with ``empty``, no segment at all: everything void)."""
+    rng = np.random.default_rng(seed)
+    pan = np.zeros((height, width), dtype=np.int64)
+    segments = []
+    if not empty:
+        pan[: height // 2] = 1
+        pan[height // 2 :] = 2
+        pan[4 : height // 2, 3 : width // 3] = 3
+        pan[4 : height // 2, width // 3 : width // 2] = 4
+        pan[height // 2 + 2 : height - 3, width // 2 : width - 4] = 5
+        pan[height - 3 :, : width // 4] = 6
+        segments = [
+            {"id": 1, "category_id": 2, "iscrowd": 0},
+            {"id": 2, "category_id": 3, "iscrowd": 0},
+            {"id": 3, "category_id": 0, "iscrowd": 0},
+            {"id": 4, "category_id": 0, "iscrowd": 0},
+            {"id": 5, "category_id": 1, "iscrowd": 0},
+            {"id": 6, "category_id": 1, "iscrowd": 1},
+        ]
+    generator = COPSTargetGenerator(
+        thing_ids=THING_IDS,
+        class_ids=range(NUM_CLASSES),
+        edge_distances=DISTANCES,
+        edge_sampling_intervals=INTERVALS,
+        small_instance_area=64,
+    )
+    targets = generator(pan, segments)
+    colours = rng.integers(0, 255, size=(7, channels))
+    image = colours[pan].transpose(2, 0, 1) + rng.integers(0, 20, size=(channels, height, width))
+    out = {
+        "image": torch.as_tensor(np.clip(image, 0, 255).astype(np.uint8)),
+        "height": height,
+        "width": width,
+    }
+    out.update(targets)
+    return out
+
+
+def _grad_norm(p):
+    return 0.0 if p.grad is None else float(p.grad.abs().sum())
+
+
+# ----------------------------------------------------------------------------- configs
+def _ensure_sample_registered():
+    """The sample YAMLs name ``coco_panoptic_sample``; point it at the shared data if its default
+    folder (``$DETECTRON2_DATASETS``) is missing."""
+    meta = MetadataCatalog.get("coco_panoptic_sample")
+    folder = meta.get("dataset_folder")
+    if folder is None or not os.path.isdir(folder):
+        if not SAMPLE.is_dir():
+            pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        register_coco_panoptic_folder("coco_panoptic_sample", str(SHARED_DATA), overwrite=True)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_yaml_builds_its_model(path):
+    """Every YAML in configs/ loads and builds a COPS model on the CPU (no forward); the fully
+    differentiable stage has its AMWC layer, frozen BN and frozen prefixes."""
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.MODEL.DEVICE = "cpu"
+    if "coco_panoptic_sample" in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
+        _ensure_sample_registered()
+    model = build_model(cfg)
+    assert isinstance(model, COPS)
+    assert model.sem_seg_head.num_classes == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    assert model.edge_distances == list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES)
+    assert model.fully_differentiable == cfg.MODEL.COPS.FULLY_DIFFERENTIABLE
+    if "fully_differentiable" in path.name:
+        assert model.fully_differentiable and model.amwc_layer is not None
+    if "pretrain" in path.name:
+        assert not model.fully_differentiable and model.amwc_layer is None
+    if cfg.MODEL.COPS.FREEZE_BN:
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bns == []
+        assert any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    prefixes = tuple(p + "." for p in cfg.MODEL.COPS.FROZEN_PREFIXES)
+    for name, p in model.named_parameters():
+        frozen_by_prefix = name.startswith(prefixes) if prefixes else False
+        if frozen_by_prefix:
+            assert not p.requires_grad, name
+    if prefixes:
+        assert any(p.requires_grad for p in model.parameters())
+
+
+def test_sample_configs_are_cpu_sized():
+    pre, fd = (REPO / "configs" / "sample" / n for n in ("cops_R_18_pretrain.yaml", "cops_R_18_fully_differentiable.yaml"))
+    cfgs = []
+    for path in (pre, fd):
+        cfg = get_cfg()
+        add_cops_config(cfg)
+        cfg.merge_from_file(str(path))
+        cfgs.append(cfg)
+        assert cfg.MODEL.DEVICE == "cpu"
+        assert tuple(cfg.DATASETS.TRAIN) == ("coco_panoptic_sample",) == tuple(cfg.DATASETS.TEST)
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 133
+        assert cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.TEST.EVAL_PERIOD == 0
+        assert "SyncBN" not in (cfg.MODEL.RESNETS.NORM, cfg.MODEL.SEM_SEG_HEAD.NORM, cfg.MODEL.AFFINITY_HEAD.NORM)
+        assert cfg.SEED >= 0 and not os.path.isabs(cfg.OUTPUT_DIR)
+    assert not cfgs[0].MODEL.COPS.FULLY_DIFFERENTIABLE and cfgs[1].MODEL.COPS.FULLY_DIFFERENTIABLE
+    # stage 2 starts from the model stage 1 writes
+    assert cfgs[1].MODEL.WEIGHTS == os.path.join(cfgs[0].OUTPUT_DIR, "model_final.pth")
+
+
+# ----------------------------------------------------------------------------- package
+def test_package_registers_components():
+    assert detectron2_cops.__version__ == "0.1.0"
+    assert detectron2_cops.add_cops_config is add_cops_config
+    assert META_ARCH_REGISTRY.get("COPS") is COPS
+    assert POST_PROCESSOR_REGISTRY.get("AMWCPostProcessor") is AMWCPostProcessor
+    from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+    from detectron2_cops.modeling import AFFINITY_HEAD_REGISTRY
+
+    assert SEM_SEG_HEADS_REGISTRY.get("COPSSemSegHead") is not None
+    assert AFFINITY_HEAD_REGISTRY.get("AffinityHead") is not None
+    assert "coco_panoptic_sample" in DatasetCatalog.list()
+
+
+def test_package_imports_without_detectron2():
+    """With Detectron2 hidden, ``import detectron2_cops`` works (solvers, layers) and the
+    Detectron2 parts raise an ImportError that says Detectron2 is required."""
+    code = (
+        "import sys\n"
+        "sys.modules['detectron2'] = None\n"
+        "import detectron2_cops\n"
+        "assert not detectron2_cops.HAS_DETECTRON2\n"
+        "from detectron2_cops.solvers import solve_amwc\n"
+        "from detectron2_cops.layers import AMWCLayer\n"
+        "assert not any(m.startswith('detectron2.') for m in sys.modules)\n"
+        "try:\n"
+        "    from detectron2_cops import add_cops_config\n"
+        "except ImportError as e:\n"
+        "    assert 'Detectron2' in str(e), e\n"
+        "    print('OK')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("OK")
+
+
+# ----------------------------------------------------------------------------- post-processor
+def _pp(**kwargs):
+    args = dict(
+        num_classes=3,
+        thing_ids=[1],
+        edge_distances=[1],
+        edge_sampling_intervals=[1],
+        common_stride=4,
+        stuff_area=0,
+        instance_area=0,
+        predict_instances=True,
+    )
+    args.update(kwargs)
+    return AMWCPostProcessor(**args)
+
+
+def _toy_logits():
+    """Grid 6x8: class 0 (stuff) everywhere, two adjacent 2x2 blocks of thing class 1 separated
+    by cut edges, two disconnected 2x4 blocks of stuff class 2."""
+    sem = torch.zeros(1, 3, 6, 8)
+    sem[0, 0] = 5.0
+    sem[0, 1, 1:3, 1:5] = 30.0
+    sem[0, 2, 4:6, 0:2] = 30.0
+    sem[0, 2, 4:6, 6:8] = 30.0
+    cut = torch.full((1, 2, 6, 8), -5.0)
+    cut[0, 1, 1:3, 2] = 5.0  # channel 1, d = 1: edge (y, 2)-(y, 3): between the two blocks
+    return sem, [cut]
+
+
+def test_post_processor_known_solution():
+    sem, cut = _toy_logits()
+    (out,) = _pp()(sem, cut, [(24, 32)], [(24, 32)])
+    pan, info = out["panoptic_seg"]
+    assert pan.dtype == torch.int32 and tuple(pan.shape) == (24, 32)
+    grid = np.array(
+        [
+            [1, 1, 1, 1, 1, 1, 1, 1],
+            [1, 2, 2, 3, 3, 1, 1, 1],
+            [1, 2, 2, 3, 3, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1, 1, 1],
+            [4, 4, 1, 1, 1, 1, 4, 4],
+            [4, 4, 1, 1, 1, 1, 4, 4],
+        ]
+    )
+    np.testing.assert_array_equal(pan.numpy(), np.kron(grid, np.ones((4, 4), dtype=int)))
+    assert info == [
+        {"id": 1, "category_id": 0, "isthing": False, "area": 32 * 16},
+        {"id": 2, "category_id": 1, "isthing": True, "area": 64},
+        {"id": 3, "category_id": 1, "isthing": True, "area": 64},
+        {"id": 4, "category_id": 2, "isthing": False, "area": 128},
+    ]
+    sem_seg = out["sem_seg"]
+    assert tuple(sem_seg.shape) == (3, 24, 32)
+    torch.testing.assert_close(sem_seg.sum(0), torch.ones(24, 32))
+
+    inst = out["instances"]
+    assert len(inst) == 2 and inst.image_size == (24, 32)
+    assert inst.pred_classes.tolist() == [1, 1]
+    assert torch.equal(inst.pred_masks[0], pan == 2) and torch.equal(inst.pred_masks[1], pan == 3)
+    assert inst.pred_boxes.tensor.tolist() == [[4.0, 4.0, 12.0, 12.0], [12.0, 4.0, 20.0, 12.0]]
+    # MaskScore: mean class logit inside + (mean cut logit leaving - mean cut logit inside).
+    # Each block: 4 inner edges at -5; 8 leaving edges, 2 of them (to the other block) at +5.
+    up = F.interpolate(sem, scale_factor=4, mode="bilinear", align_corners=False)[0, 1]
+    for k in range(2):
+        expected = float(up[inst.pred_masks[k]].mean()) + (2 * 5.0 - 6 * 5.0) / 8 - (-5.0)
+        assert float(inst.scores[k]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_post_processor_resizes_crops_and_drops_small_segments():
+    sem, cut = _toy_logits()
+    # Output twice the input size: a 2x2 grid block is 8x8 input pixels -> 256 output pixels.
+    (out,) = _pp(instance_area=300, stuff_area=100)(sem, cut, [(24, 32)], [(48, 64)])
+    pan, info = out["panoptic_seg"]
+    assert tuple(pan.shape) == (48, 64)
+    assert [(s["category_id"], s["area"]) for s in info] == [(0, 32 * 16 * 4), (2, 128 * 4)]
+    assert sorted(torch.unique(pan).tolist()) == [0, 1, 2]  # the instances became void
+    assert (pan == 0).sum() == 2 * 256
+    assert len(out["instances"]) == 0 and tuple(out["instances"].pred_masks.shape) == (0, 48, 64)
+
+    # An image of 20x28 pixels in the padded 24x32 batch: only its 5x7 grid pixels are solved.
+    (out,) = _pp()(sem, cut, [(20, 28)], [(20, 28)])
+    pan, info = out["panoptic_seg"]
+    assert tuple(pan.shape) == (20, 28)
+    ids = {s["id"] for s in info}
+    assert set(torch.unique(pan).tolist()) == ids
+    assert {s["category_id"] for s in info} == {0, 1, 2}
+    assert sum(s["area"] for s in info) == 20 * 28
+
+
+def test_post_processor_uses_calibration():
+    from detectron2_cops.layers import CostCalibration
+
+    sem, cut = _toy_logits()
+    calib = CostCalibration(1)
+    with torch.no_grad():
+        # c_E = -(l - 6): the edges between the two blocks (l = 5) now favour joining
+        calib.edge_bias.fill_(-6.0)
+    (out,) = _pp()(sem, cut, [(24, 32)], calibration=calib)
+    classes = [s["category_id"] for s in out["panoptic_seg"][1]]
+    assert classes == [0, 1, 2]  # the two blocks merge into one instance
+
+
+def test_post_processor_bad_input():
+    sem, cut = _toy_logits()
+    pp = _pp()
+    with pytest.raises(ValueError, match="num_classes"):
+        pp(sem[:, :2], cut, [(24, 32)])
+    with pytest.raises(ValueError, match="one .* per edge distance"):
+        pp(sem, cut + cut, [(24, 32)])
+    with pytest.raises(ValueError, match="edge distance 1"):
+        pp(sem, [cut[0][..., :7]], [(24, 32)])
+    with pytest.raises(ValueError, match="does not fit"):
+        pp(sem, cut, [(28, 32)])
+    with pytest.raises(ValueError, match="image_sizes"):
+        pp(sem, cut, [(24, 32), (24, 32)])
+    with pytest.raises(ValueError, match="sem_seg_logits"):
+        pp(sem[0], cut, [(24, 32)])
+    with pytest.raises(ValueError, match="thing_ids"):
+        _pp(thing_ids=[3])
+    with pytest.raises(ValueError, match="edge_distances"):
+        _pp(edge_distances=[0])
+
+
+def test_build_post_processor_from_config(synth_dataset):
+    cfg = tiny_cfg(synth_dataset)
+    pp = build_post_processor(cfg)
+    assert isinstance(pp, AMWCPostProcessor)
+    assert pp.thing_ids == THING_IDS and pp.edge_distances == DISTANCES
+    assert pp.edge_sampling_intervals == INTERVALS and pp.instance_area == 16
+    cfg.MODEL.COPS.POST_PROCESSOR = "NoSuchPostProcessor"
+    with pytest.raises(KeyError):
+        build_post_processor(cfg)
+    cfg = tiny_cfg(synth_dataset)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        build_post_processor(cfg)
+
+
+# ----------------------------------------------------------------------------- model
+def test_pretrain_step_and_inference(synth_dataset):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(synth_dataset))
+    model.train()
+    # 61x93 is not a multiple of the stride (4) nor of the backbone's 32
+    batch = [synthetic_input(64, 96, 0), synthetic_input(61, 93, 1)]
+    losses = model(batch)
+    assert set(losses) == {"loss_sem_seg"} | {f"loss_affinity_d{d}" for d in DISTANCES}
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert _grad_norm(model.backbone.stem.conv1.weight) > 0
+    assert _grad_norm(model.sem_seg_head.predictor.weight) > 0
+    for clf in model.affinity_head.classifiers:
+        assert _grad_norm(clf["predictor"].weight) > 0
+    # the calibration is not trained in the pretraining stage
+    assert all(_grad_norm(p) == 0 for p in model.calibration.parameters())
+
+    model.eval()
+    with torch.no_grad():
+        outputs = model([{"image": b["image"], "height": 2 * b["height"], "width": b["width"]} for b in batch])
+    for b, out in zip(batch, outputs):
+        pan, info = out["panoptic_seg"]
+        assert tuple(pan.shape) == (2 * b["height"], b["width"])
+        assert tuple(out["sem_seg"].shape) == (NUM_CLASSES, 2 * b["height"], b["width"])
+        _check_panoptic(pan, info, THING_IDS)
+        assert out["instances"].image_size == tuple(pan.shape)
+
+
+def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    model = build_model(cfg)
+    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)  # image pixels -> grid pixels
+    assert model.pq_surrogate.instance_area == pytest.approx(16 / 16)
+    # a model that predicts the large stuff class 2 everywhere (an overlap with the ground truth,
+    # so the PQ surrogate has a gradient)
+    with torch.no_grad():
+        model.sem_seg_head.predictor.bias[2] = 0.5
+    model.train()
+    batch = [synthetic_input(64, 96, 0), synthetic_input(61, 93, 1)]
+    with EventStorage() as storage:
+        losses = model(batch)
+    assert set(losses) == {"loss_pq"}
+    assert torch.isfinite(losses["loss_pq"]) and 0 < float(losses["loss_pq"].detach()) <= cfg.MODEL.COPS.PQ_LOSS_WEIGHT
+    losses["loss_pq"].backward()
+    assert _grad_norm(model.sem_seg_head.predictor.weight) > 0
+    assert _grad_norm(model.calibration.semantic_weight) > 0
+    assert _grad_norm(model.calibration.edge_weight) + _grad_norm(model.calibration.edge_bias) > 0
+    assert sum(_grad_norm(clf["predictor"].weight) for clf in model.affinity_head.classifiers) > 0
+    assert _grad_norm(model.backbone.stem.conv1.weight) > 0  # FROZEN_PREFIXES is empty here
+    stats = model.last_train_stats
+    for key in ("train_pq", "train_pq_th", "train_pq_st", "train_pq_surrogate", "amwc_time"):
+        assert key in stats and np.isfinite(stats[key])
+    assert 0 <= stats["train_pq"] <= 100
+    assert "calib_semantic_weight" in stats and "calib_edge_weight_0" in stats
+    logged = storage.latest()
+    assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
+
+
+def test_train_pq_is_exact_for_a_perfect_solution(synth_dataset):
+    """The logged training PQ of a solution equal to the ground truth is 100."""
+    model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
+    x = synthetic_input(64, 96, 0)
+    gt = x["panoptic_ids"]
+    from detectron2_cops.layers import AMWCOutput
+
+    labels = torch.where(gt >= 0, gt // 1000, torch.full_like(gt, 4))
+    # instance ids: one per distinct panoptic id (void -> its own cluster)
+    _, inst = torch.unique(gt, return_inverse=True)
+    sol = AMWCOutput(labels, inst, [], torch.zeros(0, *gt.shape), torch.zeros(0, dtype=torch.long), 0.0)
+    surrogate = type("S", (), {"pq": torch.tensor(1.0)})()
+    model._log_train_stats([x], [sol], surrogate, 0.0)
+    assert model.last_train_stats["train_pq"] == pytest.approx(100.0)
+
+
+def test_frozen_bn_and_prefixes(synth_dataset):
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    cfg.MODEL.COPS.FREEZE_BN = True
+    cfg.MODEL.COPS.FROZEN_PREFIXES = ["backbone", "sem_seg_head.decoder", "affinity_head.decoder"]
+    model = build_model(cfg)
+    model.train()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    bn = model.backbone.stem.conv1.norm
+    assert isinstance(bn, FrozenBatchNorm2d)
+    before = bn.running_mean.clone()
+    for name, p in model.named_parameters():
+        assert p.requires_grad == (not name.startswith(("backbone.", "sem_seg_head.decoder.", "affinity_head.decoder."))), name
+    assert model.calibration.semantic_weight.requires_grad
+    with EventStorage():
+        model([synthetic_input(64, 96, 0)])
+    assert torch.equal(bn.running_mean, before)
+
+    cfg.MODEL.COPS.FROZEN_PREFIXES = ["backbone", "sem_seg_head.no_such_module"]
+    with pytest.raises(ValueError, match="sem_seg_head.no_such_module"):
+        build_model(cfg)
+
+
+def test_empty_ground_truth_and_grayscale_train_without_nan(synth_dataset):
+    """An image without any ground-truth segment (all void) trains in both stages without NaN;
+    a one-channel image is accepted (repeated to three channels)."""
+    torch.manual_seed(0)
+    for fully_differentiable in (False, True):
+        model = build_model(tiny_cfg(synth_dataset, fully_differentiable=fully_differentiable))
+        model.train()
+        batch = [synthetic_input(64, 96, 0, empty=True), synthetic_input(64, 64, 1, channels=1)]
+        with EventStorage():
+            losses = model(batch)
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        total.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([{"image": synthetic_input(40, 52, 2, channels=1)["image"]}])
+    assert tuple(out["panoptic_seg"][0].shape) == (40, 52)
+
+
+def test_model_bad_input(synth_dataset):
+    model = build_model(tiny_cfg(synth_dataset))
+    model.eval()
+    with pytest.raises(ValueError, match="non-empty list"):
+        model([])
+    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
+        model([{"image": torch.zeros(2, 32, 32, dtype=torch.uint8)}])
+    with pytest.raises(ValueError, match="'image'"):
+        model([{"img": torch.zeros(3, 32, 32)}])
+    model.train()
+    with pytest.raises(ValueError, match="lacks"):
+        model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
+
+
+# ----------------------------------------------------------------------------- real image
+def _check_panoptic(pan, segments_info, thing_ids):
+    assert pan.dim() == 2 and pan.dtype == torch.int32
+    ids_in_map = set(torch.unique(pan).tolist()) - {0}
+    ids_in_info = [s["id"] for s in segments_info]
+    assert len(ids_in_info) == len(set(ids_in_info))
+    assert set(ids_in_info) == ids_in_map
+    for s in segments_info:
+        assert s["id"] >= 1
+        assert s["area"] == int((pan == s["id"]).sum())
+        assert s["isthing"] == (s["category_id"] in thing_ids)
+
+
+def test_default_predictor_on_real_sample_image(sample_dataset):
+    from detectron2.data.detection_utils import read_image
+
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.merge_from_file(str(SAMPLE_PRETRAIN))
+    cfg.DATASETS.TRAIN = (sample_dataset,)
+    cfg.DATASETS.TEST = (sample_dataset,)
+    cfg.INPUT.MIN_SIZE_TEST = 96
+    cfg.INPUT.MAX_SIZE_TEST = 160
+    cfg.MODEL.COPS.STUFF_AREA = 0
+    cfg.MODEL.COPS.INSTANCE_AREA = 0
+    cfg.MODEL.WEIGHTS = ""
+    torch.manual_seed(0)
+    predictor = DefaultPredictor(cfg)
+    info = get_panoptic_metadata(sample_dataset)
+    path = sorted((SAMPLE / "images").glob("*.jpg"))[0]
+    image = read_image(str(path), format="BGR")
+    out = predictor(image)
+    pan, segments_info = out["panoptic_seg"]
+    assert tuple(pan.shape) == image.shape[:2]
+    assert len(segments_info) > 0
+    _check_panoptic(pan, segments_info, info["thing_ids"])
+    assert all(s["category_id"] in info["class_ids"] for s in segments_info)
+    assert tuple(out["sem_seg"].shape) == (133,) + image.shape[:2]
+    inst = out["instances"]
+    things = [s for s in segments_info if s["isthing"]]
+    assert len(inst) == len(things)
+    for k, s in enumerate(things):
+        assert torch.equal(inst.pred_masks[k], pan == s["id"])
+        assert int(inst.pred_classes[k]) == s["category_id"]
+    assert torch.isfinite(inst.scores).all()
