@@ -54,7 +54,6 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
   const int32_t n = static_cast<int32_t>(inst.num_nodes);
   const int64_t E = inst.num_edges;
   g.num_nodes = n;
-  g.input_to_unique.assign(E, -1);
   g.u.clear();
   g.v.clear();
   g.w.clear();
@@ -93,7 +92,6 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
       if (seen_row[other] == r) {
         const int32_t id = uid_of[other];
         g.w[id] += inst.edge_costs[e];
-        g.input_to_unique[e] = id;
       } else {
         const int32_t id = static_cast<int32_t>(g.u.size());
         seen_row[other] = r;
@@ -101,7 +99,6 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
         g.u.push_back(r);
         g.v.push_back(other);
         g.w.push_back(inst.edge_costs[e]);
-        g.input_to_unique[e] = id;
       }
     }
   }

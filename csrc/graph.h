@@ -10,12 +10,11 @@ namespace cops {
 namespace detail {
 
 // Simple undirected graph: duplicate input edges are merged (costs summed), (i, j) and (j, i)
-// are the same edge. `input_to_unique[e]` maps every input edge to its unique edge.
+// are the same edge.
 struct SimpleGraph {
   int32_t num_nodes = 0;
   std::vector<int32_t> u, v;          // [Eu] endpoints, u < v
   std::vector<double> w;              // [Eu] summed costs
-  std::vector<int32_t> input_to_unique;  // [E]
   // CSR adjacency over unique edges, both directions.
   std::vector<int64_t> offsets;       // [N + 1]
   std::vector<int32_t> nbr;           // [2 Eu] neighbour node
