@@ -42,7 +42,7 @@ class AdjacencyTables {
     alive_ = alive;
     arena_.resize(static_cast<size_t>(offsets[n]));
     head_.assign(n, Head{});
-    own_.clear();
+    for (auto& v : own_) recycle(v);
     own_.resize(n);
     for (int32_t i = 0; i < n; ++i) {
       Head& h = head_[i];
@@ -85,7 +85,7 @@ class AdjacencyTables {
         return;
       }
       if (h.size < kSmall) {
-        grow_small(c, std::max<int32_t>(kSmall, 2 * h.size));
+        grow_small(c, kSmall);
         head_[c].data[head_[c].size++] = {key, val};
         return;
       }
@@ -150,7 +150,7 @@ class AdjacencyTables {
   }
 
   void release(int32_t c) {
-    std::vector<Slot>().swap(own_[c]);
+    recycle(own_[c]);
     head_[c] = Head{};
   }
 
@@ -178,13 +178,43 @@ class AdjacencyTables {
     }
   }
 
+  // Storage of a given capacity, from the pool of released storage when possible (this object
+  // lives per thread across solves, so the pool saves allocations and page faults).
+  std::vector<Slot> take(int32_t cap) {
+    std::vector<Slot> v;
+    const int b = bucket(cap);
+    if (b < kBuckets && !pool_[b].empty()) {
+      v.swap(pool_[b].back());
+      pool_[b].pop_back();
+    }
+    v.resize(cap);
+    return v;
+  }
+  void recycle(std::vector<Slot>& v) {
+    if (v.capacity() == 0) return;
+    const int b = bucket(static_cast<int32_t>(v.capacity()));
+    if (b < kBuckets && static_cast<size_t>(v.capacity()) == (size_t{1} << b)) {
+      v.clear();
+      pool_[b].emplace_back();
+      pool_[b].back().swap(v);
+    } else {
+      std::vector<Slot>().swap(v);
+    }
+  }
+  static int bucket(int32_t cap) {
+    int b = 0;
+    while ((int64_t{1} << b) < cap) ++b;
+    return b;
+  }
+
   void grow_small(int32_t c, int32_t cap) {
     Head& h = head_[c];
-    std::vector<Slot> fresh(cap);
+    std::vector<Slot> fresh = take(cap);
     int32_t live = 0;
     for (int32_t i = 0; i < h.size; ++i)
       if (alive_[h.data[i].val]) fresh[live++] = h.data[i];
     own_[c].swap(fresh);
+    recycle(fresh);
     h.data = own_[c].data();
     h.cap = cap;
     h.size = live;
@@ -194,7 +224,8 @@ class AdjacencyTables {
     Head& h = head_[c];
     int32_t cap = 64;
     while (cap < min_capacity) cap <<= 1;
-    std::vector<Slot> fresh(cap, Slot{kEmpty, 0});
+    std::vector<Slot> fresh = take(cap);
+    std::fill(fresh.begin(), fresh.end(), Slot{kEmpty, 0});
     Head nh;
     nh.data = fresh.data();
     nh.cap = cap;
@@ -207,6 +238,7 @@ class AdjacencyTables {
         if (h.data[i].key >= 0 && alive_[h.data[i].val]) insert_hashed(nh, h.data[i].key, h.data[i].val);
     }
     own_[c].swap(fresh);
+    recycle(fresh);
     h = nh;
   }
 
@@ -214,6 +246,8 @@ class AdjacencyTables {
   std::vector<Slot> arena_;
   std::vector<Head> head_;
   std::vector<std::vector<Slot>> own_;
+  static constexpr int kBuckets = 31;
+  std::vector<std::vector<Slot>> pool_[kBuckets];  // released storage by log2(capacity)
 };
 
 }  // namespace detail

@@ -21,6 +21,9 @@
 namespace cops {
 
 // A read-only view of one instance. Arrays are C-contiguous and owned by the caller.
+// Costs are float64 (`node_costs`, `edge_costs`) or float32 (`node_costs_f32`, `edge_costs_f32`,
+// with the float64 pointer null); float32 costs are widened inside the solver, on the worker
+// thread, into reused buffers.
 struct InstanceView {
   int64_t num_nodes = 0;      // N
   int64_t num_classes = 0;    // K
@@ -29,6 +32,11 @@ struct InstanceView {
   const int64_t* edges = nullptr;          // [E, 2]
   const double* edge_costs = nullptr;      // [E]
   const uint8_t* partitionable = nullptr;  // [K], 1 = partitionable (thing) class
+  const float* node_costs_f32 = nullptr;   // [N, K] row-major, when node_costs is null
+  const float* edge_costs_f32 = nullptr;   // [E], when edge_costs is null
+  // Set when the costs were already found finite (while widening them); validation skips them.
+  bool node_costs_known_finite = false;
+  bool edge_costs_known_finite = false;
 };
 
 struct SolveOptions {
@@ -51,19 +59,20 @@ struct InvalidInput {
   std::string message;
 };
 
-// Validates the instance (ranges, self-loops, finiteness). Throws InvalidInput.
+// Validates a float64 instance (ranges, self-loops, finiteness). Throws InvalidInput.
 void validate_instance(const InstanceView& inst);
 
-// Solves one AMWC instance with GAEC (+ optional local search).
+// Validates and solves one AMWC instance with GAEC (+ optional local search). Throws InvalidInput.
 Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts);
 
-// Solves a batch of instances on `num_threads` threads (<= 0: hardware concurrency).
-// Every instance is validated before any is solved.
+// Solves a batch of instances on `num_threads` threads (<= 0: hardware concurrency) of a
+// persistent pool. If instances are invalid, throws InvalidInput for the first of them (message
+// prefixed with "instance <b>: ").
 std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
                                        int num_threads);
 
-// Objective of a labelling given per-node classes and cluster ids (edge cut iff cluster ids
-// differ). Used by tests and as the single source of truth for reported objectives.
+// Objective of a labelling of a float64 instance given per-node classes and cluster ids (edge cut
+// iff cluster ids differ).
 double labelling_objective(const InstanceView& inst, const int32_t* node_labels, const int32_t* cluster_ids);
 
 }  // namespace cops

@@ -17,26 +17,55 @@ namespace py = pybind11;
 namespace {
 
 using DArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using FArray = py::array_t<float, py::array::c_style>;
 using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using BArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
+// Costs stay float32 when given as C-contiguous float32 (widened inside the solver); anything
+// else is converted to float64.
+struct Costs {
+  DArray f64;
+  FArray f32;
+  bool is_f32 = false;
+  py::ssize_t ndim() const { return is_f32 ? f32.ndim() : f64.ndim(); }
+  py::ssize_t shape(int i) const { return is_f32 ? f32.shape(i) : f64.shape(i); }
+};
+
 struct HeldInstance {
-  DArray node_costs;
+  Costs node_costs;
   IArray edges;
-  DArray edge_costs;
+  Costs edge_costs;
   BArray partitionable;
   cops::InstanceView view;
 };
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
 
+Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
+  Costs c;
+  if (py::isinstance<py::array>(obj)) {
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (a.dtype().is(py::dtype::of<float>()) && (a.flags() & py::array::c_style)) {
+      c.f32 = py::reinterpret_borrow<FArray>(obj);
+      c.is_f32 = true;
+      return c;
+    }
+  }
+  c.f64 = DArray::ensure(obj);
+  if (!c.f64) {
+    PyErr_Clear();
+    fail(where + name + " must be convertible to a numeric array");
+  }
+  return c;
+}
+
 HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
                   const std::string& where) {
-  HeldInstance h{DArray::ensure(node_costs), IArray::ensure(edges), DArray::ensure(edge_costs),
-                 BArray::ensure(partitionable), {}};
-  if (!h.node_costs || !h.edges || !h.edge_costs || !h.partitionable) {
+  HeldInstance h{hold_costs(node_costs, where, "node_costs"), IArray::ensure(edges),
+                 hold_costs(edge_costs, where, "edge_costs"), BArray::ensure(partitionable), {}};
+  if (!h.edges || !h.partitionable) {
     PyErr_Clear();
-    fail(where + "inputs must be convertible to numeric arrays");
+    fail(where + "edges and partitionable must be convertible to integer arrays");
   }
   if (h.node_costs.ndim() != 2) fail(where + "node_costs must have shape [N, K]");
   if (h.edges.ndim() != 2 || h.edges.shape(1) != 2) fail(where + "edges must have shape [E, 2]");
@@ -47,9 +76,11 @@ HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs
   h.view.num_nodes = h.node_costs.shape(0);
   h.view.num_classes = h.node_costs.shape(1);
   h.view.num_edges = h.edges.shape(0);
-  h.view.node_costs = h.node_costs.data();
+  if (h.node_costs.is_f32) h.view.node_costs_f32 = h.node_costs.f32.data();
+  else h.view.node_costs = h.node_costs.f64.data();
   h.view.edges = h.edges.data();
-  h.view.edge_costs = h.edge_costs.data();
+  if (h.edge_costs.is_f32) h.view.edge_costs_f32 = h.edge_costs.f32.data();
+  else h.view.edge_costs = h.edge_costs.f64.data();
   h.view.partitionable = h.partitionable.data();
   return h;
 }
@@ -75,16 +106,19 @@ py::tuple solve_one(py::handle node_costs, py::handle edges, py::handle edge_cos
   HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
   cops::SolveOptions opts;
   opts.local_search = local_search;
-  try {
-    cops::validate_instance(h.view);
-  } catch (const cops::InvalidInput& err) {
-    fail(err.message);
-  }
   cops::Solution sol;
+  bool invalid = false;
+  std::string message;
   {
     py::gil_scoped_release release;
-    sol = cops::solve_amwc(h.view, opts);
+    try {
+      sol = cops::solve_amwc(h.view, opts);  // validates first
+    } catch (const cops::InvalidInput& err) {
+      invalid = true;
+      message = err.message;
+    }
   }
+  if (invalid) fail(message);
   return to_python(sol);
 }
 
@@ -118,11 +152,6 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads)
 double objective(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
                  py::handle node_labels, py::handle cluster_ids) {
   HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
-  try {
-    cops::validate_instance(h.view);
-  } catch (const cops::InvalidInput& err) {
-    fail(err.message);
-  }
   using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
   I32 labels = I32::ensure(node_labels), clusters = I32::ensure(cluster_ids);
   if (!labels || !clusters) {
@@ -135,7 +164,11 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
   for (py::ssize_t i = 0; i < labels.shape(0); ++i) {
     if (labels.data()[i] < 0 || labels.data()[i] >= h.view.num_classes) fail("node_labels out of range [0, K)");
   }
-  return cops::labelling_objective(h.view, labels.data(), clusters.data());
+  try {
+    return cops::labelling_objective(h.view, labels.data(), clusters.data());
+  } catch (const cops::InvalidInput& err) {
+    fail(err.message);
+  }
 }
 
 }  // namespace

@@ -27,6 +27,12 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define COPS_X86_DISPATCH 1
+#include <immintrin.h>
+#else
+#define COPS_X86_DISPATCH 0
+#endif
 
 #include "adjacency.h"
 #include "graph.h"
@@ -110,6 +116,52 @@ class EdgeHeap {
   std::vector<uint64_t> v_;
 };
 
+// min_k (x[k] + y[k]) over k < K, vectorised. Exact: min does not depend on the order.
+inline double min_sum_sse2(const double* x, const double* y, int32_t K) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  int32_t k = 0;
+  double m = inf;
+#if defined(__SSE2__)
+  __m128d m0 = _mm_set1_pd(inf), m1 = _mm_set1_pd(inf);
+  for (; k + 4 <= K; k += 4) {
+    m0 = _mm_min_pd(m0, _mm_add_pd(_mm_loadu_pd(x + k), _mm_loadu_pd(y + k)));
+    m1 = _mm_min_pd(m1, _mm_add_pd(_mm_loadu_pd(x + k + 2), _mm_loadu_pd(y + k + 2)));
+  }
+  m0 = _mm_min_pd(m0, m1);
+  double buf[2];
+  _mm_storeu_pd(buf, m0);
+  m = buf[0] < buf[1] ? buf[0] : buf[1];
+#endif
+  for (; k < K; ++k) {
+    const double v = x[k] + y[k];
+    m = v < m ? v : m;
+  }
+  return m;
+}
+
+#if COPS_X86_DISPATCH
+// The same with AVX2 (4 doubles per instruction), used when the CPU supports it.
+__attribute__((target("avx2"))) inline double min_sum_avx2(const double* x, const double* y, int32_t K) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  __m256d m0 = _mm256_set1_pd(inf), m1 = _mm256_set1_pd(inf);
+  int32_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    m0 = _mm256_min_pd(m0, _mm256_add_pd(_mm256_loadu_pd(x + k), _mm256_loadu_pd(y + k)));
+    m1 = _mm256_min_pd(m1, _mm256_add_pd(_mm256_loadu_pd(x + k + 4), _mm256_loadu_pd(y + k + 4)));
+  }
+  m0 = _mm256_min_pd(m0, m1);
+  double buf[4];
+  _mm256_storeu_pd(buf, m0);
+  double m = buf[0];
+  for (int i = 1; i < 4; ++i) m = buf[i] < m ? buf[i] : m;
+  for (; k < K; ++k) {
+    const double v = x[k] + y[k];
+    m = v < m ? v : m;
+  }
+  return m;
+}
+#endif
+
 struct EdgeRec {
   double w;      // summed edge cost
   int32_t a, b;  // current endpoints (cluster roots)
@@ -148,37 +200,45 @@ class Gaec {
   }
 
  private:
-  double* costs(int32_t c) { return &C_[static_cast<size_t>(c) * K_]; }
-  const double* costs(int32_t c) const { return &C_[static_cast<size_t>(c) * K_]; }
+  // Summed class costs of cluster c: the input row while c is a single node, else a pool row.
+  const double* costs(int32_t c) const {
+    const int32_t r = row_of_[c];
+    return r < 0 ? inst_->node_costs + static_cast<size_t>(c) * K_ : &pool_[static_cast<size_t>(r) * K_];
+  }
+
+  // A writable pool row for cluster c (created from its input row on first use). May move the
+  // pool: pointers from costs() are invalid afterwards.
+  double* writable_costs(int32_t c) {
+    if (row_of_[c] < 0) {
+      int32_t r;
+      if (!free_rows_.empty()) {
+        r = free_rows_.back();
+        free_rows_.pop_back();
+      } else {
+        r = static_cast<int32_t>(pool_.size() / K_);
+        pool_.resize(pool_.size() + K_);
+      }
+      row_of_[c] = r;
+      const double* src = inst_->node_costs + static_cast<size_t>(c) * K_;
+      std::copy(src, src + K_, &pool_[static_cast<size_t>(r) * K_]);
+    }
+    return &pool_[static_cast<size_t>(row_of_[c]) * K_];
+  }
 
   // Gain ("join - separate") of contracting clusters a and b joined by summed edge cost W.
+  // The class part is >= 0, so with W <= 0 the gain is >= 0 and the O(K) part is skipped (a
+  // non-negative gain is never queued; the value returned is then only a lower bound).
   double compute_gain(int32_t a, int32_t b, double W) const {
-    if (label_[a] == label_[b]) return -W;
+    if (label_[a] == label_[b] || W <= 0.0) return -W;
     return (min_sum(costs(a), costs(b)) - minc_[a] - minc_[b]) - W;
   }
 
   // min_k (x[k] + y[k]); exact (min does not depend on the evaluation order).
   double min_sum(const double* x, const double* y) const {
-    constexpr double inf = std::numeric_limits<double>::infinity();
-    int32_t k = 0;
-#if defined(__SSE2__)
-    __m128d m0 = _mm_set1_pd(inf), m1 = _mm_set1_pd(inf);
-    for (; k + 4 <= K_; k += 4) {
-      m0 = _mm_min_pd(m0, _mm_add_pd(_mm_loadu_pd(x + k), _mm_loadu_pd(y + k)));
-      m1 = _mm_min_pd(m1, _mm_add_pd(_mm_loadu_pd(x + k + 2), _mm_loadu_pd(y + k + 2)));
-    }
-    m0 = _mm_min_pd(m0, m1);
-    double buf[2];
-    _mm_storeu_pd(buf, m0);
-    double m = buf[0] < buf[1] ? buf[0] : buf[1];
-#else
-    double m = inf;
+#if COPS_X86_DISPATCH
+    if (have_avx2_) return min_sum_avx2(x, y, K_);
 #endif
-    for (; k < K_; ++k) {
-      const double v = x[k] + y[k];
-      m = v < m ? v : m;
-    }
-    return m;
+    return min_sum_sse2(x, y, K_);
   }
 
   // Class of the cluster joining a and b: argmin_k (C_a[k] + C_b[k]), lowest k on ties.
@@ -233,7 +293,9 @@ class Gaec {
     uf_.reset(n_);
     live_ = 0;
     heap_.clear();
-    C_.assign(inst_->node_costs, inst_->node_costs + static_cast<size_t>(n_) * K_);
+    row_of_.assign(n_, -1);
+    pool_.clear();
+    free_rows_.clear();
     label_.resize(n_);
     minc_.resize(n_);
     for (int32_t i = 0; i < n_; ++i) {
@@ -273,9 +335,13 @@ class Gaec {
 
     const int32_t old_label_s = label_[s];
     const int32_t old_label_m = label_[m];
-    double* cs = costs(s);
+    double* cs = writable_costs(s);
     const double* cm = costs(m);
     for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+    if (row_of_[m] >= 0) {  // m is gone: its row can serve another cluster
+      free_rows_.push_back(row_of_[m]);
+      row_of_[m] = -1;
+    }
     label_[s] = joint;
     minc_[s] = cs[joint];
     const bool label_changed = joint != old_label_s;
@@ -289,12 +355,17 @@ class Gaec {
       adj_.prefetch(s, x);
       adj_.prefetch_head(x);
       COPS_PREFETCH(&E_[em]);
+      COPS_PREFETCH(&queued_[em]);
       COPS_PREFETCH(&label_[x]);
     });
     for (Move& mv : moves_) {
       mv.es = adj_.find(s, mv.x);
-      if (mv.es >= 0) COPS_PREFETCH(&E_[mv.es]);
-      adj_.prefetch_data(mv.x);
+      if (mv.es >= 0) {
+        COPS_PREFETCH(&E_[mv.es]);
+        COPS_PREFETCH(&queued_[mv.es]);
+      } else {
+        adj_.prefetch_data(mv.x);  // rekeyed below
+      }
     }
     for (const Move& mv : moves_) {
       const int32_t x = mv.x, em = mv.em, es = mv.es;
@@ -340,10 +411,15 @@ class Gaec {
   const SimpleGraph* g_ = nullptr;
   int32_t n_ = 0;
   int32_t K_ = 0;
+#if COPS_X86_DISPATCH
+  const bool have_avx2_ = __builtin_cpu_supports("avx2");
+#endif
   UnionFind uf_;
-  std::vector<double> C_;       // [N, K] summed class costs per cluster root
+  std::vector<int32_t> row_of_;    // [N] pool row of a cluster root's summed class costs, -1: input row
+  std::vector<double> pool_;       // [rows, K] summed class costs of clusters with > 1 node
+  std::vector<int32_t> free_rows_;  // pool rows of merged-away clusters
   std::vector<int32_t> label_;  // class per cluster root
-  std::vector<double> minc_;    // C_[root][label_[root]]
+  std::vector<double> minc_;    // costs(root)[label_[root]]
   std::vector<EdgeRec> E_;
   std::vector<uint8_t> alive_;    // per edge; shared with adj_
   std::vector<uint32_t> queued_;  // per edge: float_code of its current heap entry's key, 0 if none

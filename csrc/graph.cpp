@@ -1,6 +1,7 @@
 // Instance validation, simple-graph construction, objective, and the solve entry points.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <sstream>
@@ -10,6 +11,23 @@
 #include "thread_pool.h"
 
 namespace cops {
+
+namespace {
+
+// True iff no value is NaN or +-inf (all exponent bits set). Branch-free integer OR-reduction,
+// so the compiler vectorises it.
+bool all_finite(const double* x, int64_t n) {
+  constexpr uint64_t kExp = 0x7ff0000000000000ull;
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t u;
+    std::memcpy(&u, x + i, sizeof(u));
+    bad |= static_cast<uint64_t>((u & kExp) == kExp);
+  }
+  return bad == 0;
+}
+
+}  // namespace
 
 void validate_instance(const InstanceView& inst) {
   std::ostringstream msg;
@@ -22,28 +40,44 @@ void validate_instance(const InstanceView& inst) {
   if (inst.num_nodes > 0 && inst.num_classes == 0) {
     throw InvalidInput{"node_costs must have at least one class (K >= 1) when there are nodes"};
   }
+  // Fast, vectorisable passes first; the slow loops below only run to name the offending entry.
   const int64_t nk = inst.num_nodes * inst.num_classes;
-  for (int64_t i = 0; i < nk; ++i) {
-    if (!std::isfinite(inst.node_costs[i])) {
-      msg << "node_costs must be finite; found " << inst.node_costs[i] << " at node "
-          << i / inst.num_classes << ", class " << i % inst.num_classes;
-      throw InvalidInput{msg.str()};
+  if (!inst.node_costs_known_finite && !all_finite(inst.node_costs, nk)) {
+    for (int64_t i = 0; i < nk; ++i) {
+      if (!std::isfinite(inst.node_costs[i])) {
+        msg << "node_costs must be finite; found " << inst.node_costs[i] << " at node "
+            << i / inst.num_classes << ", class " << i % inst.num_classes;
+        throw InvalidInput{msg.str()};
+      }
     }
   }
+  int64_t lo = 0, hi = 0, loops = 0;
   for (int64_t e = 0; e < inst.num_edges; ++e) {
     const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
-    if (a < 0 || b < 0 || a >= inst.num_nodes || b >= inst.num_nodes) {
-      msg << "edges must hold node ids in [0, " << inst.num_nodes << "); edge " << e << " is (" << a
-          << ", " << b << ")";
-      throw InvalidInput{msg.str()};
+    lo = std::min(lo, std::min(a, b));
+    hi = std::max(hi, std::max(a, b));
+    loops += a == b;
+  }
+  if (lo < 0 || (inst.num_edges > 0 && hi >= inst.num_nodes) || loops > 0) {
+    for (int64_t e = 0; e < inst.num_edges; ++e) {
+      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      if (a < 0 || b < 0 || a >= inst.num_nodes || b >= inst.num_nodes) {
+        msg << "edges must hold node ids in [0, " << inst.num_nodes << "); edge " << e << " is (" << a
+            << ", " << b << ")";
+        throw InvalidInput{msg.str()};
+      }
+      if (a == b) {
+        msg << "edges must not contain self-loops; edge " << e << " is (" << a << ", " << b << ")";
+        throw InvalidInput{msg.str()};
+      }
     }
-    if (a == b) {
-      msg << "edges must not contain self-loops; edge " << e << " is (" << a << ", " << b << ")";
-      throw InvalidInput{msg.str()};
-    }
-    if (!std::isfinite(inst.edge_costs[e])) {
-      msg << "edge_costs must be finite; found " << inst.edge_costs[e] << " at edge " << e;
-      throw InvalidInput{msg.str()};
+  }
+  if (!inst.edge_costs_known_finite && !all_finite(inst.edge_costs, inst.num_edges)) {
+    for (int64_t e = 0; e < inst.num_edges; ++e) {
+      if (!std::isfinite(inst.edge_costs[e])) {
+        msg << "edge_costs must be finite; found " << inst.edge_costs[e] << " at edge " << e;
+        throw InvalidInput{msg.str()};
+      }
     }
   }
 }
@@ -183,7 +217,44 @@ std::vector<int32_t> contiguous_ids(const std::vector<int32_t>& cluster) {
 }  // namespace
 }  // namespace detail
 
-double labelling_objective(const InstanceView& inst, const int32_t* node_labels, const int32_t* cluster_ids) {
+namespace {
+
+// Returns a float64 view of `in`, widening float32 costs into per-thread buffers.
+// Widens n float32 values into dst; returns whether all are finite (checked on the float bits in
+// the same pass).
+bool widen(const float* src, int64_t n, std::vector<double>& dst) {
+  dst.resize(static_cast<size_t>(n));
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, src + i, sizeof(u));
+    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    dst[i] = static_cast<double>(src[i]);
+  }
+  return bad == 0;
+}
+
+InstanceView as_float64(const InstanceView& in) {
+  InstanceView v = in;
+  if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
+    thread_local std::vector<double> buf;
+    v.node_costs_known_finite = widen(in.node_costs_f32, in.num_nodes * in.num_classes, buf);
+    v.node_costs = buf.data();
+  }
+  if (in.edge_costs == nullptr && in.edge_costs_f32 != nullptr) {
+    thread_local std::vector<double> buf;
+    v.edge_costs_known_finite = widen(in.edge_costs_f32, in.num_edges, buf);
+    v.edge_costs = buf.data();
+  }
+  v.node_costs_f32 = v.edge_costs_f32 = nullptr;
+  return v;
+}
+
+}  // namespace
+
+double labelling_objective(const InstanceView& input, const int32_t* node_labels, const int32_t* cluster_ids) {
+  const InstanceView inst = as_float64(input);
+  validate_instance(inst);
   const int64_t K = inst.num_classes;
   double obj = 0.0;
   for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + node_labels[i]];
@@ -193,8 +264,10 @@ double labelling_objective(const InstanceView& inst, const int32_t* node_labels,
   return obj;
 }
 
-Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts) {
+Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
   using namespace detail;
+  const InstanceView inst = as_float64(input);
+  validate_instance(inst);
   Solution sol;
   thread_local SimpleGraph g;  // buffers reused by the next solve on this thread
   build_simple_graph(inst, g);
@@ -235,26 +308,26 @@ Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts) {
 
 std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
                                        int num_threads) {
-  for (size_t b = 0; b < insts.size(); ++b) {
-    try {
-      validate_instance(insts[b]);
-    } catch (InvalidInput& err) {
-      err.message = "instance " + std::to_string(b) + ": " + err.message;
-      throw;
-    }
-  }
   std::vector<Solution> out(insts.size());
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::string> invalid(insts.size());
+  std::vector<uint8_t> failed(insts.size(), 0);
   std::exception_ptr error;
   std::mutex error_mutex;
   detail::parallel_for(insts.size(), num_threads, [&](size_t b) {
     try {
       out[b] = solve_amwc(insts[b], opts);
+    } catch (const InvalidInput& err) {
+      invalid[b] = err.message;
+      failed[b] = 1;
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
     }
   });
+  for (size_t b = 0; b < insts.size(); ++b) {
+    if (failed[b]) throw InvalidInput{"instance " + std::to_string(b) + ": " + invalid[b]};
+  }
   if (error) std::rethrow_exception(error);
   return out;
 }

@@ -62,11 +62,12 @@ def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
     if a.size and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0].tolist()
         raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at index {bad}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    # float32 stays float32 (the native code widens it on its worker thread, without a copy here)
+    return np.ascontiguousarray(a)
 
 
 def _prepare(node_costs, edges, edge_costs, partitionable, where: str = ""):
-    """Validate and convert one instance; returns C-contiguous float64/int64/uint8 arrays."""
+    """Validate and convert one instance; returns C-contiguous float32-or-float64/int64/uint8 arrays."""
     try:
         nc = _check_costs(node_costs, "node_costs", 2, "[N, K]")
         N, K = nc.shape
