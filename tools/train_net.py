@@ -29,6 +29,8 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import detectron2_cops  # noqa: F401  (importing registers the COPS components and datasets)
 from detectron2_cops.config import add_cops_config
@@ -124,6 +126,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # Our modules log under "detectron2_cops" (e.g. the PQ table of the panoptic evaluator).
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detectron2_cops")
     return cfg
 
 

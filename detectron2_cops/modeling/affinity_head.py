@@ -36,7 +36,7 @@ from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.utils.registry import Registry
 
 from ..solvers.grid import edge_offsets
-from .sem_seg_head import check_decoder_features
+from .sem_seg_head import check_decoder_features, conv3x3_head
 
 __all__ = [
     "AFFINITY_HEAD_REGISTRY",
@@ -193,28 +193,7 @@ class AffinityHead(DeepLabV3PlusHead):
         use_bias = norm == ""
 
         # Head on [decoder features, detached semantic logits].
-        self.head = nn.Sequential(
-            Conv2d(
-                decoder_channels[0] + self.num_sem_seg_classes,
-                decoder_channels[0],
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, decoder_channels[0]),
-                activation=F.relu,
-            ),
-            Conv2d(
-                decoder_channels[0],
-                head_channels,
-                kernel_size=3,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, head_channels),
-                activation=F.relu,
-            ),
-        )
-        weight_init.c2_xavier_fill(self.head[0])
-        weight_init.c2_xavier_fill(self.head[1])
+        self.head = conv3x3_head(decoder_channels[0] + self.num_sem_seg_classes, decoder_channels[0], head_channels, norm)
 
         classifiers = []
         for d in self.edge_distances:

@@ -79,6 +79,21 @@ def check_decoder_features(
     return shapes
 
 
+def conv3x3_head(in_channels: int, mid_channels: int, out_channels: int, norm) -> nn.Sequential:
+    """Two 3x3 convs with norm and ReLU (``in -> mid -> out`` channels), c2-Xavier initialised:
+    the extra head of Panoptic-DeepLab's heads, used by the semantic and the affinity head."""
+    use_bias = norm == ""
+    head = nn.Sequential(
+        Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=use_bias,
+               norm=get_norm(norm, mid_channels), activation=F.relu),
+        Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=use_bias,
+               norm=get_norm(norm, out_channels), activation=F.relu),
+    )
+    weight_init.c2_xavier_fill(head[0])
+    weight_init.c2_xavier_fill(head[1])
+    return head
+
+
 @SEM_SEG_HEADS_REGISTRY.register()
 class COPSSemSegHead(DeepLabV3PlusHead):
     """Semantic segmentation head of COPS (Panoptic-DeepLab's semantic branch, stride-4 output).
@@ -154,7 +169,6 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         self.loss_weight = float(loss_weight)
         self.loss_type = loss_type
         self.loss_top_k = float(loss_top_k)
-        use_bias = norm == ""
         if self.use_depthwise_separable_conv:
             # One 5x5 depthwise-separable conv has the receptive field of two 3x3 convs
             # (Panoptic-DeepLab).
@@ -169,28 +183,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
                 activation2=F.relu,
             )
         else:
-            self.head = nn.Sequential(
-                Conv2d(
-                    decoder_channels[0],
-                    decoder_channels[0],
-                    kernel_size=3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, decoder_channels[0]),
-                    activation=F.relu,
-                ),
-                Conv2d(
-                    decoder_channels[0],
-                    head_channels,
-                    kernel_size=3,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(norm, head_channels),
-                    activation=F.relu,
-                ),
-            )
-            weight_init.c2_xavier_fill(self.head[0])
-            weight_init.c2_xavier_fill(self.head[1])
+            self.head = conv3x3_head(decoder_channels[0], decoder_channels[0], head_channels, norm)
         self.predictor = Conv2d(head_channels, self.num_classes, kernel_size=1)
         nn.init.normal_(self.predictor.weight, 0, 0.001)
         nn.init.constant_(self.predictor.bias, 0)
