@@ -2,7 +2,7 @@
 
 Source: Abbas & Swoboda, "Combinatorial Optimization for Panoptic Segmentation: A Fully
 Differentiable Approach", NeurIPS 2021, "Contribution 2: optimize panoptic quality surrogate"
-(slides, /work/shared/reference/cops-slides.txt) and the authors' code
+(slides; ``shared/reference/cops-slides.txt`` beside this repository) and the authors' code
 (``panoptic_affinity/losses.py``: ``iou_batch``, ``PanopticQualityLoss``; ``utils.py``:
 ``MatchMasksPair``; ``panoptic_seg_affinity.py``: ``compute_foreground_probabilities``). The
 exact definitions used here are listed in :class:`PanopticQualitySurrogate`.
