@@ -35,7 +35,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.utils.registry import Registry
 
-from ..solvers.grid import edge_offsets
+from ..solvers.grid import as_positive_int_list, edge_offsets
 from .sem_seg_head import check_decoder_features, conv3x3_head
 
 __all__ = [
@@ -102,15 +102,6 @@ def centered_difference(features: torch.Tensor, distance: int, axis: int) -> tor
     return F.pad(diff, pad)
 
 
-def _as_int_list(values, name: str) -> List[int]:
-    out = []
-    for v in values:
-        if int(v) != v or int(v) < 1:
-            raise ValueError(f"{name} must contain positive integers, got {list(values)!r}")
-        out.append(int(v))
-    return out
-
-
 @AFFINITY_HEAD_REGISTRY.register()
 class AffinityHead(DeepLabV3PlusHead):
     """COPS affinity head: per-distance edge cut logits on the stride-4 grid (see module docstring).
@@ -159,8 +150,8 @@ class AffinityHead(DeepLabV3PlusHead):
                 lengths), ``head_channels`` not a positive multiple of 8, ``loss_top_k`` outside
                 ``(0, 1]``, negative ``loss_weight``, non-positive ``num_sem_seg_classes``.
         """
-        distances = _as_int_list(edge_distances, "edge_distances")
-        intervals = _as_int_list(edge_sampling_intervals, "edge_sampling_intervals")
+        distances = as_positive_int_list(edge_distances, "edge_distances")
+        intervals = as_positive_int_list(edge_sampling_intervals, "edge_sampling_intervals")
         if len(distances) == 0:
             raise ValueError("edge_distances must not be empty")
         if len(set(distances)) != len(distances):

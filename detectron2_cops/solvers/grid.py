@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["GridGraph", "edge_offsets"]
+__all__ = ["GridGraph", "as_positive_int_list", "edge_offsets"]
 
 
 def edge_offsets(distance: int) -> Tuple[int, int]:
@@ -37,7 +37,8 @@ def edge_offsets(distance: int) -> Tuple[int, int]:
     return lo, d - lo
 
 
-def _as_positive_int_list(values, name: str) -> List[int]:
+def as_positive_int_list(values, name: str) -> List[int]:
+    """``values`` as a list of ints; ValueError naming ``name`` unless all are positive integers."""
     try:
         out = [int(v) for v in values]
     except TypeError as e:
@@ -79,10 +80,10 @@ class GridGraph:
             raise ValueError(f"height and width must be non-negative integers, got {height}x{width}")
         self.height = int(height)
         self.width = int(width)
-        self.edge_distances = _as_positive_int_list(edge_distances, "edge_distances")
+        self.edge_distances = as_positive_int_list(edge_distances, "edge_distances")
         if edge_sampling_intervals is None:
             edge_sampling_intervals = [1] * len(self.edge_distances)
-        self.edge_sampling_intervals = _as_positive_int_list(
+        self.edge_sampling_intervals = as_positive_int_list(
             edge_sampling_intervals, "edge_sampling_intervals"
         )
         if len(self.edge_sampling_intervals) != len(self.edge_distances):
