@@ -136,7 +136,7 @@ def synthetic_instance(
     partitionable = np.zeros(num_classes, dtype=bool)
     partitionable[thing_classes] = True
     return SyntheticInstance(
-        node_costs=(-logits).astype(np.float32),
+        node_costs=np.ascontiguousarray(-logits, dtype=np.float32),  # [N, K] row-major
         edges=grid.edges,
         edge_costs=(-cut_logits).astype(np.float32),
         partitionable=partitionable,
