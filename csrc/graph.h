@@ -33,8 +33,6 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g);
 // Union-find with path halving; `merge_into(child, root)` makes `root` the representative.
 struct UnionFind {
   std::vector<int32_t> parent;
-  UnionFind() = default;
-  explicit UnionFind(int32_t n) { reset(n); }
   void reset(int32_t n) {
     parent.resize(n);
     for (int32_t i = 0; i < n; ++i) parent[i] = i;

@@ -207,10 +207,11 @@ def test_perfect_prediction_is_100(sample, tmp_path):
             assert s["category_id"] == inv[(s["id"] - 1) // 1000]  # dataset ids, not contiguous
 
 
-def test_perturbed_prediction_equals_cityscapesscripts(sample, tmp_path):
+def perturbed_predictions(sample, seed):
+    """Seeded perturbations of the sample's ground truth, as label_divisor panoptic maps."""
     name, info, records, gts = sample
-    rng = np.random.default_rng(0)
-    preds = [
+    rng = np.random.default_rng(seed)
+    return [
         perturb(
             gt_to_label_divisor(i, r["segments_info"], info["thing_ids"]),
             r["segments_info"],
@@ -219,6 +220,11 @@ def test_perturbed_prediction_equals_cityscapesscripts(sample, tmp_path):
         )
         for i, r in zip(gts, records)
     ]
+
+
+def test_perturbed_prediction_equals_cityscapesscripts(sample, tmp_path):
+    name, info, records, gts = sample
+    preds = perturbed_predictions(sample, seed=0)
     res = run_evaluator(PanopticEvaluator(name), records, preds)["panoptic_seg"]
     expected = cityscapesscripts_pq(tmp_path, records, preds, info)
     assert 20 < res["PQ"] < 95 and res["PQ_st"] < 100 and res["PQ_th"] < 100
@@ -248,16 +254,7 @@ def test_perturbed_prediction_equals_cityscapesscripts(sample, tmp_path):
 
 def test_pq_compute_multiprocess_equals_single(sample, tmp_path):
     name, info, records, gts = sample
-    rng = np.random.default_rng(1)
-    preds = [
-        perturb(
-            gt_to_label_divisor(i, r["segments_info"], info["thing_ids"]),
-            r["segments_info"],
-            info["thing_ids"],
-            rng,
-        )
-        for i, r in zip(gts, records)
-    ]
+    preds = perturbed_predictions(sample, seed=1)
     out_dir = tmp_path / "o"
     run_evaluator(PanopticEvaluator(name, str(out_dir)), records, preds)
     args = (
