@@ -128,7 +128,7 @@ def convert_state_dict(
     mapped = 0
     for key, value in theirs.items():
         if key in _CONSTANTS:
-            constants[key] = value.detach().clone()
+            constants[key] = value.detach()
             continue
         m = _SEG_CALIB.match(key)
         if m:
@@ -143,7 +143,7 @@ def convert_state_dict(
                 new = pattern.sub(repl, key)
                 if new in ours:
                     raise ConversionError(f"'{key}' and '{source[new]}' both map to '{new}'")
-                ours[new] = value.detach().clone()
+                ours[new] = value.detach()
                 source[new] = key
                 mapped += 1
                 break

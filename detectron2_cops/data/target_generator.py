@@ -18,8 +18,10 @@ one of :class:`detectron2_cops.solvers.grid.GridGraph` (read its module docstrin
 Sampling of the stride-``s`` grid (``s = 4`` in COPS): the grid of an ``H x W`` image has
 ``(h, w) = (ceil(H / s), ceil(W / s))`` pixels, and grid pixel ``(i, j)`` takes the label of image
 pixel ``(min(s*i + s//2, H-1), min(s*j + s//2, W-1))`` -- the centre of its ``s x s`` cell (the
-original code samples ``array[s//2::s, s//2::s]``; the ``min`` clamps the last row/column when
-``H`` or ``W`` is not a multiple of ``s``, so the grid always covers the whole image).
+original code samples ``array[s//2::s, s//2::s]``: the same pixels when ``H`` and ``W`` are
+multiples of ``s``, as in its training (crops of 512x1024, COCO padded to 640); otherwise the
+original has ``ceil((H - s//2) / s)`` rows, fewer than the network's output, and the ``min`` here
+clamps the last row/column so that the grid covers the whole image and matches the network).
 """
 
 from __future__ import annotations
