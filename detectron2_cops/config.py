@@ -26,20 +26,33 @@ def add_cops_config(cfg):
 
     # ---------------------------------------------------------------- input / targets
     # Pixels of thing segments smaller than SMALL_INSTANCE_AREA (image pixels) get
-    # SMALL_INSTANCE_WEIGHT in the semantic loss (DeeperLab / Panoptic-DeepLab weighting).
+    # SMALL_INSTANCE_WEIGHT in the semantic loss (DeeperLab / Panoptic-DeepLab weighting) and
+    # the factor SMALL_INSTANCE_WEIGHT on their affinity weight (the original).
     cfg.INPUT.SMALL_INSTANCE_AREA = 4096
     cfg.INPUT.SMALL_INSTANCE_WEIGHT = 3
     # Whether crowd regions are ignored (weight 0) in the semantic loss.
     cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC = False
-    # Whether edges with a stuff endpoint are ignored in the affinity loss (the paper: False).
+    # Whether stuff pixels get weight 0 in the affinity loss, so edges with a stuff endpoint are
+    # ignored (the original's IGNORE_STUFF_IN_AFFINITIES; its configs: False).
     cfg.INPUT.IGNORE_STUFF_IN_AFFINITIES = False
-    # Weight of affinity edges that touch a thing (instance) segment, relative to 1.0 for
-    # stuff-stuff edges (the original pretrain configs use 4.0).
+    # Affinity-loss weight of thing (instance) pixels, relative to 1.0 for stuff pixels (the
+    # original INSTANCE_LOSS_WEIGHT; its pretrain configs use 4.0). Pixels of small instances
+    # (area < SMALL_INSTANCE_AREA) weigh INSTANCE_AFFINITY_WEIGHT * SMALL_INSTANCE_WEIGHT (4 x 3 =
+    # 12, as the original). An edge weighs max of its two pixels' weights, 0 if either is 0.
     cfg.INPUT.INSTANCE_AFFINITY_WEIGHT = 4.0
+    # Affinity-loss weight of the padding added to reach a multiple of MODEL.COPS.SIZE_DIVISIBILITY
+    # (when > 0; COCO: 640): the padding is one segment of its own, so the edges from the image
+    # into it are cuts. 1.0 = the original; 0.0 = padding edges ignored (a departure).
+    cfg.INPUT.PADDING_AFFINITY_WEIGHT = 1.0
 
     # ---------------------------------------------------------------- semantic head
-    # Channels of the extra 5x5 head conv before the predictor (as Panoptic-DeepLab's head).
+    # Output channels of the extra head convs before the predictor.
     cfg.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256
+    # Extra head before the predictor: False = two 3x3 conv+norm+ReLU (the original COPS head,
+    # loads the authors' checkpoints); True = one 5x5 depthwise-separable conv (Panoptic-DeepLab;
+    # a departure). Independent of USE_DEPTHWISE_SEPARABLE_CONV, which switches the ASPP and
+    # decoder fuse convs (depthwise-separable in the original too).
+    cfg.MODEL.SEM_SEG_HEAD.HEAD_USE_DEPTHWISE_SEPARABLE_CONV = False
     # Fraction of hardest pixels kept by DeepLabCE ("hard_pixel_mining" loss).
     cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.2
 
@@ -66,6 +79,11 @@ def add_cops_config(cfg):
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
     # Fraction of hardest edges kept in the affinity loss (1.0 = all edges).
     cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = 1.0
+    # Normalisation of the affinity BCE: "per_channel_mean" (the original: per distance and per
+    # channel (rows, columns), top-k over all positions, plain mean over the kept count) or
+    # "weight_sum" (a departure: per distance, top-k over weighted edges, divided by the sum of
+    # the kept weights).
+    cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "per_channel_mean"
 
     # ---------------------------------------------------------------- COPS
     cfg.MODEL.COPS = CN()
