@@ -357,6 +357,20 @@ def test_post_processor_resizes_crops_and_drops_small_segments():
     assert sum(s["area"] for s in info) == 20 * 28
 
 
+def test_post_processor_drops_thing_clusters_under_min_grid_size():
+    """Thing clusters under MIN_THING_CLUSTER_SIZE grid pixels are void at inference (the
+    authors' IGNORE_INSTANCE_SIZE_AMC // 4), whatever their output area; stuff is kept."""
+    sem, cut = _toy_logits()
+    for size, n_things in ((4, 2), (5, 0)):
+        (out,) = _pp(min_thing_cluster_size=size)(sem, cut, [(24, 32)], [(96, 128)])
+        pan, info = out["panoptic_seg"]
+        assert sum(s["isthing"] for s in info) == n_things, size
+        assert {s["category_id"] for s in info if not s["isthing"]} == {0, 2}
+        assert len(out["instances"]) == n_things
+    with pytest.raises(ValueError, match="min_thing_cluster_size"):
+        _pp(min_thing_cluster_size=0)
+
+
 def test_post_processor_uses_calibration():
     from detectron2_cops.layers import CostCalibration
 
@@ -439,8 +453,11 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     torch.manual_seed(0)
     cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
     model = build_model(cfg)
-    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)  # image pixels -> grid pixels
-    assert model.pq_surrogate.instance_area == pytest.approx(16 / 16)
+    # the authors' limits on the grid: STUFF_AREA / 4 / 4, INSTANCE_AREA / 4 (issue 7 point 3)
+    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)
+    assert model.pq_surrogate.instance_area == pytest.approx(16 / 4)
+    assert model.pq_surrogate.ratio_eps == pytest.approx(0.1) and model.pq_surrogate.rule == "original"
+    assert model.amwc_layer.min_thing_cluster_size == 3 and model.edge_dropout.p == pytest.approx(0.1)
     # a model that predicts the large stuff class 2 everywhere (an overlap with the ground truth,
     # so the PQ surrogate has a gradient)
     with torch.no_grad():

@@ -369,6 +369,20 @@ class PanopticQualitySurrogate(nn.Module):
         )
         return torch.sigmoid(self.area_temperature * (areas - limits))
 
+    def match(
+        self,
+        pred_masks: Tensor,
+        pred_classes: Tensor,
+        gt_masks: Tensor,
+        gt_classes: Tensor,
+        pixel_weights: Optional[Tensor] = None,
+    ) -> List[Tuple[int, int]]:
+        """The matching of one image that :meth:`forward` uses (:func:`match_segments` with this
+        module's ``eps`` and ``match_zero_overlap``); no gradient. Raises ``ValueError`` on bad
+        inputs as :func:`match_segments`."""
+        return match_segments(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights,
+                              self.thing_classes, self.eps, self.match_zero_overlap)
+
     def unmatched_gt(
         self,
         pred_masks: Tensor,
@@ -376,13 +390,13 @@ class PanopticQualitySurrogate(nn.Module):
         gt_masks: Tensor,
         gt_classes: Tensor,
         pixel_weights: Optional[Tensor] = None,
+        pairs: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> List[int]:
-        """Indices (ascending) of the ground-truth segments of one image that the matching of
-        :meth:`forward` leaves unmatched: the segments for which the COPS code pads an empty
-        prediction (``ComputeBestGroundTruth``, ``utils.py`` ~163-213). Inputs as one image of
-        :meth:`forward`; no gradient. Raises ``ValueError`` on bad inputs as :func:`match_segments`."""
-        pairs = match_segments(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights,
-                               self.thing_classes, self.eps, self.match_zero_overlap)
+        """Indices (ascending) of the ground-truth segments of one image that the matching
+        (:meth:`match`, or the given ``pairs``) leaves unmatched: the segments for which the COPS
+        code pads an empty prediction (``ComputeBestGroundTruth``, ``utils.py`` ~163-213)."""
+        if pairs is None:
+            pairs = self.match(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights)
         matched = {j for _, j in pairs}
         return [j for j in range(gt_masks.shape[0]) if j not in matched]
 
@@ -394,6 +408,7 @@ class PanopticQualitySurrogate(nn.Module):
         gt_classes: List[Tensor],
         pixel_weights: Optional[List[Tensor]] = None,
         padded_gt: Optional[List[Sequence[int]]] = None,
+        matches: Optional[List[Sequence[Tuple[int, int]]]] = None,
     ) -> SurrogateOutput:
         """Compute the surrogate PQ and the loss ``1 - PQ~`` for a batch of images.
 
@@ -411,6 +426,9 @@ class PanopticQualitySurrogate(nn.Module):
                 truths left unmatched by the matching of the other masks
                 (:meth:`unmatched_gt`), with their classes. Each padded mask is paired with its
                 ground truth (COPS ``ComputeBestGroundTruth``), so its loss gradient exists.
+            matches: optional, per image the ``(pred_index, gt_index)`` pairs of the non-padded
+                masks, precomputed with :meth:`match` (e.g. by the ``pad_fn`` that chose the
+                padded masks, so that both use one matching); default: computed here.
 
         All images' ``pred_masks`` must share one dtype and device; all computation runs there
         (ground truth, classes and weights are moved there); only the no-grad ``[M_b, G_b]``
@@ -427,7 +445,8 @@ class PanopticQualitySurrogate(nn.Module):
                 dtype or with negative ids; weights negative or not finite; ``pred_masks`` of
                 different images with different dtype or device; ``padded_gt`` with more
                 entries than masks, out-of-range, repeated or matched ground-truth indices, or
-                a class that differs from its ground truth's.
+                a class that differs from its ground truth's; ``matches`` with out-of-range or
+                repeated indices or pairs of different classes.
         """
         n = len(pred_masks)
         lengths = {"pred_masks": n, "pred_classes": len(pred_classes),
@@ -436,6 +455,8 @@ class PanopticQualitySurrogate(nn.Module):
             lengths["pixel_weights"] = len(pixel_weights)
         if padded_gt is not None:
             lengths["padded_gt"] = len(padded_gt)
+        if matches is not None:
+            lengths["matches"] = len(matches)
         if len(set(lengths.values())) != 1:
             raise ValueError(f"per-image lists must have the same length, got {lengths}")
         if n == 0:
@@ -466,8 +487,11 @@ class PanopticQualitySurrogate(nn.Module):
             m_real = len(pred_cls) - len(pads)
             inter_np = inter.detach().to(torch.float64).cpu().numpy()
             union_np = union.detach().to(torch.float64).cpu().numpy()
-            pairs = _assign(inter_np[:m_real], union_np[:m_real], pred_cls[:m_real], gt_cls,
-                            self.thing_classes, self.eps, self.match_zero_overlap)
+            if matches is None:
+                pairs = _assign(inter_np[:m_real], union_np[:m_real], pred_cls[:m_real], gt_cls,
+                                self.thing_classes, self.eps, self.match_zero_overlap)
+            else:
+                pairs = self._check_matches(matches[b], b, pred_cls[:m_real], gt_cls)
             matched_gt = {j for _, j in pairs}
             twice = sorted(matched_gt.intersection(pads))
             if twice:
@@ -510,6 +534,27 @@ class PanopticQualitySurrogate(nn.Module):
         return SurrogateOutput(loss=1.0 - pq, pq=pq, per_class=per_class, matches=matches)
 
     # ------------------------------------------------------------------ pieces of forward
+    @staticmethod
+    def _check_matches(raw, b: int, pred_cls: List[int], gt_cls: List[int]) -> List[Tuple[int, int]]:
+        where = f"matches[{b}]"
+        pairs = []
+        for k, pair in enumerate(raw):
+            try:
+                i, j = (operator.index(v) for v in pair)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}[{k}] must be a (pred_index, gt_index) pair of integers, got {pair!r}") from None
+            if not (0 <= i < len(pred_cls) and 0 <= j < len(gt_cls)):
+                raise ValueError(
+                    f"{where}[{k}] = {(i, j)} is out of range ({len(pred_cls)} non-padded predictions, "
+                    f"{len(gt_cls)} ground-truth segments)"
+                )
+            if pred_cls[i] != gt_cls[j]:
+                raise ValueError(f"{where}[{k}] = {(i, j)} pairs class {pred_cls[i]} with class {gt_cls[j]}")
+            pairs.append((i, j))
+        if len({i for i, _ in pairs}) != len(pairs) or len({j for _, j in pairs}) != len(pairs):
+            raise ValueError(f"{where} uses an index twice: {pairs}")
+        return pairs
+
     @staticmethod
     def _check_padded(padded_gt, b: int, m: int, pred_cls: List[int], gt_cls: List[int]) -> List[int]:
         if padded_gt is None:
