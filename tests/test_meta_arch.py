@@ -483,6 +483,70 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
 
 
+@pytest.mark.parametrize("pad", [True, False])
+def test_stage2_pads_missed_ground_truth_and_logs_to_event_storage(synth_dataset, pad, caplog):
+    """With MODEL.COPS.PAD_UNMATCHED_GT the AMWC layer gets one empty mask per ground-truth
+    segment the matching leaves unmatched (here: a model predicting stuff class 2 everywhere
+    misses every thing); the surrogate PQ, train PQ and calibration scalars reach the
+    EventStorage and the log."""
+    import logging
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    cfg.MODEL.COPS.PAD_UNMATCHED_GT = pad
+    cfg.MODEL.COPS.LOG_PERIOD = 5
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.sem_seg_head.predictor.bias[2] = 5.0
+    model.train()
+    batch = [synthetic_input(64, 96, 0)]
+    with caplog.at_level(logging.INFO, logger="detectron2_cops"), EventStorage(start_iter=10) as storage:
+        losses = model(batch)
+    # every ground-truth segment but the one of class 2 is missed (things and stuff class 3)
+    n_missed = int(sum(int(c) != 2 for c in batch[0]["gt_classes"]))
+    assert n_missed >= 3
+    stats = model.last_train_stats
+    assert stats["num_padded_gt"] == (n_missed if pad else 0)
+    losses["loss_pq"].backward()
+    assert torch.isfinite(model.sem_seg_head.predictor.weight.grad).all()
+    logged = storage.latest()
+    for key in ("train_pq_surrogate", "train_pq", "calib_semantic_weight", "calib_edge_bias_0", "num_padded_gt"):
+        assert key in logged, key
+    assert any("COPS stage 2 iter 10" in r.getMessage() and "train_pq_surrogate" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_stage2_stops_with_a_clear_message_on_nan(synth_dataset):
+    """Issue 10: stage 2 must never silently diverge: NaN costs stop it, naming the tensor and
+    the iteration."""
+    model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
+    model.train()
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = float("nan")
+    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match=r"iteration 7: edge costs of distance 2"):
+        model([synthetic_input(64, 96, 0)])
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = 0.0
+        model.calibration.semantic_weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="semantic costs"):
+        model([synthetic_input(64, 96, 0)])
+
+
+def test_stage2_crowd_pixels_weigh_as_the_authors(synth_dataset):
+    """Crowd pixels (in no ground-truth segment) weigh MODEL.COPS.SURROGATE_CROWD_WEIGHT in the
+    surrogate and the AMWC gradient (authors: 1), void pixels 0."""
+    x = synthetic_input(64, 96, 0)
+    crowd = torch.isin(x["panoptic_ids"], x["crowd_ids"])
+    assert crowd.any() and (x["pixel_weights"][crowd] == 0).all()
+    for weight in (1.0, 0.0, 0.5):
+        cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+        cfg.MODEL.COPS.SURROGATE_CROWD_WEIGHT = weight
+        model = build_model(cfg)
+        w = model._stage2_pixel_weights([x], tuple(x["pixel_weights"].shape))[0]
+        assert (w[crowd] == weight).all()
+        assert torch.equal(w[~crowd], x["pixel_weights"][~crowd])
+
+
 def test_train_pq_is_exact_for_a_perfect_solution(synth_dataset):
     """The logged training PQ of a solution equal to the ground truth is 100."""
     model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
