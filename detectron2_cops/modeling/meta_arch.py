@@ -98,8 +98,8 @@ class COPS(nn.Module):
     H/4, W/4]`` semantic logits), ``affinity_head`` (``AffinityHead``: one ``[B, 2, H_d, W_d]``
     cut-logit map per edge distance), ``calibration`` (``CostCalibration``: ``c_V = -(a * logits
     + b)``, ``c_E = -(|a_d| * cut_logits + b_d)``), and in the fully differentiable stage
-    ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` and ``pq_surrogate``
-    (``PanopticQualitySurrogate``).
+    ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` (``PixelDropout``), ``edge_dropout``
+    (``EdgeDropout``) and ``pq_surrogate`` (``PanopticQualitySurrogate``).
 
     Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``),
     returns a dict of scalar losses:
@@ -109,18 +109,25 @@ class COPS(nn.Module):
       ``affinity_targets`` / ``affinity_weights``). Full-resolution targets are padded to the
       decoder grid times the stride (``ignore_value`` / weight 0); the stride-4 targets are
       padded (weight 0) or cropped to the network's grid.
-    * fully differentiable (COPS Sec. 3.3-3.5): calibrated costs, pixel dropout on the semantic
-      costs, the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients) with the
-      mapper's ``pixel_weights`` and ``affinity_weights``, and ``loss_pq = pq_loss_weight *
-      (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on the grid (area
-      limits divided by ``common_stride**2``: grid pixels); plus the head losses when their
-      loss weights are non-zero. With ``log_train_pq`` the exact PQ of the batch's AMWC solution
-      on the grid (against ``panoptic_ids`` / ``crowd_ids``, segments under the grid area limits
-      are void), the surrogate PQ, the calibration scalars and the solver time go to
-      Detectron2's ``EventStorage`` (``train_pq``, ``train_pq_th``, ``train_pq_st`` in percent,
-      ``train_pq_surrogate``, ``calib_*``, ``amwc_time`` (seconds of the AMWC layer's forward)
-      and ``amwc_solver_time`` (of which in the native solver)); they are also kept in
-      ``self.last_train_stats``.
+    * fully differentiable (COPS Sec. 3.3-3.5; the authors' ``PanopticAffinityAMWC``):
+      calibrated costs, dropout on whole pixels of the semantic costs and on single edge costs
+      (``pixel_dropout``, ``edge_dropout``), the AMWC layer (forward: GAEC; backward: averaged
+      MWC black-box gradients) with pixel weights (the mapper's ``pixel_weights`` plus
+      ``crowd_weight`` on crowd pixels) and ``affinity_weights``, and ``loss_pq =
+      pq_loss_weight * (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on
+      the grid; plus the head losses when their loss weights are non-zero. With
+      ``pad_unmatched_gt`` every ground-truth segment the surrogate's matching leaves
+      unmatched gets an empty mask from the layer (``pad_fn``), paired with it in the surrogate
+      and an extra MWC label in the backward (the authors' ``ComputeBestGroundTruth``). NaN/inf
+      in the calibrated costs or ``loss_pq`` raises ``FloatingPointError`` naming the tensor
+      and the iteration. Every iteration the surrogate PQ (``train_pq_surrogate``, percent),
+      the number of padded segments (``num_padded_gt``), the calibration scalars
+      (``calib_*``), ``amwc_time`` (seconds of the AMWC layer's forward) and
+      ``amwc_solver_time`` (of which in the native solver), and with ``log_train_pq`` the exact
+      PQ of the batch's AMWC solution on the grid (``train_pq``, ``train_pq_th``,
+      ``train_pq_st`` in percent; against ``panoptic_ids`` / ``crowd_ids``, segments under the
+      grid area limits are void) go to Detectron2's ``EventStorage`` (``metrics.json``) and
+      ``self.last_train_stats``; every ``log_period`` iterations one log line shows them.
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
     with ``panoptic_seg``, ``sem_seg`` and ``instances`` at the size ``(height, width)`` of the
