@@ -314,7 +314,7 @@ class AMWCFunction(torch.autograd.Function):
 
         # Segments (one per stuff class present, one per thing cluster of at least
         # spec.min_thing_cluster_size pixels), then the padded segments that spec.pad_fn asks for.
-        seg_classes, seg_counts, pad_counts = [], [], []
+        seg_of_pixels, seg_classes, seg_counts, pad_counts = [], [], [], []
         mask_chunks = []
         for b in range(B):
             seg_of_pixel, classes_b = _segments(labels[b], inst[b], thing_mask, K, spec.min_thing_cluster_size)
@@ -329,6 +329,7 @@ class AMWCFunction(torch.autograd.Function):
                 if pad_b.size:
                     masks_b = torch.cat([masks_b, torch.zeros(pad_b.size, N, dtype=dtype)])
             mask_chunks.append(masks_b)
+            seg_of_pixels.append(seg_of_pixel)
             seg_classes.append(np.concatenate([classes_b, pad_b]))
             seg_counts.append(m_b + int(pad_b.size))
             pad_counts.append(int(pad_b.size))
@@ -353,7 +354,8 @@ class AMWCFunction(torch.autograd.Function):
         ctx.edge_cost_values = edge_cost_values  # [B, E] float64
         ctx.labels = labels
         ctx.edge_labels = edge_labels
-        ctx.seg_classes = seg_classes
+        ctx.seg_classes = seg_classes  # per image: class of each segment (predicted, then padded)
+        ctx.seg_of_pixel = seg_of_pixels  # per image [N]: segment of each pixel, -1 = no mask
         ctx.offsets = offsets
         ctx.cost_meta = [(semantic_costs.device, semantic_costs.dtype)] + [
             (e.device, e.dtype) for e in edge_costs
@@ -548,7 +550,7 @@ class AMWCLayer(nn.Module):
             until its backward has run). "solver" is the time inside the batched solver call.
 
     Memory: the backward holds ``B * N`` float64 MWC node-cost arrays ``[H*W, L]`` at once
-    (``L`` = predicted segments + absent classes), about 0.6 GB for two 256 x 512 grids with
+    (``L`` = predicted segments + padded segments + classes without a segment), about 0.6 GB for two 256 x 512 grids with
     ~55 labels each and ``N = 5``.
 
     Example::
