@@ -742,3 +742,32 @@ def test_small_thing_clusters_get_no_mask():
     # backward runs; the small cluster's class keeps a plain MWC label (no segment of class 1 left)
     out.masks[0].sum().backward()
     assert torch.isfinite(sc.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_planted_merge_split_with_padding_on_cuda_matches_cpu():
+    """The padded-label path (pad_fn, padded_gt, matches) with costs on the GPU gives the CPU's
+    masks and gradients."""
+    grads = []
+    for device in ("cpu", "cuda"):
+        sc, ec, D, _, gt_masks, gt_classes = _planted_merge()
+        sc = sc.detach().to(device).requires_grad_()
+        ec = [e.detach().to(device).requires_grad_() for e in ec]
+        gt_masks, gt_classes = gt_masks.to(device), gt_classes.to(device)
+        layer = AMWCLayer(2, [1], D, num_samples=3, lambda_min=50.0, lambda_max=100.0)
+        loss_fn = PanopticQualitySurrogate([1], stuff_area=4, instance_area=4)
+        store = {}
+
+        def pad_fn(b, masks, classes):
+            store["pairs"] = loss_fn.match(masks, classes, gt_masks, gt_classes)
+            store["pad"] = loss_fn.unmatched_gt(masks, classes, gt_masks, gt_classes, pairs=store["pairs"])
+            return [int(gt_classes[j]) for j in store["pad"]]
+
+        out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=pad_fn)[0]
+        assert out.masks.device.type == device and out.num_padded == 1
+        res = loss_fn([out.masks], [out.mask_classes], [gt_masks], [gt_classes],
+                      padded_gt=[store["pad"]], matches=[store["pairs"]])
+        res.loss.backward()
+        grads.append([sc.grad.cpu()] + [e.grad.cpu() for e in ec])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
