@@ -196,6 +196,14 @@ def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: i
     return remap[key], key_class[present]
 
 
+def _dense_masks(seg_of_pixel: np.ndarray, num_segments: int, dtype: torch.dtype) -> Tensor:
+    """``[S, N]`` binary masks (CPU, ``dtype``) from a pixel -> segment map (-1: no mask)."""
+    masks = torch.zeros(num_segments, seg_of_pixel.shape[0], dtype=dtype)
+    on = np.flatnonzero(seg_of_pixel >= 0)
+    masks[torch.from_numpy(seg_of_pixel[on]), torch.from_numpy(on)] = 1
+    return masks
+
+
 def _check_pad_classes(value, b: int, K: int) -> np.ndarray:
     """Validate what ``pad_fn`` returned for image ``b``: class ids in ``[0, K)``."""
     if isinstance(value, Tensor):
@@ -314,33 +322,29 @@ class AMWCFunction(torch.autograd.Function):
 
         # Segments (one per stuff class present, one per thing cluster of at least
         # spec.min_thing_cluster_size pixels), then the padded segments that spec.pad_fn asks for.
-        seg_of_pixels, seg_classes, seg_counts, pad_counts = [], [], [], []
-        mask_chunks = []
+        seg_of_pixels, seg_classes, pad_classes = [], [], []
         for b in range(B):
             seg_of_pixel, classes_b = _segments(labels[b], inst[b], thing_mask, K, spec.min_thing_cluster_size)
-            m_b = len(classes_b)
-            masks_b = torch.zeros(m_b, N, dtype=dtype)
-            on = np.flatnonzero(seg_of_pixel >= 0)
-            masks_b[torch.from_numpy(seg_of_pixel[on]), torch.from_numpy(on)] = 1
             pad_b = np.zeros(0, dtype=np.int64)
             if spec.pad_fn is not None:
-                pad_b = _check_pad_classes(
-                    spec.pad_fn(b, masks_b.reshape(m_b, H, W), torch.from_numpy(classes_b)), b, K)
-                if pad_b.size:
-                    masks_b = torch.cat([masks_b, torch.zeros(pad_b.size, N, dtype=dtype)])
-            mask_chunks.append(masks_b)
+                masks_b = _dense_masks(seg_of_pixel, len(classes_b), dtype).reshape(len(classes_b), H, W)
+                pad_b = _check_pad_classes(spec.pad_fn(b, masks_b, torch.from_numpy(classes_b)), b, K)
             seg_of_pixels.append(seg_of_pixel)
             seg_classes.append(np.concatenate([classes_b, pad_b]))
-            seg_counts.append(m_b + int(pad_b.size))
-            pad_counts.append(int(pad_b.size))
+            pad_classes.append(pad_b)
+        seg_counts = [len(c) for c in seg_classes]
         offsets = np.concatenate([[0], np.cumsum(seg_counts)]).astype(np.int64)
-        masks = torch.cat(mask_chunks).reshape(int(offsets[-1]), H, W)
-        counts_t = torch.tensor(seg_counts, dtype=torch.long)
-        mask_image_index = torch.repeat_interleave(torch.arange(B), counts_t)
-        mask_classes = torch.from_numpy(np.concatenate(seg_classes).astype(np.int64))
-        mask_is_padding = torch.zeros(int(offsets[-1]), dtype=torch.bool)
+        M_total = int(offsets[-1])
+        # One allocation for the masks of the batch; padded masks stay empty.
+        masks = torch.zeros(M_total, N, dtype=dtype)
+        mask_is_padding = torch.zeros(M_total, dtype=torch.bool)
         for b in range(B):
-            mask_is_padding[int(offsets[b + 1]) - pad_counts[b]:int(offsets[b + 1])] = True
+            on = np.flatnonzero(seg_of_pixels[b] >= 0)
+            masks[torch.from_numpy(seg_of_pixels[b][on] + offsets[b]), torch.from_numpy(on)] = 1
+            mask_is_padding[int(offsets[b + 1]) - len(pad_classes[b]):int(offsets[b + 1])] = True
+        masks = masks.reshape(M_total, H, W)
+        mask_image_index = torch.repeat_interleave(torch.arange(B), torch.tensor(seg_counts, dtype=torch.long))
+        mask_classes = torch.from_numpy(np.concatenate(seg_classes).astype(np.int64))
 
         labels_t = torch.from_numpy(labels)
         one_hot = torch.zeros(B, K, N, dtype=dtype)
