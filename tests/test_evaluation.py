@@ -293,6 +293,10 @@ def test_panoptic_evaluator_errors(sample):
     preds = [gt_to_label_divisor(gts[0], records[0]["segments_info"], info["thing_ids"])]
     with pytest.raises(ValueError, match="have no prediction"):
         run_evaluator(PanopticEvaluator(name), records[:1], preds)
+    # an image predicted twice (e.g. by two processes with a sampler that repeats images)
+    preds = [gt_to_label_divisor(g, r["segments_info"], info["thing_ids"]) for g, r in zip(gts, records)]
+    with pytest.raises(ValueError, match=r"images \[142238\] were predicted more than once"):
+        run_evaluator(PanopticEvaluator(name), records + records[:1], preds + preds[:1])
 
 
 # ----------------------------------------------------------------------------- mIoU
