@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -170,8 +171,9 @@ def test_two_cpu_processes_train_both_stages_and_evaluate(tmp_path):
     evals, t_eval = {}, {}
     for n in (2, 1):
         out = tmp_path / f"eval{n}"
-        res, t_eval[n] = _run(["--eval-only", "--num-gpus", n, "--dist-url", url, "--config-file", FD_YAML,
-                       *EVAL, "MODEL.WEIGHTS", fd / "model_final.pth", "OUTPUT_DIR", out])
+        res, t_eval[n] = _run(["--eval-only", "--num-gpus", n, "--dist-url", url,
+                               "--config-file", FD_YAML, *EVAL,
+                               "MODEL.WEIGHTS", fd / "model_final.pth", "OUTPUT_DIR", out])
         _check(res, f"--eval-only in {n} process(es)")
         evals[n] = json.loads((out / "record.json").read_text())
         assert evals[n]["world_size"] == n
@@ -221,8 +223,14 @@ def test_check_args_rejects_bad_layouts_and_missing_datasets(tmp_path, monkeypat
         args = train_net.argument_parser().parse_args(["--config-file", str(PRETRAIN_YAML), *argv])
         return args, train_net.build_config(args)
 
+    from detectron2.data import MetadataCatalog
+    from detectron2_cops.data.datasets import register_coco_panoptic_folder
+
+    folder = MetadataCatalog.get("coco_panoptic_sample").get("dataset_folder")
+    if folder is None or not os.path.isdir(folder):  # DETECTRON2_DATASETS set elsewhere
+        register_coco_panoptic_folder("coco_panoptic_sample", str(DATASETS_ROOT), overwrite=True)
     monkeypatch.chdir(REPO)
-    train_net.check_args(*parse())                      # the sample from ./datasets
+    train_net.check_args(*parse())                      # the bundled sample
     train_net.check_args(*parse("--num-gpus", "2"))
     train_net.check_args(*parse("--eval-only", "--num-gpus", "3"))  # no batch at evaluation
     for argv, match in [
@@ -240,8 +248,11 @@ def test_check_args_rejects_bad_layouts_and_missing_datasets(tmp_path, monkeypat
     # a dataset that is not registered, and one whose folder is not there
     with pytest.raises(ValueError, match="'coco_panoptic_smaple' is not registered"):
         train_net.check_args(*parse("DATASETS.TRAIN", "('coco_panoptic_smaple',)"))
-    with pytest.raises(FileNotFoundError, match="cityscapes_fine_panoptic_val.*DETECTRON2_DATASETS"):
-        train_net.check_args(*parse("--eval-only", "DATASETS.TEST", "('cityscapes_fine_panoptic_val',)"))
+    name = f"cops_missing_{uuid.uuid4().hex[:8]}"
+    register_coco_panoptic_folder(name, str(tmp_path / "nowhere"))
+    missing = str(tmp_path / "nowhere" / name)
+    with pytest.raises(FileNotFoundError, match=f"'{name}' is not there: dataset_folder '{missing}'"):
+        train_net.check_args(*parse("--eval-only", "DATASETS.TEST", f"('{name}',)"))
 
 
 def test_missing_sample_names_the_folder_it_looked_in(tmp_path):

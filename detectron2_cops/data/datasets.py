@@ -427,7 +427,8 @@ def check_dataset_files(dataset_name: str) -> None:
             the dataset root in effect (``$DETECTRON2_DATASETS`` or ``./datasets``).
     """
     if dataset_name not in DatasetCatalog.list():
-        similar = [n for n in DatasetCatalog.list() if n.split("_")[0] == dataset_name.split("_")[0]]
+        prefix = dataset_name.split("_")[0]
+        similar = [n for n in DatasetCatalog.list() if n.split("_")[0] == prefix]
         raise ValueError(
             f"dataset '{dataset_name}' is not registered"
             + (f"; registered datasets with the same prefix: {similar[:20]}" if similar else "")
