@@ -131,8 +131,9 @@ def _finite_losses(record):
 
 
 def test_two_cpu_processes_train_both_stages_and_evaluate(tmp_path):
-    """2 CPU processes (gloo): both stages train, the model is identical on both ranks, losses
-    are finite, and evaluation (end of training and --eval-only) counts each image once."""
+    """2 CPU processes (gloo): both stages train, the model (parameters and buffers) is identical
+    on both ranks, losses are finite, the trained parameters change and the frozen ones do not,
+    and --eval-only in 2 processes counts each image once (the same results as in 1 process)."""
     _need_detectron2()
     import torch
 
