@@ -492,7 +492,7 @@ def test_default_registration_from_repository_root_in_subprocess():
         env=_env_without_dataset_root(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[0] == "2"
@@ -512,7 +512,7 @@ def test_default_registration_with_env_var_in_subprocess(tmp_path):
         env=_env_without_dataset_root(DETECTRON2_DATASETS=str(tmp_path)),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[0] == "2"
