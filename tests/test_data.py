@@ -26,15 +26,18 @@ from detectron2_cops.data.target_generator import (
 from detectron2_cops.solvers.grid import GridGraph
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 
 DISTANCES = [1, 4, 16, 32, 64]
 
 
 def _need_sample():
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
 
 
 def _need_detectron2():
@@ -523,7 +526,7 @@ def _copy_sample(tmp_path, name, edit=None):
 
 @pytest.fixture(scope="module")
 def sample_name(d2, tmp_path_factory):
-    """The real sample registered under a unique name (a symlink to the shared folder)."""
+    """The real sample registered under a unique name (a symlink to the bundled folder)."""
     _, _, cops_datasets = d2
     name = _unique("cops_sample")
     root = tmp_path_factory.mktemp("root")
@@ -597,23 +600,60 @@ def test_loader_dicts(d2, sample_name):
     assert s[-1]["isthing"] is False and s[-1]["category_id"] == 125  # dataset id 193
 
 
-def test_default_registration_with_env_var_in_subprocess():
-    """The documented way: DETECTRON2_DATASETS=<shared data> makes coco_panoptic_sample load."""
+_LOAD_SAMPLE = (
+    "import detectron2_cops.data\n"
+    "from detectron2.data import DatasetCatalog\n"
+    "d = DatasetCatalog.get('coco_panoptic_sample')\n"
+    "print(len(d), d[0]['file_name'])\n"
+)
+
+
+def _env_without_dataset_root(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "DETECTRON2_DATASETS"}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def test_default_registration_from_repository_root_in_subprocess():
+    """From the repository root with no DETECTRON2_DATASETS, Detectron2's default root
+    ``./datasets`` holds the bundled coco_panoptic_sample and it loads."""
     _need_detectron2()
-    _need_sample()
-    code = (
-        "import detectron2_cops.data\n"
-        "from detectron2.data import DatasetCatalog\n"
-        "d = DatasetCatalog.get('coco_panoptic_sample')\n"
-        "print(len(d), d[0]['file_name'])\n"
-    )
-    env = dict(os.environ, DETECTRON2_DATASETS=str(SHARED_DATA), PYTHONPATH=str(REPO))
+    if not (REPO / "datasets" / "coco_panoptic_sample" / "panoptic.json").is_file():
+        pytest.fail("datasets/coco_panoptic_sample is missing from the repository")
     res = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _LOAD_SAMPLE],
+        cwd=str(REPO),
+        env=_env_without_dataset_root(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[0] == "2"
-    assert res.stdout.split()[1] == str(SAMPLE / "images" / "000000142238.jpg")
+    assert Path(res.stdout.split()[1]).resolve() == (
+        REPO / "datasets" / "coco_panoptic_sample" / "images" / "000000142238.jpg"
+    ).resolve()
+
+
+def test_default_registration_with_env_var_in_subprocess(tmp_path):
+    """DETECTRON2_DATASETS=<another root> registers coco_panoptic_sample from that root."""
+    _need_detectron2()
+    _need_sample()
+    os.symlink(SAMPLE, tmp_path / "coco_panoptic_sample")
+    res = subprocess.run(
+        [sys.executable, "-c", _LOAD_SAMPLE],
+        cwd=str(tmp_path),
+        env=_env_without_dataset_root(DETECTRON2_DATASETS=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[0] == "2"
+    assert res.stdout.split()[1] == str(
+        tmp_path / "coco_panoptic_sample" / "images" / "000000142238.jpg"
+    )
 
 
 def test_missing_folder_errors_when_used(d2, tmp_path):

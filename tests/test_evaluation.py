@@ -43,8 +43,10 @@ from detectron2_cops.evaluation import (  # noqa: E402
 from detectron2_cops.evaluation.build import _coco_instances_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 PQ_KEYS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
 
 
@@ -62,7 +64,8 @@ def _cfg(predict_instances=True):
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
     name = _unique("cops_eval_sample")
     root = tmp_path_factory.mktemp("root")
     os.symlink(SAMPLE, root / name)
@@ -290,6 +293,10 @@ def test_panoptic_evaluator_errors(sample):
     preds = [gt_to_label_divisor(gts[0], records[0]["segments_info"], info["thing_ids"])]
     with pytest.raises(ValueError, match="have no prediction"):
         run_evaluator(PanopticEvaluator(name), records[:1], preds)
+    # an image predicted twice (e.g. by two processes with a sampler that repeats images)
+    preds = [gt_to_label_divisor(g, r["segments_info"], info["thing_ids"]) for g, r in zip(gts, records)]
+    with pytest.raises(ValueError, match=r"images \[142238\] were predicted more than once"):
+        run_evaluator(PanopticEvaluator(name), records + records[:1], preds + preds[:1])
 
 
 # ----------------------------------------------------------------------------- mIoU

@@ -35,8 +35,10 @@ from detectron2_cops.modeling import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 SAMPLE_PRETRAIN = REPO / "configs" / "sample" / "cops_R_18_pretrain.yaml"
 
@@ -69,9 +71,10 @@ def synth_dataset():
 
 @pytest.fixture(scope="module")
 def sample_dataset(tmp_path_factory):
-    """The real COCO sample registered under a unique name (symlink to the shared folder)."""
+    """The real COCO sample registered under a unique name (symlink to the bundled folder)."""
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
     name = _unique("cops_meta_sample")
     root = tmp_path_factory.mktemp("root")
     os.symlink(SAMPLE, root / name)
@@ -169,14 +172,15 @@ def _grad_norm(p):
 
 # ----------------------------------------------------------------------------- configs
 def _ensure_sample_registered():
-    """The sample YAMLs name ``coco_panoptic_sample``; point it at the shared data if its default
+    """The sample YAMLs name ``coco_panoptic_sample``; point it at the bundled sample if its default
     folder (``$DETECTRON2_DATASETS``) is missing."""
     meta = MetadataCatalog.get("coco_panoptic_sample")
     folder = meta.get("dataset_folder")
     if folder is None or not os.path.isdir(folder):
         if not SAMPLE.is_dir():
-            pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
-        register_coco_panoptic_folder("coco_panoptic_sample", str(SHARED_DATA), overwrite=True)
+            pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                        "in the repository; COPS_TEST_DATASETS overrides its root)")
+        register_coco_panoptic_folder("coco_panoptic_sample", str(DATASETS_ROOT), overwrite=True)
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
