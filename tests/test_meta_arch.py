@@ -487,6 +487,39 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
 
 
+@pytest.mark.parametrize("fully_differentiable", [False, True])
+def test_batch_smaller_than_the_crop_is_padded_for_aspp_pooling(synth_dataset, fully_differentiable):
+    """With absolute crops, ASPP pools over crop size / stride cells; a batch whose images are
+    all smaller than the crop (scale augmentation below 1) used to stop training with
+    "pool_kernel_size must be divisible by the shape of inputs". It is padded to the crop, in
+    training and at inference."""
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=fully_differentiable)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (128, 192)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.min_input_size == (128, 192)
+    model.train()
+    batch = [synthetic_input(64, 96, 0), synthetic_input(61, 93, 1)]
+    assert tuple(model.preprocess_image(batch).tensor.shape[-2:]) == (128, 192)
+    with EventStorage():
+        losses = model(batch)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    # inference on a smaller image: padded, outputs at the image's size
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[1]["image"]}])
+    assert tuple(out[0]["panoptic_seg"][0].shape) == (61, 93)
+    assert tuple(out[0]["sem_seg"].shape[-2:]) == (61, 93)
+    # without the minimum size the same batch fails in the ASPP pooling
+    model.train()
+    model.min_input_size = None
+    with pytest.raises(ValueError, match="pool_kernel_size"):
+        with EventStorage():
+            model(batch)
+
+
 @pytest.mark.parametrize("pad", [True, False])
 def test_stage2_pads_missed_ground_truth_and_logs_to_event_storage(synth_dataset, pad, caplog):
     """With MODEL.COPS.PAD_UNMATCHED_GT the AMWC layer gets one empty mask per ground-truth

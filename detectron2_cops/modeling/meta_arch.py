@@ -171,6 +171,7 @@ class COPS(nn.Module):
         pad_unmatched_gt: bool = True,
         crowd_weight: float = 1.0,
         log_period: int = 20,
+        min_input_size: Optional[Tuple[int, int]] = None,
     ):
         """
         Args:
@@ -203,10 +204,18 @@ class COPS(nn.Module):
                 IoUs and the AMWC layer's gradient (authors: 1; ``pixel_weights`` has 0 there).
             log_period: iterations between the stage-2 log lines (surrogate / train PQ,
                 calibration scalars); the values go to the ``EventStorage`` every iteration.
+            min_input_size: ``(height, width)`` in input pixels (the absolute crop size,
+                ``INPUT.CROP.SIZE``) to which a batch is padded at least, in training and at
+                inference. ASPP with image pooling pools over ``crop size / output stride``
+                cells and needs inputs of that size; a batch whose images are all smaller than
+                the crop (scale augmentation below 1, small test images) is padded with zeros
+                (weight-0 targets in training; outputs are cropped to each image's size as for
+                any padded batch). None: no minimum.
         Raises:
             ValueError: pixel mean / std of different lengths or a zero std; a missing module of
                 the fully differentiable stage; a negative ``pq_loss_weight`` or
-                ``size_divisibility``; a frozen prefix that matches nothing.
+                ``size_divisibility``; a frozen prefix that matches nothing; a
+                ``min_input_size`` that is not two positive integers.
         """
         super().__init__()
         self.backbone = backbone
@@ -226,6 +235,13 @@ class COPS(nn.Module):
         if int(size_divisibility) != size_divisibility or size_divisibility < 0:
             raise ValueError(f"size_divisibility must be a non-negative integer, got {size_divisibility!r}")
         self.size_divisibility = int(size_divisibility)
+        if min_input_size is not None:
+            if len(min_input_size) != 2 or any(int(v) != v or v <= 0 for v in min_input_size):
+                raise ValueError(
+                    f"min_input_size must be two positive integers (height, width), got {min_input_size!r}"
+                )
+            min_input_size = (int(min_input_size[0]), int(min_input_size[1]))
+        self.min_input_size = min_input_size
         self.thing_ids = sorted(int(t) for t in thing_ids)
         self.label_divisor = int(label_divisor)
         self.common_stride = int(sem_seg_head.common_stride)
@@ -311,6 +327,11 @@ class COPS(nn.Module):
             pad_unmatched_gt=cops.PAD_UNMATCHED_GT,
             crowd_weight=cops.SURROGATE_CROWD_WEIGHT,
             log_period=cops.LOG_PERIOD,
+            min_input_size=(
+                tuple(cfg.INPUT.CROP.SIZE)
+                if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"
+                else None
+            ),
         )
         if cops.FULLY_DIFFERENTIABLE:
             ret["amwc_layer"] = AMWCLayer(
@@ -364,7 +385,15 @@ class COPS(nn.Module):
             if img.shape[0] == 1 and channels != 1:
                 img = img.expand(channels, -1, -1)
             images.append((img - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.size_divisibility)
+        image_list = ImageList.from_tensors(images, self.size_divisibility)
+        if self.min_input_size is not None:
+            h, w = image_list.tensor.shape[-2:]
+            ph, pw = max(self.min_input_size[0] - h, 0), max(self.min_input_size[1] - w, 0)
+            if ph or pw:
+                # Targets are padded to the network's grid with weight 0 in ``losses``; outputs
+                # are cropped to ``image_sizes``.
+                image_list = ImageList(F.pad(image_list.tensor, (0, pw, 0, ph)), image_list.image_sizes)
+        return image_list
 
     def forward(self, batched_inputs: List[dict]):
         """
