@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-gpus", type=int, default=1, help="passed to tools/train_net.py")
     p.add_argument(
+        "--threads", type=int, default=0,
+        help="PyTorch CPU threads of the training children (OMP_NUM_THREADS) and of the "
+        "evaluation (0: leave as is). On a CPU shared with other jobs, 1 or 2 avoids the "
+        "large slowdown of oversubscribed threads",
+    )
+    p.add_argument(
         "--skip-eval", action="store_true", help="train only (the table is not written)"
     )
     return p
@@ -523,6 +529,14 @@ def run(args, echo: Callable[[str], None] = print, runner=run_subprocess) -> Opt
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads < 0:
+        print("error: --threads must be >= 0", file=sys.stderr)
+        return 2
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the children
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     def echo(line: str) -> None:
         print(f"[{datetime.datetime.now().strftime('%H:%M:%S')}] {line}", flush=True)
