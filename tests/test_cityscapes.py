@@ -218,6 +218,10 @@ def test_evaluation_subset_has_its_own_ground_truth(cs, tmp_path):
     ev = build_cops_evaluator(cfg, name, str(tmp_path / "eval"))
     res = inference_on_dataset(model, [[COPSDatasetMapper(cfg, False)(records[0])]], ev)
     assert np.isfinite(res["panoptic_seg"]["PQ"]) and np.isfinite(res["segm"]["AP"])
+    # another subset written to the same folder replaces the ground-truth links
+    register_panoptic_subset(cs["val"], name, [0], str(tmp_path))
+    gts = sorted(Path(MetadataCatalog.get(name).gt_dir).rglob("*_gtFine_instanceIds.png"))
+    assert [p.name.split("_gtFine")[0] for p in gts] == [DatasetCatalog.get(cs["val"])[0]["image_id"]]
     with pytest.raises(ValueError, match="out of range"):
         register_panoptic_subset(cs["val"], "cs_bad", [5], str(tmp_path / "b"))
     with pytest.raises(ValueError, match="distinct"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -58,7 +59,8 @@ def register_panoptic_subset(
         base_name: a registered panoptic dataset with ``panoptic_json`` in its metadata.
         name: the new dataset's name.
         indices: distinct positions into the base dataset's dicts.
-        folder: where the subset's json (and Cityscapes ``gt`` links) are written.
+        folder: where the subset's json (and Cityscapes ``gt`` links) are written; an existing
+            ``<folder>/gt`` (of an earlier subset) is replaced.
     Returns:
         ``name``.
     Raises:
@@ -103,6 +105,8 @@ def register_panoptic_subset(
     extra = {}
     if meta.get("gt_dir"):  # Cityscapes: instance AP reads every frame under gt_dir
         gt_dir = os.path.join(folder, "gt")
+        if os.path.isdir(gt_dir):  # links of an earlier subset written to the same folder
+            shutil.rmtree(gt_dir)
         for r in chosen:
             stem = os.path.basename(r["file_name"])
             if stem.endswith("_leftImg8bit.png"):
