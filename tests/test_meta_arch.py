@@ -357,6 +357,20 @@ def test_post_processor_resizes_crops_and_drops_small_segments():
     assert sum(s["area"] for s in info) == 20 * 28
 
 
+def test_post_processor_drops_thing_clusters_under_min_grid_size():
+    """Thing clusters under MIN_THING_CLUSTER_SIZE grid pixels are void at inference (the
+    authors' IGNORE_INSTANCE_SIZE_AMC // 4), whatever their output area; stuff is kept."""
+    sem, cut = _toy_logits()
+    for size, n_things in ((4, 2), (5, 0)):
+        (out,) = _pp(min_thing_cluster_size=size)(sem, cut, [(24, 32)], [(96, 128)])
+        pan, info = out["panoptic_seg"]
+        assert sum(s["isthing"] for s in info) == n_things, size
+        assert {s["category_id"] for s in info if not s["isthing"]} == {0, 2}
+        assert len(out["instances"]) == n_things
+    with pytest.raises(ValueError, match="min_thing_cluster_size"):
+        _pp(min_thing_cluster_size=0)
+
+
 def test_post_processor_uses_calibration():
     from detectron2_cops.layers import CostCalibration
 
@@ -439,8 +453,11 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     torch.manual_seed(0)
     cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
     model = build_model(cfg)
-    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)  # image pixels -> grid pixels
-    assert model.pq_surrogate.instance_area == pytest.approx(16 / 16)
+    # the authors' limits on the grid: STUFF_AREA / 4 / 4, INSTANCE_AREA / 4 (issue 7 point 3)
+    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)
+    assert model.pq_surrogate.instance_area == pytest.approx(16 / 4)
+    assert model.pq_surrogate.ratio_eps == pytest.approx(0.1) and model.pq_surrogate.rule == "original"
+    assert model.amwc_layer.min_thing_cluster_size == 3 and model.edge_dropout.p == pytest.approx(0.1)
     # a model that predicts the large stuff class 2 everywhere (an overlap with the ground truth,
     # so the PQ surrogate has a gradient)
     with torch.no_grad():
@@ -464,6 +481,70 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert "calib_semantic_weight" in stats and "calib_edge_weight_0" in stats
     logged = storage.latest()
     assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_stage2_pads_missed_ground_truth_and_logs_to_event_storage(synth_dataset, pad, caplog):
+    """With MODEL.COPS.PAD_UNMATCHED_GT the AMWC layer gets one empty mask per ground-truth
+    segment the matching leaves unmatched (here: a model predicting stuff class 2 everywhere
+    misses every thing); the surrogate PQ, train PQ and calibration scalars reach the
+    EventStorage and the log."""
+    import logging
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    cfg.MODEL.COPS.PAD_UNMATCHED_GT = pad
+    cfg.MODEL.COPS.LOG_PERIOD = 5
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.sem_seg_head.predictor.bias[2] = 5.0
+    model.train()
+    batch = [synthetic_input(64, 96, 0)]
+    with caplog.at_level(logging.INFO, logger="detectron2_cops"), EventStorage(start_iter=10) as storage:
+        losses = model(batch)
+    # every ground-truth segment but the one of class 2 is missed (things and stuff class 3)
+    n_missed = int(sum(int(c) != 2 for c in batch[0]["gt_classes"]))
+    assert n_missed >= 3
+    stats = model.last_train_stats
+    assert stats["num_padded_gt"] == (n_missed if pad else 0)
+    losses["loss_pq"].backward()
+    assert torch.isfinite(model.sem_seg_head.predictor.weight.grad).all()
+    logged = storage.latest()
+    for key in ("train_pq_surrogate", "train_pq", "calib_semantic_weight", "calib_edge_bias_0", "num_padded_gt"):
+        assert key in logged, key
+    assert any("COPS stage 2 iter 10" in r.getMessage() and "train_pq_surrogate" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_stage2_stops_with_a_clear_message_on_nan(synth_dataset):
+    """Issue 10: stage 2 must never silently diverge: NaN costs stop it, naming the tensor and
+    the iteration."""
+    model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
+    model.train()
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = float("nan")
+    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match=r"iteration 7: edge costs of distance 2"):
+        model([synthetic_input(64, 96, 0)])
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = 0.0
+        model.calibration.semantic_weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="semantic costs"):
+        model([synthetic_input(64, 96, 0)])
+
+
+def test_stage2_crowd_pixels_weigh_as_the_authors(synth_dataset):
+    """Crowd pixels (in no ground-truth segment) weigh MODEL.COPS.SURROGATE_CROWD_WEIGHT in the
+    surrogate and the AMWC gradient (authors: 1), void pixels 0."""
+    x = synthetic_input(64, 96, 0)
+    crowd = torch.isin(x["panoptic_ids"], x["crowd_ids"])
+    assert crowd.any() and (x["pixel_weights"][crowd] == 0).all()
+    for weight in (1.0, 0.0, 0.5):
+        cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+        cfg.MODEL.COPS.SURROGATE_CROWD_WEIGHT = weight
+        model = build_model(cfg)
+        w = model._stage2_pixel_weights([x], tuple(x["pixel_weights"].shape))[0]
+        assert (w[crowd] == weight).all()
+        assert torch.equal(w[~crowd], x["pixel_weights"][~crowd])
 
 
 def test_train_pq_is_exact_for_a_perfect_solution(synth_dataset):

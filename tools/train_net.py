@@ -28,7 +28,6 @@ from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -36,6 +35,7 @@ import detectron2_cops  # noqa: F401  (importing registers the COPS components a
 from detectron2_cops.config import add_cops_config
 from detectron2_cops.data import COPSDatasetMapper
 from detectron2_cops.evaluation import build_cops_evaluator
+from detectron2_cops.solver_utils import build_optimizer as build_cops_optimizer
 
 logger = logging.getLogger("detectron2_cops.train_net")
 
@@ -66,47 +66,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-        """Adam or SGD from ``cfg.SOLVER.OPTIMIZER`` over the parameters with ``requires_grad``.
-
-        Parameter groups come from Detectron2's ``get_default_optimizer_params`` (per-group
-        weight decay: ``SOLVER.WEIGHT_DECAY``, ``WEIGHT_DECAY_NORM`` for norm layers,
-        ``WEIGHT_DECAY_BIAS`` and ``BIAS_LR_FACTOR`` for biases); frozen parameters
-        (``MODEL.COPS.FROZEN_PREFIXES``, ``FREEZE_BN``, ``MODEL.BACKBONE.FREEZE_AT``) are left
-        out. Gradient clipping follows ``SOLVER.CLIP_GRADIENTS``. The paper trains with Adam
-        (COPS Sec. 4; original ``train_net.py``).
-
-        Raises:
-            ValueError: unknown ``SOLVER.OPTIMIZER`` (expected "ADAM" or "SGD"), or a model
-                without any trainable parameter.
-        """
-        optimizer_type = str(cfg.SOLVER.OPTIMIZER).upper()
-        if optimizer_type not in ("ADAM", "SGD"):
-            raise ValueError(
-                f"SOLVER.OPTIMIZER must be 'ADAM' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}"
-            )
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        if not params:
-            raise ValueError(
-                "the model has no trainable parameter (all have requires_grad=False); "
-                "check MODEL.COPS.FROZEN_PREFIXES and MODEL.BACKBONE.FREEZE_AT"
-            )
-        num_trainable = sum(p.numel() for g in params for p in g["params"])
-        logger.info(f"Optimizer {optimizer_type}: {num_trainable} trainable parameters")
-        if optimizer_type == "SGD":
-            return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
-                params,
-                lr=cfg.SOLVER.BASE_LR,
-                momentum=cfg.SOLVER.MOMENTUM,
-                nesterov=cfg.SOLVER.NESTEROV,
-            )
-        return maybe_add_gradient_clipping(cfg, torch.optim.Adam)(params, lr=cfg.SOLVER.BASE_LR)
+        """Adam or SGD from ``cfg.SOLVER.OPTIMIZER``; in the fully differentiable stage with the
+        authors' per-part learning rates (``SOLVER.LR_GROUP_PATTERNS``, logged one line per
+        group). See :func:`detectron2_cops.solver_utils.build_optimizer`."""
+        return build_cops_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

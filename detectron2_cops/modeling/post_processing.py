@@ -130,7 +130,8 @@ class AMWCPostProcessor:
        ``sem_seg_postprocess`` crops the padded prediction to the image and resizes it;
     5. segments with fewer output pixels than ``stuff_area`` (stuff) or ``instance_area``
        (things) become void (id 0); the remaining segments get ids ``1, 2, ...`` in the order of
-       their first grid pixel (row-major).
+       their first grid pixel (row-major). Thing clusters with fewer than
+       ``min_thing_cluster_size`` grid pixels are void whatever their output area.
 
     Outputs, one dict per image:
 
@@ -171,6 +172,8 @@ class AMWCPostProcessor:
         predict_instances: also return ``instances``.
         local_search: run the AMWC local search after GAEC.
         num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
+        min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
+            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all).
     Raises:
         ValueError: bad constructor arguments (empty or invalid distances, thing ids outside
             ``[0, num_classes)``, negative areas or threads, non-positive stride/classes); on call,
@@ -191,6 +194,7 @@ class AMWCPostProcessor:
         predict_instances: bool = True,
         local_search: bool = True,
         num_threads: int = 0,
+        min_thing_cluster_size: int = 1,
     ):
         if int(num_classes) != num_classes or num_classes <= 0:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -221,13 +225,16 @@ class AMWCPostProcessor:
         self.predict_instances = bool(predict_instances)
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
+        if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
+            raise ValueError(f"min_thing_cluster_size must be a positive integer, got {min_thing_cluster_size!r}")
+        self.min_thing_cluster_size = int(min_thing_cluster_size)
         self._graphs: Dict[Tuple[int, int], GridGraph] = {}
 
     @classmethod
     def from_config(cls, cfg):
         """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
         EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
-        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS}`` and the thing classes of the dataset
+        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS, MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
         info = cops_dataset_metadata(cfg)
         head = cfg.MODEL.AFFINITY_HEAD
@@ -242,6 +249,7 @@ class AMWCPostProcessor:
             predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
             local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
             num_threads=cfg.MODEL.COPS.NUM_THREADS,
+            min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
         )
 
     def __repr__(self) -> str:
@@ -433,6 +441,9 @@ class AMWCPostProcessor:
         is_thing = self.partitionable[classes] if num_segments else np.zeros(0, dtype=bool)
         limits = np.where(is_thing, self.instance_area, self.stuff_area)
         keep = (areas > 0) & (areas >= limits)
+        if self.min_thing_cluster_size > 1 and num_segments:
+            grid_areas = np.bincount(seg_grid.reshape(-1), minlength=num_segments)
+            keep &= ~(is_thing & (grid_areas < self.min_thing_cluster_size))
         new_ids = np.zeros(num_segments, dtype=np.int64)
         new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
         panoptic = torch.from_numpy(new_ids).to(device)[seg_out].to(torch.int32)
