@@ -130,8 +130,10 @@ class COPS(nn.Module):
       ``self.last_train_stats``; every ``log_period`` iterations one log line shows them.
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
-    with ``panoptic_seg``, ``sem_seg`` and ``instances`` at the size ``(height, width)`` of the
-    input dict (default: the image's size), produced by the post-processor (see
+    with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU
+    scores), ``sem_seg_head`` (the semantic head's probabilities) and ``instances`` at the size
+    ``(height, width)`` of the input dict (default: the image's size), produced by the
+    post-processor (see
     :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
 
     Inputs: each dict has ``image`` ``[C, H, W]`` (uint8 or float, ``INPUT.FORMAT`` channel
@@ -403,7 +405,7 @@ class COPS(nn.Module):
                 ``height``/``width``.
         Returns:
             training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
-            ``panoptic_seg``, ``sem_seg``, ``instances`` per image.
+            ``panoptic_seg``, ``sem_seg``, ``sem_seg_head``, ``instances`` per image.
         """
         images = self.preprocess_image(batched_inputs)
         if self.training:

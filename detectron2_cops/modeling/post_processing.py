@@ -7,7 +7,8 @@ module turns that solution into Detectron2's standard model outputs (the format 
 ``projects/Panoptic-DeepLab`` and ``PanopticFPN``):
 
 * ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
-* ``sem_seg``: ``[K, height, width]`` softmax of the upsampled semantic logits;
+* ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
+* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits;
 * ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
   ``pred_boxes``, ``scores``).
 
@@ -137,8 +138,14 @@ class AMWCPostProcessor:
     * ``"panoptic_seg"``: ``(Tensor[height, width] int32, segments_info)``; ``segments_info`` is
       a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
       "area": output pixels}`` (Detectron2's panoptic output format);
-    * ``"sem_seg"``: ``[K, height, width] float32``, softmax over classes of the semantic logits
-      bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed;
+    * ``"sem_seg"``: ``[K, height, width] float32``, one-hot of the AMWC node labels (the class
+      of every grid node in the AMWC solution, before the area filter of step 5), resized as in
+      step 4. This is the authors' ``"sem_seg"`` output (``panoptic_seg_affinity.py`` ~439:
+      "Using node labels from amc post-processing ignoring void label of panoptic
+      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
+    * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
+      head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
+      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC);
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -334,7 +341,8 @@ class AMWCPostProcessor:
             calibration: module mapping ``(sem_seg_logits, cut_logits)`` to ``(c_V, c_E)`` of the
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
-            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` and (if ``predict_instances``)
+            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
+            ``sem_seg_head`` (head probabilities) and (if ``predict_instances``)
             ``instances``, on the device of ``sem_seg_logits``.
         Raises:
             ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
@@ -448,9 +456,18 @@ class AMWCPostProcessor:
             }
             for k in np.flatnonzero(keep).tolist()
         ]
+        # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
+        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py ~439-441), which their
+        # mIoU scores. The semantic head's probabilities stay available as "sem_seg_head".
+        node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
+        node_out = node_grid[rows][:, cols]
+        sem_seg = torch.zeros(
+            (self.num_classes, height, width), dtype=torch.float32, device=device
+        ).scatter_(0, node_out[None], 1.0)
         out = {
             "panoptic_seg": (panoptic, segments_info),
-            "sem_seg": F.softmax(logits, dim=0),
+            "sem_seg": sem_seg,
+            "sem_seg_head": F.softmax(logits, dim=0),
         }
         if self.predict_instances:
             out["instances"] = self._instances(
