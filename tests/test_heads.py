@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ CONFIG_DIRS = [
     REPO / "configs" / "Cityscapes-PanopticSegmentation",
     REPO / "configs" / "COCO-PanopticSegmentation",
 ]
-PAPER_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
+ALL_DATASET_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
+# The paper's settings; the *_512x256_* configs are CPU-scale versions (R-18, lengths / 4).
+PAPER_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" not in p.name]
+CPU_SCALE_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" in p.name]
 
 NUM_CLASSES = 5
 # Image 72x100 -> stride-4 grid 18x25: not a multiple of the distances; d = 32 is larger than the
@@ -564,6 +568,31 @@ def test_paper_config_merges_and_builds_heads(path):
     assert isinstance(sem, COPSSemSegHead)
     head = build_affinity_head(cfg, shape)
     assert len(head.classifiers) == len(aff.EDGE_DISTANCES)
+
+
+def test_cpu_scale_cityscapes_configs_scale_the_paper_settings():
+    assert {p.name for p in CPU_SCALE_CONFIGS} == {
+        "cops_R_18_512x256_pretrain.yaml",
+        "cops_R_18_512x256_fully_differentiable.yaml",
+    }
+    cfgs = {}
+    for path in CPU_SCALE_CONFIGS:
+        cfg = get_cfg()
+        add_cops_config(cfg)
+        cfg.merge_from_file(str(path))
+        cfgs[path.name] = cfg
+    pre = cfgs["cops_R_18_512x256_pretrain.yaml"]
+    fd = cfgs["cops_R_18_512x256_fully_differentiable.yaml"]
+    for cfg in (pre, fd):
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19
+        # [1, 4, 16, 32, 64] on the 256x512 grid of 1024x2048 frames, scaled to 64x128
+        assert list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES) == [1, 2, 4, 8, 16]
+        assert tuple(cfg.INPUT.CROP.SIZE) == (256, 512)
+        assert (cfg.MODEL.COPS.STUFF_AREA, cfg.MODEL.COPS.INSTANCE_AREA) == (128, 12)
+    assert not pre.MODEL.COPS.FULLY_DIFFERENTIABLE and fd.MODEL.COPS.FULLY_DIFFERENTIABLE
+    assert fd.MODEL.WEIGHTS == os.path.join(pre.OUTPUT_DIR, "model_final.pth")
+    assert fd.MODEL.COPS.FREEZE_BN and fd.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT == 0
+    assert fd.MODEL.AFFINITY_HEAD.LOSS_WEIGHT == 0
 
 
 # ---------------------------------------------------------------------------- train_net
