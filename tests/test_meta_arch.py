@@ -485,6 +485,12 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert "calib_semantic_weight" in stats and "calib_edge_weight_0" in stats
     logged = storage.latest()
     assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
+    assert "amwc_backward_time_prev" not in stats  # no backward has run before the first step
+    # the second step logs the first step's backward (the N perturbed MWC solves)
+    with EventStorage():
+        model(batch)
+    stats = model.last_train_stats
+    assert 0 < stats["amwc_backward_solver_time_prev"] <= stats["amwc_backward_time_prev"]
 
 
 @pytest.mark.parametrize("fully_differentiable", [False, True])

@@ -123,7 +123,9 @@ class COPS(nn.Module):
       and the iteration. Every iteration the surrogate PQ (``train_pq_surrogate``, percent),
       the number of padded segments (``num_padded_gt``), the calibration scalars
       (``calib_*``), ``amwc_time`` (seconds of the AMWC layer's forward) and
-      ``amwc_solver_time`` (of which in the native solver), and with ``log_train_pq`` the exact
+      ``amwc_solver_time`` (of which in the native solver), from the second iteration on the
+      previous iteration's backward (``amwc_backward_time_prev``,
+      ``amwc_backward_solver_time_prev``), and with ``log_train_pq`` the exact
       PQ of the batch's AMWC solution on the grid (``train_pq``, ``train_pq_th``,
       ``train_pq_st`` in percent; against ``panoptic_ids`` / ``crowd_ids``, segments under the
       grid area limits are void) go to Detectron2's ``EventStorage`` (``metrics.json``) and
@@ -540,6 +542,9 @@ class COPS(nn.Module):
             padded[b] = self.pq_surrogate.unmatched_gt(masks, classes, gt_masks[b], gt_classes[b], pairs=pairs)
             return [int(gt_classes[b][j]) for j in padded[b]]
 
+        # The previous call's timing dict holds its backward times by now (the layer starts a
+        # new dict per call); logged below as the previous iteration's backward.
+        previous_timing = getattr(self.amwc_layer, "last_timing", None)
         start = time.perf_counter()
         solutions = self.amwc_layer(
             semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights,
@@ -560,7 +565,7 @@ class COPS(nn.Module):
         losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
         self._check_finite("loss_pq (PQ surrogate loss)", losses["loss_pq"])
 
-        self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time)
+        self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time, previous_timing)
         return losses
 
     def _stage2_pixel_weights(self, batched_inputs, grid: Tuple[int, int]) -> torch.Tensor:
@@ -650,10 +655,14 @@ class COPS(nn.Module):
             "train_pq_st": 100.0 * pq["Stuff"]["pq"],
         }
 
-    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time) -> None:
+    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time, previous_timing=None) -> None:
         """Stage-2 statistics into the ``EventStorage`` (hence ``metrics.json``) every iteration
         and into the log every ``log_period`` iterations (see the class docstring): the surrogate
-        PQ, the calibration scalars, the AMWC time, and with ``log_train_pq`` the exact PQ."""
+        PQ, the calibration scalars, the AMWC time, and with ``log_train_pq`` the exact PQ.
+        ``previous_timing`` is the AMWC layer's ``last_timing`` of the previous iteration, whose
+        backward has run since: logged as ``amwc_backward_time_prev`` (seconds of the layer's
+        backward, N perturbed MWC solves per image) and ``amwc_backward_solver_time_prev`` (of
+        which in the native solver)."""
         stats = {"train_pq_surrogate": 100.0 * float(surrogate.pq.detach())}
         if self.log_train_pq:
             stats.update(self._train_pq(batched_inputs, solutions))
@@ -661,6 +670,11 @@ class COPS(nn.Module):
         timing = getattr(self.amwc_layer, "last_timing", None)
         if isinstance(timing, dict) and "forward_solver_s" in timing:
             stats["amwc_solver_time"] = float(timing["forward_solver_s"])
+        if isinstance(previous_timing, dict) and previous_timing.get("backward_solver_s", 0.0) > 0:
+            stats["amwc_backward_solver_time_prev"] = float(previous_timing["backward_solver_s"])
+            stats["amwc_backward_time_prev"] = float(
+                previous_timing["backward_solver_s"] + previous_timing.get("backward_other_s", 0.0)
+            )
         stats["num_padded_gt"] = float(sum(int(getattr(s, "num_padded", 0)) for s in solutions))
         for name, param in self.calibration.named_parameters():
             flat = param.detach().reshape(-1)
