@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "graph.h"
+#include "simd.h"
 
 namespace cops {
 namespace detail {
@@ -47,14 +48,9 @@ class LocalSearch {
     double scale = 1.0;
     node_min_.resize(n_);
     for (int32_t i = 0; i < n_; ++i) {
-      const double* c = inst.node_costs + static_cast<size_t>(i) * K_;
-      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-      for (int32_t k = 0; k < K_; ++k) {
-        lo = c[k] < lo ? c[k] : lo;
-        hi = c[k] > hi ? c[k] : hi;
-      }
-      node_min_[i] = lo;
-      scale = std::max(scale, std::max(std::abs(lo), std::abs(hi)));
+      double absmax;
+      row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
+      scale = std::max(scale, absmax);
     }
     for (double w : g.w) scale = std::max(scale, std::abs(w));
     tol_ = 1e-9 * scale;
