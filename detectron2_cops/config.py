@@ -26,20 +26,33 @@ def add_cops_config(cfg):
 
     # ---------------------------------------------------------------- input / targets
     # Pixels of thing segments smaller than SMALL_INSTANCE_AREA (image pixels) get
-    # SMALL_INSTANCE_WEIGHT in the semantic loss (DeeperLab / Panoptic-DeepLab weighting).
+    # SMALL_INSTANCE_WEIGHT in the semantic loss (DeeperLab / Panoptic-DeepLab weighting) and
+    # the factor SMALL_INSTANCE_WEIGHT on their affinity weight (the original).
     cfg.INPUT.SMALL_INSTANCE_AREA = 4096
     cfg.INPUT.SMALL_INSTANCE_WEIGHT = 3
     # Whether crowd regions are ignored (weight 0) in the semantic loss.
     cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC = False
-    # Whether edges with a stuff endpoint are ignored in the affinity loss (the paper: False).
+    # Whether stuff pixels get weight 0 in the affinity loss, so edges with a stuff endpoint are
+    # ignored (the original's IGNORE_STUFF_IN_AFFINITIES; its configs: False).
     cfg.INPUT.IGNORE_STUFF_IN_AFFINITIES = False
-    # Weight of affinity edges that touch a thing (instance) segment, relative to 1.0 for
-    # stuff-stuff edges (the original pretrain configs use 4.0).
+    # Affinity-loss weight of thing (instance) pixels, relative to 1.0 for stuff pixels (the
+    # original INSTANCE_LOSS_WEIGHT; its pretrain configs use 4.0). Pixels of small instances
+    # (area < SMALL_INSTANCE_AREA) weigh INSTANCE_AFFINITY_WEIGHT * SMALL_INSTANCE_WEIGHT (4 x 3 =
+    # 12, as the original). An edge weighs max of its two pixels' weights, 0 if either is 0.
     cfg.INPUT.INSTANCE_AFFINITY_WEIGHT = 4.0
+    # Affinity-loss weight of the padding added to reach a multiple of MODEL.COPS.SIZE_DIVISIBILITY
+    # (when > 0; COCO: 640): the padding is one segment of its own, so the edges from the image
+    # into it are cuts. 1.0 = the original; 0.0 = padding edges ignored (a departure).
+    cfg.INPUT.PADDING_AFFINITY_WEIGHT = 1.0
 
     # ---------------------------------------------------------------- semantic head
-    # Channels of the extra 5x5 head conv before the predictor (as Panoptic-DeepLab's head).
+    # Output channels of the extra head convs before the predictor.
     cfg.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256
+    # Extra head before the predictor: False = two 3x3 conv+norm+ReLU (the original COPS head,
+    # loads the authors' checkpoints); True = one 5x5 depthwise-separable conv (Panoptic-DeepLab;
+    # a departure). Independent of USE_DEPTHWISE_SEPARABLE_CONV, which switches the ASPP and
+    # decoder fuse convs (depthwise-separable in the original too).
+    cfg.MODEL.SEM_SEG_HEAD.HEAD_USE_DEPTHWISE_SEPARABLE_CONV = False
     # Fraction of hardest pixels kept by DeepLabCE ("hard_pixel_mining" loss).
     cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.2
 
@@ -66,6 +79,11 @@ def add_cops_config(cfg):
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
     # Fraction of hardest edges kept in the affinity loss (1.0 = all edges).
     cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = 1.0
+    # Normalisation of the affinity BCE: "per_channel_mean" (the original: per distance and per
+    # channel (rows, columns), top-k over all positions, plain mean over the kept count) or
+    # "weight_sum" (a departure: per distance, top-k over weighted edges, divided by the sum of
+    # the kept weights).
+    cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "per_channel_mean"
 
     # ---------------------------------------------------------------- COPS
     cfg.MODEL.COPS = CN()
@@ -104,4 +122,64 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.PREDICT_INSTANCES = True
     # Log the exact PQ of the training batch's AMWC solution (fully differentiable stage).
     cfg.MODEL.COPS.LOG_TRAIN_PQ = True
+    _add_stage2_fidelity_config(cfg)
     return cfg
+
+
+def _add_stage2_fidelity_config(cfg):
+    """Keys of the fully differentiable stage that follow the authors' code (issue 7, points 1-4;
+    issue 10's divergence guard). Defaults = the authors' behaviour."""
+    cops = cfg.MODEL.COPS
+    # One padded (empty) mask per ground-truth segment left unmatched, paired with it in the PQ
+    # surrogate and an extra MWC label in the backward (authors' utils.py ComputeBestGroundTruth,
+    # losses.py add_semantic_costs_to_instance_costs). False: labels = segments + free classes.
+    cops.PAD_UNMATCHED_GT = True
+    # PQ surrogate: constant added to numerator and denominator of each class ratio (authors:
+    # PanopticQualityLoss eps 0.1; with 0 a class seen only as false positives has no gradient).
+    cops.SURROGATE_RATIO_EPS = 0.1
+    # PQ surrogate counting rule: "original" (authors' PanopticQualityLoss: every segment in one
+    # pair, with an empty counterpart when unmatched; a matched pair below IoU 0.5 is a soft FN
+    # only) or "pq" (soft TP/FP/FN of Kirillov's PQ: exact PQ on hard masks).
+    cops.SURROGATE_RULE = "original"
+    # Thing pairs without overlap may be matched (authors' MatchMasksPair); False: never.
+    cops.SURROGATE_MATCH_ZERO_OVERLAP = True
+    # The surrogate's foreground probability uses INSTANCE_AREA / SURROGATE_INSTANCE_AREA_DIVISOR
+    # and STUFF_AREA / SURROGATE_STUFF_AREA_DIVISOR grid pixels. Authors (training):
+    # INSTANCE_AREA / 4 and STUFF_AREA / 4 / STUFF_AREA_DOWNSAMPLING_FACTOR_TRAIN (4) = / 16.
+    # (16 and 16 convert image-pixel areas to stride-4 grid areas.)
+    cops.SURROGATE_INSTANCE_AREA_DIVISOR = 4.0
+    cops.SURROGATE_STUFF_AREA_DIVISOR = 16.0
+    # Weight of crowd pixels in the surrogate's IoUs and the AMWC layer's node gradient; they
+    # belong to no ground-truth segment. Authors: 1 (panoptic_weights are 1 on crowd); 0 ignores them.
+    cops.SURROGATE_CROWD_WEIGHT = 1.0
+    # Dropout on the calibrated edge costs in training: an edge cost is set to 0 with this
+    # probability, no 1 / (1 - p) rescaling (authors: nn.Dropout(DROPOUT) * (1 - DROPOUT), 0.1).
+    cops.EDGE_DROPOUT = 0.1
+    # Thing clusters with fewer grid pixels get no mask, in training and at inference (authors:
+    # IGNORE_INSTANCE_SIZE_AMC // 4 = 12 // 4 = 3). 1 keeps every cluster.
+    cops.MIN_THING_CLUSTER_SIZE = 3
+    # Every this many iterations the fully differentiable stage prints surrogate PQ, train PQ and
+    # the calibration scalars to the log (they go to EventStorage / metrics.json every iteration).
+    cops.LOG_PERIOD = 20
+
+    # Per-part learning rates of the fully differentiable stage (authors' train_net.py
+    # build_optimizer with FINE_TUNING_MODE, LEARNING_RATE_REDUCTION_PER_STAGE = 20,
+    # FREEZE_SEM_SEG_TILL = FREEZE_EDGE_COSTS_TILL = 1). Parameter i of the model whose name
+    # matches LR_GROUP_PATTERNS[k] (fnmatch pattern, also matching at a module boundary:
+    # "a.b" matches "a.b.c.weight") trains at BASE_LR / (LR_REDUCTION_PER_STAGE *
+    # LR_GROUP_STAGES[k]), BASE_LR for stage 0. Used only when MODEL.COPS.FULLY_DIFFERENTIABLE;
+    # empty patterns = Detectron2's default parameter groups.
+    cfg.SOLVER.LR_REDUCTION_PER_STAGE = 20.0
+    cfg.SOLVER.LR_GROUP_PATTERNS = [
+        "sem_seg_head.head",                      # /40 (authors: sem_seg_head.head)
+        "sem_seg_head.predictor",                 # /20
+        "calibration.semantic_*",                 # BASE_LR (authors: seg_cost_weights)
+        "affinity_head.head",                     # /60 (authors: AFF_EMBED_head.affinity_head)
+        "affinity_head.classifiers.*.convs",      # /40 (authors: classifiers[i][:-1])
+        "affinity_head.classifiers.*.predictor",  # /20 (authors: classifiers[i][-1])
+        "calibration.edge_*",                     # BASE_LR (authors: edge_costs_weights)
+    ]
+    cfg.SOLVER.LR_GROUP_STAGES = [2, 1, 0, 3, 2, 1, 0]
+    # Trainable parameters that match no pattern are frozen (authors: FINE_TUNING_MODE trains
+    # only the listed parts: backbone and both decoders stay fixed). False: they train at BASE_LR.
+    cfg.SOLVER.LR_GROUP_FREEZE_OTHERS = True

@@ -484,6 +484,7 @@ def test_bad_forward_input_raises_value_error(mutate, match):
         ({"lambda_min": 10.0, "lambda_max": 5.0}, "lambda_min <= lambda_max"),
         ({"lambda_max": float("inf")}, "finite"),
         ({"num_threads": -1}, "num_threads"),
+        ({"min_thing_cluster_size": 0}, "min_thing_cluster_size"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error(kwargs, match):
@@ -630,3 +631,143 @@ def test_averaging_over_lambdas_lowers_the_variance():
     # Both estimate the same expectation: the means agree within a few standard errors.
     diff = (g1.mean(0) - g5.mean(0)).pow(2).sum().item()
     assert diff < 9 * (v1 + v5) / 30, (diff, v1, v5)
+
+
+# ----------------------------------------------------------------------------- missed ground truth
+def _planted_merge(margin=10.0):
+    """Two touching ground-truth instances (A: 24 px, B: 16 px) of thing class 1 on stuff class 0,
+    predicted as ONE instance: the semantic costs prefer the right class everywhere by
+    ``margin``, every edge inside the thing region (also across the A/B boundary) favours
+    joining (+1), every other edge cutting (-1)."""
+    H, W, D = 8, 12, [1, 2]
+    gt_ids = np.zeros((H, W), np.int64)
+    gt_ids[2:6, 1:7] = 1
+    gt_ids[2:6, 7:11] = 2
+    sem = (gt_ids > 0).astype(np.int64)
+    logits = np.zeros((2, H, W))
+    logits[sem, np.arange(H)[:, None], np.arange(W)[None]] = margin
+    grid = GridGraph(H, W, D)
+    key = sem.reshape(-1)
+    edge_costs = np.where(key[grid.edges[:, 0]] == key[grid.edges[:, 1]], 1.0, -1.0)
+    sc = torch.tensor(-logits[None], dtype=torch.float64, requires_grad=True)
+    ec = [torch.tensor(m[None], dtype=torch.float64, requires_grad=True)
+          for m in grid.edge_values_to_maps(edge_costs)]
+    gt_masks = torch.from_numpy(np.stack([gt_ids == k for k in range(3)]))
+    gt_classes = torch.tensor([0, 1, 1])
+    return sc, ec, D, gt_ids + 1000 * sem, gt_masks, gt_classes
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_planted_merge_is_split_by_one_step_only_with_padded_ground_truth(pad):
+    """COPS pads one MWC label per unmatched ground-truth segment (issue 7 point 1): the pixels
+    of the missed instance B move to that label (same class), so the estimate cuts the A/B
+    boundary and one gradient step splits the merge. Without it (only the predicted segment and
+    the classes as labels) B's pixels could only change class, which the semantic margin
+    forbids: zero gradient, the merge stays."""
+    sc, ec, D, gt_pan, gt_masks, gt_classes = _planted_merge()
+    lam = 50.0
+    layer = AMWCLayer(2, [1], D, num_samples=3, lambda_min=lam, lambda_max=2 * lam)
+    loss_fn = PanopticQualitySurrogate([1], stuff_area=4, instance_area=4)
+
+    def pad_fn(b, masks, classes):
+        return [int(gt_classes[j]) for j in loss_fn.unmatched_gt(masks, classes, gt_masks, gt_classes)]
+
+    out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=pad_fn if pad else None)[0]
+    assert panoptic_quality(pred_ids(out, [1]), gt_pan, label_divisor=LD, thing_classes=[1])["All"]["pq"] < 1.0
+    assert out.mask_classes.tolist() == ([0, 1, 1] if pad else [0, 1]) and out.num_padded == int(pad)
+    real = out.masks.shape[0] - out.num_padded
+    padded_gt = [loss_fn.unmatched_gt(out.masks[:real], out.mask_classes[:real], gt_masks, gt_classes)]
+    assert padded_gt == [[2]]  # the merged segment is matched to A; B is missed
+    if pad:
+        assert out.masks[real:].sum() == 0
+    res = loss_fn([out.masks], [out.mask_classes], [gt_masks], [gt_classes],
+                  padded_gt=padded_gt if pad else None)
+    (10.0 * res.loss).backward()
+    grad_norm = sc.grad.abs().sum() + sum(e.grad.abs().sum() for e in ec)
+    with torch.no_grad():  # one step of gradient descent on the costs
+        lr = 2 * lam
+        sc2 = sc - lr * sc.grad
+        ec2 = [e - lr * e.grad for e in ec]
+    after = layer(sc2, ec2)[0]
+    pq = panoptic_quality(pred_ids(after, [1]), gt_pan, label_divisor=LD, thing_classes=[1])["All"]["pq"]
+    if pad:
+        # only edge costs move (no pixel changes class): the A/B boundary edges
+        assert sc.grad.abs().sum() == 0 and grad_norm > 0
+        assert pq == 1.0
+    else:
+        assert grad_norm == 0 and pq < 1.0
+
+
+def test_pad_fn_receives_masks_and_its_classes_are_validated():
+    sc, ec, D, _, gt_masks, gt_classes = _planted_merge()
+    layer = AMWCLayer(2, [1], D)
+    seen = []
+
+    def pad_fn(b, masks, classes):
+        seen.append((b, masks.shape, classes.tolist(), masks.requires_grad))
+        return torch.tensor([1, 0])
+
+    out = layer.forward_batched(torch.cat([sc, sc]).detach(), [torch.cat([e, e]).detach() for e in ec], pad_fn=pad_fn)
+    assert seen == [(0, (2, 8, 12), [0, 1], False), (1, (2, 8, 12), [0, 1], False)]
+    assert out.mask_classes.tolist() == [0, 1, 1, 0] * 2
+    assert out.mask_is_padding.tolist() == [False, False, True, True] * 2
+    assert out.masks[out.mask_is_padding].sum() == 0
+    for bad, match in ((lambda b, m, c: [2], r"outside \[0, 2\)"), (lambda b, m, c: 1, "sequence"),
+                       (lambda b, m, c: [0.5], "sequence"), (3, "callable")):
+        with pytest.raises(ValueError, match=match):
+            layer(sc.detach(), [e.detach() for e in ec], pad_fn=bad)
+
+
+def test_small_thing_clusters_get_no_mask():
+    """Thing clusters under min_thing_cluster_size grid pixels get no mask (the COPS code's
+    IGNORE_INSTANCE_SIZE_AMC // 4 = 3); stuff segments are kept whatever their size."""
+    H, W = 6, 8
+    logits = np.zeros((3, H, W))
+    lab = np.zeros((H, W), np.int64)
+    lab[0:3, 0:3] = 1   # thing, 9 px
+    lab[5, 6:8] = 1     # thing, 2 px
+    lab[5, 0] = 2       # stuff class 2, 1 px
+    logits[lab, np.arange(H)[:, None], np.arange(W)[None]] = 5.0
+    grid = GridGraph(H, W, [1])
+    key = lab.reshape(-1)
+    edge_costs = np.where(key[grid.edges[:, 0]] == key[grid.edges[:, 1]], 1.0, -1.0)
+    sc = torch.tensor(-logits[None], requires_grad=True)
+    ec = [torch.tensor(m[None], requires_grad=True) for m in grid.edge_values_to_maps(edge_costs)]
+    for size, n_things in ((1, 2), (3, 1), (10, 0)):
+        out = AMWCLayer(3, [1], [1], min_thing_cluster_size=size)(sc, ec)[0]
+        assert out.mask_classes.tolist() == [0, 2] + [1] * n_things
+        assert (out.node_labels == torch.from_numpy(lab)).all()  # the AMWC solution itself is unchanged
+        covered = out.masks.sum(0)
+        assert covered.max() == 1 and int((covered == 0).sum()) == {1: 0, 3: 2, 10: 11}[size]
+    # backward runs; the small cluster's class keeps a plain MWC label (no segment of class 1 left)
+    out.masks[0].sum().backward()
+    assert torch.isfinite(sc.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_planted_merge_split_with_padding_on_cuda_matches_cpu():
+    """The padded-label path (pad_fn, padded_gt, matches) with costs on the GPU gives the CPU's
+    masks and gradients."""
+    grads = []
+    for device in ("cpu", "cuda"):
+        sc, ec, D, _, gt_masks, gt_classes = _planted_merge()
+        sc = sc.detach().to(device).requires_grad_()
+        ec = [e.detach().to(device).requires_grad_() for e in ec]
+        gt_masks, gt_classes = gt_masks.to(device), gt_classes.to(device)
+        layer = AMWCLayer(2, [1], D, num_samples=3, lambda_min=50.0, lambda_max=100.0)
+        loss_fn = PanopticQualitySurrogate([1], stuff_area=4, instance_area=4)
+        store = {}
+
+        def pad_fn(b, masks, classes):
+            store["pairs"] = loss_fn.match(masks, classes, gt_masks, gt_classes)
+            store["pad"] = loss_fn.unmatched_gt(masks, classes, gt_masks, gt_classes, pairs=store["pairs"])
+            return [int(gt_classes[j]) for j in store["pad"]]
+
+        out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=pad_fn)[0]
+        assert out.masks.device.type == device and out.num_padded == 1
+        res = loss_fn([out.masks], [out.mask_classes], [gt_masks], [gt_classes],
+                      padded_gt=[store["pad"]], matches=[store["pairs"]])
+        res.loss.backward()
+        grads.append([sc.grad.cpu()] + [e.grad.cpu() for e in ec])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detectron2_cops.layers import CostCalibration, PixelDropout
+from detectron2_cops.layers import CostCalibration, EdgeDropout, PixelDropout
 
 
 def _inputs(B=2, K=5, H=6, W=7, shapes=((2, 6, 7), (2, 3, 4)), seed=0, dtype=torch.float32):
@@ -131,3 +131,37 @@ def test_pixel_dropout_bad_input():
         PixelDropout(0.5).train()(torch.zeros(3, 4, 5))
     with pytest.raises(ValueError, match="generator"):
         PixelDropout(0.5, generator=1)
+
+
+def test_edge_dropout_drops_single_edges_at_rate_p_without_rescaling():
+    """The authors' nn.Dropout(p)(c_E) * (1 - p): zero with probability p, kept entries unchanged."""
+    maps = [torch.randn(2, 2, 40, 50) + 3.0, torch.randn(2, 2, 20, 25) + 3.0]
+    drop = EdgeDropout(0.1, generator=torch.Generator().manual_seed(0))
+    drop.train()
+    out = drop(maps)
+    assert len(out) == 2
+    zero = torch.cat([(o == 0).flatten() for o in out]).float()
+    assert abs(zero.mean().item() - 0.1) < 0.02
+    for o, m in zip(out, maps):
+        kept = o != 0
+        assert torch.equal(o[kept], m[kept])  # no 1 / (1 - p) rescaling
+        # not whole pixels: the two channels of one position are dropped independently
+    both = ((out[0][:, 0] == 0) & (out[0][:, 1] == 0)).float().mean().item()
+    assert both < 0.03
+    # gradients flow through the kept entries only
+    leaf = maps[0].clone().requires_grad_(True)
+    y = EdgeDropout(0.5, generator=torch.Generator().manual_seed(1))([leaf])[0]
+    y.sum().backward()
+    assert torch.equal(leaf.grad, (y != 0).float())
+    drop.eval()
+    assert all(o is m for o, m in zip(drop(maps), maps))
+
+
+def test_edge_dropout_bad_arguments():
+    for p in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="p must"):
+            EdgeDropout(p)
+    with pytest.raises(ValueError, match="list"):
+        EdgeDropout(0.1)(torch.zeros(1, 2, 3, 3))
+    with pytest.raises(ValueError, match="4-D"):
+        EdgeDropout(0.1)([torch.zeros(2, 3, 3)])

@@ -26,15 +26,18 @@ from detectron2_cops.data.target_generator import (
 from detectron2_cops.solvers.grid import GridGraph
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 
 DISTANCES = [1, 4, 16, 32, 64]
 
 
 def _need_sample():
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
 
 
 def _need_detectron2():
@@ -42,33 +45,73 @@ def _need_detectron2():
 
 
 # ----------------------------------------------------------------------------- brute force
-def brute_force_affinities(
-    panoptic_ids,
-    node_ok,
-    node_thing,
-    node_stuff,
-    distances,
-    intervals,
-    instance_weight,
-    ignore_stuff,
-):
+def node_weights(ok, thing, small, instance_weight=4.0, small_weight=3.0, ignore_stuff=False):
+    """Per-node affinity weights of the original (thing: instance weight, times the small
+    instance weight for small things; stuff: 1 or 0; 0 where not ok)."""
+    w = np.where(thing, instance_weight * np.where(small, small_weight, 1.0), 0.0 if ignore_stuff else 1.0)
+    return np.where(ok, w, 0.0)
+
+
+def brute_force_affinities(panoptic_ids, node_w, distances, intervals):
     """Edge labels and weights computed edge by edge from GridGraph.edges (independent of the
-    slicing implementation)."""
+    slicing implementation): label = ids differ; weight = max of the endpoint weights if both
+    are > 0, else 0."""
     h, w = panoptic_ids.shape
     g = GridGraph(h, w, distances, intervals)
     P = panoptic_ids.ravel()
-    ok, th, st = node_ok.ravel(), node_thing.ravel(), node_stuff.ravel()
+    nw = np.asarray(node_w, np.float64).ravel()
     labels = np.zeros(g.num_edges, np.float32)
     weights = np.zeros(g.num_edges, np.float32)
     for e, (u, v) in enumerate(g.edges.tolist()):
         labels[e] = float(P[u] != P[v])
-        if not (ok[u] and ok[v]):
-            continue
-        wt = instance_weight if (th[u] or th[v]) else 1.0
-        if ignore_stuff and st[u] and st[v]:
-            wt = 0.0
-        weights[e] = wt
+        if nw[u] > 0 and nw[v] > 0:
+            weights[e] = max(nw[u], nw[v])
     return g.edge_values_to_maps(labels), g.edge_values_to_maps(weights)
+
+
+def original_affinities(pan, segments, thing_ids, distances, intervals=None, instance_weight=4.0,
+                        small_area=4096, small_weight=3, ignore_stuff=False, size_div=0, f=4):
+    """Transcription of the original ``PanopticAffinityTargetGenerator.__call__`` (the authors'
+    ``target_generator.py`` lines 88-211, affinity part; ``ImageList.from_tensors`` padding
+    written with ``np.pad``; label_divisor 1000). Valid for d = 1 or even d and for sizes whose
+    padded size is a multiple of f (what the original assumes)."""
+    mask = np.zeros(pan.shape, np.float32)
+    fp = np.zeros(pan.shape, np.int32) - 1
+    inst = {}
+    for seg in segments:
+        c, m = seg["category_id"], pan == seg["id"]
+        if not seg["iscrowd"] and (not ignore_stuff or c in thing_ids):
+            mask[m] = 1
+        if c not in thing_ids:
+            fp[m] = c * 1000
+        if c in thing_ids and not seg["iscrowd"]:
+            if m.sum() == 0:
+                continue
+            k = inst.get(c, 1)
+            fp[m] = c * 1000 + k
+            inst[c] = k + 1
+            mask[m] = instance_weight
+            if m.sum() < small_area:
+                mask[m] = instance_weight * small_weight
+    if size_div > 0:
+        H, W = pan.shape
+        ph, pw = -(-H // size_div) * size_div - H, -(-W // size_div) * size_div - W
+        fp = np.pad(fp, ((0, ph), (0, pw)), constant_values=-1)
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=1)
+    r = f // 2
+    mask, fp = mask[r::f, r::f], fp[r::f, r::f]
+    affs, ws = [], []
+    for i, e in enumerate(distances):
+        si = 1 if intervals is None else intervals[i]
+        pad = ((0, 1), (0, 0)) if e == 1 else ((e // 2, e // 2), (0, 0))
+        row = np.pad(fp[e:, :] != fp[:-e, :], pad)
+        wrow = np.pad(((mask[e:, :] > 0) & (mask[:-e, :] > 0)) * np.maximum(mask[e:, :], mask[:-e, :]), pad)
+        pad = ((0, 0), (0, 1)) if e == 1 else ((0, 0), (e // 2, e // 2))
+        col = np.pad(fp[:, e:] != fp[:, :-e], pad)
+        wcol = np.pad(((mask[:, e:] > 0) & (mask[:, :-e] > 0)) * np.maximum(mask[:, e:], mask[:, :-e]), pad)
+        affs.append(np.stack((row, col))[:, ::si, ::si].astype(np.float32))
+        ws.append(np.stack((wrow, wcol))[:, ::si, ::si].astype(np.float32))
+    return affs, ws
 
 
 def sample_segments(ann, categories):
@@ -182,14 +225,19 @@ def test_generator_toy_values_exact():
 
     node_ok = (P != -1) & (P != 1003)
     thing = (P // 1000 == 1) | (P // 1000 == 2)
-    stuff = P // 1000 == 5
-    labels, weights = brute_force_affinities(P, node_ok, thing, stuff, [1, 2], None, 4.0, False)
+    small = np.isin(P, [1002, 2001])  # ids 4 and 11 are under 16 pixels
+    labels, weights = brute_force_affinities(P, node_weights(node_ok, thing, small), [1, 2], None)
     for a, b in zip(labels, out["affinity_targets"]):
         np.testing.assert_array_equal(a, b.numpy())
     for a, b in zip(weights, out["affinity_weights"]):
         np.testing.assert_array_equal(a, b.numpy())
     # spot checks of the convention: d = 1, channel 1 at (0, 0) joins stuff (0,0)-(0,1): join
     assert out["affinity_targets"][0][1, 0, 0] == 0 and out["affinity_weights"][0][1, 0, 0] == 1
+    # weights as the original: small thing 4 x 3 = 12 (max over the two endpoints), big thing 4
+    assert set(np.unique(out["affinity_weights"][0].numpy())) == {0.0, 1.0, 4.0, 12.0}
+    g = lambda i, j: P[i, j]  # noqa: E731
+    assert g(2, 1) == 1001 and g(2, 2) == 1002  # grid row 2: id 3 | id 4
+    assert out["affinity_weights"][0][1, 2, 1] == 12.0 and out["affinity_targets"][0][1, 2, 1] == 1.0
     # last column of channel 1 is not an edge (leaves the grid)
     assert out["affinity_weights"][0][1, :, -1].sum() == 0
 
@@ -213,14 +261,16 @@ def test_generator_options_crowd_and_stuff():
         P, np.vectorize({7: 5000, 3: 1001, 4: 1002, 9: 1003, 11: 2001, 0: -1}.get)(pan)
     )
     node_ok = (P != -1) & (P != 1003)
-    labels, weights = brute_force_affinities(
-        P, node_ok, (P // 1000 == 1) | (P // 1000 == 2), P // 1000 == 5, [1, 3], None, 0.5, True
-    )
+    thing = (P // 1000 == 1) | (P // 1000 == 2)
+    # every thing is under the default small area 4096: weight 0.5 x 3
+    nw = node_weights(node_ok, thing, thing, 0.5, 3.0, ignore_stuff=True)
+    labels, weights = brute_force_affinities(P, nw, [1, 3], None)
     for a, b in zip(weights, out["affinity_weights"]):
         np.testing.assert_array_equal(a, b.numpy())
-    # a stuff-stuff edge is ignored, a thing-stuff edge weighs 0.5
+    # stuff pixels weigh 0 (the original): stuff-stuff and thing-stuff edges are ignored
     assert out["affinity_weights"][0][1, 0, 0] == 0.0
-    assert out["affinity_weights"][0][0, 3, 0] == 0.5 and out["affinity_targets"][0][0, 3, 0] == 1.0
+    assert out["affinity_weights"][0][0, 3, 0] == 0.0 and out["affinity_targets"][0][0, 3, 0] == 1.0
+    assert out["affinity_weights"][0][1, 5, 0] == 1.5  # thing-thing (id 3)
     # with crowd kept in the affinities, edges touching the crowd get the instance weight
     gen2 = COPSTargetGenerator(
         thing_ids=[1, 2],
@@ -230,7 +280,7 @@ def test_generator_options_crowd_and_stuff():
         ignore_crowd_in_affinities=False,
     )
     w2 = gen2(pan, segments)["affinity_weights"][0].numpy()
-    assert w2[0, 8, 0] == 4.0  # (8,0) [id 3] - (9,0) [crowd]
+    assert w2[0, 8, 0] == 12.0  # (8,0) [id 3, small: 12] - (9,0) [crowd, kept: 4]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -293,13 +343,96 @@ def test_generator_affinities_match_gridgraph_random(seed):
                 crowd_px[i, j] = bool(s["iscrowd"])
                 thing_px[i, j] = s["category_id"] in thing_ids
     valid = P != -1
-    labels, weights = brute_force_affinities(
-        P, valid & ~crowd_px, thing_px, valid & ~thing_px, distances, intervals, 4.0, ignore_stuff
-    )
+    small_px = np.zeros((h, w), bool)
+    for i, r in enumerate(rows):
+        for j, cc in enumerate(cols):
+            if pan[r, cc]:
+                small_px[i, j] = (pan == pan[r, cc]).sum() < 4096
+    nw = node_weights(valid & ~crowd_px, thing_px, small_px, ignore_stuff=ignore_stuff)
+    labels, weights = brute_force_affinities(P, nw, distances, intervals)
     for k in range(len(distances)):
         assert out["affinity_targets"][k].shape == labels[k].shape
         np.testing.assert_array_equal(out["affinity_targets"][k].numpy(), labels[k])
         np.testing.assert_array_equal(out["affinity_weights"][k].numpy(), weights[k])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generator_affinities_equal_original_random(seed):
+    """Targets and weights equal the transcribed original on random blocky panoptic maps (sizes a
+    multiple of the stride, with and without the original's padding to a size divisibility)."""
+    rng = np.random.default_rng(100 + seed)
+    H, W = 4 * rng.integers(17, 30, size=2)  # grids larger than the largest distance (the original needs it)
+    n = int(rng.integers(1, 12))
+    coarse = rng.integers(0, n + 1, size=(H // 5 + 1, W // 5 + 1))
+    ids = np.arange(1, n + 1) * 37
+    pan = np.where(coarse > 0, np.concatenate([[0], ids])[coarse], 0).repeat(5, 0).repeat(5, 1)[:H, :W]
+    segments = [
+        {"id": int(i), "category_id": int(c), "iscrowd": int(k)}
+        for i, c, k in zip(ids, rng.integers(0, 6, size=n), rng.random(n) < 0.2)
+    ]
+    thing_ids = [0, 1, 2]
+    distances, intervals = [1, 2, 4, 16], [1, 2, 1, 3]
+    size_div = [0, 32, 48, 0][seed]
+    ignore_stuff = seed == 3
+    gen = COPSTargetGenerator(
+        thing_ids=thing_ids, class_ids=range(6), edge_distances=distances,
+        edge_sampling_intervals=intervals, small_instance_area=300, small_instance_weight=3,
+        instance_affinity_weight=4.0, ignore_stuff_in_affinities=ignore_stuff, size_divisibility=size_div,
+    )
+    out = gen(pan, segments)
+    affs, ws = original_affinities(pan, segments, thing_ids, distances, intervals, 4.0, 300, 3,
+                                   ignore_stuff, size_div)
+    for k in range(len(distances)):
+        # Targets agree wherever the loss sees them (weight > 0); at weight-0 edges the original
+        # compares crowd things as void (-1), this project by their own ids.
+        np.testing.assert_array_equal(out["affinity_weights"][k].numpy(), ws[k])
+        m = ws[k] > 0
+        np.testing.assert_array_equal(out["affinity_targets"][k].numpy()[m], affs[k][m])
+    if size_div:
+        assert out["affinity_targets"][0].shape[1] == -(-H // size_div) * size_div // 4
+        assert out["panoptic_ids"].shape == (H // 4, W // 4)  # other outputs keep the image size
+
+
+def test_generator_padding_weight_zero_ignores_padding():
+    pan, segments = _toy()
+    pan = pan[:12, :8]
+    kw = dict(thing_ids=[1, 2], class_ids=range(6), edge_distances=[1, 2], stride=2, size_divisibility=8)
+    with_pad = COPSTargetGenerator(**kw)(pan, segments)
+    no_pad = COPSTargetGenerator(padding_affinity_weight=0.0, **kw)(pan, segments)
+    plain = COPSTargetGenerator(**dict(kw, size_divisibility=0))(pan, segments)
+    # padded to 16 x 8: grid 8 x 4; the image grid is 6 x 4
+    assert with_pad["affinity_weights"][0].shape == (2, 8, 4)
+    w1, w0 = with_pad["affinity_weights"][0].numpy(), no_pad["affinity_weights"][0].numpy()
+    # inside the image both equal the unpadded targets (except edges that reach the padding)
+    wp = plain["affinity_weights"][0].numpy()
+    np.testing.assert_array_equal(w0[:, :5], wp[:, :5])
+    np.testing.assert_array_equal(w0[1, 5], wp[1, 5])
+    np.testing.assert_array_equal(w1[:, :5], wp[:, :5])
+    assert (w0[:, 6:] == 0).all() and (w0[0, 5] == 0).all()
+    # with the original's padding weight 1: padding-padding joins weigh 1, the cut from the last
+    # image row (crowd / thing id 11 here: crowd weighs 0) into the padding
+    assert (w1[1, 6:, :3] == 1).all() and (with_pad["affinity_targets"][0][1, 6:, :3] == 0).all()
+    last = with_pad["panoptic_ids"].numpy()[5]
+    for j in range(4):
+        crowd = last[j] == 1003
+        assert w1[0, 5, j] == (0.0 if crowd or last[j] == -1 else 12.0)
+        assert with_pad["affinity_targets"][0][0, 5, j] == 1.0
+
+
+def test_generator_on_sample_equals_original_with_coco_padding(sample_gt):
+    images, thing_ids, categories = sample_gt
+    distances = [1, 4, 16, 32]
+    gen = COPSTargetGenerator(thing_ids=thing_ids, class_ids=range(len(categories)),
+                              edge_distances=distances, size_divisibility=640)
+    for pan, segments, _ in images:
+        out = gen(pan, segments)
+        affs, ws = original_affinities(pan, segments, thing_ids, distances, size_div=640)
+        for k in range(len(distances)):
+            assert out["affinity_targets"][k].shape == (2, 160, 160)
+            np.testing.assert_array_equal(out["affinity_weights"][k].numpy(), ws[k])
+            m = ws[k] > 0  # targets at weight-0 edges never reach the loss
+            np.testing.assert_array_equal(out["affinity_targets"][k].numpy()[m], affs[k][m])
+            assert (ws[k] == 12).any() and (ws[k][:, -20:, :] == 1).any()  # small things, padding
 
 
 def test_generator_no_segments_all_void():
@@ -339,21 +472,26 @@ def test_generator_on_sample_matches_gridgraph_and_gt(sample_gt):
     gen = COPSTargetGenerator(
         thing_ids=thing_ids, class_ids=range(len(categories)), edge_distances=DISTANCES
     )
+    seen = set()
     for pan, segments, ann in images:
         out = gen(pan, segments)
         P = out["panoptic_ids"].numpy()
         thing = np.isin(P // 1000, thing_ids) & (P >= 0)
         crowd = np.isin(P, out["crowd_ids"].numpy())
-        labels, weights = brute_force_affinities(
-            P, (P >= 0) & ~crowd, thing, (P >= 0) & ~thing, DISTANCES, None, 4.0, False
-        )
+        rows, cols = grid_sample_coordinates(*pan.shape)
+        area = {s["id"]: (pan == s["id"]).sum() for s in segments}
+        small = np.vectorize(lambda i: i > 0 and area[i] < 4096)(pan[np.ix_(rows, cols)])
+        nw = node_weights((P >= 0) & ~crowd, thing, small)
+        labels, weights = brute_force_affinities(P, nw, DISTANCES, None)
         for a, b in zip(labels, out["affinity_targets"]):
             np.testing.assert_array_equal(a, b.numpy())
         for a, b in zip(weights, out["affinity_weights"]):
             np.testing.assert_array_equal(a, b.numpy())
+        seen |= set(np.unique(weights[0]).tolist())
         # every json segment has the area the json says (sanity of the decoding)
         for s in ann["segments_info"]:
             assert (pan == s["id"]).sum() == s["area"]
+    assert {4.0, 12.0} <= seen  # big and small things on the sample
 
 
 # ============================================================================= Detectron2 side
@@ -388,7 +526,7 @@ def _copy_sample(tmp_path, name, edit=None):
 
 @pytest.fixture(scope="module")
 def sample_name(d2, tmp_path_factory):
-    """The real sample registered under a unique name (a symlink to the shared folder)."""
+    """The real sample registered under a unique name (a symlink to the bundled folder)."""
     _, _, cops_datasets = d2
     name = _unique("cops_sample")
     root = tmp_path_factory.mktemp("root")
@@ -462,23 +600,60 @@ def test_loader_dicts(d2, sample_name):
     assert s[-1]["isthing"] is False and s[-1]["category_id"] == 125  # dataset id 193
 
 
-def test_default_registration_with_env_var_in_subprocess():
-    """The documented way: DETECTRON2_DATASETS=<shared data> makes coco_panoptic_sample load."""
+_LOAD_SAMPLE = (
+    "import detectron2_cops.data\n"
+    "from detectron2.data import DatasetCatalog\n"
+    "d = DatasetCatalog.get('coco_panoptic_sample')\n"
+    "print(len(d), d[0]['file_name'])\n"
+)
+
+
+def _env_without_dataset_root(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "DETECTRON2_DATASETS"}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def test_default_registration_from_repository_root_in_subprocess():
+    """From the repository root with no DETECTRON2_DATASETS, Detectron2's default root
+    ``./datasets`` holds the bundled coco_panoptic_sample and it loads."""
     _need_detectron2()
-    _need_sample()
-    code = (
-        "import detectron2_cops.data\n"
-        "from detectron2.data import DatasetCatalog\n"
-        "d = DatasetCatalog.get('coco_panoptic_sample')\n"
-        "print(len(d), d[0]['file_name'])\n"
-    )
-    env = dict(os.environ, DETECTRON2_DATASETS=str(SHARED_DATA), PYTHONPATH=str(REPO))
+    if not (REPO / "datasets" / "coco_panoptic_sample" / "panoptic.json").is_file():
+        pytest.fail("datasets/coco_panoptic_sample is missing from the repository")
     res = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _LOAD_SAMPLE],
+        cwd=str(REPO),
+        env=_env_without_dataset_root(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[0] == "2"
-    assert res.stdout.split()[1] == str(SAMPLE / "images" / "000000142238.jpg")
+    assert Path(res.stdout.split()[1]).resolve() == (
+        REPO / "datasets" / "coco_panoptic_sample" / "images" / "000000142238.jpg"
+    ).resolve()
+
+
+def test_default_registration_with_env_var_in_subprocess(tmp_path):
+    """DETECTRON2_DATASETS=<another root> registers coco_panoptic_sample from that root."""
+    _need_detectron2()
+    _need_sample()
+    os.symlink(SAMPLE, tmp_path / "coco_panoptic_sample")
+    res = subprocess.run(
+        [sys.executable, "-c", _LOAD_SAMPLE],
+        cwd=str(tmp_path),
+        env=_env_without_dataset_root(DETECTRON2_DATASETS=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[0] == "2"
+    assert res.stdout.split()[1] == str(
+        tmp_path / "coco_panoptic_sample" / "images" / "000000142238.jpg"
+    )
 
 
 def test_missing_folder_errors_when_used(d2, tmp_path):
@@ -546,7 +721,7 @@ def test_mapper_on_sample_exact_targets(d2, sample_name, sample_gt):
             assert tuple(t.shape) == tuple(wt.shape) == (2, h, w)
             assert t.dtype == wt.dtype == torch.float32
             assert set(t.unique().tolist()) <= {0.0, 1.0}
-            assert set(wt.unique().tolist()) <= {0.0, 1.0, 4.0}
+            assert set(wt.unique().tolist()) <= {0.0, 1.0, 4.0, 12.0}
         # value ranges
         sem = out["sem_seg"].numpy()
         assert set(np.unique(sem)) <= set(range(133)) | {255}
@@ -606,8 +781,10 @@ def test_mapper_on_sample_exact_targets(d2, sample_name, sample_gt):
 
         # affinities consistent with panoptic_ids through GridGraph.edges
         thing = (P >= 0) & np.isin(P // 1000, thing_ids)
+        area = {s["id"]: (pan == s["id"]).sum() for s in segments}
+        small = np.vectorize(lambda i: i > 0 and area[i] < 4096)(sub)
         labels, weights = brute_force_affinities(
-            P, (P >= 0) & ~crowd, thing, (P >= 0) & ~thing, DISTANCES, None, 4.0, False
+            P, node_weights((P >= 0) & ~crowd, thing, small), DISTANCES, None
         )
         for a, b in zip(labels, out["affinity_targets"]):
             np.testing.assert_array_equal(a, b.numpy())

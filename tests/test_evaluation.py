@@ -43,8 +43,10 @@ from detectron2_cops.evaluation import (  # noqa: E402
 from detectron2_cops.evaluation.build import _coco_instances_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 PQ_KEYS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
 
 
@@ -62,7 +64,8 @@ def _cfg(predict_instances=True):
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
     name = _unique("cops_eval_sample")
     root = tmp_path_factory.mktemp("root")
     os.symlink(SAMPLE, root / name)
@@ -290,6 +293,10 @@ def test_panoptic_evaluator_errors(sample):
     preds = [gt_to_label_divisor(gts[0], records[0]["segments_info"], info["thing_ids"])]
     with pytest.raises(ValueError, match="have no prediction"):
         run_evaluator(PanopticEvaluator(name), records[:1], preds)
+    # an image predicted twice (e.g. by two processes with a sampler that repeats images)
+    preds = [gt_to_label_divisor(g, r["segments_info"], info["thing_ids"]) for g, r in zip(gts, records)]
+    with pytest.raises(ValueError, match=r"images \[142238\] were predicted more than once"):
+        run_evaluator(PanopticEvaluator(name), records + records[:1], preds + preds[:1])
 
 
 # ----------------------------------------------------------------------------- mIoU
@@ -361,6 +368,7 @@ def _perfect_outputs(records, gts, info):
             {
                 "panoptic_seg": (torch.from_numpy(pred), None),
                 "sem_seg": _onehot(sem, 133),
+                "sem_seg_head": _onehot(sem, 133),
                 "instances": inst,
             }
         )
@@ -371,12 +379,15 @@ def test_build_cops_evaluator_coco_sample_end_to_end(sample, tmp_path):
     name, info, records, gts = sample
     ev = build_cops_evaluator(_cfg(predict_instances=False), name, str(tmp_path / "a"))
     assert isinstance(ev, DatasetEvaluators)
-    assert [type(e) for e in ev._evaluators] == [PanopticEvaluator, PanopticSemSegEvaluator]
+    assert [type(e) for e in ev._evaluators] == [
+        PanopticEvaluator, PanopticSemSegEvaluator, PanopticSemSegEvaluator
+    ]
+    assert [e.output_key for e in ev._evaluators[1:]] == ["sem_seg", "sem_seg_head"]
 
     ev = build_cops_evaluator(_cfg(predict_instances=True), name, str(tmp_path / "b"))
     types = [type(e) for e in ev._evaluators]
-    assert types == [PanopticEvaluator, PanopticSemSegEvaluator, COCOEvaluator]
-    assert ev._evaluators[2]._metadata.name == f"{name}_instances"
+    assert types == [PanopticEvaluator, PanopticSemSegEvaluator, PanopticSemSegEvaluator, COCOEvaluator]
+    assert ev._evaluators[3]._metadata.name == f"{name}_instances"
     ev.reset()
     for r, out in zip(records, _perfect_outputs(records, gts, info)):
         ev.process([{"file_name": r["file_name"], "image_id": r["image_id"]}], [out])
@@ -517,6 +528,7 @@ def _cityscapes_outputs(inst, boxes, drop=()):
     return {
         "panoptic_seg": (torch.from_numpy(pred), None),
         "sem_seg": _onehot(sem, 19),
+        "sem_seg_head": _onehot(np.zeros_like(sem), 19),
         "instances": instances,
     }
 
@@ -528,11 +540,12 @@ def test_cityscapes_instance_evaluator_files_and_ap(cityscapes_like):
     assert [type(e) for e in ev._evaluators] == [
         PanopticEvaluator,
         PanopticSemSegEvaluator,
+        PanopticSemSegEvaluator,
         CityscapesInstanceEvaluator,
     ]
     inp = {"file_name": record["file_name"], "image_id": record["image_id"]}
     ev.reset()
-    city_ev = ev._evaluators[2]
+    city_ev = ev._evaluators[3]
     ev.process([inp], [_cityscapes_outputs(inst, boxes)])
     # prediction files: one line per instance "<png> <label id> <score>", binary mask PNGs
     pred_txt = Path(city_ev.prediction_dir) / "frankfurt_000000_000294_leftImg8bit_pred.txt"
@@ -548,6 +561,8 @@ def test_cityscapes_instance_evaluator_files_and_ap(cityscapes_like):
     res = ev.evaluate()
     assert res["panoptic_seg"]["PQ"] == pytest.approx(100.0)
     assert res["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    # the head output is all "road": only road's IoU is non-zero
+    assert res["sem_seg_head"]["mIoU"] < 50.0 and res["sem_seg_head"]["IoU-road"] > 0
     assert res["segm"]["AP"] == pytest.approx(100.0) and res["segm"]["AP50"] == pytest.approx(100.0)
 
     # one car missed: car AP drops to 50 (one of two found, perfect precision), person stays 100

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ CONFIG_DIRS = [
     REPO / "configs" / "Cityscapes-PanopticSegmentation",
     REPO / "configs" / "COCO-PanopticSegmentation",
 ]
-PAPER_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
+ALL_DATASET_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
+# The paper's settings; the *_512x256_* configs are CPU-scale versions (R-18, lengths / 4).
+PAPER_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" not in p.name]
+CPU_SCALE_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" in p.name]
 
 NUM_CLASSES = 5
 # Image 72x100 -> stride-4 grid 18x25: not a multiple of the distances; d = 32 is larger than the
@@ -46,7 +50,7 @@ INPUT_SHAPE = {
 }
 
 
-def small_cfg(norm="BN", distances=DISTANCES, intervals=INTERVALS, dsconv=False):
+def small_cfg(norm="BN", distances=DISTANCES, intervals=INTERVALS, dsconv=False, head_dsconv=False):
     cfg = get_cfg()
     add_cops_config(cfg)
     for head in (cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.AFFINITY_HEAD):
@@ -58,6 +62,7 @@ def small_cfg(norm="BN", distances=DISTANCES, intervals=INTERVALS, dsconv=False)
         head.HEAD_CHANNELS = 16
         head.NORM = norm
         head.USE_DEPTHWISE_SEPARABLE_CONV = dsconv
+    cfg.MODEL.SEM_SEG_HEAD.HEAD_USE_DEPTHWISE_SEPARABLE_CONV = head_dsconv
     cfg.MODEL.SEM_SEG_HEAD.NAME = "COPSSemSegHead"
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = list(distances)
@@ -89,10 +94,12 @@ def affinity_targets(head, logits, seed=0):
 
 
 # ---------------------------------------------------------------------------- semantic head
-@pytest.mark.parametrize("norm,dsconv", [("BN", True), ("GN", False), ("", False)])
-def test_sem_seg_head_shapes_and_registry(norm, dsconv):
+@pytest.mark.parametrize(
+    "norm,dsconv,head_dsconv", [("BN", True, False), ("BN", True, True), ("GN", False, False), ("", False, False)]
+)
+def test_sem_seg_head_shapes_and_registry(norm, dsconv, head_dsconv):
     torch.manual_seed(0)
-    cfg = small_cfg(norm=norm, dsconv=dsconv)
+    cfg = small_cfg(norm=norm, dsconv=dsconv, head_dsconv=head_dsconv)
     if norm == "GN":  # Detectron2's GN uses 32 groups
         sem = cfg.MODEL.SEM_SEG_HEAD
         sem.ASPP_CHANNELS = sem.CONVS_DIM = sem.HEAD_CHANNELS = 32
@@ -103,6 +110,13 @@ def test_sem_seg_head_shapes_and_registry(norm, dsconv):
     assert logits.shape == (2, NUM_CLASSES) + GRID_HW
     assert logits.dtype == torch.float32
     assert losses == {}
+    # The extra head has its own switch: USE_DEPTHWISE_SEPARABLE_CONV only changes ASPP/decoder.
+    names = {n for n, _ in head.named_parameters()}
+    if head_dsconv:
+        assert "head.depthwise.weight" in names and "head.0.weight" not in names
+    else:
+        assert {"head.0.weight", "head.1.weight"} <= names and "head.depthwise.weight" not in names
+    assert any("depthwise" in n for n in names if n.startswith("decoder")) == dsconv
 
 
 @pytest.mark.parametrize("loss_type", ["hard_pixel_mining", "cross_entropy"])
@@ -225,8 +239,10 @@ def test_affinity_head_shapes_match_grid_graph(distances, intervals):
 
 
 def test_affinity_head_classifier_inputs_and_groups():
-    """The classifier of d > 1 sees [row differences, column differences] of the head features,
-    and channel 0 (rows) depends only on the row differences, channel 1 only on the columns."""
+    """The classifier of d > 1 sees [row differences, column differences] of the head features;
+    its two 3x3 convs are grouped (the first half of their output depends only on the row
+    differences, the second half only on the columns) and its 1x1 predictor is dense over both
+    halves, as the original (``Conv2d(in_factor * head_channels / 8, 2, 1)``)."""
     torch.manual_seed(0)
     head = build_affinity_head(small_cfg(), INPUT_SHAPE).eval()
     captured = {}
@@ -242,25 +258,34 @@ def test_affinity_head_classifier_inputs_and_groups():
     C = f.shape[1]
     for idx, (d, s) in enumerate(zip(head.edge_distances, head.edge_sampling_intervals)):
         x = captured[idx]
+        clf = head.classifiers[idx]
+        groups = 1 if d == 1 else 2
+        assert tuple(clf["predictor"].weight.shape) == (2, groups * C // 8, 1, 1)
+        assert clf["predictor"].groups == 1 and clf["predictor"].bias is not None
         if d == 1:
             assert torch.equal(x, f)
             continue
         assert torch.equal(x[:, :C], centered_difference(f, d, 0))
         assert torch.equal(x[:, C:], centered_difference(f, d, 1))
-        clf = head.classifiers[idx]
+        half = C // 8
         with torch.no_grad():
-            ref = clf["predictor"](clf["convs"](x)[:, :, ::s, ::s])
+            z = clf["convs"](x)
+            ref = clf["predictor"](z[:, :, ::s, ::s])
             assert torch.equal(ref, logits[idx])
             rows_changed = x.clone()
             rows_changed[:, :C] += torch.randn_like(rows_changed[:, :C])
-            out = clf["predictor"](clf["convs"](rows_changed)[:, :, ::s, ::s])
-            assert torch.equal(out[:, 1], ref[:, 1])
-            assert not torch.equal(out[:, 0], ref[:, 0])
+            zr = clf["convs"](rows_changed)
+            assert torch.equal(zr[:, half:], z[:, half:])
+            assert not torch.equal(zr[:, :half], z[:, :half])
             cols_changed = x.clone()
             cols_changed[:, C:] += torch.randn_like(cols_changed[:, C:])
-            out = clf["predictor"](clf["convs"](cols_changed)[:, :, ::s, ::s])
-            assert torch.equal(out[:, 0], ref[:, 0])
-            assert not torch.equal(out[:, 1], ref[:, 1])
+            zc = clf["convs"](cols_changed)
+            assert torch.equal(zc[:, :half], z[:, :half])
+            assert not torch.equal(zc[:, half:], z[:, half:])
+            # Dense predictor: both output channels see both halves.
+            for out in (clf["predictor"](zr[:, :, ::s, ::s]), clf["predictor"](zc[:, :, ::s, ::s])):
+                assert not torch.equal(out[:, 0], ref[:, 0])
+                assert not torch.equal(out[:, 1], ref[:, 1])
 
 
 def test_affinity_head_semantic_logits_are_detached():
@@ -308,11 +333,69 @@ def test_affinity_loss_gradients_and_weight_zero_edges():
         assert not torch.equal(head.losses(logits, changed, weights)["loss_affinity_d1"], base["loss_affinity_d1"])
 
 
+def _original_affinity_loss(x, t, w, top_k):
+    """The original formula, written out by hand (``compute_affinity_loss`` in the authors'
+    ``panoptic_seg_affinity.py``): for each channel c, l = BCE(x_c, t_c) * w_c over all B*H*W
+    positions; keep the int(top_k * numel) largest (all when top_k = 1); plain mean; sum over c."""
+    total = 0.0
+    for c in range(2):
+        xc, tc, wc = x[:, c].ravel(), t[:, c].ravel(), w[:, c].ravel()
+        per = [
+            (max(a, 0.0) - a * b + math.log1p(math.exp(-abs(a)))) * q
+            for a, b, q in zip(xc.tolist(), tc.tolist(), wc.tolist())
+        ]
+        if top_k < 1:
+            per = sorted(per, reverse=True)[: int(top_k * len(per))]
+        total += sum(per) / len(per)
+    return total
+
+
 @pytest.mark.parametrize("top_k", [1.0, 0.25])
-def test_affinity_loss_value_and_hard_example_mining(top_k):
+def test_affinity_loss_original_normalisation(top_k):
     cfg = small_cfg()
     cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = top_k
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 3.0
+    assert cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION == "per_channel_mean"  # the default
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
+    rng = np.random.default_rng(0)
+    logits = [torch.from_numpy(rng.normal(0, 3, (2,) + s)).float() for s in gg.map_shapes]
+    targets, weights = affinity_targets(head, logits, seed=3)
+    losses = head.losses(logits, targets, weights)
+    for d, x, t, w in zip(DISTANCES, logits, targets, weights):
+        expected = _original_affinity_loss(x.double().numpy(), t.double().numpy(), w.double().numpy(), top_k)
+        assert losses[f"loss_affinity_d{d}"].item() == pytest.approx(3.0 * expected, rel=1e-5)
+
+
+def test_affinity_loss_original_normalisation_small_case():
+    """A 1x2x2x3 case computed on paper: per channel the mean over all 6 positions (weight-0
+    ones count in the denominator), top-k (k = int(0.5 * 6) = 3) over all positions."""
+    cfg = small_cfg(distances=[1], intervals=[1])
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
+    x = torch.tensor([[[[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[2.0, -2.0, 0.0], [0.0, 0.0, 0.0]]]])
+    t = torch.tensor([[[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]]])
+    w = torch.tensor([[[[1.0, 4.0, 0.0], [12.0, 1.0, 0.0]], [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]]])
+    ln2 = math.log(2.0)
+    bce = lambda a, b: max(a, 0.0) - a * b + math.log1p(math.exp(-abs(a)))  # noqa: E731
+    ch0 = [ln2 * 1, ln2 * 4, 0.0, ln2 * 12, ln2 * 1, 0.0]
+    ch1 = [bce(2.0, 1.0), bce(-2.0, 1.0), ln2, 0.0, 0.0, 0.0]
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    full = head.losses([x], [t], [w])["loss_affinity_d1"].item()
+    assert full == pytest.approx(sum(ch0) / 6 + sum(ch1) / 6, rel=1e-6)
+    cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = 0.5
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    top = head.losses([x], [t], [w])["loss_affinity_d1"].item()
+    k0 = sorted(ch0, reverse=True)[:3]
+    k1 = sorted(ch1, reverse=True)[:3]
+    assert top == pytest.approx(sum(k0) / 3 + sum(k1) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [1.0, 0.25])
+def test_affinity_loss_weight_sum_normalisation(top_k):
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = top_k
+    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 3.0
+    cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "weight_sum"
     head = build_affinity_head(cfg, INPUT_SHAPE)
     gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
     rng = np.random.default_rng(0)
@@ -391,6 +474,56 @@ def test_affinity_loss_weight_zero_and_bad_input():
     cfg.MODEL.AFFINITY_HEAD.HEAD_CHANNELS = 12
     with pytest.raises(ValueError, match="multiple of 8"):
         build_affinity_head(cfg, INPUT_SHAPE)
+    cfg = small_cfg()
+    cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "mean"
+    with pytest.raises(ValueError, match="loss_normalization"):
+        build_affinity_head(cfg, INPUT_SHAPE)
+
+
+# ---------------------------------------------------------------------------- authors' shapes
+PAPER_SHAPE = {
+    "res2": ShapeSpec(channels=256, stride=4),
+    "res3": ShapeSpec(channels=512, stride=8),
+    "res5": ShapeSpec(channels=2048, stride=16),
+}
+
+
+def _authors_head_shapes(num_classes, distances, channels=256):
+    """Parameter shapes of the original heads' parts that follow the decoder, transcribed from
+    the authors' ``panoptic_seg_affinity.py`` (``PanopticAffinitySemSegHead.head``/``predictor``,
+    ``PanopticAffinityInsEmbedHead.affinity_head``/``classifiers``) with the paper configs
+    (HEAD_CHANNELS = CONVS_DIM = ASPP_CHANNELS = 256), in our module names."""
+    bn = lambda p, c: {f"{p}.norm.weight": (c,), f"{p}.norm.bias": (c,)}  # noqa: E731
+    sem = {"head.0.weight": (channels, channels, 3, 3), "head.1.weight": (channels, channels, 3, 3),
+           "predictor.weight": (num_classes, channels, 1, 1), "predictor.bias": (num_classes,)}
+    sem.update(bn("head.0", channels))
+    sem.update(bn("head.1", channels))
+    aff = {"head.0.weight": (channels, channels + num_classes, 3, 3), "head.1.weight": (channels, channels, 3, 3)}
+    aff.update(bn("head.0", channels))
+    aff.update(bn("head.1", channels))
+    for i, d in enumerate(distances):
+        f = 1 if d <= 1 else 2  # the original's in_factor
+        p = f"classifiers.{i}"
+        aff[f"{p}.convs.0.weight"] = (f * channels // 4, channels, 3, 3)  # groups = f
+        aff[f"{p}.convs.1.weight"] = (f * channels // 8, channels // 4, 3, 3)
+        aff.update(bn(f"{p}.convs.0", f * channels // 4))
+        aff.update(bn(f"{p}.convs.1", f * channels // 8))
+        aff[f"{p}.predictor.weight"] = (2, f * channels // 8, 1, 1)  # dense, as their classifiers.{i}.2
+        aff[f"{p}.predictor.bias"] = (2,)
+    return sem, aff
+
+
+@pytest.mark.parametrize("dataset", ["Cityscapes", "COCO"])
+def test_heads_match_authors_parameter_shapes(dataset):
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / f"{dataset}-PanopticSegmentation" / "cops_R_52_pretrain.yaml"))
+    sem_head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, PAPER_SHAPE)
+    aff_head = build_affinity_head(cfg, PAPER_SHAPE)
+    sem, aff = _authors_head_shapes(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES)
+    for module, expected in ((sem_head, sem), (aff_head, aff)):
+        got = {n: tuple(p.shape) for n, p in module.named_parameters() if not n.startswith("decoder.")}
+        assert got == expected
 
 
 # ---------------------------------------------------------------------------- YAML configs
@@ -435,6 +568,31 @@ def test_paper_config_merges_and_builds_heads(path):
     assert isinstance(sem, COPSSemSegHead)
     head = build_affinity_head(cfg, shape)
     assert len(head.classifiers) == len(aff.EDGE_DISTANCES)
+
+
+def test_cpu_scale_cityscapes_configs_scale_the_paper_settings():
+    assert {p.name for p in CPU_SCALE_CONFIGS} == {
+        "cops_R_18_512x256_pretrain.yaml",
+        "cops_R_18_512x256_fully_differentiable.yaml",
+    }
+    cfgs = {}
+    for path in CPU_SCALE_CONFIGS:
+        cfg = get_cfg()
+        add_cops_config(cfg)
+        cfg.merge_from_file(str(path))
+        cfgs[path.name] = cfg
+    pre = cfgs["cops_R_18_512x256_pretrain.yaml"]
+    fd = cfgs["cops_R_18_512x256_fully_differentiable.yaml"]
+    for cfg in (pre, fd):
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 19
+        # [1, 4, 16, 32, 64] on the 256x512 grid of 1024x2048 frames, scaled to 64x128
+        assert list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES) == [1, 2, 4, 8, 16]
+        assert tuple(cfg.INPUT.CROP.SIZE) == (256, 512)
+        assert (cfg.MODEL.COPS.STUFF_AREA, cfg.MODEL.COPS.INSTANCE_AREA) == (128, 12)
+    assert not pre.MODEL.COPS.FULLY_DIFFERENTIABLE and fd.MODEL.COPS.FULLY_DIFFERENTIABLE
+    assert fd.MODEL.WEIGHTS == os.path.join(pre.OUTPUT_DIR, "model_final.pth")
+    assert fd.MODEL.COPS.FREEZE_BN and fd.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT == 0
+    assert fd.MODEL.AFFINITY_HEAD.LOSS_WEIGHT == 0
 
 
 # ---------------------------------------------------------------------------- train_net

@@ -35,8 +35,10 @@ from detectron2_cops.modeling import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("COPS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAMPLE = SHARED_DATA / "coco_panoptic_sample"
+# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
+# names another dataset root that holds coco_panoptic_sample/.
+DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
+SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 SAMPLE_PRETRAIN = REPO / "configs" / "sample" / "cops_R_18_pretrain.yaml"
 
@@ -69,9 +71,10 @@ def synth_dataset():
 
 @pytest.fixture(scope="module")
 def sample_dataset(tmp_path_factory):
-    """The real COCO sample registered under a unique name (symlink to the shared folder)."""
+    """The real COCO sample registered under a unique name (symlink to the bundled folder)."""
     if not (SAMPLE / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
     name = _unique("cops_meta_sample")
     root = tmp_path_factory.mktemp("root")
     os.symlink(SAMPLE, root / name)
@@ -169,14 +172,15 @@ def _grad_norm(p):
 
 # ----------------------------------------------------------------------------- configs
 def _ensure_sample_registered():
-    """The sample YAMLs name ``coco_panoptic_sample``; point it at the shared data if its default
+    """The sample YAMLs name ``coco_panoptic_sample``; point it at the bundled sample if its default
     folder (``$DETECTRON2_DATASETS``) is missing."""
     meta = MetadataCatalog.get("coco_panoptic_sample")
     folder = meta.get("dataset_folder")
     if folder is None or not os.path.isdir(folder):
         if not SAMPLE.is_dir():
-            pytest.skip(f"shared COCO panoptic sample not found at {SAMPLE} (set COPS_SHARED_DATA)")
-        register_coco_panoptic_folder("coco_panoptic_sample", str(SHARED_DATA), overwrite=True)
+            pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
+                        "in the repository; COPS_TEST_DATASETS overrides its root)")
+        register_coco_panoptic_folder("coco_panoptic_sample", str(DATASETS_ROOT), overwrite=True)
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
@@ -357,6 +361,20 @@ def test_post_processor_resizes_crops_and_drops_small_segments():
     assert sum(s["area"] for s in info) == 20 * 28
 
 
+def test_post_processor_drops_thing_clusters_under_min_grid_size():
+    """Thing clusters under MIN_THING_CLUSTER_SIZE grid pixels are void at inference (the
+    authors' IGNORE_INSTANCE_SIZE_AMC // 4), whatever their output area; stuff is kept."""
+    sem, cut = _toy_logits()
+    for size, n_things in ((4, 2), (5, 0)):
+        (out,) = _pp(min_thing_cluster_size=size)(sem, cut, [(24, 32)], [(96, 128)])
+        pan, info = out["panoptic_seg"]
+        assert sum(s["isthing"] for s in info) == n_things, size
+        assert {s["category_id"] for s in info if not s["isthing"]} == {0, 2}
+        assert len(out["instances"]) == n_things
+    with pytest.raises(ValueError, match="min_thing_cluster_size"):
+        _pp(min_thing_cluster_size=0)
+
+
 def test_post_processor_uses_calibration():
     from detectron2_cops.layers import CostCalibration
 
@@ -439,8 +457,11 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     torch.manual_seed(0)
     cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
     model = build_model(cfg)
-    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)  # image pixels -> grid pixels
-    assert model.pq_surrogate.instance_area == pytest.approx(16 / 16)
+    # the authors' limits on the grid: STUFF_AREA / 4 / 4, INSTANCE_AREA / 4 (issue 7 point 3)
+    assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)
+    assert model.pq_surrogate.instance_area == pytest.approx(16 / 4)
+    assert model.pq_surrogate.ratio_eps == pytest.approx(0.1) and model.pq_surrogate.rule == "original"
+    assert model.amwc_layer.min_thing_cluster_size == 3 and model.edge_dropout.p == pytest.approx(0.1)
     # a model that predicts the large stuff class 2 everywhere (an overlap with the ground truth,
     # so the PQ surrogate has a gradient)
     with torch.no_grad():
@@ -464,6 +485,103 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert "calib_semantic_weight" in stats and "calib_edge_weight_0" in stats
     logged = storage.latest()
     assert "train_pq" in logged and "train_pq_surrogate" in logged and "loss_pq" not in logged
+
+
+@pytest.mark.parametrize("fully_differentiable", [False, True])
+def test_batch_smaller_than_the_crop_is_padded_for_aspp_pooling(synth_dataset, fully_differentiable):
+    """With absolute crops, ASPP pools over crop size / stride cells; a batch whose images are
+    all smaller than the crop (scale augmentation below 1) used to stop training with
+    "pool_kernel_size must be divisible by the shape of inputs". It is padded to the crop, in
+    training and at inference."""
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=fully_differentiable)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (128, 192)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.min_input_size == (128, 192)
+    model.train()
+    batch = [synthetic_input(64, 96, 0), synthetic_input(61, 93, 1)]
+    assert tuple(model.preprocess_image(batch).tensor.shape[-2:]) == (128, 192)
+    with EventStorage():
+        losses = model(batch)
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    # inference on a smaller image: padded, outputs at the image's size
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[1]["image"]}])
+    assert tuple(out[0]["panoptic_seg"][0].shape) == (61, 93)
+    assert tuple(out[0]["sem_seg"].shape[-2:]) == (61, 93)
+    # without the minimum size the same batch fails in the ASPP pooling
+    model.train()
+    model.min_input_size = None
+    with pytest.raises(ValueError, match="pool_kernel_size"):
+        with EventStorage():
+            model(batch)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_stage2_pads_missed_ground_truth_and_logs_to_event_storage(synth_dataset, pad, caplog):
+    """With MODEL.COPS.PAD_UNMATCHED_GT the AMWC layer gets one empty mask per ground-truth
+    segment the matching leaves unmatched (here: a model predicting stuff class 2 everywhere
+    misses every thing); the surrogate PQ, train PQ and calibration scalars reach the
+    EventStorage and the log."""
+    import logging
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    cfg.MODEL.COPS.PAD_UNMATCHED_GT = pad
+    cfg.MODEL.COPS.LOG_PERIOD = 5
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.sem_seg_head.predictor.bias[2] = 5.0
+    model.train()
+    batch = [synthetic_input(64, 96, 0)]
+    with caplog.at_level(logging.INFO, logger="detectron2_cops"), EventStorage(start_iter=10) as storage:
+        losses = model(batch)
+    # every ground-truth segment but the one of class 2 is missed (things and stuff class 3)
+    n_missed = int(sum(int(c) != 2 for c in batch[0]["gt_classes"]))
+    assert n_missed >= 3
+    stats = model.last_train_stats
+    assert stats["num_padded_gt"] == (n_missed if pad else 0)
+    losses["loss_pq"].backward()
+    assert torch.isfinite(model.sem_seg_head.predictor.weight.grad).all()
+    logged = storage.latest()
+    for key in ("train_pq_surrogate", "train_pq", "calib_semantic_weight", "calib_edge_bias_0", "num_padded_gt"):
+        assert key in logged, key
+    assert any("COPS stage 2 iter 10" in r.getMessage() and "train_pq_surrogate" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_stage2_stops_with_a_clear_message_on_nan(synth_dataset):
+    """Issue 10: stage 2 must never silently diverge: NaN costs stop it, naming the tensor and
+    the iteration."""
+    model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
+    model.train()
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = float("nan")
+    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match=r"iteration 7: edge costs of distance 2"):
+        model([synthetic_input(64, 96, 0)])
+    with torch.no_grad():
+        model.calibration.edge_bias[1] = 0.0
+        model.calibration.semantic_weight.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="semantic costs"):
+        model([synthetic_input(64, 96, 0)])
+
+
+def test_stage2_crowd_pixels_weigh_as_the_authors(synth_dataset):
+    """Crowd pixels (in no ground-truth segment) weigh MODEL.COPS.SURROGATE_CROWD_WEIGHT in the
+    surrogate and the AMWC gradient (authors: 1), void pixels 0."""
+    x = synthetic_input(64, 96, 0)
+    crowd = torch.isin(x["panoptic_ids"], x["crowd_ids"])
+    assert crowd.any() and (x["pixel_weights"][crowd] == 0).all()
+    for weight in (1.0, 0.0, 0.5):
+        cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+        cfg.MODEL.COPS.SURROGATE_CROWD_WEIGHT = weight
+        model = build_model(cfg)
+        w = model._stage2_pixel_weights([x], tuple(x["pixel_weights"].shape))[0]
+        assert (w[crowd] == weight).all()
+        assert torch.equal(w[~crowd], x["pixel_weights"][~crowd])
 
 
 def test_train_pq_is_exact_for_a_perfect_solution(synth_dataset):

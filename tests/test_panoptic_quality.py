@@ -25,9 +25,10 @@ Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to write refer
 ndimage = pytest.importorskip("scipy.ndimage", reason="scipy is not installed")
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("COPS_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+def _datasets_root() -> Path:
+    """Root of the bundled sample (datasets/ in the repository; COPS_TEST_DATASETS overrides)."""
+    env = os.environ.get("COPS_TEST_DATASETS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "datasets"
 
 
 # --------------------------------------------------------------------------- reference harness
@@ -248,9 +249,10 @@ def test_random_multi_image_accumulation_matches_cityscapesscripts(tmp_path, see
 
 # --------------------------------------------------------------------------- real COCO images
 def load_coco_sample(label_divisor=1000):
-    root = _shared_data() / "coco_panoptic_sample"
+    root = _datasets_root() / "coco_panoptic_sample"
     if not (root / "panoptic.json").is_file():
-        pytest.skip(f"shared COCO panoptic sample not found at {root} (set COPS_SHARED_DATA)")
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {root} (datasets/coco_panoptic_sample "
+                    "in the repository; COPS_TEST_DATASETS overrides its root)")
     meta = json.loads((root / "panoptic.json").read_text())
     cat_ids = sorted(c["id"] for c in meta["categories"])
     contiguous = {cid: k for k, cid in enumerate(cat_ids)}

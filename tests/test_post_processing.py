@@ -1,5 +1,7 @@
 """The grid-level AMWC post-processor gives the outputs of the previous full-resolution
-implementation (tests/_reference_post_processing.py, kept verbatim) on fixed inputs."""
+implementation (tests/_reference_post_processing.py, main's post_processing.py copied verbatim)
+on fixed inputs: panoptic map and segments, ``sem_seg`` (AMWC node labels), ``sem_seg_head``
+(head softmax), instances, with and without the minimum thing cluster size."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +43,9 @@ def _assert_same(new, ref):
         pb, ib = b["panoptic_seg"]
         assert pa.dtype == pb.dtype and torch.equal(pa, pb)
         assert ia == ib
-        assert torch.equal(a["sem_seg"], b["sem_seg"])
+        assert set(a) == set(b)
+        assert a["sem_seg"].dtype == b["sem_seg"].dtype and torch.equal(a["sem_seg"], b["sem_seg"])
+        assert torch.equal(a["sem_seg_head"], b["sem_seg_head"])
         xa, xb = a["instances"], b["instances"]
         assert xa.image_size == xb.image_size and len(xa) == len(xb)
         assert torch.equal(xa.pred_masks, xb.pred_masks)
@@ -79,3 +83,18 @@ def test_same_outputs_without_instances_kept():
     out = new(sem, cut, [(80, 96)])
     _assert_same(out, ref(sem, cut, [(80, 96)]))
     assert len(out[0]["instances"]) == 0 and tuple(out[0]["instances"].pred_masks.shape) == (0, 80, 96)
+
+
+@pytest.mark.parametrize("output_size", [(118, 173), (240, 352), (97, 131)])
+def test_same_outputs_min_thing_cluster_size(output_size):
+    """Thing clusters under the minimum size (grid pixels) are void in both implementations,
+    while ``sem_seg`` keeps their node labels."""
+    sem, cut = _logits(3, 30, 44)
+    new, ref = _both(min_thing_cluster_size=12, instance_area=5)
+    out = new(sem, cut, [(118, 173)], [output_size])
+    _assert_same(out, ref(sem, cut, [(118, 173)], [output_size]))
+    # The rule removes some thing segment here, so the test is not vacuous.
+    plain, _ = _both(instance_area=5)
+    kept = plain(sem, cut, [(118, 173)], [output_size])
+    assert len(out[0]["instances"]) < len(kept[0]["instances"])
+    assert torch.equal(out[0]["sem_seg"], kept[0]["sem_seg"])

@@ -19,6 +19,14 @@ THINGS = (0, 1, 2)
 STUFF = (3, 4)
 EXTRA_STUFF = 5  # a stuff class never present in the ground truth
 
+# The soft-PQ variant of the surrogate (rule "pq", no ratio epsilon, overlap needed for a thing
+# match): exact PQ on hard masks. The COPS code's variant (the default) is tested at the end.
+LEGACY = dict(ratio_eps=0.0, rule="pq", match_zero_overlap=False)
+
+
+def Legacy(*args, **kwargs):
+    return PanopticQualitySurrogate(*args, **{**LEGACY, **kwargs})
+
 
 def masks_from_ids(id_map, void_id=-1, dtype=torch.float32):
     """[H, W] id map -> ([N, H, W] masks, [N] int64 classes, ids)."""
@@ -94,7 +102,7 @@ def surrogate_inputs(preds, gts, dtype=torch.float32, requires_grad=False):
 def test_equals_exact_pq_on_hard_masks(seed):
     preds, gts = hard_batch(seed)
     pm, pc, gm, gc, w = surrogate_inputs(preds, gts)
-    module = PanopticQualitySurrogate(THINGS, stuff_area=-1e4, instance_area=-1e4)
+    module = Legacy(THINGS, stuff_area=-1e4, instance_area=-1e4)
     out = module(pm, pc, gm, gc, w)
     exact = panoptic_quality(preds, gts, label_divisor=LD, thing_classes=THINGS)
     assert isinstance(out, SurrogateOutput)
@@ -149,7 +157,7 @@ def test_formula_by_hand_on_soft_overlaps():
     pq3 = h(u1) * s1 * u1 / (h(u1) * s1 + 0.5 * ((1 - h(u1)) * s1 + (1 - h(u1))))
     # class 1: only a false positive
     pq1 = 0.0 / (0.5 * s2)
-    module = PanopticQualitySurrogate([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area)
+    module = Legacy([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area)
     out = module([pred], [pred_classes], [gt], [gt_classes], [weights])
     assert out.matches == [[(0, 0), (2, 1)]]
     assert out.per_class[0] == pytest.approx(pq0, rel=1e-12)
@@ -160,7 +168,7 @@ def test_formula_by_hand_on_soft_overlaps():
     out2 = module([pred, pred], [pred_classes] * 2, [gt, gt], [gt_classes] * 2, [weights, weights])
     assert out2.pq.item() == pytest.approx(out.pq.item(), rel=1e-12)
     # ratio_eps is added to numerator and denominator of each class
-    out3 = PanopticQualitySurrogate([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area, ratio_eps=0.1)(
+    out3 = Legacy([0, 1, 2], stuff_area=stuff_area, instance_area=inst_area, ratio_eps=0.1)(
         [pred], [pred_classes], [gt], [gt_classes], [weights])
     den1 = 0.5 * s2
     assert out3.per_class[1] == pytest.approx(0.1 / (den1 + 0.1), rel=1e-12)
@@ -190,7 +198,7 @@ def test_backward_reaches_every_overlapping_prediction():
         gts.append(gt)
         preds.append(pred)
     pm, pc, gm, gc, w = surrogate_inputs(preds, gts, requires_grad=True)
-    module = PanopticQualitySurrogate(THINGS, stuff_area=60.0, instance_area=10.0)
+    module = Legacy(THINGS, stuff_area=60.0, instance_area=10.0)
     out = module(pm, pc, gm, gc, w)
     assert all(v > 0 for v in out.per_class.values())  # every predicted class has a TP
     out.loss.backward()
@@ -215,7 +223,7 @@ def test_false_positive_only_class_gradient_needs_ratio_eps():
     args = ([torch.tensor([0, 1])], [gt], [torch.tensor([0])])
     for ratio_eps, expect_grad in ((0.0, False), (0.1, True)):
         pm = p.clone().requires_grad_(True)
-        out = PanopticQualitySurrogate([0, 1], stuff_area=5, instance_area=20, ratio_eps=ratio_eps)(
+        out = Legacy([0, 1], stuff_area=5, instance_area=20, ratio_eps=ratio_eps)(
             [pm], args[0], args[1], args[2])
         out.loss.backward()
         assert bool(pm.grad[1].abs().sum() > 0) == expect_grad
@@ -245,7 +253,7 @@ def test_gradcheck_float64(with_weights):
     if with_weights:
         weights[4, 4] = 0.0
         weights[0, 0] = 0.5
-    module = PanopticQualitySurrogate([0, 1], stuff_area=8.0, instance_area=4.0)
+    module = Legacy([0, 1], stuff_area=8.0, instance_area=4.0)
 
     def fn(m1, m2):
         out = module([m1, m2], [pred_classes, pred_classes], [gt, gt.flip(-1)], [gt_classes, gt_classes],
@@ -282,7 +290,7 @@ def test_matching_is_maximum_iou_not_greedy():
     pairs = match_segments(pred, torch.tensor([0, 0]), gt, torch.tensor([0, 0]), None, thing_classes=[0])
     # ... the maximum-IoU assignment matches both
     assert pairs == [(0, 1), (1, 0)]
-    out = PanopticQualitySurrogate([0], stuff_area=0, instance_area=0)(
+    out = Legacy([0], stuff_area=0, instance_area=0)(
         [pred], [torch.tensor([0, 0])], [gt], [torch.tensor([0, 0])])
     assert out.matches == [[(0, 1), (1, 0)]]
 
@@ -295,7 +303,7 @@ def test_matching_beats_every_permutation_on_random_masks():
         gt = torch.from_numpy(rng.random((g, 6, 6)) < 0.4)
         weights = torch.from_numpy(rng.random((6, 6)))
         pairs = match_segments(pred, torch.zeros(m, dtype=torch.long), gt, torch.zeros(g, dtype=torch.long),
-                               weights, thing_classes=[0], eps=0.1)
+                               weights, thing_classes=[0], eps=0.1, match_zero_overlap=False)
 
         def score(i, j):
             w, p, q = weights, pred[i], gt[j].double()
@@ -319,8 +327,11 @@ def test_stuff_matched_by_class_things_need_overlap():
     pred[0, 2:, :2] = 1  # stuff class 3, no overlap with the gt stuff
     pred[1, 0, 0] = 1    # thing class 0, no overlap with the gt thing
     pred[2, 2:, 2:] = 1  # stuff class 4 (absent from gt)
-    pairs = match_segments(pred, torch.tensor([3, 0, 4]), gt, torch.tensor([3, 0]), None, thing_classes=[0])
+    pairs = match_segments(pred, torch.tensor([3, 0, 4]), gt, torch.tensor([3, 0]), None, thing_classes=[0],
+                           match_zero_overlap=False)
     assert pairs == [(0, 0)]
+    # the COPS matching (default) also matches the thing pair without overlap
+    assert match_segments(pred, torch.tensor([3, 0, 4]), gt, torch.tensor([3, 0]), None, [0]) == [(0, 0), (1, 1)]
     # different classes are never matched, even when they overlap perfectly
     assert match_segments(gt.float(), torch.tensor([4, 1]), gt, torch.tensor([3, 0]), None, [0]) == []
 
@@ -330,7 +341,7 @@ def test_unmatched_gt_is_false_negative_and_adding_its_prediction_lowers_the_los
     gt[0, :4] = True
     gt[1, 4:] = True
     gt_classes = [torch.tensor([1, 1])]
-    module = PanopticQualitySurrogate([1], stuff_area=-1e4, instance_area=-1e4)
+    module = Legacy([1], stuff_area=-1e4, instance_area=-1e4)
     one = module([gt[:1].float()], [torch.tensor([1])], [gt], gt_classes)
     assert one.pq.item() == pytest.approx(1.0 / 1.5)  # 1 TP, 1 FN
     two = module([gt.float()], [torch.tensor([1, 1])], [gt], gt_classes)
@@ -343,7 +354,7 @@ def test_unmatched_gt_is_false_negative_and_adding_its_prediction_lowers_the_los
 def test_foreground_probability_discounts_tiny_false_positives():
     gt = torch.zeros(1, 20, 20, dtype=torch.bool)
     gt[0, :15] = True  # 300 px thing, predicted exactly (s = sigmoid(20) ~ 1)
-    module = PanopticQualitySurrogate([0], stuff_area=1000, instance_area=100)
+    module = Legacy([0], stuff_area=1000, instance_area=100)
 
     def pq_with_fp(module, rows):
         fp = torch.zeros(1, 20, 20)
@@ -358,7 +369,7 @@ def test_foreground_probability_discounts_tiny_false_positives():
     # at the limit: 100 px, s = 0.5
     assert pq_with_fp(module, 5) == pytest.approx(1.0 / 1.25, abs=1e-5)
     # big false positive: 100 px >> 10 px limit, s ~ 1: costs 0.5 in the denominator
-    big = PanopticQualitySurrogate([0], stuff_area=1000, instance_area=10)
+    big = Legacy([0], stuff_area=1000, instance_area=10)
     assert pq_with_fp(big, 5) == pytest.approx(1.0 / 1.5, abs=1e-4)
 
 
@@ -367,7 +378,7 @@ def test_stuff_uses_stuff_area_things_use_instance_area():
     gt[0, :5] = True   # 50 px, predicted exactly
     fp = torch.zeros(1, 10, 10)
     fp[0, 7:] = 1.0    # 30 px false positive of the same class
-    module = PanopticQualitySurrogate([0], stuff_area=40.0, instance_area=0.0)
+    module = Legacy([0], stuff_area=40.0, instance_area=0.0)
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
     for cls, limit in ((3, 40.0), (0, 0.0)):
         s_tp, s_fp = sig(0.1 * (50 - limit)), sig(0.1 * (30 - limit))
@@ -382,7 +393,7 @@ def test_no_gt_all_false_positives():
     pred[0, :3] = 1
     pred[1, 3:] = 1
     pred.requires_grad_(True)
-    module = PanopticQualitySurrogate([0], stuff_area=5, instance_area=5)
+    module = Legacy([0], stuff_area=5, instance_area=5)
     out = module([pred], [torch.tensor([0, 3])], [torch.zeros(0, 6, 6, dtype=torch.bool)],
                  [torch.zeros(0, dtype=torch.long)])
     assert out.loss.item() == 1.0 and out.matches == [[]] and set(out.per_class) == {0, 3}
@@ -395,7 +406,7 @@ def test_no_gt_and_no_predictions_gives_finite_zero_loss():
     other = torch.zeros(1, 6, 6)
     other[0, :2] = 1
     other.requires_grad_(True)
-    module = PanopticQualitySurrogate([0], stuff_area=5, instance_area=5)
+    module = Legacy([0], stuff_area=5, instance_area=5)
     empty_gt = [torch.zeros(0, 6, 6, dtype=torch.bool)]
     empty_cls = [torch.zeros(0, dtype=torch.long)]
     out = module([pred], [torch.zeros(0, dtype=torch.long)], empty_gt, empty_cls)
@@ -413,7 +424,7 @@ def test_no_gt_and_no_predictions_gives_finite_zero_loss():
 def test_cuda_matches_cpu():
     preds, gts = hard_batch(5)
     pm, pc, gm, gc, w = surrogate_inputs(preds, gts, requires_grad=True)
-    module = PanopticQualitySurrogate(THINGS, stuff_area=20.0, instance_area=10.0)
+    module = Legacy(THINGS, stuff_area=20.0, instance_area=10.0)
     cpu = module(pm, pc, gm, gc, w)
     cpu.loss.backward()
     pm_cuda = [p.detach().cuda().requires_grad_(True) for p in pm]
@@ -467,23 +478,172 @@ def _set(lst, k, v):
     ],
 )
 def test_bad_input_raises(edit, message):
-    module = PanopticQualitySurrogate([0], stuff_area=1.0, instance_area=1.0)
+    module = Legacy([0], stuff_area=1.0, instance_area=1.0)
     args = edit(_good_inputs())
     with pytest.raises(ValueError, match=message):
         module(*args)
 
 
 def test_good_inputs_work_and_bad_constructor_arguments_raise():
-    out = PanopticQualitySurrogate([0], stuff_area=1.0, instance_area=1.0)(*_good_inputs())
+    out = Legacy([0], stuff_area=1.0, instance_area=1.0)(*_good_inputs())
     assert torch.isfinite(out.loss)
     for kwargs in (dict(eps=0.0), dict(beta=-1.0), dict(area_temperature=0.0), dict(ratio_eps=-0.1),
                    dict(stuff_area=float("nan")), dict(instance_area="10")):
         args = dict(stuff_area=1.0, instance_area=1.0)
         args.update(kwargs)
         with pytest.raises(ValueError):
-            PanopticQualitySurrogate([0], **args)
+            Legacy([0], **args)
     with pytest.raises(ValueError, match="thing_classes"):
-        PanopticQualitySurrogate([-1], stuff_area=1.0, instance_area=1.0)
+        Legacy([-1], stuff_area=1.0, instance_area=1.0)
     with pytest.raises(ValueError, match="eps"):
         match_segments(torch.zeros(1, 2, 2), torch.tensor([0]), torch.zeros(1, 2, 2), torch.tensor([0]),
                        None, [0], eps=0.0)
+
+
+# --------------------------------------------------------------------------- the COPS code's variant
+def _cops_reference(preds, pred_cls, gts, gt_cls, weights, things, inst_area, stuff_area, eps=0.1, ratio_eps=0.1):
+    """The authors' surrogate written out in NumPy, step by step as ``ComputeBestGroundTruth`` /
+    ``MatchMasksPair`` (utils.py ~163-237) and ``PanopticQualityLoss.forward`` (losses.py ~24-101):
+    pred channels padded with one zero mask per unmatched gt; gt channel = matched gt (zeros for
+    unmatched predictions)."""
+    from scipy.optimize import linear_sum_assignment
+
+    def iou(p, g, w):
+        inter = (p * g * w).sum()
+        return (inter + eps) / (((p + g - p * g) * w).sum() + eps)
+
+    def h(u):
+        return u ** 4 / (u ** 4 + (1 - u) ** 4)
+
+    num, den = {}, {}
+    for P, pc, G, gc, W in zip(preds, pred_cls, gts, gt_cls, weights):
+        chans = []  # (pred mask, gt mask, class)
+        for c in sorted(set(pc) | set(gc)):
+            pi = [i for i, k in enumerate(pc) if k == c]
+            gi = [j for j, k in enumerate(gc) if k == c]
+            gt_of = {}
+            if pi and gi:
+                if c in things:
+                    sim = np.array([[iou(P[i], G[j], W) for j in gi] for i in pi])
+                    rows, cols = linear_sum_assignment(sim, maximize=True)
+                    gt_of = {pi[r]: gi[k] for r, k in zip(rows, cols)}
+                else:
+                    gt_of = {pi[0]: gi[0]}
+            for i in pi:
+                chans.append((P[i], G[gt_of[i]] if i in gt_of else np.zeros_like(P[i]), c))
+            for j in gi:
+                if j not in gt_of.values():
+                    chans.append((np.zeros_like(G[j]), G[j], c))
+        for p, g, c in chans:
+            u = iou(p, g, W)
+            nz = float(g.any())
+            limit = inst_area if c in things else stuff_area
+            s = 1.0 / (1.0 + np.exp(-0.1 * (p.sum() - limit)))
+            num[c] = num.get(c, 0.0) + h(u) * s * nz * u
+            den[c] = den.get(c, 0.0) + h(u) * s * nz + 0.5 * (1 - h(u)) * nz + 0.5 * (1 - nz) * (1 - h(u)) * s
+    per_class = {c: (num[c] + ratio_eps) / (den[c] + ratio_eps) for c in num if den[c] > 0}
+    return per_class
+
+
+def test_cops_formula_by_hand_small_case():
+    """One image, hand-computed: a matched thing pair below IoU 0.5 is only a soft FN; an
+    unmatched prediction is a FP discounted by h(IoU with an empty gt); an unmatched gt is paired
+    with an empty prediction; ratio epsilon 0.1."""
+    h_, w_ = 4, 6
+    gt = np.zeros((3, h_, w_))
+    gt[0, 0:2, 0:2] = 1  # thing 0 (4 px)
+    gt[1, 0:2, 4:6] = 1  # thing 0 (4 px), far from every prediction
+    gt[2, 2:4, :] = 1    # stuff 1 (12 px)
+    pred = np.zeros((3, h_, w_))
+    pred[0, 0:2, 1:3] = 1  # thing 0, IoU 2/6 with gt 0
+    pred[1, 3, 0:2] = 1    # thing 0, no overlap with anything of class 0 -> matched to gt 1 (zero overlap)
+    pred[2, 2:4, 2:6] = 1  # stuff 1, 8 px of the 12
+    W = np.ones((h_, w_))
+    eps, inst, stuff = 0.1, 2.0, 6.0
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h = lambda u: u ** 4 / (u ** 4 + (1 - u) ** 4)  # noqa: E731
+    # class 0: pairs (pred0, gt0) IoU (2+.1)/(6+.1), (pred1, gt1) IoU .1/(6+.1) (zero overlap matches)
+    u0, u1 = 2.1 / 6.1, 0.1 / 6.1
+    s0, s1 = sig(0.1 * (4 - inst)), sig(0.1 * (2 - inst))
+    num0 = h(u0) * s0 * u0 + h(u1) * s1 * u1
+    den0 = h(u0) * s0 + h(u1) * s1 + 0.5 * ((1 - h(u0)) + (1 - h(u1)))  # no FP term for matched pairs
+    # class 1: stuff pair IoU (8+.1)/(12+.1)
+    u2, s2 = 8.1 / 12.1, sig(0.1 * (8 - stuff))
+    num1, den1 = h(u2) * s2 * u2, h(u2) * s2 + 0.5 * (1 - h(u2))
+    expect = {0: (num0 + 0.1) / (den0 + 0.1), 1: (num1 + 0.1) / (den1 + 0.1)}
+    module = PanopticQualitySurrogate([0], stuff_area=stuff, instance_area=inst)
+    out = module([torch.from_numpy(pred)], [torch.tensor([0, 0, 1])], [torch.from_numpy(gt).bool()],
+                 [torch.tensor([0, 0, 1])], [torch.from_numpy(W)])
+    assert out.matches == [[(0, 0), (1, 1), (2, 2)]]
+    assert out.per_class == pytest.approx(expect, rel=1e-12)
+    assert out.pq.item() == pytest.approx((expect[0] + expect[1]) / 2, rel=1e-12)
+    # a false-positive-only class (class 2, 6 px, no gt): (1 - h(eps / (6 + eps))) s in FP~
+    fp = np.zeros((1, h_, w_))
+    fp[0, 0:3, 3] = 1
+    fp[0, 3, 2:5] = 1
+    out2 = module([torch.from_numpy(np.concatenate([pred, fp]))], [torch.tensor([0, 0, 1, 2])],
+                  [torch.from_numpy(gt).bool()], [torch.tensor([0, 0, 1])], [torch.from_numpy(W)])
+    s3 = sig(0.1 * (6 - stuff))
+    den2 = 0.5 * (1 - h(0.1 / 6.1)) * s3
+    assert out2.per_class[2] == pytest.approx(0.1 / (den2 + 0.1), rel=1e-12)
+    # with ratio epsilon 0 such a class has PQ~ 0 and gives no gradient
+    p = torch.from_numpy(np.concatenate([pred, fp])).requires_grad_(True)
+    out3 = PanopticQualitySurrogate([0], stuff_area=stuff, instance_area=inst, ratio_eps=0.0)(
+        [p], [torch.tensor([0, 0, 1, 2])], [torch.from_numpy(gt).bool()], [torch.tensor([0, 0, 1])],
+        [torch.from_numpy(W)])
+    out3.loss.backward()
+    assert out3.per_class[2] == 0.0 and p.grad[3].abs().sum() == 0
+    p.grad = None
+    module([p], [torch.tensor([0, 0, 1, 2])], [torch.from_numpy(gt).bool()], [torch.tensor([0, 0, 1])],
+           [torch.from_numpy(W)]).loss.backward()
+    assert (p.grad[3][fp[0] > 0] > 0).all()  # ratio epsilon 0.1: the gradient shrinks it
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cops_variant_equals_reference_on_random_soft_cases(seed):
+    rng = np.random.default_rng(seed)
+    things = {0, 1}
+    preds, pcs, gts, gcs, ws = [], [], [], [], []
+    for _ in range(2):
+        m, g = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+        gcs.append([int(rng.choice([0, 1, 2, 3])) for _ in range(g)])
+        pcs.append([int(rng.choice([0, 1, 2, 4])) for _ in range(m)])
+        # stuff: at most one segment per class on each side (as the AMWC layer produces)
+        gcs[-1] = [c for k, c in enumerate(gcs[-1]) if c in things or c not in gcs[-1][:k]]
+        pcs[-1] = [c for k, c in enumerate(pcs[-1]) if c in things or c not in pcs[-1][:k]]
+        gts.append((rng.random((len(gcs[-1]), 5, 6)) < 0.3).astype(np.float64))
+        preds.append(np.clip(rng.random((len(pcs[-1]), 5, 6)) * (rng.random((len(pcs[-1]), 5, 6)) < 0.4), 0, 1))
+        ws.append(rng.random((5, 6)) * (rng.random((5, 6)) < 0.9))
+    expect = _cops_reference(preds, pcs, gts, gcs, ws, things, inst_area=3.0, stuff_area=4.0)
+    module = PanopticQualitySurrogate(sorted(things), stuff_area=4.0, instance_area=3.0)
+    out = module([torch.from_numpy(p) for p in preds], [torch.tensor(c, dtype=torch.long) for c in pcs],
+                 [torch.from_numpy(g) for g in gts], [torch.tensor(c, dtype=torch.long) for c in gcs],
+                 [torch.from_numpy(w) for w in ws])
+    assert out.per_class == pytest.approx(expect, rel=1e-9, abs=1e-12)
+
+
+def test_padded_masks_are_paired_with_their_ground_truth_and_get_a_gradient():
+    gt = torch.zeros(2, 6, 6, dtype=torch.bool)
+    gt[0, :3] = True
+    gt[1, 3:] = True
+    pred = torch.zeros(1, 6, 6)
+    pred[0] = 1.0  # one thing over both gts (a merge)
+    module = PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0)
+    gc = [torch.tensor([0, 0])]
+    assert module.unmatched_gt(pred, torch.tensor([0]), gt, gc[0]) == [1]
+    plain = module([pred], [torch.tensor([0])], [gt], gc)
+    padded = torch.cat([pred, torch.zeros(1, 6, 6)]).requires_grad_(True)
+    out = module([padded], [torch.tensor([0, 0])], [gt], gc, padded_gt=[[1]])
+    assert out.matches == [[(0, 0), (1, 1)]]
+    # an empty padded mask gives the value of the constant empty prediction
+    assert out.pq.item() == pytest.approx(plain.pq.item(), rel=1e-12)
+    out.loss.backward()
+    g = padded.grad[1]
+    assert (g[3:] < 0).all() and (g[:3] > 0).all()  # grow on its gt, stay off the other one
+    for bad, message in (([[0]], "already matches"), ([[2]], "out of range"), ([[1, 1]], "repeats")):
+        with pytest.raises(ValueError, match=message):
+            module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=bad)
+    with pytest.raises(ValueError, match="class"):
+        module([padded.detach()], [torch.tensor([0, 1])], [gt], gc, padded_gt=[[1]])
+    with pytest.raises(ValueError, match="rule"):
+        PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0, rule="other")

@@ -66,7 +66,9 @@ class COPSDatasetMapper:
       ``sem_seg_weights`` ``[H, W] float32``, ``panoptic_ids`` ``[h, w] int64``, ``crowd_ids``
       ``[C] int64``, ``gt_masks`` ``[G, h, w] bool``, ``gt_classes`` ``[G] int64``,
       ``pixel_weights`` ``[h, w] float32``, ``affinity_targets`` / ``affinity_weights`` (lists
-      of ``[2, H_d, W_d] float32``), with ``(h, w) = (ceil(H/4), ceil(W/4))`` (stride 4).
+      of ``[2, H_d, W_d] float32``), with ``(h, w) = (ceil(H/4), ceil(W/4))`` (stride 4); the
+      affinity maps cover the image padded to ``MODEL.COPS.SIZE_DIVISIBILITY`` when that is > 0
+      (the original's COCO padding, weighted by ``INPUT.PADDING_AFFINITY_WEIGHT``).
 
     Inference (``is_train=False``): only reads and resizes the image (``INPUT.MIN_SIZE_TEST``,
     ``MAX_SIZE_TEST``) and sets ``image``; all other keys (``file_name``, ``image_id``,
@@ -147,6 +149,10 @@ class COPSDatasetMapper:
             ignore_crowd_in_semantic=cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC,
             ignore_stuff_in_affinities=cfg.INPUT.IGNORE_STUFF_IN_AFFINITIES,
             instance_affinity_weight=cfg.INPUT.INSTANCE_AFFINITY_WEIGHT,
+            # The model pads images to MODEL.COPS.SIZE_DIVISIBILITY (-1: the backbone's, which is
+            # 0 for the ResNet backbones of COPS); the affinity targets cover the same padding.
+            size_divisibility=max(int(cfg.MODEL.COPS.SIZE_DIVISIBILITY), 0),
+            padding_affinity_weight=cfg.INPUT.PADDING_AFFINITY_WEIGHT,
         )
         return ret
 

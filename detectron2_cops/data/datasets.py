@@ -11,7 +11,10 @@ Detectron2's builtin panoptic datasets (``cityscapes_fine_panoptic_{train,val}``
   order; ``label_divisor=1000``, ``ignore_label=255``);
 * :func:`register_all_coco_panoptic_folders`, called when :mod:`detectron2_cops.data` is
   imported: registers the bundled sample ``coco_panoptic_sample`` under
-  ``$DETECTRON2_DATASETS`` (default ``datasets``), e.g. ``DETECTRON2_DATASETS=../shared/data``;
+  ``$DETECTRON2_DATASETS`` (default ``datasets``, relative to the current directory: from the
+  repository root, the bundled ``datasets/coco_panoptic_sample``);
+* :func:`check_dataset_files`: before training or evaluation, checks that the files a registered
+  dataset names are there, and otherwise says which folder it looked in;
 * :func:`get_panoptic_metadata`: the metadata fields COPS reads, checked, with
   ``label_divisor`` defaulting to 1000 when a dataset does not set it;
 * :func:`register_panoptic_instances_view`: a ``<name>_instances`` dataset with the thing
@@ -44,6 +47,7 @@ __all__ = [
     "register_coco_panoptic_folder",
     "register_all_coco_panoptic_folders",
     "load_coco_panoptic_folder",
+    "check_dataset_files",
     "get_panoptic_metadata",
     "register_panoptic_instances_view",
     "load_panoptic_as_instances",
@@ -66,6 +70,17 @@ _DEFAULT_IGNORE_LABEL = 255
 def _default_root() -> str:
     """Detectron2's dataset root: ``$DETECTRON2_DATASETS`` or ``datasets``."""
     return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def _describe_root() -> str:
+    """Where dataset folders are looked up, for error messages."""
+    env = os.getenv("DETECTRON2_DATASETS")
+    if env is not None:
+        return f"DETECTRON2_DATASETS={env} ({os.path.abspath(env)})"
+    return (
+        "DETECTRON2_DATASETS is not set, so Detectron2's default root 'datasets' relative to "
+        f"the current directory: {os.path.abspath('datasets')}"
+    )
 
 
 def _read_json(path: str, what: str):
@@ -150,9 +165,11 @@ def _ensure_folder_metadata(name: str) -> None:
         return
     if not os.path.isdir(folder):
         raise FileNotFoundError(
-            f"dataset '{name}' is registered from the folder '{folder}', which does not exist. "
-            f"Set DETECTRON2_DATASETS to the directory that contains '{os.path.basename(folder)}' "
-            "before importing detectron2_cops, or call "
+            f"dataset '{name}' is registered from the folder '{folder}', which does not exist "
+            f"(dataset root: {_describe_root()}). Run from the directory that holds "
+            f"'datasets/{os.path.basename(folder)}' (the repository root for the bundled sample), "
+            f"or set DETECTRON2_DATASETS to the directory that contains "
+            f"'{os.path.basename(folder)}' before importing detectron2_cops, or call "
             "register_coco_panoptic_folder(name, root, overwrite=True)."
         )
     categories, source = _read_categories(folder)
@@ -379,6 +396,58 @@ def get_panoptic_metadata(dataset_name: str) -> dict:
         "label_divisor": label_divisor,
         "ignore_label": ignore_label,
     }
+
+
+#: Metadata keys of Detectron2's builtin and our datasets that name files or folders.
+_PATH_METADATA_KEYS = (
+    "dataset_folder",
+    "image_root",
+    "panoptic_root",
+    "panoptic_json",
+    "gt_dir",
+    "sem_seg_root",
+)
+
+
+def check_dataset_files(dataset_name: str) -> None:
+    """Check that the files and folders a registered dataset names in its metadata
+    (``dataset_folder``, ``image_root``, ``panoptic_root``, ``panoptic_json``, ``gt_dir``,
+    ``sem_seg_root``; those that are set and local) exist. Used by
+    ``tools/train_net.py`` before any process starts, so that a dataset that is not there is
+    reported with the folder it was looked for in, not by an assertion deep in a loader.
+
+    Works for Detectron2's builtin datasets (``cityscapes_fine_panoptic_*``,
+    ``coco_2017_*_panoptic``, ...), whose paths are fixed under ``$DETECTRON2_DATASETS`` when
+    Detectron2 is imported, and for :func:`register_coco_panoptic_folder` datasets. The files
+    inside the folders are checked when the dataset is loaded.
+
+    Raises:
+        ValueError: ``dataset_name`` is not registered (lists similar registered names).
+        FileNotFoundError: a named path is missing; the message lists every missing path and
+            the dataset root in effect (``$DETECTRON2_DATASETS`` or ``./datasets``).
+    """
+    if dataset_name not in DatasetCatalog.list():
+        prefix = dataset_name.split("_")[0]
+        similar = [n for n in DatasetCatalog.list() if n.split("_")[0] == prefix]
+        raise ValueError(
+            f"dataset '{dataset_name}' is not registered"
+            + (f"; registered datasets with the same prefix: {similar[:20]}" if similar else "")
+        )
+    meta = MetadataCatalog.get(dataset_name)
+    missing = []
+    for key in _PATH_METADATA_KEYS:
+        path = meta.get(key, None)
+        if not isinstance(path, str) or not path or "://" in path:
+            continue
+        if not os.path.exists(path):
+            missing.append(f"{key} '{os.path.abspath(path)}'")
+    if missing:
+        raise FileNotFoundError(
+            f"dataset '{dataset_name}' is not there: {', '.join(missing)} does not exist. "
+            f"Dataset root: {_describe_root()}. Put the dataset there (Detectron2's layout, see "
+            "detectron2/datasets/README.md; COCO-panoptic folders: images/, panoptic/, "
+            "panoptic.json), or set DETECTRON2_DATASETS to the directory that holds it."
+        )
 
 
 # ---------------------------------------------------------------------------- instances view

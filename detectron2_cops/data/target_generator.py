@@ -18,8 +18,10 @@ one of :class:`detectron2_cops.solvers.grid.GridGraph` (read its module docstrin
 Sampling of the stride-``s`` grid (``s = 4`` in COPS): the grid of an ``H x W`` image has
 ``(h, w) = (ceil(H / s), ceil(W / s))`` pixels, and grid pixel ``(i, j)`` takes the label of image
 pixel ``(min(s*i + s//2, H-1), min(s*j + s//2, W-1))`` -- the centre of its ``s x s`` cell (the
-original code samples ``array[s//2::s, s//2::s]``; the ``min`` clamps the last row/column when
-``H`` or ``W`` is not a multiple of ``s``, so the grid always covers the whole image).
+original code samples ``array[s//2::s, s//2::s]``: the same pixels when ``H`` and ``W`` are
+multiples of ``s``, as in its training (crops of 512x1024, COCO padded to 640); otherwise the
+original has ``ceil((H - s//2) / s)`` rows, fewer than the network's output, and the ``min`` here
+clamps the last row/column so that the grid covers the whole image and matches the network).
 """
 
 from __future__ import annotations
@@ -84,13 +86,27 @@ class COPSTargetGenerator:
             (``INPUT.SMALL_INSTANCE_WEIGHT``; DeeperLab / Panoptic-DeepLab weighting).
         ignore_crowd_in_semantic: crowd pixels get ``ignore_label`` and weight 0 in the semantic
             targets (``INPUT.IGNORE_CROWD_IN_SEMANTIC``); otherwise they keep their class.
-        ignore_stuff_in_affinities: edges whose two endpoints are both stuff get weight 0
-            (``INPUT.IGNORE_STUFF_IN_AFFINITIES``).
-        instance_affinity_weight: weight of edges with at least one endpoint in a thing segment;
-            other edges weigh 1 (``INPUT.INSTANCE_AFFINITY_WEIGHT``).
-        ignore_crowd_in_affinities: edges with an endpoint in a crowd region get weight 0, as in
-            the original COPS code ("Crowd would be always ignored in affinities"): a crowd region
-            holds several instances, so neither "join" nor "cut" is known inside it.
+        ignore_stuff_in_affinities: stuff pixels get affinity weight 0, so every edge with a
+            stuff endpoint is ignored (``INPUT.IGNORE_STUFF_IN_AFFINITIES``; the original).
+        instance_affinity_weight: affinity weight of thing pixels; stuff pixels weigh 1
+            (``INPUT.INSTANCE_AFFINITY_WEIGHT``, the original ``INSTANCE_LOSS_WEIGHT``). Thing
+            pixels of small segments (area ``< small_instance_area``) weigh
+            ``instance_affinity_weight * small_instance_weight`` (4 x 3 = 12 with the paper's
+            settings), as the original.
+        ignore_crowd_in_affinities: crowd pixels get affinity weight 0, as in the original COPS
+            code ("Crowd would be always ignored in affinities"): a crowd region holds several
+            instances, so neither "join" nor "cut" is known inside it.
+        size_divisibility: if > 0, the affinity maps are computed on the image padded (bottom,
+            right) to a multiple of it, as the original does for COCO (``MODEL.SIZE_DIVISIBILITY``
+            640, the same padding the model applies to the image): the padding is one segment of
+            its own whose pixels weigh ``padding_affinity_weight``.
+        padding_affinity_weight: affinity weight of padding pixels (``INPUT.PADDING_AFFINITY_WEIGHT``;
+            the original: 1, so edges from the image into the padding are cuts the model learns;
+            0 ignores them).
+
+    Affinity weights follow the original (``PanopticAffinityTargetGenerator``, the authors'
+    ``target_generator.py`` lines 99-135 and 176-200): every grid pixel has a weight as above
+    (0 on void); an edge weighs ``max(w_u, w_v)`` if both ``w_u > 0`` and ``w_v > 0``, else 0.
 
     Raises:
         ValueError: on invalid arguments (negative weights, non-positive stride, ...).
@@ -113,10 +129,12 @@ class COPSTargetGenerator:
     * ``pixel_weights`` ``[h, w] float32``: 0 on void and crowd, 1 elsewhere.
     * ``affinity_targets`` list of ``[2, H_d, W_d] float32`` per distance: 1 where the edge's
       endpoints have different panoptic ids (cut), 0 where equal, 0 at invalid positions.
-    * ``affinity_weights`` list of ``[2, H_d, W_d] float32``: 0 at invalid positions and where
-      an endpoint is void (or crowd, see ``ignore_crowd_in_affinities``);
-      ``instance_affinity_weight`` where an endpoint is in a thing segment; 1 otherwise; 0 where
-      both endpoints are stuff if ``ignore_stuff_in_affinities``.
+    * ``affinity_weights`` list of ``[2, H_d, W_d] float32``: 0 at invalid positions, else the
+      edge weight described above.
+
+    With ``size_divisibility > 0`` the two affinity lists are computed on the padded image, so
+    their ``h, w`` are those of the padded size ``(ceil(H / sd) * sd, ceil(W / sd) * sd)``; all
+    other outputs keep the image's size.
     """
 
     def __init__(
@@ -135,6 +153,8 @@ class COPSTargetGenerator:
         ignore_stuff_in_affinities: bool = False,
         instance_affinity_weight: float = 4.0,
         ignore_crowd_in_affinities: bool = True,
+        size_divisibility: int = 0,
+        padding_affinity_weight: float = 1.0,
     ):
         if int(label_divisor) != label_divisor or label_divisor <= 0:
             raise ValueError(f"label_divisor must be a positive integer, got {label_divisor!r}")
@@ -144,6 +164,7 @@ class COPSTargetGenerator:
             ("small_instance_area", small_instance_area),
             ("small_instance_weight", small_instance_weight),
             ("instance_affinity_weight", instance_affinity_weight),
+            ("padding_affinity_weight", padding_affinity_weight),
         ]:
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -167,6 +188,12 @@ class COPSTargetGenerator:
         self.ignore_stuff_in_affinities = bool(ignore_stuff_in_affinities)
         self.instance_affinity_weight = float(instance_affinity_weight)
         self.ignore_crowd_in_affinities = bool(ignore_crowd_in_affinities)
+        if int(size_divisibility) != size_divisibility or size_divisibility < 0:
+            raise ValueError(
+                f"size_divisibility must be a non-negative integer, got {size_divisibility!r}"
+            )
+        self.size_divisibility = int(size_divisibility)
+        self.padding_affinity_weight = float(padding_affinity_weight)
 
     def __repr__(self) -> str:
         return (
@@ -289,8 +316,6 @@ class COPSTargetGenerator:
         gvalid = grid_index < n
         panoptic_ids = lut(pan_ids, -1)[grid_index]
         grid_crowd = lut(is_crowd, False)[grid_index]
-        grid_thing = lut(is_thing, False)[grid_index]
-        grid_stuff = gvalid & ~grid_thing
         pixel_weights = (gvalid & ~grid_crowd).astype(np.float32)
 
         present = np.zeros(n + 1, dtype=bool)
@@ -308,10 +333,28 @@ class COPSTargetGenerator:
         gt_masks = (panoptic_ids[None] == mask_id_array[:, None, None]) & ~grid_crowd[None]
         gt_classes = mask_id_array // self.label_divisor
 
-        # ---- affinities on the grid graph
-        node_ok = gvalid & ~grid_crowd if self.ignore_crowd_in_affinities else gvalid
+        # ---- affinities on the grid graph (of the padded image if size_divisibility > 0)
+        node_weight = np.where(is_thing, self.instance_affinity_weight, 1.0)
+        node_weight[is_thing & ~is_crowd & (area < self.small_instance_area)] *= self.small_instance_weight
+        if self.ignore_stuff_in_affinities:
+            node_weight[~is_thing] = 0.0
+        if self.ignore_crowd_in_affinities:
+            node_weight[is_crowd] = 0.0
+        aff_ids, aff_weight = lut(pan_ids, -1), lut(node_weight, 0.0)
+        sd = self.size_divisibility
+        Hp, Wp = (-(-H // sd) * sd, -(-W // sd) * sd) if sd > 0 else (H, W)
+        if (Hp, Wp) == (H, W):
+            aff_index = grid_index
+        else:
+            # Padding pixels get index n + 1: their own segment (id -2, never a real id or void).
+            padded = np.full((Hp, Wp), n + 1, dtype=np.int64)
+            padded[:H, :W] = seg_index
+            prow, pcol = grid_sample_coordinates(Hp, Wp, self.stride)
+            aff_index = padded[prow[:, None], pcol[None, :]]
+            aff_ids = np.append(aff_ids, -2)
+            aff_weight = np.append(aff_weight, self.padding_affinity_weight)
         affinity_targets, affinity_weights = self.affinity_targets(
-            panoptic_ids, node_ok, grid_thing, grid_stuff
+            aff_ids[aff_index], aff_weight[aff_index].astype(np.float32)
         )
 
         return {
@@ -328,40 +371,32 @@ class COPSTargetGenerator:
 
     # ------------------------------------------------------------------ affinities
     def affinity_targets(
-        self,
-        panoptic_ids: np.ndarray,
-        node_ok: np.ndarray,
-        node_thing: np.ndarray,
-        node_stuff: np.ndarray,
+        self, panoptic_ids: np.ndarray, node_weights: np.ndarray
     ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
         """Edge targets and weights on the grid graph, one ``[2, H_d, W_d]`` map per distance.
 
         Vectorised with array slicing: for distance ``d`` with ``(lo, hi) = edge_offsets(d)``,
         channel 0 at anchor ``(y, x)`` compares ``(y - lo, x)`` with ``(y + hi, x)``, i.e. the
         slices ``[0 : h-d]`` and ``[d : h]`` written to anchor rows ``[lo : h-hi]``; channel 1
-        likewise along x; then every ``s``-th anchor is kept (GridGraph convention).
+        likewise along x; then every ``s``-th anchor is kept (GridGraph convention). The target
+        is 1 where the two ids differ; the weight is ``max(w_u, w_v)`` where both are > 0, else 0
+        (the original, ``target_generator.py`` lines 170-200).
 
         Args:
-            panoptic_ids: ``[h, w] int64`` node labels (-1 void).
-            node_ok: ``[h, w] bool``: False where edges must be ignored (void, crowd).
-            node_thing, node_stuff: ``[h, w] bool`` thing / stuff nodes.
+            panoptic_ids: ``[h, w] int64`` node labels.
+            node_weights: ``[h, w] float32`` per-node affinity weights (0: edges ignored).
         Returns:
             ``(targets, weights)``: lists of ``[2, H_d, W_d] float32`` (see the class docstring).
         Raises:
             ValueError: inputs of different shapes or not 2-D.
         """
         P = np.asarray(panoptic_ids)
-        arrays = [
-            np.asarray(node_ok, bool),
-            np.asarray(node_thing, bool),
-            np.asarray(node_stuff, bool),
-        ]
-        if P.ndim != 2 or any(a.shape != P.shape for a in arrays):
+        Wn = np.asarray(node_weights, dtype=np.float32)
+        if P.ndim != 2 or Wn.shape != P.shape:
             raise ValueError(
-                "panoptic_ids, node_ok, node_thing and node_stuff must be [h, w] arrays of one shape, "
-                f"got {[list(np.shape(a)) for a in [P] + arrays]}"
+                "panoptic_ids and node_weights must be [h, w] arrays of one shape, "
+                f"got {list(np.shape(P))} and {list(np.shape(Wn))}"
             )
-        ok, thing, stuff = arrays
         h, w = P.shape
         targets, weights = [], []
 
@@ -380,10 +415,8 @@ class COPSTargetGenerator:
                     continue  # no edge of this distance fits: all positions invalid
                 a, b, anchor = along(axis, 0, n - d), along(axis, d, n), along(axis, lo, n - hi)
                 t[axis][anchor] = P[a] != P[b]
-                edge_w = np.where(thing[a] | thing[b], self.instance_affinity_weight, 1.0)
-                if self.ignore_stuff_in_affinities:
-                    edge_w[stuff[a] & stuff[b]] = 0.0
-                wt[axis][anchor] = np.where(ok[a] & ok[b], edge_w, 0.0)
+                wa, wb = Wn[a], Wn[b]
+                wt[axis][anchor] = np.where((wa > 0) & (wb > 0), np.maximum(wa, wb), 0.0)
             targets.append(np.ascontiguousarray(t[:, ::s, ::s]))
             weights.append(np.ascontiguousarray(wt[:, ::s, ::s]))
         return targets, weights

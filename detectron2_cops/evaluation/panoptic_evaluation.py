@@ -14,6 +14,7 @@ that occur in the ground truth or the predictions, for all, thing and stuff cate
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import itertools
@@ -286,10 +287,30 @@ class PanopticEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self):
+        """Gather the predictions of every process (``detectron2.utils.comm.gather`` to rank 0)
+        and compute PQ on rank 0; other ranks return None.
+
+        Raises:
+            ValueError: (rank 0) an image predicted more than once over all processes (an
+                inference sampler that does not split the images into disjoint shards, e.g. a
+                training sampler, would count it twice).
+        """
         comm.synchronize()
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
         if not comm.is_main_process():
             return None
+        counts = collections.Counter(p["image_id"] for p in predictions)
+        repeated = [i for i, n in counts.items() if n > 1]
+        if repeated:
+            raise ValueError(
+                f"dataset '{self._dataset_name}': images {repeated[:10]} were predicted more than "
+                f"once over {comm.get_world_size()} process(es); each image must be evaluated "
+                "once (use Detectron2's InferenceSampler, as build_detection_test_loader does)"
+            )
+        logger.info(
+            f"Panoptic evaluation of {len(predictions)} images gathered from "
+            f"{comm.get_world_size()} process(es)"
+        )
 
         gt_json = PathManager.get_local_path(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)

@@ -12,6 +12,7 @@ metrics, boundary IoU, saved files, result keys) is Detectron2's ``SemSegEvaluat
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Dict, List
 
 import numpy as np
@@ -26,7 +27,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.data.panoptic_utils import rgb2id
 
-__all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic"]
+__all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic", "OUTPUT_KEY_DESCRIPTIONS"]
 
 
 def panoptic_to_semantic(
@@ -49,24 +50,42 @@ def panoptic_to_semantic(
     return sem
 
 
+#: What each model output key of COPS holds (for the log line of the evaluator).
+OUTPUT_KEY_DESCRIPTIONS = {
+    "sem_seg": "AMWC node labels (the paper's mIoU)",
+    "sem_seg_head": "semantic head probabilities, argmax without the AMWC",
+}
+
+
 class PanopticSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` with the ground truth taken from the panoptic PNGs.
 
-    ``process`` takes ``outputs[i]["sem_seg"]`` ``[K, H, W]`` scores (any dtype ``argmax``
+    ``process`` takes ``outputs[i][output_key]`` ``[K, H, W]`` scores (any dtype ``argmax``
     supports) at the original image size, with ``K = len(stuff_classes)`` (Detectron2's
     panoptic metadata lists all classes there). ``evaluate`` returns Detectron2's
-    ``{"sem_seg": {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent.
+    ``{output_key: {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent: the
+    result key names the output that was scored. COPS models output ``"sem_seg"`` (one-hot
+    AMWC node labels, what the paper's mIoU measures) and ``"sem_seg_head"`` (the semantic
+    head's probabilities); the evaluator logs which one it scores.
 
     Args:
         dataset_name: a registered panoptic dataset (dicts with ``pan_seg_file_name`` and
             ``segments_info``).
         distributed: gather results from all ranks (Detectron2's meaning).
-        output_dir: where Detectron2's ``SemSegEvaluator`` saves its files.
+        output_dir: where Detectron2's ``SemSegEvaluator`` saves its files
+            (``sem_seg_predictions.json``; use one folder per ``output_key``).
+        output_key: the model output to score (default ``"sem_seg"``).
     Raises:
-        ValueError: not a panoptic dataset, or dataset dicts without ``pan_seg_file_name``.
+        ValueError: not a panoptic dataset, or dataset dicts without ``pan_seg_file_name``;
+            (``process``) an output without ``output_key``.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir=None):
+    def __init__(
+        self, dataset_name: str, distributed: bool = True, output_dir=None, *, output_key="sem_seg"
+    ):
+        if not isinstance(output_key, str) or not output_key:
+            raise ValueError(f"output_key must be a non-empty string, got {output_key!r}")
+        self._output_key = output_key
         # Not calling SemSegEvaluator.__init__: it requires "sem_seg_file_name" in every dataset
         # dict. The attributes below are the ones its process()/evaluate() read.
         info = get_panoptic_metadata(dataset_name)
@@ -106,6 +125,33 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         self._compute_boundary_iou = (
             _d2_sem_seg._CV2_IMPORTED and self._num_classes < np.iinfo(np.uint8).max
         )
+        self._logger.info(
+            f"mIoU of '{dataset_name}' scores outputs['{output_key}'] "
+            f"({OUTPUT_KEY_DESCRIPTIONS.get(output_key, 'scores [K, H, W]')}); "
+            f"result key '{output_key}'"
+        )
+
+    @property
+    def output_key(self) -> str:
+        """The model output this evaluator scores (also its result key)."""
+        return self._output_key
+
+    def process(self, inputs, outputs):
+        selected = []
+        for input, output in zip(inputs, outputs):
+            if self._output_key not in output:
+                raise ValueError(
+                    f"output of '{input.get('file_name')}' has no '{self._output_key}' "
+                    f"(keys: {sorted(output)})"
+                )
+            selected.append({"sem_seg": output[self._output_key]})
+        super().process(inputs, selected)
+
+    def evaluate(self):
+        results = super().evaluate()
+        if results is None or self._output_key == "sem_seg":
+            return results
+        return OrderedDict((self._output_key, v) for v in results.values())
 
     def _load_panoptic_as_semantic(self, filename: str, dtype=int) -> np.ndarray:
         with PathManager.open(filename, "rb") as f:

@@ -1,7 +1,7 @@
 """COPS layers: the differentiable AMWC layer, cost calibration, the PQ surrogate loss with its
 segment matching, and exact panoptic quality. Pure PyTorch / NumPy / SciPy; no Detectron2 import."""
 from .amwc_layer import AMWCBatchOutput, AMWCFunction, AMWCLayer, AMWCOutput
-from .calibration import CostCalibration, PixelDropout
+from .calibration import CostCalibration, EdgeDropout, PixelDropout
 from .panoptic_quality import panoptic_quality
 from .pq_surrogate import PanopticQualitySurrogate, SurrogateOutput, match_segments
 
@@ -11,6 +11,7 @@ __all__ = [
     "AMWCLayer",
     "AMWCOutput",
     "CostCalibration",
+    "EdgeDropout",
     "PanopticQualitySurrogate",
     "PixelDropout",
     "SurrogateOutput",

@@ -19,9 +19,9 @@ class labels, contiguous instance ids, edge labels (1 = cut) and one binary *pan
 predicted segment (one per stuff class present, one per thing instance).
 
 Backward: the incoming gradients ``dL/dP_m`` (masks), ``dL/dX`` (node one-hot) and ``dL/dY``
-(edge labels) are turned into a multiway cut (MWC) whose labels are the predicted segments plus
-the classes without a segment, solved for ``N`` perturbation magnitudes ``lambda_i`` and
-averaged (see :class:`AMWCFunction`).
+(edge labels) are turned into a multiway cut (MWC) whose labels are the predicted segments, the
+padded segments of missed ground truth (``pad_fn``) and the classes without a segment, solved
+for ``N`` perturbation magnitudes ``lambda_i`` and averaged (see :class:`AMWCFunction`).
 
 Pure PyTorch + NumPy on top of :mod:`detectron2_cops.solvers`; imports no Detectron2.
 """
@@ -32,7 +32,7 @@ import numbers
 import operator
 import time
 from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +40,10 @@ from torch import Tensor, nn
 
 from ..solvers import GridGraph, solve_amwc_batch
 
-__all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer"]
+__all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "PadFn"]
+
+#: ``pad_fn(image_index, masks [M_b, H, W], classes [M_b] int64) -> class ids of the padded masks``
+PadFn = Callable[[int, Tensor, Tensor], Sequence[int]]
 
 
 class AMWCOutput(NamedTuple):
@@ -56,9 +59,12 @@ class AMWCOutput(NamedTuple):
         masks: ``[M, H, W]`` (dtype of the semantic costs) binary panoptic masks, one per
             predicted segment, differentiable (gradients go through the MWC backward). Order:
             stuff classes present (ascending class id), then thing segments (ascending instance
-            id). Every pixel lies in exactly one mask.
+            id), then the ``num_padded`` empty masks asked for by ``pad_fn``. Every pixel lies
+            in at most one mask (exactly one unless thing clusters under
+            ``min_thing_cluster_size`` pixels were left without a mask).
         mask_classes: ``[M] int64`` class of every mask.
         objective: AMWC objective of the solution (float).
+        num_padded: number of padded (empty) masks at the end of ``masks``.
     """
 
     node_labels: Tensor
@@ -67,6 +73,7 @@ class AMWCOutput(NamedTuple):
     masks: Tensor
     mask_classes: Tensor
     objective: float
+    num_padded: int = 0
 
 
 class AMWCBatchOutput(NamedTuple):
@@ -82,6 +89,8 @@ class AMWCBatchOutput(NamedTuple):
         node_labels: ``[B, H, W] int64`` (non-differentiable).
         instance_ids: ``[B, H, W] int64`` (non-differentiable).
         objectives: ``[B] float64`` AMWC objectives (non-differentiable).
+        mask_is_padding: ``[M_total] bool``, True for the padded (empty) masks that ``pad_fn``
+            asked for (the last masks of their image; non-differentiable).
         edge_label_maps: per edge distance ``[B, 2, H_d, W_d]`` float edge labels (1 = cut, 0 at
             invalid positions), differentiable (for a loss on edge labels).
     """
@@ -93,6 +102,7 @@ class AMWCBatchOutput(NamedTuple):
     node_labels: Tensor
     instance_ids: Tensor
     objectives: Tensor
+    mask_is_padding: Tensor
     edge_label_maps: List[Tensor]
 
 
@@ -103,10 +113,12 @@ class _Spec:
     __slots__ = (
         "grid", "thing_mask", "num_samples", "lambda_min", "lambda_max", "local_search",
         "num_threads", "generator", "pixel_weights", "edge_weights", "timing",
+        "min_thing_cluster_size", "pad_fn",
     )
 
     def __init__(self, grid, thing_mask, num_samples, lambda_min, lambda_max, local_search,
-                 num_threads, generator, pixel_weights, edge_weights, timing):
+                 num_threads, generator, pixel_weights, edge_weights, timing,
+                 min_thing_cluster_size=1, pad_fn=None):
         self.grid = grid
         self.thing_mask = thing_mask
         self.num_samples = num_samples
@@ -118,6 +130,8 @@ class _Spec:
         self.pixel_weights = pixel_weights
         self.edge_weights = edge_weights
         self.timing = timing
+        self.min_thing_cluster_size = min_thing_cluster_size
+        self.pad_fn = pad_fn
 
 
 def _new_timing() -> Dict[str, float]:
@@ -155,6 +169,66 @@ def _node_costs_f64(semantic_costs: Tensor) -> np.ndarray:
     return out.reshape(B, H * W, K).numpy()
 
 
+def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: int,
+              min_thing_cluster_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Panoptic segments of one AMWC solution, O(N).
+
+    One segment per stuff class present (key = class), one per thing cluster (key = K + cluster
+    id) of at least ``min_thing_cluster_size`` pixels (smaller thing clusters get no segment, as
+    ``IGNORE_INSTANCE_SIZE_AMC`` in the COPS code's ``solve_amc``, ``multicut_solvers.py``
+    ~218-224); keys are compacted in ascending order (stuff classes, then clusters).
+
+    Returns:
+        ``(seg_of_pixel [N] int64 (-1: no segment), seg_classes [S] int64)``.
+    """
+    N = labels.shape[0]
+    key = np.where(thing_mask[labels], K + inst, labels)
+    num_keys = K + (int(inst.max()) + 1 if N else 0)
+    sizes = np.bincount(key, minlength=num_keys)
+    present = sizes > 0
+    if min_thing_cluster_size > 1:
+        present[K:] &= sizes[K:] >= min_thing_cluster_size
+    remap = np.cumsum(present) - 1
+    remap[~present] = -1
+    key_class = np.empty(num_keys, dtype=np.int64)
+    key_class[:K] = np.arange(K)
+    key_class[K + inst] = labels  # a cluster id has a single class
+    return remap[key], key_class[present]
+
+
+def _dense_masks(seg_of_pixel: np.ndarray, num_segments: int, dtype: torch.dtype) -> Tensor:
+    """``[S, N]`` binary masks (CPU, ``dtype``) from a pixel -> segment map (-1: no mask)."""
+    masks = torch.zeros(num_segments, seg_of_pixel.shape[0], dtype=dtype)
+    on = np.flatnonzero(seg_of_pixel >= 0)
+    masks[torch.from_numpy(seg_of_pixel[on]), torch.from_numpy(on)] = 1
+    return masks
+
+
+def _check_pad_classes(value, b: int, K: int) -> np.ndarray:
+    """Validate what ``pad_fn`` returned for image ``b``: class ids in ``[0, K)``."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    try:
+        out = [operator.index(v) for v in value]
+    except TypeError:
+        raise ValueError(
+            f"pad_fn must return a sequence of integer class ids for image {b}, got {value!r}"
+        ) from None
+    bad = [c for c in out if not 0 <= c < K]
+    if bad:
+        raise ValueError(f"pad_fn returned class ids {bad} for image {b}, outside [0, {K}) (num_classes)")
+    return np.asarray(out, dtype=np.int64)
+
+
+def _mwc_label_classes(seg_classes: np.ndarray, K: int) -> np.ndarray:
+    """Class of every MWC label of the backward (COPS Sec. 3.5; ``add_semantic_costs_to_instance_costs``
+    in the authors' ``losses.py``): one label per segment (predicted, then padded), then one per
+    class that has no segment at all (neither predicted nor padded), in ascending order."""
+    free = np.ones(K, dtype=bool)
+    free[seg_classes] = False
+    return np.concatenate([seg_classes, np.flatnonzero(free)]).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- autograd function
 class AMWCFunction(torch.autograd.Function):
     """AMWC solve (forward) with the COPS multiway-cut gradient estimator (backward).
@@ -163,12 +237,14 @@ class AMWCFunction(torch.autograd.Function):
     ``AMWCFunction.apply(spec, semantic_costs, *edge_costs)`` with ``semantic_costs``
     ``[B, K, H, W]`` float and one edge-cost map ``[B, 2, H_d, W_d]`` float per edge distance
     returns the tuple ``(masks, mask_image_index, mask_classes, node_one_hot, node_labels,
-    instance_ids, objectives, *edge_label_maps)`` described in :class:`AMWCBatchOutput`.
+    instance_ids, objectives, mask_is_padding, *edge_label_maps)`` described in
+    :class:`AMWCBatchOutput`.
 
     Backward (COPS Sec. 3.4 / 3.5, slides "Contribution 1" and "Contribution 3"; the authors'
     ``AMWCBackward.backward_multiway_cut_averaging`` and ``solve_mc_grad_avg``). For image ``b``
-    with predicted segments ``m = 0..M-1`` of classes ``k(m)`` a multiway cut is built with one
-    label per segment and one label per class ``k`` without a predicted segment::
+    with segments ``m = 0..M-1`` of classes ``k(m)`` (the predicted segments and the padded ones,
+    see below) a multiway cut is built with one label per segment and one label per class ``k``
+    without any segment::
 
         node cost of label m:  c_V(i, k(m)) + lambda * (dL/dP_m(i) + dL/dX(i, k(m)))
         node cost of label k:  c_V(i, k)    + lambda * dL/dX(i, k)
@@ -202,13 +278,18 @@ class AMWCFunction(torch.autograd.Function):
     so that a seeded run is reproducible. Missing (None) incoming gradients count as zero.
     Gradients are returned on the device and in the dtype of each cost tensor.
 
-    Limitation (inherent in the labels above): a ground-truth segment with no predicted segment
-    (a false negative, e.g. an instance merged into its neighbour) has no MWC label of its own,
-    so a loss can reach it only indirectly: the MWC moves pixels that the loss pushes out of
-    their segment to another label, which cuts the wrong boundary (edge-cost gradient) and moves
-    them towards that label's class. The COPS code additionally pads the prediction with one
-    empty mask per unmatched ground-truth segment whose loss gradient becomes an extra MWC
-    label; that needs a loss which matches such empty masks to their ground truth.
+    Missed ground truth (COPS code: ``ComputeBestGroundTruth``, ``utils.py`` ~163-213;
+    ``add_semantic_costs_to_instance_costs``, ``losses.py`` ~203-227). A ground-truth segment
+    that no predicted segment is matched to (e.g. an instance merged into its neighbour) would
+    have no MWC label: pixels the loss pushes out of the merged segment could then only change
+    class. ``spec.pad_fn(b, masks_b, classes_b) -> classes`` (called in ``forward`` with image
+    ``b``'s detached masks) asks for one empty *padded* mask per such segment; the loss pairs it
+    with its ground truth, and its gradient ``dL/dP_pad`` (negative on the ground truth's pixels)
+    makes it a label of that class in the MWC, to which those pixels move without changing
+    class: the estimate then cuts the merged boundary (edge-cost gradient) instead of pushing
+    the pixels to another class. Thing clusters smaller than ``spec.min_thing_cluster_size``
+    pixels get no mask (the COPS code's ``IGNORE_INSTANCE_SIZE_AMC``); their pixels keep their
+    class in ``s(c)``.
     """
 
     @staticmethod
@@ -239,29 +320,31 @@ class AMWCFunction(torch.autograd.Function):
                        else np.zeros((B, 0), np.uint8))  # [B, E]
         objectives = np.array([r.objective for r in results], dtype=np.float64)
 
-        # Segments: one per stuff class present (key = class), one per thing instance
-        # (key = K + instance id); keys are compacted with a presence count, O(N) per image.
-        seg_of_pixel, seg_classes, seg_counts = [], [], []
+        # Segments (one per stuff class present, one per thing cluster of at least
+        # spec.min_thing_cluster_size pixels), then the padded segments that spec.pad_fn asks for.
+        seg_of_pixels, seg_classes, pad_classes = [], [], []
         for b in range(B):
-            lab_b, inst_b = labels[b], inst[b]
-            key = np.where(thing_mask[lab_b], K + inst_b, lab_b)
-            num_keys = K + (int(inst_b.max()) + 1 if N else 0)
-            present = np.bincount(key, minlength=num_keys) > 0
-            remap = np.cumsum(present) - 1
-            key_class = np.empty(num_keys, dtype=np.int64)
-            key_class[:K] = np.arange(K)
-            key_class[K + inst_b] = lab_b  # an instance id has a single class
-            seg_of_pixel.append(remap[key])
-            seg_classes.append(key_class[present])
-            seg_counts.append(int(present.sum()))
+            seg_of_pixel, classes_b = _segments(labels[b], inst[b], thing_mask, K, spec.min_thing_cluster_size)
+            pad_b = np.zeros(0, dtype=np.int64)
+            if spec.pad_fn is not None:
+                masks_b = _dense_masks(seg_of_pixel, len(classes_b), dtype).reshape(len(classes_b), H, W)
+                pad_b = _check_pad_classes(spec.pad_fn(b, masks_b, torch.from_numpy(classes_b)), b, K)
+            seg_of_pixels.append(seg_of_pixel)
+            seg_classes.append(np.concatenate([classes_b, pad_b]))
+            pad_classes.append(pad_b)
+        seg_counts = [len(c) for c in seg_classes]
         offsets = np.concatenate([[0], np.cumsum(seg_counts)]).astype(np.int64)
         M_total = int(offsets[-1])
-        global_seg = torch.from_numpy(np.stack(seg_of_pixel) + offsets[:-1, None])  # [B, N]
+        # One allocation for the masks of the batch; padded masks stay empty.
         masks = torch.zeros(M_total, N, dtype=dtype)
-        masks[global_seg.reshape(-1), torch.arange(N).repeat(B)] = 1
+        mask_is_padding = torch.zeros(M_total, dtype=torch.bool)
+        for b in range(B):
+            on = np.flatnonzero(seg_of_pixels[b] >= 0)
+            masks[torch.from_numpy(seg_of_pixels[b][on] + offsets[b]), torch.from_numpy(on)] = 1
+            mask_is_padding[int(offsets[b + 1]) - len(pad_classes[b]):int(offsets[b + 1])] = True
         masks = masks.reshape(M_total, H, W)
         mask_image_index = torch.repeat_interleave(torch.arange(B), torch.tensor(seg_counts, dtype=torch.long))
-        mask_classes = torch.from_numpy(np.concatenate(seg_classes) if B else np.zeros(0, np.int64))
+        mask_classes = torch.from_numpy(np.concatenate(seg_classes).astype(np.int64))
 
         labels_t = torch.from_numpy(labels)
         one_hot = torch.zeros(B, K, N, dtype=dtype)
@@ -275,7 +358,8 @@ class AMWCFunction(torch.autograd.Function):
         ctx.edge_cost_values = edge_cost_values  # [B, E] float64
         ctx.labels = labels
         ctx.edge_labels = edge_labels
-        ctx.seg_classes = seg_classes
+        ctx.seg_classes = seg_classes  # per image: class of each segment (predicted, then padded)
+        ctx.seg_of_pixel = seg_of_pixels  # per image [N]: segment of each pixel, -1 = no mask
         ctx.offsets = offsets
         ctx.cost_meta = [(semantic_costs.device, semantic_costs.dtype)] + [
             (e.device, e.dtype) for e in edge_costs
@@ -289,15 +373,16 @@ class AMWCFunction(torch.autograd.Function):
             labels_t.reshape(B, H, W).to(device),
             torch.from_numpy(inst).reshape(B, H, W).to(device),
             torch.from_numpy(objectives).to(device),
+            mask_is_padding.to(device),
         ) + tuple(m.to(device=device, dtype=dtype) for m in edge_maps)
-        ctx.mark_non_differentiable(outs[1], outs[2], outs[4], outs[5], outs[6])
+        ctx.mark_non_differentiable(outs[1], outs[2], outs[4], outs[5], outs[6], outs[7])
         spec.timing["forward_solver_s"] = t_solver
         spec.timing["forward_other_s"] = time.perf_counter() - t_start - t_solver
         return outs
 
     @staticmethod
     def backward(ctx, grad_masks, _g_index, _g_classes, grad_one_hot, _g_labels, _g_inst, _g_obj,
-                 *grad_edge_maps):
+                 _g_pad, *grad_edge_maps):
         t_start = time.perf_counter()
         spec: _Spec = ctx.spec
         grid: GridGraph = spec.grid
@@ -342,10 +427,7 @@ class AMWCFunction(torch.autograd.Function):
             c_E = ctx.edge_cost_values[b]
             if has_p:
                 # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
-                seg_cls = ctx.seg_classes[b]
-                free = np.ones(K, dtype=bool)
-                free[seg_cls] = False
-                label_class = np.concatenate([seg_cls, np.flatnonzero(free)])
+                label_class = _mwc_label_classes(ctx.seg_classes[b], K)
                 base = ctx.node_costs[b][:, label_class]  # [N, L], one gather
                 delta = np.zeros_like(base)
                 if has_x:
@@ -463,6 +545,8 @@ class AMWCLayer(nn.Module):
             ``lambda ~ U(lambda_min, lambda_max)`` (COPS: 1 and 5000).
         local_search: run the solver's local search after GAEC (forward and backward).
         num_threads: solver threads, ``0`` = one per instance up to the core count.
+        min_thing_cluster_size: ``>= 1``; thing clusters with fewer grid pixels get no mask
+            (the COPS code: ``IGNORE_INSTANCE_SIZE_AMC // 4 = 12 // 4 = 3``; 1 keeps all).
 
     Attributes:
         last_timing: ``{"forward_solver_s", "forward_other_s", "backward_solver_s",
@@ -470,7 +554,7 @@ class AMWCLayer(nn.Module):
             until its backward has run). "solver" is the time inside the batched solver call.
 
     Memory: the backward holds ``B * N`` float64 MWC node-cost arrays ``[H*W, L]`` at once
-    (``L`` = predicted segments + absent classes), about 0.6 GB for two 256 x 512 grids with
+    (``L`` = predicted segments + padded segments + classes without a segment), about 0.6 GB for two 256 x 512 grids with
     ~55 labels each and ``N = 5``.
 
     Example::
@@ -500,6 +584,7 @@ class AMWCLayer(nn.Module):
         lambda_max: float = 5000.0,
         local_search: bool = True,
         num_threads: int = 0,
+        min_thing_cluster_size: int = 1,
     ) -> None:
         super().__init__()
         self.num_classes = _check_int(num_classes, "num_classes", 1)
@@ -532,6 +617,7 @@ class AMWCLayer(nn.Module):
             raise ValueError(f"local_search must be a bool, got {local_search!r}")
         self.local_search = bool(local_search)
         self.num_threads = _check_int(num_threads, "num_threads", 0)
+        self.min_thing_cluster_size = _check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
         self._grids: "OrderedDict[Tuple[int, int], GridGraph]" = OrderedDict()
         self.last_timing: Dict[str, float] = _new_timing()
 
@@ -541,7 +627,8 @@ class AMWCLayer(nn.Module):
             f"edge_distances={list(self.edge_distances)}, "
             f"edge_sampling_intervals={list(self.edge_sampling_intervals)}, "
             f"num_samples={self.num_samples}, lambda=[{self.lambda_min}, {self.lambda_max}], "
-            f"local_search={self.local_search}, num_threads={self.num_threads}"
+            f"local_search={self.local_search}, num_threads={self.num_threads}, "
+            f"min_thing_cluster_size={self.min_thing_cluster_size}"
         )
 
     def grid(self, height: int, width: int) -> GridGraph:
@@ -615,11 +702,14 @@ class AMWCLayer(nn.Module):
         pixel_weights: Optional[Tensor] = None,
         edge_weights: Optional[Sequence[Tensor]] = None,
         generator: Optional[torch.Generator] = None,
+        pad_fn: Optional[PadFn] = None,
     ) -> AMWCBatchOutput:
         """Like :meth:`forward` but returns the batched :class:`AMWCBatchOutput` (all outputs of
         :class:`AMWCFunction`, including the differentiable node one-hot and edge-label maps)."""
         t0 = time.perf_counter()
         grid = self._validate(semantic_costs, edge_costs, pixel_weights, edge_weights, generator)
+        if pad_fn is not None and not callable(pad_fn):
+            raise ValueError(f"pad_fn must be None or callable, got {type(pad_fn).__name__}")
         timing = _new_timing()
         self.last_timing = timing
         spec = _Spec(
@@ -628,10 +718,10 @@ class AMWCLayer(nn.Module):
             num_threads=self.num_threads, generator=generator,
             pixel_weights=None if pixel_weights is None else pixel_weights.detach(),
             edge_weights=None if edge_weights is None else [w.detach() for w in edge_weights],
-            timing=timing,
+            timing=timing, min_thing_cluster_size=self.min_thing_cluster_size, pad_fn=pad_fn,
         )
         outs = AMWCFunction.apply(spec, semantic_costs, *edge_costs)
-        result = AMWCBatchOutput(*outs[:7], edge_label_maps=list(outs[7:]))
+        result = AMWCBatchOutput(*outs[:8], edge_label_maps=list(outs[8:]))
         timing["forward_other_s"] = time.perf_counter() - t0 - timing["forward_solver_s"]
         return result
 
@@ -642,6 +732,7 @@ class AMWCLayer(nn.Module):
         pixel_weights: Optional[Tensor] = None,
         edge_weights: Optional[Sequence[Tensor]] = None,
         generator: Optional[torch.Generator] = None,
+        pad_fn: Optional[PadFn] = None,
     ) -> List[AMWCOutput]:
         """Solve the AMWC of every image; differentiable w.r.t. all costs.
 
@@ -658,6 +749,11 @@ class AMWCLayer(nn.Module):
                 edge-cost gradients.
             generator: optional CPU ``torch.Generator`` for the backward's lambdas (default: the
                 global RNG).
+            pad_fn: optional ``pad_fn(b, masks_b, classes_b) -> class ids`` called once per image
+                after the solve with image ``b``'s masks (``[M_b, H, W]``, detached) and classes
+                (``[M_b] int64``); it returns the classes of the empty masks to append to that
+                image (the unmatched ground-truth segments, see :class:`AMWCFunction`;
+                ``PanopticQualitySurrogate.unmatched_gt`` computes them).
 
         Returns:
             one :class:`AMWCOutput` per image (tensors on the costs' device).
@@ -666,9 +762,10 @@ class AMWCLayer(nn.Module):
             ValueError: ``semantic_costs`` not a 4-D floating tensor, ``K != num_classes``,
                 ``B``, ``H`` or ``W`` zero, NaN/inf in costs or weights; ``edge_costs`` not a list
                 with one map per distance, maps of the wrong shape, dtype or device; weights of
-                the wrong shape/dtype/device or negative; ``generator`` not a CPU generator.
+                the wrong shape/dtype/device or negative; ``generator`` not a CPU generator;
+                ``pad_fn`` not callable or returning anything but class ids in ``[0, K)``.
         """
-        out = self.forward_batched(semantic_costs, edge_costs, pixel_weights, edge_weights, generator)
+        out = self.forward_batched(semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn)
         t0 = time.perf_counter()
         B = semantic_costs.shape[0]
         counts = torch.bincount(out.mask_image_index.cpu(), minlength=B).tolist()
@@ -676,6 +773,7 @@ class AMWCLayer(nn.Module):
         class_chunks = torch.split(out.mask_classes, counts, 0)
         edge_u8 = [m.detach().to(torch.uint8) for m in out.edge_label_maps]
         objectives = out.objectives.cpu().tolist()
+        pads = torch.bincount(out.mask_image_index[out.mask_is_padding].cpu(), minlength=B).tolist()
         result = [
             AMWCOutput(
                 node_labels=out.node_labels[b],
@@ -684,6 +782,7 @@ class AMWCLayer(nn.Module):
                 masks=mask_chunks[b],
                 mask_classes=class_chunks[b],
                 objective=objectives[b],
+                num_padded=pads[b],
             )
             for b in range(B)
         ]

@@ -10,7 +10,9 @@ learnable scale and offset for the semantic costs and one per edge distance:
     c_E = -(|a_d| * cut_logits_d + b_d)
 
 (``|a_d|`` as in the COPS code, so that a larger cut logit always means a stronger preference for
-cutting). Pure PyTorch; no Detectron2 import.
+cutting). In training the costs are regularised by dropout as in the COPS code: whole pixels of
+the semantic costs (:class:`PixelDropout`) and single edge costs (:class:`EdgeDropout`), both
+set to 0 without ``1 / (1 - p)`` rescaling. Pure PyTorch; no Detectron2 import.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CostCalibration", "PixelDropout"]
+__all__ = ["CostCalibration", "EdgeDropout", "PixelDropout"]
 
 
 def _check_logits(x, name: str, ndim_desc: str) -> None:
@@ -170,3 +172,62 @@ class PixelDropout(nn.Module):
         dev = g.device if g is not None else x.device
         keep = torch.rand((B, 1, H, W), generator=g, device=dev) >= self.p
         return x * keep.to(device=x.device, dtype=x.dtype)
+
+
+class EdgeDropout(nn.Module):
+    """Drop single edge costs in training (the COPS code's edge-cost dropout).
+
+    In training mode every entry of every edge-cost map ``[B, 2, H_d, W_d]`` is, independently
+    with probability ``p``, set to 0 (an edge with cost 0 is neutral between joining and
+    cutting); kept entries are unchanged. This is the authors'
+    ``nn.Dropout(p)(c_E) * (1 - p)`` (``panoptic_seg_affinity.py`` ~176-180: the dropout's
+    ``1 / (1 - p)`` rescaling undone). In eval mode the identity.
+
+    Args:
+        p: drop probability in ``[0, 1]`` (COPS: ``DROPOUT`` = 0.1).
+        generator: optional ``torch.Generator`` for the drop masks (default: the global RNG of
+            the maps' device); :meth:`forward` may override it per call.
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1]`` or not a number; ``generator`` not a Generator.
+    """
+
+    def __init__(self, p: float = 0.1, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(float(p)):
+            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must lie in [0, 1], got {p}")
+        self.p = float(p)
+        self.generator = PixelDropout._check_generator(generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, edge_costs: Sequence[Tensor], generator: Optional[torch.Generator] = None) -> List[Tensor]:
+        """Apply edge dropout.
+
+        Args:
+            edge_costs: list of ``[B, 2, H_d, W_d]`` float maps (one per edge distance).
+            generator: overrides the constructor's generator for this call.
+
+        Returns:
+            list of maps of the same shapes: each times an independent ``{0, 1}`` keep mask
+            (training), or the maps themselves (eval).
+
+        Raises:
+            ValueError: ``edge_costs`` not a list of 4-D floating tensors; bad generator.
+        """
+        if isinstance(edge_costs, Tensor) or not isinstance(edge_costs, (list, tuple)):
+            raise ValueError(f"edge_costs must be a list of [B, 2, H_d, W_d] tensors, got {type(edge_costs).__name__}")
+        for d, e in enumerate(edge_costs):
+            _check_logits(e, f"edge_costs[{d}]", "[B, 2, H_d, W_d]")
+        g = PixelDropout._check_generator(generator) if generator is not None else self.generator
+        if not self.training or self.p == 0.0:
+            return list(edge_costs)
+        out = []
+        for e in edge_costs:
+            dev = g.device if g is not None else e.device
+            keep = torch.rand(e.shape, generator=g, device=dev) >= self.p
+            out.append(e * keep.to(device=e.device, dtype=e.dtype))
+        return out

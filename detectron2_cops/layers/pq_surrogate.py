@@ -136,11 +136,12 @@ def _check_image(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights, 
 
 
 # ----------------------------------------------------------------------------- core pieces
-def _weighted_overlaps(pred: Tensor, gt: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
-    """Weighted soft intersection and union, both ``[M, G]``.
+def _weighted_overlaps(pred: Tensor, gt: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Weighted soft intersection and union ``[M, G]`` and weighted areas ``[M]``, ``[G]``.
 
     ``inter[m, g] = sum_x w(x) p_m(x) g_g(x)``, ``union[m, g] = sum_x w(x) (p_m + g_g - p_m g_g)``
-    (``iou_batch`` of the COPS code), computed with two matrix products.
+    (``iou_batch`` of the COPS code), computed with two matrix products; ``area_p[m] = sum_x w
+    p_m``, ``area_g[g] = sum_x w g_g`` (the union of a mask with an empty counterpart).
     """
     pf = pred.flatten(1)  # [M, HW]
     wf = weights.reshape(-1)  # [HW]
@@ -149,7 +150,7 @@ def _weighted_overlaps(pred: Tensor, gt: Tensor, weights: Tensor) -> Tuple[Tenso
     area_p = pf @ wf  # [M]
     area_g = gwf.sum(1)  # [G]
     union = area_p[:, None] + area_g[None, :] - inter
-    return inter, union
+    return inter, union, area_p, area_g
 
 
 def _assign(
@@ -159,8 +160,13 @@ def _assign(
     gt_cls: Sequence[int],
     things: Set[int],
     eps: float,
+    match_zero_overlap: bool = True,
 ) -> List[Tuple[int, int]]:
-    """Per-class maximum-IoU bipartite matching on (no-grad) float64 overlap matrices."""
+    """Per-class maximum-IoU bipartite matching on (no-grad) float64 overlap matrices.
+
+    ``match_zero_overlap`` (the COPS ``MatchMasksPair``): every thing pair competes with its
+    eps-smoothed IoU, so ``min(M_c, G_c)`` pairs are matched per class even without overlap;
+    False: thing pairs without overlap get score 0 and are never matched."""
     pairs: List[Tuple[int, int]] = []
     pred_arr = np.asarray(pred_cls, dtype=np.int64)
     gt_arr = np.asarray(gt_cls, dtype=np.int64)
@@ -169,7 +175,7 @@ def _assign(
         gi = np.nonzero(gt_arr == c)[0]
         sub_inter = inter[np.ix_(pi, gi)]
         score = (sub_inter + eps) / (union[np.ix_(pi, gi)] + eps)
-        is_thing = c in things
+        is_thing = c in things and not match_zero_overlap
         if is_thing:
             # Pairs that do not overlap are never matched (and must not compete in the assignment).
             score = np.where(sub_inter > 0, score, 0.0)
@@ -190,6 +196,7 @@ def match_segments(
     pixel_weights: Optional[Tensor],
     thing_classes: Iterable[int],
     eps: float = 0.1,
+    match_zero_overlap: bool = True,
 ) -> List[Tuple[int, int]]:
     """Match the predicted to the ground-truth segments of one image, class by class.
 
@@ -198,8 +205,11 @@ def match_segments(
     as ``MatchMasksPair`` in the COPS code) on the soft, pixel-weighted IoU
     ``(sum w p g + eps) / (sum w (p + g - p g) + eps)`` computed without gradient.
 
-    * Thing classes: pairs whose weighted intersection ``sum w p g`` is 0 get score 0 and are
-      never returned (only pairs with IoU > 0 in the eps-free sense are matched).
+    * Thing classes, ``match_zero_overlap=True`` (default; the COPS ``MatchMasksPair``,
+      ``utils.py`` ~215-237): every pair competes with its eps-smoothed IoU, so
+      ``min(M_c, G_c)`` pairs of class ``c`` are matched, also pairs that do not overlap.
+    * Thing classes, ``match_zero_overlap=False``: pairs whose weighted intersection
+      ``sum w p g`` is 0 get score 0 and are never returned.
     * Stuff classes: normally one segment per class on each side, matched by class whatever
       their overlap; if a stuff class has several segments on a side, the same assignment is
       used and every assigned pair is kept.
@@ -212,6 +222,7 @@ def match_segments(
         pixel_weights: ``[H, W]`` float >= 0 (0 = ignored pixel) or None (all ones).
         thing_classes: class ids that are things; all others are stuff.
         eps: > 0, smoothing of the IoU (0.1 in the COPS code).
+        match_zero_overlap: see above.
 
     Returns:
         Sorted list of ``(pred_index, gt_index)``; each index appears at most once.
@@ -231,8 +242,12 @@ def match_segments(
             w = torch.ones(p.shape[1:], dtype=torch.float64, device=p.device)
         else:
             w = pixel_weights.detach().to(device=p.device, dtype=torch.float64)
-        inter, union = _weighted_overlaps(p, g, w)
-    return _assign(inter.cpu().numpy(), union.cpu().numpy(), pred_cls, gt_cls, things, eps)
+        inter, union, _, _ = _weighted_overlaps(p, g, w)
+    return _assign(inter.cpu().numpy(), union.cpu().numpy(), pred_cls, gt_cls, things, eps,
+                   bool(match_zero_overlap))
+
+
+_RULES = ("original", "pq")
 
 
 class PanopticQualitySurrogate(nn.Module):
@@ -240,37 +255,51 @@ class PanopticQualitySurrogate(nn.Module):
 
     For each class ``c`` present in the batch (in the ground truth or the predictions)::
 
-        PQ~_c = sum_{(p,g) in TP~} h(IoU) s(p) IoU
-                / ( sum_{TP~} h(IoU) s(p) + 0.5 (sum_{FP~} s(p) + |FN~|) )
+        PQ~_c = (sum_TP h(IoU) s(p) IoU + ratio_eps)
+                / (TP~ + 0.5 (FP~ + FN~) + ratio_eps)
 
     with numerator and denominator summed over all images of the batch before the ratio, and
-    ``PQ~ = mean_c PQ~_c``, ``loss = 1 - PQ~``. Definitions (following the COPS code):
+    ``PQ~ = mean_c PQ~_c``, ``loss = 1 - PQ~``. Classes whose denominator (before
+    ``ratio_eps``) is exactly 0 are left out of the mean, as in the COPS code. Definitions:
 
     * soft IoU with pixel weights ``w`` (0 on ignore regions):
-      ``IoU = (sum w p g + eps) / (sum w (p + g - p g) + eps)``, ``eps = 0.1`` (``iou_batch``);
+      ``IoU = (sum w p g + eps) / (sum w (p + g - p g) + eps)``, ``eps = 0.1`` (``iou_batch``,
+      ``losses.py`` ~11-18);
     * soft threshold at 0.5: ``h(u) = u^beta / (u^beta + (1 - u)^beta)``, ``beta = 4``;
     * foreground probability ``s(p) = sigmoid(area_temperature * (area(p) - min_area))``,
       ``area(p) = sum_x p(x)`` (unweighted, pixels of the masks' grid), ``min_area`` =
       ``instance_area`` for thing classes and ``stuff_area`` for stuff classes
-      (``compute_foreground_probabilities``; same grid units as the masks, the caller converts
-      from image pixels);
-    * matching: :func:`match_segments` (per-class maximum-IoU assignment, stuff by class);
-    * a matched pair contributes ``t = h(IoU) s(p)`` to TP (``t * IoU`` to the numerator),
-      ``(1 - h(IoU)) s(p)`` to FP and ``1 - h(IoU)`` to FN; an unmatched prediction contributes
-      ``s(p)`` to FP, an unmatched ground truth 1 to FN.
+      (``compute_foreground_probabilities``, ``panoptic_seg_affinity.py`` ~135-160; in the grid
+      units the caller passes: the COPS code uses ``INSTANCE_AREA / 4`` and
+      ``STUFF_AREA / 4 / 4`` grid pixels in training);
+    * matching: :func:`match_segments` (per-class maximum-IoU assignment, stuff by class;
+      ``match_zero_overlap``);
+    * ``ratio_eps``: default 0.1 as the COPS code (``PanopticQualityLoss(eps=1e-1)``); with it a
+      class seen only as false positives has ``PQ~_c = ratio_eps / (FP~ / 2 + ratio_eps)`` and
+      gives a gradient that shrinks ``s(p)`` and the masks; with 0 such a class has ``PQ~_c = 0``
+      and no gradient.
 
-    With hard masks, IoUs in {0, 1} and ``s = 1`` this is exactly Kirillov et al.'s PQ (no
-    crowd handling: give crowd and void pixels weight 0 and leave crowd segments out of the
-    ground truth). Classes whose denominator is exactly 0 (possible only when every
-    contribution underflows to 0) are left out of the mean, as in the COPS code. If no class
-    remains (e.g. no ground truth and no predictions anywhere) the loss is ``0 * sum(masks)``
-    (zero, but connected to the inputs so ``backward`` works) and ``pq = 1 - loss``.
+    Two counting rules (``rule``):
 
-    ``ratio_eps`` (default 0, i.e. the definition above) adds a constant to numerator and
-    denominator of every ``PQ~_c`` as the COPS code does (it uses 0.1): then a class with only
-    false positives has ``PQ~_c = ratio_eps / (0.5 sum s(p) + ratio_eps)`` and still gives a
-    gradient that shrinks ``s(p)``; with ``ratio_eps = 0`` such a class has ``PQ~_c = 0`` and no
-    gradient.
+    * ``"original"`` (default; ``PanopticQualityLoss.forward``, ``losses.py`` ~24-101, with the
+      ground truth of ``ComputeBestGroundTruth``, ``utils.py`` ~163-213): every segment is in one
+      pair ``(p, g)``: matched pairs; an unmatched prediction with an *empty* ground truth; an
+      unmatched ground truth with an *empty* prediction (a padded mask: the ``padded_gt``
+      masks of :meth:`forward`, or, where the caller gave none, a constant zero mask). With
+      ``nz = [g is not empty]`` each pair adds ``h s nz IoU`` to the numerator, ``h s nz`` to
+      TP~, ``(1 - h) nz`` to FN~ and ``(1 - nz) (1 - h) s`` to FP~. A matched pair below IoU 0.5
+      thus counts as a (soft) false negative only, an unmatched prediction as
+      ``(1 - h(eps / (area_w(p) + eps))) s(p)`` false positives.
+    * ``"pq"``: the counts of Kirillov et al.'s PQ, softened: a matched pair adds ``t = h s``
+      to TP~ (``t IoU`` to the numerator), ``(1 - h) s`` to FP~ and ``1 - h`` to FN~; an
+      unmatched prediction adds ``s`` to FP~, an unmatched ground truth 1 to FN~. With hard
+      masks, IoUs in {0, 1}, ``s = 1`` and ``ratio_eps = 0`` this is exactly PQ (give crowd and
+      void pixels weight 0 and leave crowd segments out of the ground truth). Padded masks
+      count as the predictions of their ground truth.
+
+    If no class remains (e.g. no ground truth and no predictions anywhere) the loss is
+    ``0 * sum(masks)`` (zero, but connected to the inputs so ``backward`` works) and
+    ``pq = 1 - loss``.
 
     Args:
         thing_classes: class ids that are things (others are stuff).
@@ -280,11 +309,14 @@ class PanopticQualitySurrogate(nn.Module):
         beta: soft-threshold sharpness, > 0.
         area_temperature: slope of the foreground sigmoid, > 0 (per pixel).
         ratio_eps: >= 0, see above.
+        rule: ``"original"`` or ``"pq"``, see above.
+        match_zero_overlap: thing pairs without overlap may be matched (see
+            :func:`match_segments`; the COPS code: True).
 
     Raises:
         ValueError: on bad constructor arguments (non-finite numbers, non-positive ``eps``,
-            ``beta`` or ``area_temperature``, negative ``ratio_eps``, negative thing ids), and
-            in ``forward`` on bad inputs (see :meth:`forward`).
+            ``beta`` or ``area_temperature``, negative ``ratio_eps``, negative thing ids, an
+            unknown rule), and in ``forward`` on bad inputs (see :meth:`forward`).
     """
 
     def __init__(
@@ -296,7 +328,9 @@ class PanopticQualitySurrogate(nn.Module):
         eps: float = 0.1,
         beta: float = 4.0,
         area_temperature: float = 0.1,
-        ratio_eps: float = 0.0,
+        ratio_eps: float = 0.1,
+        rule: str = "original",
+        match_zero_overlap: bool = True,
     ) -> None:
         super().__init__()
         self.thing_classes = frozenset(_thing_set(thing_classes))
@@ -306,12 +340,19 @@ class PanopticQualitySurrogate(nn.Module):
         self.beta = _check_number(beta, "beta", positive=True)
         self.area_temperature = _check_number(area_temperature, "area_temperature", positive=True)
         self.ratio_eps = _check_number(ratio_eps, "ratio_eps", non_negative=True)
+        if rule not in _RULES:
+            raise ValueError(f"rule must be one of {list(_RULES)}, got {rule!r}")
+        self.rule = rule
+        if not isinstance(match_zero_overlap, (bool, np.bool_)):
+            raise ValueError(f"match_zero_overlap must be a bool, got {match_zero_overlap!r}")
+        self.match_zero_overlap = bool(match_zero_overlap)
 
     def extra_repr(self) -> str:
         return (
             f"thing_classes={sorted(self.thing_classes)}, stuff_area={self.stuff_area}, "
             f"instance_area={self.instance_area}, eps={self.eps}, beta={self.beta}, "
-            f"area_temperature={self.area_temperature}, ratio_eps={self.ratio_eps}"
+            f"area_temperature={self.area_temperature}, ratio_eps={self.ratio_eps}, "
+            f"rule={self.rule!r}, match_zero_overlap={self.match_zero_overlap}"
         )
 
     def soft_threshold(self, iou: Tensor) -> Tensor:
@@ -328,6 +369,37 @@ class PanopticQualitySurrogate(nn.Module):
         )
         return torch.sigmoid(self.area_temperature * (areas - limits))
 
+    def match(
+        self,
+        pred_masks: Tensor,
+        pred_classes: Tensor,
+        gt_masks: Tensor,
+        gt_classes: Tensor,
+        pixel_weights: Optional[Tensor] = None,
+    ) -> List[Tuple[int, int]]:
+        """The matching of one image that :meth:`forward` uses (:func:`match_segments` with this
+        module's ``eps`` and ``match_zero_overlap``); no gradient. Raises ``ValueError`` on bad
+        inputs as :func:`match_segments`."""
+        return match_segments(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights,
+                              self.thing_classes, self.eps, self.match_zero_overlap)
+
+    def unmatched_gt(
+        self,
+        pred_masks: Tensor,
+        pred_classes: Tensor,
+        gt_masks: Tensor,
+        gt_classes: Tensor,
+        pixel_weights: Optional[Tensor] = None,
+        pairs: Optional[Sequence[Tuple[int, int]]] = None,
+    ) -> List[int]:
+        """Indices (ascending) of the ground-truth segments of one image that the matching
+        (:meth:`match`, or the given ``pairs``) leaves unmatched: the segments for which the COPS
+        code pads an empty prediction (``ComputeBestGroundTruth``, ``utils.py`` ~163-213)."""
+        if pairs is None:
+            pairs = self.match(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights)
+        matched = {j for _, j in pairs}
+        return [j for j in range(gt_masks.shape[0]) if j not in matched]
+
     def forward(
         self,
         pred_masks: List[Tensor],
@@ -335,6 +407,8 @@ class PanopticQualitySurrogate(nn.Module):
         gt_masks: List[Tensor],
         gt_classes: List[Tensor],
         pixel_weights: Optional[List[Tensor]] = None,
+        padded_gt: Optional[List[Sequence[int]]] = None,
+        matches: Optional[List[Sequence[Tuple[int, int]]]] = None,
     ) -> SurrogateOutput:
         """Compute the surrogate PQ and the loss ``1 - PQ~`` for a batch of images.
 
@@ -346,26 +420,43 @@ class PanopticQualitySurrogate(nn.Module):
             gt_masks: per image ``[G_b, H_b, W_b]`` bool or float in [0, 1]; ``G_b`` may be 0.
             gt_classes: per image ``[G_b]`` int64 class ids (>= 0).
             pixel_weights: per image ``[H_b, W_b]`` float >= 0 (0 = ignore), default all ones.
+            padded_gt: optional, per image the ground-truth indices ``j_1 .. j_P`` that the
+                *last* ``P`` masks of ``pred_masks[b]`` stand for (padded, normally empty masks
+                of the AMWC layer, ``AMWCLayer(pad_fn=...)``): they must be exactly ground
+                truths left unmatched by the matching of the other masks
+                (:meth:`unmatched_gt`), with their classes. Each padded mask is paired with its
+                ground truth (COPS ``ComputeBestGroundTruth``), so its loss gradient exists.
+            matches: optional, per image the ``(pred_index, gt_index)`` pairs of the non-padded
+                masks, precomputed with :meth:`match` (e.g. by the ``pad_fn`` that chose the
+                padded masks, so that both use one matching); default: computed here.
 
         All images' ``pred_masks`` must share one dtype and device; all computation runs there
         (ground truth, classes and weights are moved there); only the no-grad ``[M_b, G_b]``
         overlap matrices go to the CPU for the assignment.
 
         Returns:
-            :class:`SurrogateOutput` ``(loss, pq, per_class, matches)``.
+            :class:`SurrogateOutput` ``(loss, pq, per_class, matches)``; ``matches`` includes
+            the pairs of padded masks (indices into ``pred_masks[b]``).
 
         Raises:
             ValueError: empty batch or lists of different lengths; non-tensors; masks not 3-D,
                 of the wrong dtype, with NaN/inf or values outside [0, 1]; ``H, W`` mismatch
                 between pred, gt and weights; class tensors of the wrong length, non-integer
                 dtype or with negative ids; weights negative or not finite; ``pred_masks`` of
-                different images with different dtype or device.
+                different images with different dtype or device; ``padded_gt`` with more
+                entries than masks, out-of-range, repeated or matched ground-truth indices, or
+                a class that differs from its ground truth's; ``matches`` with out-of-range or
+                repeated indices or pairs of different classes.
         """
         n = len(pred_masks)
         lengths = {"pred_masks": n, "pred_classes": len(pred_classes),
                    "gt_masks": len(gt_masks), "gt_classes": len(gt_classes)}
         if pixel_weights is not None:
             lengths["pixel_weights"] = len(pixel_weights)
+        if padded_gt is not None:
+            lengths["padded_gt"] = len(padded_gt)
+        if matches is not None:
+            lengths["matches"] = len(matches)
         if len(set(lengths.values())) != 1:
             raise ValueError(f"per-image lists must have the same length, got {lengths}")
         if n == 0:
@@ -391,17 +482,31 @@ class PanopticQualitySurrogate(nn.Module):
                 w = torch.ones(p.shape[1:], dtype=p.dtype, device=p.device)
             else:
                 w = w_b.to(device=p.device, dtype=p.dtype)
-            inter, union = _weighted_overlaps(p, g, w)
-            pairs = _assign(
-                inter.detach().to(torch.float64).cpu().numpy(),
-                union.detach().to(torch.float64).cpu().numpy(),
-                pred_cls, gt_cls, self.thing_classes, self.eps,
-            )
-            per_image.append((p, inter, union, pred_cls, gt_cls, pairs))
+            inter, union, area_p, area_g = _weighted_overlaps(p, g, w)
+            pads = self._check_padded(padded_gt, b, len(pred_cls), pred_cls, gt_cls)
+            m_real = len(pred_cls) - len(pads)
+            inter_np = inter.detach().to(torch.float64).cpu().numpy()
+            union_np = union.detach().to(torch.float64).cpu().numpy()
+            if matches is None:
+                pairs = _assign(inter_np[:m_real], union_np[:m_real], pred_cls[:m_real], gt_cls,
+                                self.thing_classes, self.eps, self.match_zero_overlap)
+            else:
+                pairs = self._check_matches(matches[b], b, pred_cls[:m_real], gt_cls)
+            matched_gt = {j for _, j in pairs}
+            twice = sorted(matched_gt.intersection(pads))
+            if twice:
+                raise ValueError(
+                    f"padded_gt{where} names ground-truth segments {twice} that the matching of the "
+                    "other predicted masks already matches; pad only unmatched ground truth "
+                    "(PanopticQualitySurrogate.unmatched_gt)"
+                )
+            pairs = sorted(pairs + [(m_real + k, j) for k, j in enumerate(pads)])
+            g_nonzero = g.flatten(1).gt(0).any(1)  # [G]
+            per_image.append((p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs))
             all_classes.update(pred_cls)
             all_classes.update(gt_cls)
 
-        matches = [list(item[5]) for item in per_image]
+        matches = [list(item[-1]) for item in per_image]
         classes = sorted(all_classes)
         if not classes:
             return self._empty_output(pred_masks, matches)
@@ -409,37 +514,14 @@ class PanopticQualitySurrogate(nn.Module):
         num_classes = len(classes)
 
         # Pass 2: soft TP / FP / FN per class, summed over the batch.
-        numerator = ref.new_zeros(num_classes)
-        tp_sum = ref.new_zeros(num_classes)
-        fp_sum = ref.new_zeros(num_classes)
-        fn_sum = ref.new_zeros(num_classes)
-        for p, inter, union, pred_cls, gt_cls, pairs in per_image:
-            dev, dt = p.device, p.dtype
-            m, g_count = len(pred_cls), len(gt_cls)
-            pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
-            gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
-            s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
-
-            matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
-            matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
-            if pairs:
-                mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
-                mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
-                matched_pred[mp] = True
-                matched_gt[mg] = True
-                iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
-                h = self.soft_threshold(iou)
-                s_m = s[mp]
-                t = h * s_m
-                cls_m = pred_idx[mp]
-                numerator = numerator.index_add(0, cls_m, t * iou)
-                tp_sum = tp_sum.index_add(0, cls_m, t)
-                fp_sum = fp_sum.index_add(0, cls_m, (1.0 - h) * s_m)
-                fn_sum = fn_sum.index_add(0, cls_m, 1.0 - h)
-            un_p = ~matched_pred
-            fp_sum = fp_sum.index_add(0, pred_idx[un_p], s[un_p])
-            un_g = ~matched_gt
-            fn_sum = fn_sum.index_add(0, gt_idx[un_g], torch.ones(int(un_g.sum()), dtype=dt, device=dev))
+        sums = [ref.new_zeros(num_classes) for _ in range(4)]  # numerator, TP, FP, FN
+        for p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs in per_image:
+            if self.rule == "original":
+                self._accumulate_original(sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
+                                          pred_cls, gt_cls, pairs)
+            else:
+                self._accumulate_pq(sums, index_of, p, inter, union, pred_cls, gt_cls, pairs)
+        numerator, tp_sum, fp_sum, fn_sum = sums
 
         denominator = tp_sum + 0.5 * (fp_sum + fn_sum)
         keep = (denominator > 0).tolist()
@@ -450,6 +532,131 @@ class PanopticQualitySurrogate(nn.Module):
         pq = pq_c.mean()
         per_class = {classes[i]: float(v) for i, v in zip(keep_idx.tolist(), pq_c.detach().cpu().tolist())}
         return SurrogateOutput(loss=1.0 - pq, pq=pq, per_class=per_class, matches=matches)
+
+    # ------------------------------------------------------------------ pieces of forward
+    @staticmethod
+    def _check_matches(raw, b: int, pred_cls: List[int], gt_cls: List[int]) -> List[Tuple[int, int]]:
+        where = f"matches[{b}]"
+        pairs = []
+        for k, pair in enumerate(raw):
+            try:
+                i, j = (operator.index(v) for v in pair)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}[{k}] must be a (pred_index, gt_index) pair of integers, got {pair!r}") from None
+            if not (0 <= i < len(pred_cls) and 0 <= j < len(gt_cls)):
+                raise ValueError(
+                    f"{where}[{k}] = {(i, j)} is out of range ({len(pred_cls)} non-padded predictions, "
+                    f"{len(gt_cls)} ground-truth segments)"
+                )
+            if pred_cls[i] != gt_cls[j]:
+                raise ValueError(f"{where}[{k}] = {(i, j)} pairs class {pred_cls[i]} with class {gt_cls[j]}")
+            pairs.append((i, j))
+        if len({i for i, _ in pairs}) != len(pairs) or len({j for _, j in pairs}) != len(pairs):
+            raise ValueError(f"{where} uses an index twice: {pairs}")
+        return pairs
+
+    @staticmethod
+    def _check_padded(padded_gt, b: int, m: int, pred_cls: List[int], gt_cls: List[int]) -> List[int]:
+        if padded_gt is None:
+            return []
+        where = f"padded_gt[{b}]"
+        raw = padded_gt[b]
+        if isinstance(raw, Tensor):
+            raw = raw.tolist()
+        pads = []
+        for k, j in enumerate(raw):
+            if isinstance(j, bool):
+                raise ValueError(f"{where}[{k}] must be an integer ground-truth index, got {j!r}")
+            try:
+                j = operator.index(j)
+            except TypeError:
+                raise ValueError(f"{where}[{k}] must be an integer ground-truth index, got {j!r}") from None
+            if not 0 <= j < len(gt_cls):
+                raise ValueError(f"{where}[{k}] = {j} is out of range [0, {len(gt_cls)}) (ground-truth segments)")
+            pads.append(j)
+        if len(set(pads)) != len(pads):
+            raise ValueError(f"{where} repeats a ground-truth index: {pads}")
+        if len(pads) > m:
+            raise ValueError(f"{where} names {len(pads)} padded masks but pred_masks[{b}] has only {m} masks")
+        for k, j in enumerate(pads):
+            c_pred = pred_cls[m - len(pads) + k]
+            if c_pred != gt_cls[j]:
+                raise ValueError(
+                    f"{where}[{k}]: the padded mask has class {c_pred} but ground truth {j} has class {gt_cls[j]}"
+                )
+        return pads
+
+    def _accumulate_original(self, sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
+                             pred_cls, gt_cls, pairs) -> None:
+        """COPS ``PanopticQualityLoss``: every segment in one pair, empty counterparts where
+        unmatched (see the class docstring)."""
+        numerator, tp_sum, fp_sum, fn_sum = sums
+        dev, dt = p.device, p.dtype
+        m, g_count = len(pred_cls), len(gt_cls)
+        pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
+        gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
+        s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
+        matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
+        matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
+        if pairs:
+            mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
+            mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
+            matched_pred[mp] = True
+            matched_gt[mg] = True
+            iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
+            h = self.soft_threshold(iou)
+            nz = g_nonzero[mg].to(dt)
+            s_m = s[mp]
+            cls_m = pred_idx[mp]
+            numerator.index_add_(0, cls_m, h * s_m * nz * iou)
+            tp_sum.index_add_(0, cls_m, h * s_m * nz)
+            fn_sum.index_add_(0, cls_m, (1.0 - h) * nz)
+            fp_sum.index_add_(0, cls_m, (1.0 - nz) * (1.0 - h) * s_m)
+        un_p = ~matched_pred
+        if bool(un_p.any()):
+            # paired with an empty ground truth: IoU = eps / (area_w(p) + eps), nz = 0
+            iou0 = self.eps / (area_p[un_p] + self.eps)
+            fp_sum.index_add_(0, pred_idx[un_p], (1.0 - self.soft_threshold(iou0)) * s[un_p])
+        un_g = ~matched_gt
+        if bool(un_g.any()):
+            # paired with a constant empty prediction (no padded mask given): area 0
+            iou0 = self.eps / (area_g[un_g] + self.eps)
+            h0 = self.soft_threshold(iou0)
+            cls_g = [gt_cls[j] for j in torch.nonzero(un_g).flatten().tolist()]
+            s0 = self.foreground_probability(torch.zeros(len(cls_g), dtype=dt, device=dev), cls_g)
+            nz = g_nonzero[un_g].to(dt)
+            numerator.index_add_(0, gt_idx[un_g], h0 * s0 * nz * iou0)
+            tp_sum.index_add_(0, gt_idx[un_g], h0 * s0 * nz)
+            fn_sum.index_add_(0, gt_idx[un_g], (1.0 - h0) * nz)
+
+    def _accumulate_pq(self, sums, index_of, p, inter, union, pred_cls, gt_cls, pairs) -> None:
+        """Soft PQ counts (rule ``"pq"``, see the class docstring)."""
+        numerator, tp_sum, fp_sum, fn_sum = sums
+        dev, dt = p.device, p.dtype
+        m, g_count = len(pred_cls), len(gt_cls)
+        pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
+        gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
+        s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
+        matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
+        matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
+        if pairs:
+            mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
+            mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
+            matched_pred[mp] = True
+            matched_gt[mg] = True
+            iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
+            h = self.soft_threshold(iou)
+            s_m = s[mp]
+            t = h * s_m
+            cls_m = pred_idx[mp]
+            numerator.index_add_(0, cls_m, t * iou)
+            tp_sum.index_add_(0, cls_m, t)
+            fp_sum.index_add_(0, cls_m, (1.0 - h) * s_m)
+            fn_sum.index_add_(0, cls_m, 1.0 - h)
+        un_p = ~matched_pred
+        fp_sum.index_add_(0, pred_idx[un_p], s[un_p])
+        un_g = ~matched_gt
+        fn_sum.index_add_(0, gt_idx[un_g], torch.ones(int(un_g.sum()), dtype=dt, device=dev))
 
     @staticmethod
     def _empty_output(pred_masks: List[Tensor], matches) -> SurrogateOutput:

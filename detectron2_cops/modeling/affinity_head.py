@@ -14,12 +14,20 @@ Architecture (the original COPS ``PanopticAffinityInsEmbedHead``):
 1. its own DeepLabV3+ decoder (Detectron2's ``DeepLabV3PlusHead``, decoder only);
 2. the semantic logits (detached) are concatenated to the decoder output;
 3. a head of two 3x3 convs to ``head_channels``;
-4. one classifier per distance: two 3x3 convs (``head_channels / 4`` then ``head_channels / 8``
-   channels per group) and a 1x1 conv to the 2 cut-logit channels, applied to the ``[::s, ::s]``
-   subsampled features. For ``d = 1`` it sees the head features directly (one group). For
-   ``d > 1`` it sees the *centred feature differences* along each axis
-   (``centered_difference``), concatenated ``[rows, columns]`` and processed by grouped convs
-   (2 groups: row differences -> channel 0, column differences -> channel 1).
+4. one classifier per distance: two 3x3 conv + norm + ReLU (``head_channels / 4`` then
+   ``head_channels / 8`` channels per group) and a dense 1x1 conv (with bias) to the 2 cut-logit
+   channels, applied to the ``[::s, ::s]`` subsampled features (the original's stride-``s`` 1x1
+   conv). For ``d = 1`` it sees the head features directly (one group). For ``d > 1`` it sees
+   the *centred feature differences* along each axis (``centered_difference``), concatenated
+   ``[rows, columns]``; the two 3x3 convs are grouped (2 groups: row differences, column
+   differences) and the 1x1 predictor mixes both groups (weight ``[2, head_channels / 4, 1, 1]``),
+   exactly as the original (``in_factor = 2``, ``Conv2d(in_factor * head_channels / 8, 2, 1)``).
+   All convs c2-Xavier initialised as the original.
+
+Parameter for parameter this is the authors' head: ``decoder.*`` as theirs,
+``head.{0,1}`` = their ``affinity_head.{0,1}``, ``classifiers.{i}.convs.{0,1}`` = their
+``classifiers.{i}.{0,1}``, ``classifiers.{i}.predictor`` = their ``classifiers.{i}.2``
+(see ``tools/convert_cops_checkpoint.py``).
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ __all__ = [
     "build_affinity_head",
     "centered_difference",
 ]
+
+_LOSS_NORMALIZATIONS = ("per_channel_mean", "weight_sum")
 
 AFFINITY_HEAD_REGISTRY = Registry("AFFINITY_HEAD")
 AFFINITY_HEAD_REGISTRY.__doc__ = """
@@ -106,13 +116,23 @@ def centered_difference(features: torch.Tensor, distance: int, axis: int) -> tor
 class AffinityHead(DeepLabV3PlusHead):
     """COPS affinity head: per-distance edge cut logits on the stride-4 grid (see module docstring).
 
-    Loss (pretraining stage, COPS Sec. 4): per distance ``d``, the binary cross entropy with
-    logits between the cut logits and the cut targets (1 = the two pixels lie in different
-    panoptic segments), times the per-edge weights; with ``loss_top_k < 1`` only the
-    ``loss_top_k`` fraction of edges with weight > 0 whose weighted loss is largest is kept
-    (hard example mining, as ``DeepLabCE``; the original COPS head does the same per channel).
-    The kept weighted losses are summed and divided by the sum of the kept weights, then
-    multiplied by ``loss_weight``. One loss per distance, ``"loss_affinity_d{d}"``.
+    Loss (pretraining stage, COPS Sec. 4): the binary cross entropy with logits between the cut
+    logits and the cut targets (1 = the two pixels lie in different panoptic segments), times
+    the per-edge weights, ``l = BCE(x, t) * w``. Normalisation (``loss_normalization``,
+    ``MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION``):
+
+    * ``"per_channel_mean"`` (default, the original: ``compute_affinity_loss`` in the authors'
+      ``panoptic_seg_affinity.py``): for each distance ``d`` and each channel ``c`` (0 rows,
+      1 columns) separately, over *all* ``N = B * H_d * W_d`` positions of that channel (weight-0
+      positions included), keep the ``k = int(loss_top_k * N)`` largest ``l`` (all when
+      ``loss_top_k = 1``) and take their plain mean ``sum(kept) / k``; the loss of distance ``d``
+      is ``loss_weight * (mean_c0 + mean_c1)`` (the original logs the two channel terms
+      separately, their sum is the same total).
+    * ``"weight_sum"`` (a departure, the earlier behaviour of this project): per distance, over
+      the edges with weight > 0 of both channels, keep the ``loss_top_k`` fraction with the
+      largest ``l`` and divide their sum by the sum of their weights.
+
+    One loss per distance, ``"loss_affinity_d{d}"``.
     """
 
     @configurable
@@ -128,6 +148,7 @@ class AffinityHead(DeepLabV3PlusHead):
         edge_sampling_intervals: Sequence[int],
         loss_weight: float,
         loss_top_k: float,
+        loss_normalization: str = "per_channel_mean",
         **kwargs,
     ):
         """
@@ -142,14 +163,21 @@ class AffinityHead(DeepLabV3PlusHead):
             edge_sampling_intervals: one sampling interval ``s >= 1`` per distance.
             loss_weight: weight of the affinity loss; 0 disables it (``losses`` returns ``{}``).
             loss_top_k: fraction in ``(0, 1]`` of the hardest weighted edges that are kept.
+            loss_normalization: ``"per_channel_mean"`` (the original) or ``"weight_sum"`` (see
+                the class docstring).
             **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
                 ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
                 ``use_depthwise_separable_conv``).
         Raises:
             ValueError: invalid distances / intervals (non-positive, duplicated, different
                 lengths), ``head_channels`` not a positive multiple of 8, ``loss_top_k`` outside
-                ``(0, 1]``, negative ``loss_weight``, non-positive ``num_sem_seg_classes``.
+                ``(0, 1]``, negative ``loss_weight``, non-positive ``num_sem_seg_classes``,
+                unknown ``loss_normalization``.
         """
+        if loss_normalization not in _LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"loss_normalization must be one of {_LOSS_NORMALIZATIONS}, got {loss_normalization!r}"
+            )
         distances = as_positive_int_list(edge_distances, "edge_distances")
         intervals = as_positive_int_list(edge_sampling_intervals, "edge_sampling_intervals")
         if len(distances) == 0:
@@ -180,6 +208,7 @@ class AffinityHead(DeepLabV3PlusHead):
         self.num_sem_seg_classes = int(num_sem_seg_classes)
         self.loss_weight = float(loss_weight)
         self.loss_top_k = float(loss_top_k)
+        self.loss_normalization = loss_normalization
         head_channels = int(head_channels)
         use_bias = norm == ""
 
@@ -216,9 +245,9 @@ class AffinityHead(DeepLabV3PlusHead):
             )
             weight_init.c2_xavier_fill(classifier[0])
             weight_init.c2_xavier_fill(classifier[1])
-            predictor = Conv2d(c2, 2, kernel_size=1, groups=groups)
-            nn.init.normal_(predictor.weight, 0, 0.001)
-            nn.init.constant_(predictor.bias, 0)
+            # Dense over both groups (weight [2, c2, 1, 1]), as the original classifier's last conv.
+            predictor = Conv2d(c2, 2, kernel_size=1, bias=True)
+            weight_init.c2_xavier_fill(predictor)
             classifiers.append(nn.ModuleDict({"convs": classifier, "predictor": predictor}))
         self.classifiers = nn.ModuleList(classifiers)
 
@@ -262,6 +291,7 @@ class AffinityHead(DeepLabV3PlusHead):
             edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
             loss_weight=head.LOSS_WEIGHT,
             loss_top_k=head.LOSS_TOP_K,
+            loss_normalization=head.LOSS_NORMALIZATION,
         )
 
     # ------------------------------------------------------------------ forward
@@ -390,7 +420,9 @@ class AffinityHead(DeepLabV3PlusHead):
                 raise ValueError(f"weights for distance {d} must be >= 0")
 
             edge_losses = F.binary_cross_entropy_with_logits(x, t, reduction="none") * w
-            if self.loss_top_k < 1.0:
+            if self.loss_normalization == "per_channel_mean":
+                loss = sum(self._channel_mean(edge_losses[:, c]) for c in range(2))
+            elif self.loss_top_k < 1.0:
                 mask = w > 0
                 vals = edge_losses[mask]
                 k = int(self.loss_top_k * vals.numel())
@@ -403,3 +435,15 @@ class AffinityHead(DeepLabV3PlusHead):
             # With no weighted edge the loss is an exact 0 that keeps the graph.
             losses[f"loss_affinity_d{d}"] = loss * self.loss_weight
         return losses
+
+    def _channel_mean(self, channel_losses: torch.Tensor) -> torch.Tensor:
+        """Original normalisation of one channel's ``[B, H_d, W_d]`` weighted losses: mean of the
+        ``int(loss_top_k * numel)`` largest values over all positions (all when ``loss_top_k``
+        is 1; at least one when the map is not empty; an empty map gives an exact 0)."""
+        flat = channel_losses.reshape(-1)
+        if flat.numel() == 0:
+            return flat.sum()
+        if self.loss_top_k < 1.0:
+            k = max(int(self.loss_top_k * flat.numel()), 1)
+            flat = torch.topk(flat, k)[0]
+        return flat.mean()

@@ -25,9 +25,10 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n
 
 from detectron2_cops.layers.amwc_layer import AMWCLayer
-from detectron2_cops.layers.calibration import CostCalibration, PixelDropout
+from detectron2_cops.layers.calibration import CostCalibration, EdgeDropout, PixelDropout
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import PanopticQualitySurrogate
 
@@ -97,8 +98,8 @@ class COPS(nn.Module):
     H/4, W/4]`` semantic logits), ``affinity_head`` (``AffinityHead``: one ``[B, 2, H_d, W_d]``
     cut-logit map per edge distance), ``calibration`` (``CostCalibration``: ``c_V = -(a * logits
     + b)``, ``c_E = -(|a_d| * cut_logits + b_d)``), and in the fully differentiable stage
-    ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` and ``pq_surrogate``
-    (``PanopticQualitySurrogate``).
+    ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` (``PixelDropout``), ``edge_dropout``
+    (``EdgeDropout``) and ``pq_surrogate`` (``PanopticQualitySurrogate``).
 
     Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``),
     returns a dict of scalar losses:
@@ -108,22 +109,31 @@ class COPS(nn.Module):
       ``affinity_targets`` / ``affinity_weights``). Full-resolution targets are padded to the
       decoder grid times the stride (``ignore_value`` / weight 0); the stride-4 targets are
       padded (weight 0) or cropped to the network's grid.
-    * fully differentiable (COPS Sec. 3.3-3.5): calibrated costs, pixel dropout on the semantic
-      costs, the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients) with the
-      mapper's ``pixel_weights`` and ``affinity_weights``, and ``loss_pq = pq_loss_weight *
-      (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on the grid (area
-      limits divided by ``common_stride**2``: grid pixels); plus the head losses when their
-      loss weights are non-zero. With ``log_train_pq`` the exact PQ of the batch's AMWC solution
-      on the grid (against ``panoptic_ids`` / ``crowd_ids``, segments under the grid area limits
-      are void), the surrogate PQ, the calibration scalars and the solver time go to
-      Detectron2's ``EventStorage`` (``train_pq``, ``train_pq_th``, ``train_pq_st`` in percent,
-      ``train_pq_surrogate``, ``calib_*``, ``amwc_time`` (seconds of the AMWC layer's forward)
-      and ``amwc_solver_time`` (of which in the native solver)); they are also kept in
-      ``self.last_train_stats``.
+    * fully differentiable (COPS Sec. 3.3-3.5; the authors' ``PanopticAffinityAMWC``):
+      calibrated costs, dropout on whole pixels of the semantic costs and on single edge costs
+      (``pixel_dropout``, ``edge_dropout``), the AMWC layer (forward: GAEC; backward: averaged
+      MWC black-box gradients) with pixel weights (the mapper's ``pixel_weights`` plus
+      ``crowd_weight`` on crowd pixels) and ``affinity_weights``, and ``loss_pq =
+      pq_loss_weight * (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on
+      the grid; plus the head losses when their loss weights are non-zero. With
+      ``pad_unmatched_gt`` every ground-truth segment the surrogate's matching leaves
+      unmatched gets an empty mask from the layer (``pad_fn``), paired with it in the surrogate
+      and an extra MWC label in the backward (the authors' ``ComputeBestGroundTruth``). NaN/inf
+      in the calibrated costs or ``loss_pq`` raises ``FloatingPointError`` naming the tensor
+      and the iteration. Every iteration the surrogate PQ (``train_pq_surrogate``, percent),
+      the number of padded segments (``num_padded_gt``), the calibration scalars
+      (``calib_*``), ``amwc_time`` (seconds of the AMWC layer's forward) and
+      ``amwc_solver_time`` (of which in the native solver), and with ``log_train_pq`` the exact
+      PQ of the batch's AMWC solution on the grid (``train_pq``, ``train_pq_th``,
+      ``train_pq_st`` in percent; against ``panoptic_ids`` / ``crowd_ids``, segments under the
+      grid area limits are void) go to Detectron2's ``EventStorage`` (``metrics.json``) and
+      ``self.last_train_stats``; every ``log_period`` iterations one log line shows them.
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
-    with ``panoptic_seg``, ``sem_seg`` and ``instances`` at the size ``(height, width)`` of the
-    input dict (default: the image's size), produced by the post-processor (see
+    with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU
+    scores), ``sem_seg_head`` (the semantic head's probabilities) and ``instances`` at the size
+    ``(height, width)`` of the input dict (default: the image's size), produced by the
+    post-processor (see
     :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
 
     Inputs: each dict has ``image`` ``[C, H, W]`` (uint8 or float, ``INPUT.FORMAT`` channel
@@ -159,6 +169,11 @@ class COPS(nn.Module):
         instance_area: float = 0.0,
         freeze_bn: bool = False,
         frozen_prefixes: Sequence[str] = (),
+        edge_dropout: Optional[nn.Module] = None,
+        pad_unmatched_gt: bool = True,
+        crowd_weight: float = 1.0,
+        log_period: int = 20,
+        min_input_size: Optional[Tuple[int, int]] = None,
     ):
         """
         Args:
@@ -183,10 +198,26 @@ class COPS(nn.Module):
             freeze_bn: convert every BatchNorm / SyncBatchNorm to ``FrozenBatchNorm2d`` (fixed
                 statistics and affine parameters, also under ``model.train()``).
             frozen_prefixes: parameter-name prefixes frozen with :func:`freeze_parameters`.
+            edge_dropout: optional ``EdgeDropout`` on the calibrated edge costs (stage 2).
+            pad_unmatched_gt: pad one empty mask per unmatched ground-truth segment (an extra
+                MWC label in the backward, paired with its ground truth in the surrogate; the
+                authors' ``ComputeBestGroundTruth``).
+            crowd_weight: weight of crowd pixels (in no ground-truth segment) in the surrogate's
+                IoUs and the AMWC layer's gradient (authors: 1; ``pixel_weights`` has 0 there).
+            log_period: iterations between the stage-2 log lines (surrogate / train PQ,
+                calibration scalars); the values go to the ``EventStorage`` every iteration.
+            min_input_size: ``(height, width)`` in input pixels (the absolute crop size,
+                ``INPUT.CROP.SIZE``) to which a batch is padded at least, in training and at
+                inference. ASPP with image pooling pools over ``crop size / output stride``
+                cells and needs inputs of that size; a batch whose images are all smaller than
+                the crop (scale augmentation below 1, small test images) is padded with zeros
+                (weight-0 targets in training; outputs are cropped to each image's size as for
+                any padded batch). None: no minimum.
         Raises:
             ValueError: pixel mean / std of different lengths or a zero std; a missing module of
                 the fully differentiable stage; a negative ``pq_loss_weight`` or
-                ``size_divisibility``; a frozen prefix that matches nothing.
+                ``size_divisibility``; a frozen prefix that matches nothing; a
+                ``min_input_size`` that is not two positive integers.
         """
         super().__init__()
         self.backbone = backbone
@@ -206,6 +237,13 @@ class COPS(nn.Module):
         if int(size_divisibility) != size_divisibility or size_divisibility < 0:
             raise ValueError(f"size_divisibility must be a non-negative integer, got {size_divisibility!r}")
         self.size_divisibility = int(size_divisibility)
+        if min_input_size is not None:
+            if len(min_input_size) != 2 or any(int(v) != v or v <= 0 for v in min_input_size):
+                raise ValueError(
+                    f"min_input_size must be two positive integers (height, width), got {min_input_size!r}"
+                )
+            min_input_size = (int(min_input_size[0]), int(min_input_size[1]))
+        self.min_input_size = min_input_size
         self.thing_ids = sorted(int(t) for t in thing_ids)
         self.label_divisor = int(label_divisor)
         self.common_stride = int(sem_seg_head.common_stride)
@@ -229,6 +267,14 @@ class COPS(nn.Module):
                 raise ValueError(f"fully_differentiable=True needs {missing}")
         if float(pq_loss_weight) < 0:
             raise ValueError(f"pq_loss_weight must be >= 0, got {pq_loss_weight}")
+        if not float(crowd_weight) >= 0:
+            raise ValueError(f"crowd_weight must be >= 0, got {crowd_weight}")
+        if int(log_period) != log_period or log_period < 1:
+            raise ValueError(f"log_period must be a positive integer, got {log_period!r}")
+        self.edge_dropout = edge_dropout
+        self.pad_unmatched_gt = bool(pad_unmatched_gt)
+        self.crowd_weight = float(crowd_weight)
+        self.log_period = int(log_period)
         self.amwc_layer = amwc_layer
         self.pixel_dropout = pixel_dropout
         self.pq_surrogate = pq_surrogate
@@ -280,9 +326,16 @@ class COPS(nn.Module):
             instance_area=cops.INSTANCE_AREA,
             freeze_bn=cops.FREEZE_BN,
             frozen_prefixes=list(cops.FROZEN_PREFIXES),
+            pad_unmatched_gt=cops.PAD_UNMATCHED_GT,
+            crowd_weight=cops.SURROGATE_CROWD_WEIGHT,
+            log_period=cops.LOG_PERIOD,
+            min_input_size=(
+                tuple(cfg.INPUT.CROP.SIZE)
+                if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"
+                else None
+            ),
         )
         if cops.FULLY_DIFFERENTIABLE:
-            grid_pixels = float(cfg.MODEL.AFFINITY_HEAD.COMMON_STRIDE) ** 2
             ret["amwc_layer"] = AMWCLayer(
                 num_classes,
                 info["thing_ids"],
@@ -293,12 +346,17 @@ class COPS(nn.Module):
                 lambda_max=cops.LAMBDA_MAX,
                 local_search=cops.LOCAL_SEARCH,
                 num_threads=cops.NUM_THREADS,
+                min_thing_cluster_size=cops.MIN_THING_CLUSTER_SIZE,
             )
             ret["pixel_dropout"] = PixelDropout(cops.PIXEL_DROPOUT)
+            ret["edge_dropout"] = EdgeDropout(cops.EDGE_DROPOUT)
             ret["pq_surrogate"] = PanopticQualitySurrogate(
                 info["thing_ids"],
-                stuff_area=cops.STUFF_AREA / grid_pixels,
-                instance_area=cops.INSTANCE_AREA / grid_pixels,
+                stuff_area=cops.STUFF_AREA / cops.SURROGATE_STUFF_AREA_DIVISOR,
+                instance_area=cops.INSTANCE_AREA / cops.SURROGATE_INSTANCE_AREA_DIVISOR,
+                ratio_eps=cops.SURROGATE_RATIO_EPS,
+                rule=cops.SURROGATE_RULE,
+                match_zero_overlap=cops.SURROGATE_MATCH_ZERO_OVERLAP,
             )
         return ret
 
@@ -329,7 +387,15 @@ class COPS(nn.Module):
             if img.shape[0] == 1 and channels != 1:
                 img = img.expand(channels, -1, -1)
             images.append((img - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.size_divisibility)
+        image_list = ImageList.from_tensors(images, self.size_divisibility)
+        if self.min_input_size is not None:
+            h, w = image_list.tensor.shape[-2:]
+            ph, pw = max(self.min_input_size[0] - h, 0), max(self.min_input_size[1] - w, 0)
+            if ph or pw:
+                # Targets are padded to the network's grid with weight 0 in ``losses``; outputs
+                # are cropped to ``image_sizes``.
+                image_list = ImageList(F.pad(image_list.tensor, (0, pw, 0, ph)), image_list.image_sizes)
+        return image_list
 
     def forward(self, batched_inputs: List[dict]):
         """
@@ -339,7 +405,7 @@ class COPS(nn.Module):
                 ``height``/``width``.
         Returns:
             training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
-            ``panoptic_seg``, ``sem_seg``, ``instances`` per image.
+            ``panoptic_seg``, ``sem_seg``, ``sem_seg_head``, ``instances`` per image.
         """
         images = self.preprocess_image(batched_inputs)
         if self.training:
@@ -373,7 +439,7 @@ class COPS(nn.Module):
             keys += ["affinity_targets", "affinity_weights"]
         if self.fully_differentiable:
             keys += ["pixel_weights", "affinity_weights", "gt_masks", "gt_classes"]
-            if self.log_train_pq:
+            if self.log_train_pq or self.crowd_weight != 0:
                 keys += ["panoptic_ids", "crowd_ids"]
         return list(dict.fromkeys(keys))
 
@@ -446,7 +512,7 @@ class COPS(nn.Module):
             return losses
 
         grid = tuple(sem_seg_logits.shape[-2:])
-        pixel_weights = self._grid_targets(batched_inputs, "pixel_weights", grid, 0.0).float()
+        pixel_weights = self._stage2_pixel_weights(batched_inputs, grid)
         edge_weights = [
             torch.stack(
                 [_pad_or_crop(x["affinity_weights"][i].to(self.device), tuple(m.shape[-2:]), 0.0) for x in batched_inputs]
@@ -454,28 +520,87 @@ class COPS(nn.Module):
             for i, m in enumerate(cut_logits)
         ]
         semantic_costs, edge_costs = self.calibration(sem_seg_logits, list(cut_logits))
+        self._check_finite("semantic costs (calibrated)", semantic_costs)
+        for d, e in zip(self.edge_distances, edge_costs):
+            self._check_finite(f"edge costs of distance {d} (calibrated)", e)
         semantic_costs = self.pixel_dropout(semantic_costs)
-
-        start = time.perf_counter()
-        solutions = self.amwc_layer(
-            semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights
-        )
-        amwc_time = time.perf_counter() - start
+        if self.edge_dropout is not None:
+            edge_costs = self.edge_dropout(edge_costs)
 
         gt_masks = [_pad_or_crop(x["gt_masks"].to(self.device), grid, False) for x in batched_inputs]
         gt_classes = [x["gt_classes"].to(self.device).long() for x in batched_inputs]
+        matches: Dict[int, list] = {}
+        padded: Dict[int, List[int]] = {}
+
+        def pad_fn(b: int, masks: torch.Tensor, classes: torch.Tensor) -> List[int]:
+            # One empty mask per ground-truth segment that the matching leaves unmatched
+            # (authors' ComputeBestGroundTruth); the same matching is reused by the surrogate.
+            pairs = self.pq_surrogate.match(masks, classes, gt_masks[b], gt_classes[b], pixel_weights[b])
+            matches[b] = pairs
+            padded[b] = self.pq_surrogate.unmatched_gt(masks, classes, gt_masks[b], gt_classes[b], pairs=pairs)
+            return [int(gt_classes[b][j]) for j in padded[b]]
+
+        start = time.perf_counter()
+        solutions = self.amwc_layer(
+            semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights,
+            pad_fn=pad_fn if self.pad_unmatched_gt else None,
+        )
+        amwc_time = time.perf_counter() - start
+
+        B = len(batched_inputs)
         surrogate = self.pq_surrogate(
             [s.masks for s in solutions],
             [s.mask_classes.to(self.device) for s in solutions],
             gt_masks,
             gt_classes,
             list(pixel_weights.unbind(0)),
+            padded_gt=[padded[b] for b in range(B)] if self.pad_unmatched_gt else None,
+            matches=[matches[b] for b in range(B)] if self.pad_unmatched_gt else None,
         )
         losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
+        self._check_finite("loss_pq (PQ surrogate loss)", losses["loss_pq"])
 
-        if self.log_train_pq:
-            self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time)
+        self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time)
         return losses
+
+    def _stage2_pixel_weights(self, batched_inputs, grid: Tuple[int, int]) -> torch.Tensor:
+        """``[B, h, w]`` pixel weights of the PQ surrogate and the AMWC layer's node gradient: the
+        mapper's ``pixel_weights`` (0 on void and crowd) plus ``crowd_weight`` on crowd pixels
+        (authors: ``panoptic_weights`` = 1 on crowd, 0 on void)."""
+        weights = self._grid_targets(batched_inputs, "pixel_weights", grid, 0.0).float()
+        if self.crowd_weight == 0:
+            return weights
+        for b, x in enumerate(batched_inputs):
+            crowd_ids = x["crowd_ids"].to(self.device)
+            if crowd_ids.numel() == 0:
+                continue
+            ids = _pad_or_crop(x["panoptic_ids"].to(self.device), grid, -1)
+            crowd = torch.isin(ids, crowd_ids)
+            weights[b][crowd] = self.crowd_weight
+        return weights
+
+    @staticmethod
+    def _iteration() -> Optional[int]:
+        try:
+            return int(get_event_storage().iter)
+        except AssertionError:  # outside a Detectron2 trainer
+            return None
+
+    def _check_finite(self, what: str, x: torch.Tensor) -> None:
+        """Stop the fully differentiable stage with a clear message when ``x`` has NaN / inf
+        (issue 10: stage 2 must never silently diverge)."""
+        xd = x.detach()
+        if bool(torch.isfinite(xd).all()):
+            return
+        it = self._iteration()
+        n_bad = int((~torch.isfinite(xd)).sum())
+        calib = {n: [round(v, 6) for v in p.detach().reshape(-1).tolist()] for n, p in self.calibration.named_parameters()}
+        raise FloatingPointError(
+            f"COPS fully differentiable stage diverged"
+            f"{'' if it is None else f' at iteration {it}'}: {what} has {n_bad} NaN/inf of "
+            f"{xd.numel()} values (shape {list(xd.shape)}). Calibration scalars: {calib}. "
+            "Lower SOLVER.BASE_LR or MODEL.COPS.PQ_LOSS_WEIGHT, or resume from an earlier checkpoint."
+        )
 
     # ------------------------------------------------------------------ logging
     def _solution_panoptic(self, solution, grid_size: Tuple[int, int], divisor: int) -> np.ndarray:
@@ -498,9 +623,9 @@ class COPS(nn.Module):
             pan = np.where(np.isin(pan, small), -1, pan)
         return pan
 
-    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time) -> None:
-        """Exact PQ of the batch's AMWC solutions on the grid and other training statistics
-        into the ``EventStorage`` (see the class docstring)."""
+    def _train_pq(self, batched_inputs, solutions) -> Dict[str, float]:
+        """Exact PQ (percent) of the batch's AMWC solutions on the grid against ``panoptic_ids``
+        (segments under the grid area limits are void, crowd handled by ``crowd_ids``)."""
         preds, gts, crowds = [], [], []
         max_clusters = max(int(s.instance_ids.max()) + 2 if s.instance_ids.numel() else 1 for s in solutions)
         divisor = max(self.label_divisor, max_clusters)
@@ -519,25 +644,38 @@ class COPS(nn.Module):
         pq = panoptic_quality(
             preds, gts, label_divisor=divisor, thing_classes=self.thing_ids, gt_crowd_ids=crowds
         )
-        stats = {
+        return {
             "train_pq": 100.0 * pq["All"]["pq"],
             "train_pq_th": 100.0 * pq["Things"]["pq"],
             "train_pq_st": 100.0 * pq["Stuff"]["pq"],
-            "train_pq_surrogate": 100.0 * float(surrogate.pq.detach()),
-            "amwc_time": float(amwc_time),
         }
+
+    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time) -> None:
+        """Stage-2 statistics into the ``EventStorage`` (hence ``metrics.json``) every iteration
+        and into the log every ``log_period`` iterations (see the class docstring): the surrogate
+        PQ, the calibration scalars, the AMWC time, and with ``log_train_pq`` the exact PQ."""
+        stats = {"train_pq_surrogate": 100.0 * float(surrogate.pq.detach())}
+        if self.log_train_pq:
+            stats.update(self._train_pq(batched_inputs, solutions))
+        stats["amwc_time"] = float(amwc_time)
         timing = getattr(self.amwc_layer, "last_timing", None)
         if isinstance(timing, dict) and "forward_solver_s" in timing:
             stats["amwc_solver_time"] = float(timing["forward_solver_s"])
+        stats["num_padded_gt"] = float(sum(int(getattr(s, "num_padded", 0)) for s in solutions))
         for name, param in self.calibration.named_parameters():
             flat = param.detach().reshape(-1)
             for j, v in enumerate(flat.tolist()):
                 key = f"calib_{name.replace('.', '_')}" + (f"_{j}" if flat.numel() > 1 else "")
                 stats[key] = float(v)
         self.last_train_stats = stats
-        try:
-            storage = get_event_storage()
-        except AssertionError:  # called outside a Detectron2 trainer (no EventStorage)
+        it = self._iteration()
+        if it is None:  # called outside a Detectron2 trainer (no EventStorage)
             return
+        storage = get_event_storage()
         for k, v in stats.items():
             storage.put_scalar(k, v)
+        if it % self.log_period == 0:
+            shown = ", ".join(
+                f"{k}: {v:.4g}" for k, v in stats.items() if k.startswith(("train_pq", "calib_", "num_padded"))
+            )
+            logger.info(f"COPS stage 2 iter {it}: {shown}")

@@ -7,7 +7,8 @@ module turns that solution into Detectron2's standard model outputs (the format 
 ``projects/Panoptic-DeepLab`` and ``PanopticFPN``):
 
 * ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
-* ``sem_seg``: ``[K, height, width]`` softmax of the upsampled semantic logits;
+* ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
+* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits;
 * ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
   ``pred_boxes``, ``scores``).
 
@@ -128,15 +129,22 @@ class AMWCPostProcessor:
        ``sem_seg_postprocess`` crops the padded prediction to the image and resizes it;
     5. segments with fewer output pixels than ``stuff_area`` (stuff) or ``instance_area``
        (things) become void (id 0); the remaining segments get ids ``1, 2, ...`` in the order of
-       their first grid pixel (row-major).
+       their first grid pixel (row-major). Thing clusters with fewer than
+       ``min_thing_cluster_size`` grid pixels are void whatever their output area.
 
     Outputs, one dict per image:
 
     * ``"panoptic_seg"``: ``(Tensor[height, width] int32, segments_info)``; ``segments_info`` is
       a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
       "area": output pixels}`` (Detectron2's panoptic output format);
-    * ``"sem_seg"``: ``[K, height, width] float32``, softmax over classes of the semantic logits
-      bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed;
+    * ``"sem_seg"``: ``[K, height, width] float32``, one-hot of the AMWC node labels (the class
+      of every grid node in the AMWC solution, before the area filter of step 5), resized as in
+      step 4. This is the authors' ``"sem_seg"`` output (``panoptic_seg_affinity.py`` ~439:
+      "Using node labels from amc post-processing ignoring void label of panoptic
+      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
+    * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
+      head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
+      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC);
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -163,6 +171,8 @@ class AMWCPostProcessor:
         predict_instances: also return ``instances``.
         local_search: run the AMWC local search after GAEC.
         num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
+        min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
+            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all).
     Raises:
         ValueError: bad constructor arguments (empty or invalid distances, thing ids outside
             ``[0, num_classes)``, negative areas or threads, non-positive stride/classes); on call,
@@ -183,6 +193,7 @@ class AMWCPostProcessor:
         predict_instances: bool = True,
         local_search: bool = True,
         num_threads: int = 0,
+        min_thing_cluster_size: int = 1,
     ):
         if int(num_classes) != num_classes or num_classes <= 0:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -213,13 +224,16 @@ class AMWCPostProcessor:
         self.predict_instances = bool(predict_instances)
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
+        if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
+            raise ValueError(f"min_thing_cluster_size must be a positive integer, got {min_thing_cluster_size!r}")
+        self.min_thing_cluster_size = int(min_thing_cluster_size)
         self._graphs: Dict[Tuple[int, int], GridGraph] = {}
 
     @classmethod
     def from_config(cls, cfg):
         """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
         EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
-        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS}`` and the thing classes of the dataset
+        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS, MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
         info = cops_dataset_metadata(cfg)
         head = cfg.MODEL.AFFINITY_HEAD
@@ -234,6 +248,7 @@ class AMWCPostProcessor:
             predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
             local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
             num_threads=cfg.MODEL.COPS.NUM_THREADS,
+            min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
         )
 
     def __repr__(self) -> str:
@@ -325,7 +340,8 @@ class AMWCPostProcessor:
             calibration: module mapping ``(sem_seg_logits, cut_logits)`` to ``(c_V, c_E)`` of the
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
-            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` and (if ``predict_instances``)
+            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
+            ``sem_seg_head`` (head probabilities) and (if ``predict_instances``)
             ``instances``, on the device of ``sem_seg_logits``.
         Raises:
             ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
@@ -455,10 +471,14 @@ class AMWCPostProcessor:
         is_thing = self.partitionable[classes] if num_segments else np.zeros(0, dtype=bool)
         limits = np.where(is_thing, self.instance_area, self.stuff_area)
         keep = (areas > 0) & (areas >= limits)
+        if self.min_thing_cluster_size > 1 and num_segments:
+            grid_areas = np.bincount(seg_grid.reshape(-1), minlength=num_segments)
+            keep &= ~(is_thing & (grid_areas < self.min_thing_cluster_size))
         new_ids = np.zeros(num_segments, dtype=np.int64)
         new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
+        rows_d, cols_d = rows.to(device), cols.to(device)
         pan_grid = torch.from_numpy(new_ids[seg_grid].astype(np.int32)).to(device)
-        panoptic = pan_grid.index_select(0, rows.to(device)).index_select(1, cols.to(device))
+        panoptic = pan_grid.index_select(0, rows_d).index_select(1, cols_d)
         segments_info = [
             {
                 "id": int(new_ids[k]),
@@ -468,9 +488,18 @@ class AMWCPostProcessor:
             }
             for k in np.flatnonzero(keep).tolist()
         ]
+        # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
+        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py ~439-441), which their
+        # mIoU scores. The semantic head's probabilities stay available as "sem_seg_head".
+        node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
+        node_out = node_grid.index_select(0, rows_d).index_select(1, cols_d)
+        sem_seg = torch.zeros(
+            (self.num_classes, height, width), dtype=torch.float32, device=device
+        ).scatter_(0, node_out[None], 1.0)
         out = {
             "panoptic_seg": (panoptic, segments_info),
-            "sem_seg": F.softmax(logits, dim=0),
+            "sem_seg": sem_seg,
+            "sem_seg_head": F.softmax(logits, dim=0),
         }
         if self.predict_instances:
             out["instances"] = self._instances(

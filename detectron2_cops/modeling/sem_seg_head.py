@@ -2,7 +2,7 @@
 
 COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 4 "Architecture") uses Panoptic-DeepLab's semantic
 branch (Cheng et al., CVPR 2020): a DeepLabV3+ decoder (ASPP on the coarsest feature, then
-low-level feature projections fused top-down), an extra head conv and a 1x1 predictor. Unlike
+low-level feature projections fused top-down), an extra head and a 1x1 predictor. Unlike
 Panoptic-DeepLab, the logits are returned at the decoder stride (``common_stride``, 4), because
 the asymmetric multiway cut is solved on that grid; they are upsampled only inside the loss.
 
@@ -98,10 +98,17 @@ def conv3x3_head(in_channels: int, mid_channels: int, out_channels: int, norm) -
 class COPSSemSegHead(DeepLabV3PlusHead):
     """Semantic segmentation head of COPS (Panoptic-DeepLab's semantic branch, stride-4 output).
 
-    Architecture: Detectron2's ``DeepLabV3PlusHead`` in decoder-only mode, then an extra head
-    (one 5x5 depthwise-separable conv when ``use_depthwise_separable_conv``, else two 3x3
-    convs, as Panoptic-DeepLab) with ``head_channels`` outputs, then a 1x1 predictor to
-    ``num_classes`` logits.
+    Architecture: Detectron2's ``DeepLabV3PlusHead`` in decoder-only mode (its ASPP and decoder
+    fuse convs are depthwise-separable when ``use_depthwise_separable_conv``, as in the original
+    COPS configs), then an extra head with ``head_channels`` outputs, then a 1x1 predictor to
+    ``num_classes`` logits (weights ``N(0, 0.001)``, bias 0). The extra head is, by default, the
+    original COPS one (``PanopticAffinitySemSegHead`` in the authors' ``panoptic_seg_affinity.py``,
+    ``self.head``): two 3x3 conv + norm + ReLU, ``decoder_channels[0] -> decoder_channels[0] ->
+    head_channels``, c2-Xavier initialised; module names ``head.0``, ``head.1``, ``predictor``
+    as theirs, so their checkpoints map one to one. With ``head_depthwise_separable_conv``
+    (``MODEL.SEM_SEG_HEAD.HEAD_USE_DEPTHWISE_SEPARABLE_CONV``) it is instead one 5x5
+    depthwise-separable conv (Detectron2's ``PanopticDeepLabSemSegHead``), which cannot load
+    the authors' weights.
 
     Loss (pretraining stage, COPS Sec. 4): the logits are bilinearly upsampled by
     ``common_stride`` (``align_corners=False``) and scored with
@@ -128,6 +135,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         loss_top_k: float,
         ignore_value: int,
         num_classes: int,
+        head_depthwise_separable_conv: bool = False,
         **kwargs,
     ):
         """
@@ -142,6 +150,8 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             loss_top_k: fraction in ``(0, 1]`` of hardest pixels kept by ``"hard_pixel_mining"``.
             ignore_value: semantic label that is ignored by the loss (Detectron2: 255).
             num_classes: number of semantic classes K (things and stuff).
+            head_depthwise_separable_conv: extra head = one 5x5 depthwise-separable conv
+                (Panoptic-DeepLab) instead of the original COPS two 3x3 convs.
             **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
                 ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
                 ``use_depthwise_separable_conv``).
@@ -169,9 +179,10 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         self.loss_weight = float(loss_weight)
         self.loss_type = loss_type
         self.loss_top_k = float(loss_top_k)
-        if self.use_depthwise_separable_conv:
+        self.head_depthwise_separable_conv = bool(head_depthwise_separable_conv)
+        if self.head_depthwise_separable_conv:
             # One 5x5 depthwise-separable conv has the receptive field of two 3x3 convs
-            # (Panoptic-DeepLab).
+            # (Panoptic-DeepLab). Not the original COPS head: departure, off by default.
             self.head = DepthwiseSeparableConv2d(
                 decoder_channels[0],
                 head_channels,
@@ -183,6 +194,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
                 activation2=F.relu,
             )
         else:
+            # The original COPS head (PanopticAffinitySemSegHead.head).
             self.head = conv3x3_head(decoder_channels[0], decoder_channels[0], head_channels, norm)
         self.predictor = Conv2d(head_channels, self.num_classes, kernel_size=1)
         nn.init.normal_(self.predictor.weight, 0, 0.001)
@@ -195,8 +207,8 @@ class COPSSemSegHead(DeepLabV3PlusHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        """Read ``MODEL.SEM_SEG_HEAD.*`` (the DeepLab keys plus ``HEAD_CHANNELS`` and
-        ``LOSS_TOP_K`` from ``add_cops_config``). Raises ``ValueError`` on inconsistent
+        """Read ``MODEL.SEM_SEG_HEAD.*`` (the DeepLab keys plus ``HEAD_CHANNELS``, ``LOSS_TOP_K``
+        and ``HEAD_USE_DEPTHWISE_SEPARABLE_CONV`` from ``add_cops_config``). Raises ``ValueError`` on inconsistent
         feature keys (see ``check_decoder_features``)."""
         head = cfg.MODEL.SEM_SEG_HEAD
         check_decoder_features(
@@ -209,6 +221,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         ret = super().from_config(cfg, input_shape)
         ret["head_channels"] = head.HEAD_CHANNELS
         ret["loss_top_k"] = head.LOSS_TOP_K
+        ret["head_depthwise_separable_conv"] = head.HEAD_USE_DEPTHWISE_SEPARABLE_CONV
         return ret
 
     def forward(
