@@ -33,7 +33,8 @@ def _logits(seed, h, w, batch=1):
 def _both(**kw):
     args = dict(num_classes=K, thing_ids=THINGS, edge_distances=DISTANCES, common_stride=4)
     args.update(kw)
-    return AMWCPostProcessor(**args), ReferenceAMWCPostProcessor(**args)
+    ref_args = {k: v for k, v in args.items() if k != "predict_sem_seg_head"}  # main: always on
+    return AMWCPostProcessor(**args), ReferenceAMWCPostProcessor(**ref_args)
 
 
 def _assert_same(new, ref):
@@ -45,7 +46,8 @@ def _assert_same(new, ref):
         assert ia == ib
         assert set(a) == set(b)
         assert a["sem_seg"].dtype == b["sem_seg"].dtype and torch.equal(a["sem_seg"], b["sem_seg"])
-        assert torch.equal(a["sem_seg_head"], b["sem_seg_head"])
+        if "sem_seg_head" in b:
+            assert torch.equal(a["sem_seg_head"], b["sem_seg_head"])
         xa, xb = a["instances"], b["instances"]
         assert xa.image_size == xb.image_size and len(xa) == len(xb)
         assert torch.equal(xa.pred_masks, xb.pred_masks)
@@ -98,3 +100,21 @@ def test_same_outputs_min_thing_cluster_size(output_size):
     kept = plain(sem, cut, [(118, 173)], [output_size])
     assert len(out[0]["instances"]) < len(kept[0]["instances"])
     assert torch.equal(out[0]["sem_seg"], kept[0]["sem_seg"])
+
+
+@pytest.mark.parametrize("output_size", [(118, 173), (240, 352), (97, 131)])
+def test_same_outputs_without_sem_seg_head(output_size):
+    """``predict_sem_seg_head=False`` drops only ``sem_seg_head``: the instance scores, computed
+    from the upsampled logits of the predicted thing classes alone, and all other outputs equal
+    the reference's."""
+    sem, cut = _logits(3, 30, 44, batch=2)
+    new, ref = _both(instance_area=20, min_thing_cluster_size=2, predict_sem_seg_head=False)
+    sizes, outs = [(118, 173), (101, 120)], [output_size, (101, 120)]
+    out, want = new(sem, cut, sizes, outs), ref(sem, cut, sizes, outs)
+    assert all("sem_seg_head" not in o and "sem_seg_head" in w for o, w in zip(out, want))
+    for w in want:
+        del w["sem_seg_head"]
+    _assert_same(out, want)
+    assert all(len(o["instances"]) > 0 for o in out)
+    # Not every class is a predicted thing class here, so the subset path is exercised.
+    assert len({int(c) for c in out[0]["instances"].pred_classes}) < K

@@ -16,7 +16,8 @@ Columns (medians over ``--repeats``, after one warm-up run):
   ``COPS.forward`` before the post-processor);
 * ``solver``: the batched AMWC solve inside the post-processor (GAEC + local search, C++);
 * ``rest``: everything else the post-processor does (cost calibration, graph and cost arrays,
-  upsampling, softmax, panoptic map, masks, boxes, scores);
+  upsampling, softmax, panoptic map, masks, boxes, scores); ``--no-sem-seg-head`` turns off the
+  ``sem_seg_head`` output (``MODEL.COPS.PREDICT_SEM_SEG_HEAD``), the largest part of it;
 * ``post / solver``: (solver + rest) / solver.
 
 A network with random weights gives noise logits, on which GAEC behaves unlike on a trained
@@ -68,6 +69,8 @@ def parse_args(argv=None):
                    help="device of the network and the post-processing tensors (default: cuda if available)")
     p.add_argument("--post-input", choices=["synthetic", "network"], default="synthetic",
                    help="logits fed to the post-processor (see the module docstring)")
+    p.add_argument("--no-sem-seg-head", action="store_true",
+                   help="MODEL.COPS.PREDICT_SEM_SEG_HEAD = False: no full-resolution softmax of the head")
     p.add_argument("--skip-network", action="store_true",
                    help="do not time the network (its output shape is still computed once)")
     args = p.parse_args(argv)
@@ -76,7 +79,7 @@ def parse_args(argv=None):
     return args
 
 
-def build(name, device, seed):
+def build(name, device, seed, sem_seg_head=True):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -87,6 +90,7 @@ def build(name, device, seed):
     cfg.merge_from_file(str(DATASETS[name]["config"]))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
+    cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = sem_seg_head
     cfg.freeze()
     torch.manual_seed(seed)
     return cfg, build_model(cfg).eval()
@@ -141,11 +145,11 @@ def main(argv=None):
         f"detectron2-cops inference benchmark: seed {args.seed}, {args.repeats} repeats, device {dev}"
         + (f" ({torch.cuda.get_device_name(0)})" if dev.startswith("cuda") else "")
         + f", {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"post-processor input: {args.post_input}"
+        f"post-processor input: {args.post_input}, sem_seg_head {'off' if args.no_sem_seg_head else 'on'}"
     )
     rows = []
     for name in args.datasets:
-        cfg, model = build(name, dev, args.seed)
+        cfg, model = build(name, dev, args.seed, sem_seg_head=not args.no_sem_seg_head)
         H, W = DATASETS[name]["size"]
         g = torch.Generator().manual_seed(args.seed)
         image = torch.randint(0, 256, (3, H, W), generator=g, dtype=torch.uint8).float()

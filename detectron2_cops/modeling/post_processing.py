@@ -8,7 +8,8 @@ module turns that solution into Detectron2's standard model outputs (the format 
 
 * ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
 * ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
-* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits;
+* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits (unless
+  ``MODEL.COPS.PREDICT_SEM_SEG_HEAD`` is off);
 * ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
   ``pred_boxes``, ``scores``).
 
@@ -17,6 +18,7 @@ Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -144,7 +146,10 @@ class AMWCPostProcessor:
       segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
     * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
       head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
-      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC);
+      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC); only
+      when ``predict_sem_seg_head``: it is the costliest output (upsampling and softmax of all
+      ``K`` channels at full resolution), and without it only the channels of the predicted
+      thing classes are upsampled, for the instance scores;
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -169,6 +174,7 @@ class AMWCPostProcessor:
         stuff_area: minimum area of a stuff segment, in output-image pixels.
         instance_area: minimum area of a thing segment, in output-image pixels.
         predict_instances: also return ``instances``.
+        predict_sem_seg_head: also return ``sem_seg_head``.
         local_search: run the AMWC local search after GAEC.
         num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
         min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
@@ -191,6 +197,7 @@ class AMWCPostProcessor:
         stuff_area: float = 0,
         instance_area: float = 0,
         predict_instances: bool = True,
+        predict_sem_seg_head: bool = True,
         local_search: bool = True,
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
@@ -222,6 +229,7 @@ class AMWCPostProcessor:
         self.stuff_area = float(stuff_area)
         self.instance_area = float(instance_area)
         self.predict_instances = bool(predict_instances)
+        self.predict_sem_seg_head = bool(predict_sem_seg_head)
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
         if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
@@ -233,7 +241,8 @@ class AMWCPostProcessor:
     def from_config(cls, cfg):
         """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
         EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
-        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS, MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
+        PREDICT_INSTANCES, PREDICT_SEM_SEG_HEAD, LOCAL_SEARCH, NUM_THREADS,
+        MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
         info = cops_dataset_metadata(cfg)
         head = cfg.MODEL.AFFINITY_HEAD
@@ -246,6 +255,7 @@ class AMWCPostProcessor:
             stuff_area=cfg.MODEL.COPS.STUFF_AREA,
             instance_area=cfg.MODEL.COPS.INSTANCE_AREA,
             predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
+            predict_sem_seg_head=cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD,
             local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
             num_threads=cfg.MODEL.COPS.NUM_THREADS,
             min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
@@ -341,7 +351,8 @@ class AMWCPostProcessor:
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
             list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
-            ``sem_seg_head`` (head probabilities) and (if ``predict_instances``)
+            ``sem_seg_head`` (head probabilities, if ``predict_sem_seg_head``) and (if
+            ``predict_instances``)
             ``instances``, on the device of ``sem_seg_logits``.
         Raises:
             ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
@@ -385,18 +396,24 @@ class AMWCPostProcessor:
         for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
             H, W = int(image_sizes[b][0]), int(image_sizes[b][1])
             height, width = int(output_sizes[b][0]), int(output_sizes[b][1])
-            logits_b = self._upsampled_logits(sem_seg_logits, b, (H, W), (height, width))
+            upsampled = functools.partial(
+                self._upsampled_logits, sem_seg_logits, b, (H, W), (height, width)
+            )
             cut_maps = [
                 m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
                 for m, s in zip(cut_logits, self.edge_sampling_intervals)
             ]
             outputs.append(
-                self._image_outputs(result, hc, wc, graph, (H, W), (height, width), logits_b, cut_maps)
+                self._image_outputs(
+                    result, hc, wc, graph, (H, W), (height, width), upsampled, cut_maps,
+                    sem_seg_logits.device,
+                )
             )
         return outputs
 
-    def _upsampled_logits(self, sem_seg_logits, b, image_size, output_size):
-        """``[K, height, width]`` logits of image ``b``: bilinear upsampling by ``common_stride``
+    def _upsampled_logits(self, sem_seg_logits, b, image_size, output_size, channels=None):
+        """``[K, height, width]`` logits of image ``b`` (``[len(channels), height, width]``, the
+        given classes only, when ``channels`` is a list): bilinear upsampling by ``common_stride``
         (``align_corners=False``) followed by ``sem_seg_postprocess`` (crop to the image, bilinear
         resize to the output size), computed without the parts that do not change the result:
 
@@ -404,6 +421,8 @@ class AMWCPostProcessor:
           row ``y < H`` interpolates grid rows ``floor((y + 0.5) / s - 0.5)`` and the next one, at
           most ``ceil(H / s)``; with ``scale_factor`` given the coordinate map does not depend on
           the input size), so padding elsewhere in the batch is never upsampled;
+        * both interpolations work channel by channel, so a subset of the channels is the same
+          subset of the full result;
         * the resize is skipped when the output size is the image size (a bilinear resize to the
           same size with ``align_corners=False`` is the identity).
         """
@@ -411,22 +430,26 @@ class AMWCPostProcessor:
         s = self.common_stride
         h, w = sem_seg_logits.shape[-2:]
         hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
-        up = F.interpolate(
-            sem_seg_logits[b : b + 1, :, :hr, :wr], scale_factor=s, mode="bilinear", align_corners=False
-        )[0, :, :H, :W]
+        src = sem_seg_logits[b : b + 1, :, :hr, :wr]
+        if channels is not None:
+            src = src[:, list(channels)]
+        up = F.interpolate(src, scale_factor=s, mode="bilinear", align_corners=False)[0, :, :H, :W]
         if tuple(output_size) != (H, W):
             up = F.interpolate(up[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
         return up
 
-    def _image_outputs(self, result, hc, wc, graph, image_size, output_size, logits, cut_maps):
+    def _image_outputs(
+        self, result, hc, wc, graph, image_size, output_size, upsampled, cut_maps, device
+    ):
         """Outputs of one image from its AMWC solution (see the class docstring).
 
         Everything but the gathers that write full-resolution outputs works on the grid: the
         nearest-neighbour resize maps grid row ``r`` to a contiguous band of output rows (the
         sampled rows are non-decreasing), so areas, boxes and the mask regions follow from the
-        grid and the per-row / per-column sample counts.
+        grid and the per-row / per-column sample counts. ``upsampled(channels=None)`` gives the
+        upsampled logits (:meth:`_upsampled_logits`); they are computed for all classes only for
+        ``sem_seg_head``.
         """
-        device = logits.device
         height, width = output_size
         node_labels = np.asarray(result.node_labels, dtype=np.int64)
         instance_ids = np.asarray(result.instance_ids, dtype=np.int64)
@@ -499,11 +522,15 @@ class AMWCPostProcessor:
         out = {
             "panoptic_seg": (panoptic, segments_info),
             "sem_seg": sem_seg,
-            "sem_seg_head": F.softmax(logits, dim=0),
         }
+        logits = None
+        if self.predict_sem_seg_head:
+            logits = upsampled()
+            out["sem_seg_head"] = F.softmax(logits, dim=0)
         if self.predict_instances:
             out["instances"] = self._instances(
-                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, (height, width),
+                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, upsampled,
+                (height, width),
                 rows_np, cols_np, row_count, col_count,
             )
         return out
@@ -531,12 +558,13 @@ class AMWCPostProcessor:
         x1 = np.searchsorted(cols, used_c[c_last], side="right")
         return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
 
-    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, size,
-                   rows, cols, row_count, col_count):
+    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits,
+                   upsampled, size, rows, cols, row_count, col_count):
         """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring.
 
         Boxes come from the grid (:meth:`_segment_boxes`); each mask and its semantic score are
-        computed inside its box only.
+        computed inside its box only. ``logits`` are the full upsampled logits, or None: then
+        ``upsampled(channels=...)`` gives those of the predicted thing classes.
         """
         device = panoptic.device
         things = [s for s in segments_info if s["isthing"]]
@@ -554,12 +582,19 @@ class AMWCPostProcessor:
             if M
             else np.zeros((0, 4), dtype=np.int64)
         )
-        # Mask and semantic term (mean logit of the segment's class over its output pixels).
+        # Mask and semantic term (mean logit of the segment's class over its output pixels); without
+        # the full logits (no sem_seg_head) only the predicted thing classes are upsampled.
+        channel = {c: c for c in range(self.num_classes)}
+        if logits is None and M:
+            present = sorted({s["category_id"] for s in things})
+            logits = upsampled(channels=present)
+            channel = {c: i for i, c in enumerate(present)}
         for m, s in enumerate(things):
             x0, y0, x1, y1 = boxes[m].tolist()
             inside = panoptic[y0:y1, x0:x1] == s["id"]
             masks[m, y0:y1, x0:x1] = inside
-            sem_score[m] = logits[s["category_id"], y0:y1, x0:x1][inside].double().sum() / s["area"]
+            class_logits = logits[channel[s["category_id"]], y0:y1, x0:x1]
+            sem_score[m] = class_logits[inside].double().sum() / s["area"]
 
         # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
         edge_score = np.zeros(num, dtype=np.float64)
