@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "graph.h"
+#include "simd.h"
 
 namespace cops {
 namespace detail {
@@ -42,8 +43,15 @@ class LocalSearch {
   void init() {
     const InstanceView& inst = *inst_;
     const SimpleGraph& g = *g_;
+    // One pass over the node costs: the tolerance scale and each node's cheapest class cost
+    // (the lower bound that lets node moves skip the O(K) class loop, see best_move).
     double scale = 1.0;
-    for (int64_t i = 0; i < static_cast<int64_t>(n_) * K_; ++i) scale = std::max(scale, std::abs(inst.node_costs[i]));
+    node_min_.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) {
+      double absmax;
+      row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
+      scale = std::max(scale, absmax);
+    }
     for (double w : g.w) scale = std::max(scale, std::abs(w));
     tol_ = 1e-9 * scale;
     // Canonical ids: stuff nodes -> N + class; thing clusters keep their GAEC id.
@@ -118,19 +126,35 @@ class LocalSearch {
   // cluster; take any class k as a new cluster (thing) or join the cluster of stuff class k.
   // Returns the target cluster id (-2: a new thing cluster of class *new_class; -1: no
   // improving move) and writes the change of the objective to *delta.
+  //
+  // `unit_min` <= min_k unit_cost(k) (or -inf): every class-loop move has
+  // delta >= (unit_min - w_max) - base with w_max the largest positive edge cost to a neighbouring
+  // stuff cluster, so when that bound does not beat the best move so far the loop is skipped. The
+  // bound holds in floating point too (subtraction rounds monotonically), so the result is the
+  // same as with the loop.
   template <class CostFn>
-  int32_t best_move(CostFn&& unit_cost, int32_t own, int32_t own_label, double* delta, int32_t* new_class) const {
+  int32_t best_move(CostFn&& unit_cost, double unit_min, int32_t own, int32_t own_label, double* delta,
+                    int32_t* new_class) const {
     const double base = unit_cost(own_label) - weight_to(own);
     double best_delta = -tol_;
     int32_t best_target = -1;
+    double w_max = 0.0;
     for (size_t c = 0; c < cand_ids_.size(); ++c) {
       const int32_t t = cand_ids_[c];
-      if (t == own || (t >= n_ && t < n_ + K_)) continue;  // stuff clusters: in the class loop
+      if (t == own) continue;
+      if (t >= n_ && t < n_ + K_) {  // stuff clusters: in the class loop
+        w_max = cand_w_[c] > w_max ? cand_w_[c] : w_max;
+        continue;
+      }
       const double d = unit_cost(cluster_label_[t]) - cand_w_[c] - base;
       if (d < best_delta) {
         best_delta = d;
         best_target = t;
       }
+    }
+    if (!((unit_min - w_max) - base < best_delta)) {
+      *delta = best_delta;
+      return best_target;
     }
     for (int32_t k = 0; k < K_; ++k) {
       if (inst_->partitionable[k]) {
@@ -176,8 +200,8 @@ class LocalSearch {
       gather_node(i);
       double best_delta;
       int32_t best_new_class = -1;
-      const int32_t best_target = best_move([&](int32_t k) { return cost(i, k); }, own, own_label, &best_delta,
-                                            &best_new_class);
+      const int32_t best_target = best_move([&](int32_t k) { return cost(i, k); }, node_min_[i], own, own_label,
+                                            &best_delta, &best_new_class);
       clear_marks();
       if (best_target == -1) continue;
       const int32_t target = best_target == -2 ? new_cluster_id(best_new_class) : best_target;
@@ -274,8 +298,9 @@ class LocalSearch {
       const double* sc = &S[static_cast<size_t>(c) * K_];
       double best_delta;
       int32_t best_new_class = -1;
-      const int32_t best_target = best_move([&](int32_t k) { return sc[k]; }, own, own_label, &best_delta,
-                                            &best_new_class);
+      const int32_t best_target = best_move([&](int32_t k) { return sc[k]; },
+                                            -std::numeric_limits<double>::infinity(), own, own_label,
+                                            &best_delta, &best_new_class);
       clear_marks();
       if (best_target == -1) continue;
       const int32_t target = best_target == -2 ? new_cluster_id(best_new_class) : best_target;
@@ -312,6 +337,7 @@ class LocalSearch {
   double tol_ = 0.0;
   int32_t next_id_ = 0;
   std::vector<int32_t> cluster_label_;  // class of each cluster id
+  std::vector<double> node_min_;        // [N] min_k node_costs(i, k)
   std::vector<int32_t> mark_;           // scratch: cluster id -> slot in cand_ids_
   std::vector<int32_t> cand_ids_;
   std::vector<double> cand_w_;
@@ -330,11 +356,19 @@ class LocalSearch {
   std::vector<int32_t> target_of_comp_;
 };
 
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+LocalSearch* thread_solver() {
+  thread_local LocalSearch solver;
+  return &solver;
+}
+
 }  // namespace
 
 int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
-  thread_local LocalSearch solver;
-  return solver.run(inst, g, lab, max_rounds);
+  // Through a pointer from a non-inlined function (see gaec.cpp, thread_solver).
+  return thread_solver()->run(inst, g, lab, max_rounds);
 }
 
 }  // namespace detail

@@ -120,6 +120,11 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.POST_PROCESSOR = "AMWCPostProcessor"
     # Whether inference also returns "instances" (masks, classes, boxes, scores).
     cfg.MODEL.COPS.PREDICT_INSTANCES = True
+    # Whether inference also returns "sem_seg_head" (softmax of the semantic head, upsampled to
+    # the output size; the evaluators then score its mIoU as well). It is the costliest part of
+    # the post-processing besides the AMWC solve (all K channels at full resolution); turn it off
+    # when only panoptic_seg / sem_seg (AMWC node labels) / instances are needed.
+    cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = True
     # Log the exact PQ of the training batch's AMWC solution (fully differentiable stage).
     cfg.MODEL.COPS.LOG_TRAIN_PQ = True
     _add_stage2_fidelity_config(cfg)

@@ -54,10 +54,11 @@ def _unique(prefix="cops_eval"):
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
-def _cfg(predict_instances=True):
+def _cfg(predict_instances=True, predict_sem_seg_head=True):
     cfg = get_cfg()
     add_cops_config(cfg)
     cfg.MODEL.COPS.PREDICT_INSTANCES = predict_instances
+    cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = predict_sem_seg_head
     return cfg
 
 
@@ -383,6 +384,11 @@ def test_build_cops_evaluator_coco_sample_end_to_end(sample, tmp_path):
         PanopticEvaluator, PanopticSemSegEvaluator, PanopticSemSegEvaluator
     ]
     assert [e.output_key for e in ev._evaluators[1:]] == ["sem_seg", "sem_seg_head"]
+    # Without the head output there is no evaluator for it (it would find no "sem_seg_head").
+    ev = build_cops_evaluator(_cfg(predict_instances=False, predict_sem_seg_head=False), name,
+                              str(tmp_path / "c"))
+    assert [type(e) for e in ev._evaluators] == [PanopticEvaluator, PanopticSemSegEvaluator]
+    assert ev._evaluators[1].output_key == "sem_seg"
 
     ev = build_cops_evaluator(_cfg(predict_instances=True), name, str(tmp_path / "b"))
     types = [type(e) for e in ev._evaluators]

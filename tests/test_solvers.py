@@ -22,7 +22,7 @@ from detectron2_cops.solvers import (
     solve_mwc,
     solve_mwc_batch,
 )
-from detectron2_cops.solvers.synthetic import synthetic_instance
+from detectron2_cops.solvers.synthetic import iid_noise_instance, synthetic_instance
 
 
 # --------------------------------------------------------------------------- helpers
@@ -273,6 +273,24 @@ def test_local_search_improves_on_grids_and_is_never_worse():
         assert ls.objective <= plain.objective + 1e-9 * abs(plain.objective)
         improved += ls.objective < plain.objective - 1e-9 * abs(plain.objective)
     assert improved >= 3, f"local search improved only {improved} of 12 noisy instances"
+
+
+def test_iid_noise_instance_is_seeded_unsmoothed_and_solvable():
+    a = iid_noise_instance(24, 40, 6, 2, [1, 4], seed=7)
+    b = iid_noise_instance(24, 40, 6, 2, [1, 4], seed=7)
+    smooth = synthetic_instance(24, 40, 6, 2, [1, 4], seed=7)
+    np.testing.assert_array_equal(a.node_costs, b.node_costs)
+    np.testing.assert_array_equal(a.edge_costs, b.edge_costs)
+    np.testing.assert_array_equal(a.semantic, smooth.semantic)  # same scene, other noise
+    # i.i.d.: neighbouring pixels' noise is uncorrelated (smoothed noise is strongly correlated)
+    def neighbour_corr(inst):
+        true = np.take_along_axis(inst.node_costs, inst.semantic.reshape(-1, 1), 1)[:, 0].reshape(24, 40)
+        return np.corrcoef(true[:, :-1].ravel(), true[:, 1:].ravel())[0, 1]
+    assert abs(neighbour_corr(a)) < 0.25 < neighbour_corr(smooth)
+    res = solve_amwc(a.node_costs, a.edges, a.edge_costs, a.partitionable)
+    check_feasible(a.node_costs, a.edges, a.partitionable, res)
+    with pytest.raises(ValueError, match="noise_smoothing"):
+        iid_noise_instance(8, 8, 3, 1, [1], noise_smoothing=2.0)
 
 
 # --------------------------------------------------------------------------- batch API

@@ -1,19 +1,26 @@
 #!/usr/bin/env python
 """Benchmark of the native AMWC / MWC solvers on seeded Cityscapes- and COCO-size instances.
 
-Instances (``detectron2_cops.solvers.synthetic.synthetic_instance``): costs from a synthetic
-panoptic map plus spatially correlated noise, on the output-stride-4 grid of COPS:
+Instances (``detectron2_cops.solvers.synthetic``): costs from a synthetic panoptic map (Voronoi
+stuff cells, elliptic things) plus noise, on the output-stride-4 grid of COPS, with two kinds of
+noise: spatially correlated (``synthetic_instance``, CNN-like) and i.i.d. (``iid_noise_instance``,
+the costs of an untrained or uncertain network; harder for GAEC). Sizes:
 
 * Cityscapes-size: a 1024x2048 image at stride 4 = 256x512 nodes, K = 19 (8 partitionable),
   edge distances 1, 4, 16, 32, 64;
 * COCO-size: 640x640 at stride 4 = 160x160 nodes, K = 133 (80 partitionable), distances 1, 4, 16, 32.
 
-Rows: AMWC by GAEC alone and with local search, MWC (the same costs, no partitionable class:
-the problem the backward pass solves), a batch of 8 Cityscapes-size instances on 1 and 2 threads,
-and the peak memory of one Cityscapes-size solve (measured in a fresh subprocess). Times are
-medians over ``--repeats`` runs, single-threaded unless stated.
+Rows: AMWC by GAEC alone and with local search (the default), MWC (the same costs, no
+partitionable class: the problem the backward pass solves), a batch of 8 Cityscapes-size
+instances on 1 and 2 threads, and the peak memory of one Cityscapes-size solve (measured in a
+fresh subprocess). Times are medians over ``--repeats`` runs, single-threaded unless stated.
 
-    python tools/benchmark_solver.py --seed 0 --repeats 7
+With ``--lpmp DRIVER`` (an executable built by ``tools/lpmp_gaec/build.sh`` from LPMP, the solver
+the original COPS code calls), LPMP's GAEC runs on the same instances, interleaved with ours in
+every repeat (so both see the same machine load), and the table gives LPMP's objective and time
+(its GAEC call only, without building its instance) and the speed-up of each of our rows over it.
+
+    python tools/benchmark_solver.py --seed 0 --repeats 7 [--lpmp /path/to/lpmp_gaec_driver]
 """
 import argparse
 import json
@@ -28,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detectron2_cops.solvers import solve_amwc, solve_amwc_batch, solve_mwc
-from detectron2_cops.solvers.synthetic import synthetic_instance
+from detectron2_cops.solvers.synthetic import iid_noise_instance, synthetic_instance
 
 CASES = {
     "Cityscapes 256x512": dict(height=256, width=512, num_classes=19, num_thing_classes=8, edge_distances=[1, 4, 16, 32, 64]),
@@ -62,6 +69,9 @@ print(json.dumps({"before_mb": before, "peak_mb": peak, "reset": reset}))
 """
 
 
+NOISE = {"correlated": synthetic_instance, "i.i.d.": iid_noise_instance}
+
+
 def timed(fn, repeats, desc):
     times, out = [], None
     for _ in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
@@ -69,6 +79,37 @@ def timed(fn, repeats, desc):
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times), out
+
+
+def write_lpmp_instance(inst, path):
+    """The instance in the binary format of tools/lpmp_gaec/lpmp_gaec_driver.cpp (float64 costs)."""
+    N, K = inst.node_costs.shape
+    with open(path, "wb") as f:
+        np.array([N, K, inst.edges.shape[0]], dtype="<i8").tofile(f)
+        inst.node_costs.astype("<f8").tofile(f)
+        inst.edges.astype("<i8").tofile(f)
+        inst.edge_costs.astype("<f8").tofile(f)
+        inst.partitionable.astype(np.uint8).tofile(f)
+
+
+def run_lpmp(driver, path):
+    """(seconds in LPMP's GAEC, its objective) for one run of the driver."""
+    out = subprocess.run([driver, path, "1"], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[1]), float(out[2])
+
+
+def interleaved(fns, repeats, desc):
+    """Runs each of ``fns`` (name -> callable returning (seconds or None, result)) once per repeat,
+    in turn, so that all see the same machine load. Returns name -> (median s, min s, last result)."""
+    times = {k: [] for k in fns}
+    outs = {}
+    for _ in tqdm(range(repeats), desc=desc, leave=False, file=sys.stderr):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            t, out = fn()
+            times[k].append(time.perf_counter() - t0 if t is None else t)
+            outs[k] = out
+    return {k: (statistics.median(v), min(v), outs[k]) for k, v in times.items()}
 
 
 def peak_memory(inst):
@@ -88,57 +129,81 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-batch", action="store_true", help="skip the multi-threaded batch rows")
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory row")
+    parser.add_argument("--lpmp", metavar="DRIVER", default=None,
+                        help="LPMP GAEC driver executable (tools/lpmp_gaec/build.sh) for side-by-side rows")
     args = parser.parse_args(argv)
 
     rows = []
-    print(f"detectron2-cops solver benchmark: seed {args.seed}, {args.repeats} repeats, {os.cpu_count()} CPU cores")
+    print(f"detectron2-cops solver benchmark: seed {args.seed}, {args.repeats} repeats, {os.cpu_count()} CPU cores"
+          + (f", LPMP driver {args.lpmp}" if args.lpmp else ""))
     insts = {}
+    tmp = tempfile.TemporaryDirectory()
     for name, spec in CASES.items():
-        inst = synthetic_instance(**spec, seed=args.seed)
-        insts[name] = inst
-        a = (inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
-        solve_amwc(*a)  # warm-up: first-touch of the per-thread buffers
-        t_gaec, m_gaec, r_gaec = timed(lambda: solve_amwc(*a, local_search=False), args.repeats, f"{name} GAEC")
-        t_ls, m_ls, r_ls = timed(lambda: solve_amwc(*a, local_search=True), args.repeats, f"{name} GAEC+LS")
-        t_mwc, m_mwc, r_mwc = timed(lambda: solve_mwc(*a[:3], local_search=True), args.repeats, f"{name} MWC")
-        desc = f"N={inst.node_costs.shape[0]}, E={inst.edges.shape[0]}, K={inst.node_costs.shape[1]}"
-        rows.append((name, "AMWC GAEC", t_gaec, m_gaec, r_gaec.objective, int(r_gaec.instance_ids.max()) + 1, desc))
-        rows.append((name, "AMWC GAEC + local search", t_ls, m_ls, r_ls.objective, int(r_ls.instance_ids.max()) + 1,
-                     f"{r_ls.info['local_search_moves']} moves"))
-        rows.append((name, "MWC GAEC + local search", t_mwc, m_mwc, r_mwc.objective, int(r_mwc.instance_ids.max()) + 1,
-                     f"{t_mwc / t_ls:.2f}x AMWC"))
+        for noise, make in NOISE.items():
+            inst = make(**spec, seed=args.seed)
+            insts[(name, noise)] = inst
+            a = (inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+            solve_amwc(*a)  # warm-up: first-touch of the per-thread buffers
+            fns = {
+                "gaec": lambda: (None, solve_amwc(*a, local_search=False)),
+                "ls": lambda: (None, solve_amwc(*a, local_search=True)),
+                "mwc": lambda: (None, solve_mwc(*a[:3], local_search=True)),
+            }
+            if args.lpmp:
+                path = os.path.join(tmp.name, "instance.bin")
+                write_lpmp_instance(inst, path)
+                fns["lpmp"] = lambda path=path: run_lpmp(args.lpmp, path)
+            res = interleaved(fns, args.repeats, f"{name} {noise}")
+            lp = res["lpmp"][0] if args.lpmp else None
+
+            def speedup(t):
+                return f"{lp / t:.2f}x LPMP" if lp else ""
+
+            case = f"{name} {noise}"
+            (t, m, r) = res["gaec"]
+            rows.append((case, "AMWC GAEC", t, m, r.objective, int(r.instance_ids.max()) + 1, speedup(t)))
+            (t, m, r) = res["ls"]
+            rows.append((case, "AMWC GAEC + local search", t, m, r.objective, int(r.instance_ids.max()) + 1,
+                         f"{speedup(t)}  {r.info['local_search_moves']} moves".strip()))
+            t_ls = t
+            (t, m, r) = res["mwc"]
+            rows.append((case, "MWC GAEC + local search", t, m, r.objective, int(r.instance_ids.max()) + 1,
+                         f"{t / t_ls:.2f}x AMWC time"))
+            if args.lpmp:
+                (t, m, obj) = res["lpmp"]
+                rows.append((case, "LPMP AMWC GAEC (COPS)", t, m, obj, None,
+                             f"N={inst.node_costs.shape[0]}, E={inst.edges.shape[0]}, K={inst.node_costs.shape[1]}"))
+    tmp.cleanup()
 
     if not args.skip_batch:
-        spec = CASES["Cityscapes 256x512"]
+        spec = CASES["Cityscapes 256x512"]  # correlated noise
         batch = [synthetic_instance(**spec, seed=args.seed + b) for b in range(args.batch_size)]
         batch = [(i.node_costs, i.edges, i.edge_costs, i.partitionable) for i in batch]
         solve_amwc_batch(batch, num_threads=2)  # warm-up
         t1, m1, _ = timed(lambda: solve_amwc_batch(batch, num_threads=1), args.repeats, "batch 1 thread")
         t2, m2, _ = timed(lambda: solve_amwc_batch(batch, num_threads=2), args.repeats, "batch 2 threads")
-        rows.append(("Cityscapes 256x512", f"batch of {args.batch_size}, 1 thread", t1, m1, None, None, ""))
-        rows.append(("Cityscapes 256x512", f"batch of {args.batch_size}, 2 threads", t2, m2, None, None,
+        rows.append(("Cityscapes 256x512 correlated", f"batch of {args.batch_size}, 1 thread", t1, m1, None, None, ""))
+        rows.append(("Cityscapes 256x512 correlated", f"batch of {args.batch_size}, 2 threads", t2, m2, None, None,
                      f"{t1 / t2:.2f}x faster than 1 thread"))
 
     print()
-    header = f"{'instance':<20} {'solver':<28} {'median ms':>10} {'min ms':>9} {'objective':>16} {'segments':>9}  notes"
+    header = f"{'instance':<31} {'solver':<28} {'median ms':>10} {'min ms':>9} {'objective':>16} {'segments':>9}  notes"
     print(header)
     print("-" * len(header))
     for name, solver, med, mn, obj, segs, note in rows:
         obj_s = f"{obj:16.3f}" if obj is not None else f"{'':16}"
         seg_s = f"{segs:9d}" if segs is not None else f"{'':9}"
-        print(f"{name:<20} {solver:<28} {med * 1e3:10.1f} {mn * 1e3:9.1f} {obj_s} {seg_s}  {note}")
+        print(f"{name:<31} {solver:<28} {med * 1e3:10.1f} {mn * 1e3:9.1f} {obj_s} {seg_s}  {note}")
     if not args.skip_memory:
-        total, extra, reset = peak_memory(insts["Cityscapes 256x512"])
+        total, extra, reset = peak_memory(insts[("Cityscapes 256x512", "correlated")])
         if reset:
             print(f"\nPeak memory of one Cityscapes-size solve with local search (fresh process): {extra:.0f} MB "
                   f"above the process before the solve (peak RSS {total:.0f} MB, imports included)")
         else:
             print(f"\nPeak RSS of a fresh process solving one Cityscapes-size instance: {total:.0f} MB "
                   "(imports included; this system cannot reset the peak counter)")
-    print("\nFor scale (from the project brief): the GAEC the original COPS code used (LPMP) needs about "
-          "1.2 s on a Cityscapes-size instance with 4 edge distances and 0.29 s on the COCO-size one on this "
-          "machine class.")
-
+    if not args.lpmp:
+        print("\nNo --lpmp driver given: build LPMP's GAEC with tools/lpmp_gaec/build.sh for side-by-side rows.")
 
 if __name__ == "__main__":
     main()

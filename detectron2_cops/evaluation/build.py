@@ -43,7 +43,7 @@ def build_cops_evaluator(
       (PQ/SQ/RQ) and two :class:`PanopticSemSegEvaluator` (Detectron2's ``SemSegEvaluator``:
       mIoU): result key ``sem_seg`` scores the model's ``"sem_seg"`` output (COPS: the AMWC
       node labels, the paper's mIoU), result key ``sem_seg_head`` its ``"sem_seg_head"`` output
-      (the semantic head's argmax);
+      (the semantic head's argmax; only when ``cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD``);
     * plus, when ``cfg.MODEL.COPS.PREDICT_INSTANCES``: :class:`CityscapesInstanceEvaluator`
       (AP, AP50) for Cityscapes; Detectron2's ``COCOEvaluator`` with ``tasks=("segm",)`` for COCO
       (on Detectron2's matching instance dataset, e.g. ``coco_2017_val``, or on
@@ -71,13 +71,16 @@ def build_cops_evaluator(
     evaluators = [
         PanopticEvaluator(dataset_name, output_folder),
         PanopticSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder),
-        PanopticSemSegEvaluator(
-            dataset_name,
-            distributed=True,
-            output_dir=os.path.join(output_folder, "sem_seg_head") if output_folder else None,
-            output_key="sem_seg_head",
-        ),
     ]
+    if cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD:
+        evaluators.append(
+            PanopticSemSegEvaluator(
+                dataset_name,
+                distributed=True,
+                output_dir=os.path.join(output_folder, "sem_seg_head") if output_folder else None,
+                output_key="sem_seg_head",
+            )
+        )
     if cfg.MODEL.COPS.PREDICT_INSTANCES:
         if evaluator_type == "cityscapes_panoptic_seg":
             evaluators.append(CityscapesInstanceEvaluator(dataset_name))

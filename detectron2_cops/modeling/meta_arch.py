@@ -133,7 +133,8 @@ class COPS(nn.Module):
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
     with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU
-    scores), ``sem_seg_head`` (the semantic head's probabilities) and ``instances`` at the size
+    scores), ``sem_seg_head`` (the semantic head's probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``)
+    and ``instances`` at the size
     ``(height, width)`` of the input dict (default: the image's size), produced by the
     post-processor (see
     :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
@@ -407,7 +408,8 @@ class COPS(nn.Module):
                 ``height``/``width``.
         Returns:
             training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
-            ``panoptic_seg``, ``sem_seg``, ``sem_seg_head``, ``instances`` per image.
+            ``panoptic_seg``, ``sem_seg``, ``sem_seg_head`` (if ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``),
+            ``instances`` (if ``MODEL.COPS.PREDICT_INSTANCES``) per image.
         """
         images = self.preprocess_image(batched_inputs)
         if self.training:

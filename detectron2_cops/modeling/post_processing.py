@@ -8,7 +8,8 @@ module turns that solution into Detectron2's standard model outputs (the format 
 
 * ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
 * ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
-* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits;
+* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits (unless
+  ``MODEL.COPS.PREDICT_SEM_SEG_HEAD`` is off);
 * ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
   ``pred_boxes``, ``scores``).
 
@@ -17,6 +18,7 @@ Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,8 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
 from detectron2_cops.data.datasets import get_panoptic_metadata
@@ -145,7 +146,10 @@ class AMWCPostProcessor:
       segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
     * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
       head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
-      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC);
+      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC); only
+      when ``predict_sem_seg_head``: it is the costliest output (upsampling and softmax of all
+      ``K`` channels at full resolution), and without it only the channels of the predicted
+      thing classes are upsampled, for the instance scores;
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -170,6 +174,7 @@ class AMWCPostProcessor:
         stuff_area: minimum area of a stuff segment, in output-image pixels.
         instance_area: minimum area of a thing segment, in output-image pixels.
         predict_instances: also return ``instances``.
+        predict_sem_seg_head: also return ``sem_seg_head``.
         local_search: run the AMWC local search after GAEC.
         num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
         min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
@@ -192,6 +197,7 @@ class AMWCPostProcessor:
         stuff_area: float = 0,
         instance_area: float = 0,
         predict_instances: bool = True,
+        predict_sem_seg_head: bool = True,
         local_search: bool = True,
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
@@ -223,6 +229,7 @@ class AMWCPostProcessor:
         self.stuff_area = float(stuff_area)
         self.instance_area = float(instance_area)
         self.predict_instances = bool(predict_instances)
+        self.predict_sem_seg_head = bool(predict_sem_seg_head)
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
         if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
@@ -234,7 +241,8 @@ class AMWCPostProcessor:
     def from_config(cls, cfg):
         """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
         EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
-        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS, MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
+        PREDICT_INSTANCES, PREDICT_SEM_SEG_HEAD, LOCAL_SEARCH, NUM_THREADS,
+        MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
         info = cops_dataset_metadata(cfg)
         head = cfg.MODEL.AFFINITY_HEAD
@@ -247,6 +255,7 @@ class AMWCPostProcessor:
             stuff_area=cfg.MODEL.COPS.STUFF_AREA,
             instance_area=cfg.MODEL.COPS.INSTANCE_AREA,
             predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
+            predict_sem_seg_head=cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD,
             local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
             num_threads=cfg.MODEL.COPS.NUM_THREADS,
             min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
@@ -342,7 +351,8 @@ class AMWCPostProcessor:
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
             list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
-            ``sem_seg_head`` (head probabilities) and (if ``predict_instances``)
+            ``sem_seg_head`` (head probabilities, if ``predict_sem_seg_head``) and (if
+            ``predict_instances``)
             ``instances``, on the device of ``sem_seg_logits``.
         Raises:
             ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
@@ -382,26 +392,64 @@ class AMWCPostProcessor:
             instances, local_search=self.local_search, num_threads=self.num_threads
         )
 
-        upsampled = F.interpolate(
-            sem_seg_logits, scale_factor=stride, mode="bilinear", align_corners=False
-        )
         outputs = []
         for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
             H, W = int(image_sizes[b][0]), int(image_sizes[b][1])
             height, width = int(output_sizes[b][0]), int(output_sizes[b][1])
-            logits_b = sem_seg_postprocess(upsampled[b], (H, W), height, width)
+            upsampled = functools.partial(
+                self._upsampled_logits, sem_seg_logits, b, (H, W), (height, width)
+            )
             cut_maps = [
                 m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
                 for m, s in zip(cut_logits, self.edge_sampling_intervals)
             ]
             outputs.append(
-                self._image_outputs(result, hc, wc, graph, (H, W), (height, width), logits_b, cut_maps)
+                self._image_outputs(
+                    result, hc, wc, graph, (H, W), (height, width), upsampled, cut_maps,
+                    sem_seg_logits.device,
+                )
             )
         return outputs
 
-    def _image_outputs(self, result, hc, wc, graph, image_size, output_size, logits, cut_maps):
-        """Outputs of one image from its AMWC solution (see the class docstring)."""
-        device = logits.device
+    def _upsampled_logits(self, sem_seg_logits, b, image_size, output_size, channels=None):
+        """``[K, height, width]`` logits of image ``b`` (``[len(channels), height, width]``, the
+        given classes only, when ``channels`` is a list): bilinear upsampling by ``common_stride``
+        (``align_corners=False``) followed by ``sem_seg_postprocess`` (crop to the image, bilinear
+        resize to the output size), computed without the parts that do not change the result:
+
+        * only the image's grid cells plus one row and column of context are upsampled (an output
+          row ``y < H`` interpolates grid rows ``floor((y + 0.5) / s - 0.5)`` and the next one, at
+          most ``ceil(H / s)``; with ``scale_factor`` given the coordinate map does not depend on
+          the input size), so padding elsewhere in the batch is never upsampled;
+        * both interpolations work channel by channel, so a subset of the channels is the same
+          subset of the full result;
+        * the resize is skipped when the output size is the image size (a bilinear resize to the
+          same size with ``align_corners=False`` is the identity).
+        """
+        H, W = image_size
+        s = self.common_stride
+        h, w = sem_seg_logits.shape[-2:]
+        hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
+        src = sem_seg_logits[b : b + 1, :, :hr, :wr]
+        if channels is not None:
+            src = src[:, list(channels)]
+        up = F.interpolate(src, scale_factor=s, mode="bilinear", align_corners=False)[0, :, :H, :W]
+        if tuple(output_size) != (H, W):
+            up = F.interpolate(up[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+        return up
+
+    def _image_outputs(
+        self, result, hc, wc, graph, image_size, output_size, upsampled, cut_maps, device
+    ):
+        """Outputs of one image from its AMWC solution (see the class docstring).
+
+        Everything but the gathers that write full-resolution outputs works on the grid: the
+        nearest-neighbour resize maps grid row ``r`` to a contiguous band of output rows (the
+        sampled rows are non-decreasing), so areas, boxes and the mask regions follow from the
+        grid and the per-row / per-column sample counts. ``upsampled(channels=None)`` gives the
+        upsampled logits (:meth:`_upsampled_logits`); they are computed for all classes only for
+        ``sem_seg_head``.
+        """
         height, width = output_size
         node_labels = np.asarray(result.node_labels, dtype=np.int64)
         instance_ids = np.asarray(result.instance_ids, dtype=np.int64)
@@ -429,14 +477,19 @@ class AMWCPostProcessor:
             (hc, wc), dtype=np.int64
         )
 
-        # Nearest-neighbour resize of the grid segment map to the output size.
-        seg_grid_t = torch.from_numpy(seg_grid).to(device)
-        rows = _nearest_index(height, image_size[0], self.common_stride, hc, device)
-        cols = _nearest_index(width, image_size[1], self.common_stride, wc, device)
-        seg_out = seg_grid_t[rows][:, cols]
+        # Nearest-neighbour resize: the grid row (column) read by each output row (column), and
+        # how many output rows (columns) read each grid row (column).
+        rows = _nearest_index(height, image_size[0], self.common_stride, hc, "cpu")
+        cols = _nearest_index(width, image_size[1], self.common_stride, wc, "cpu")
+        rows_np, cols_np = rows.numpy(), cols.numpy()
+        row_count = np.bincount(rows_np, minlength=hc)
+        col_count = np.bincount(cols_np, minlength=wc)
 
-        # Area filter (output pixels), then ids 1.. in segment order.
-        areas = torch.bincount(seg_out.reshape(-1), minlength=num_segments).cpu().numpy()
+        # Area filter (output pixels = sum over the segment's grid cells of rows x columns read),
+        # then ids 1.. in segment order.
+        cell_area = np.outer(row_count, col_count).reshape(-1)
+        areas = np.bincount(seg_grid.reshape(-1), weights=cell_area, minlength=num_segments)
+        areas = np.rint(areas).astype(np.int64)  # exact: integer sums far below 2**53
         classes = np.asarray(segment_class, dtype=np.int64)
         is_thing = self.partitionable[classes] if num_segments else np.zeros(0, dtype=bool)
         limits = np.where(is_thing, self.instance_area, self.stuff_area)
@@ -446,7 +499,9 @@ class AMWCPostProcessor:
             keep &= ~(is_thing & (grid_areas < self.min_thing_cluster_size))
         new_ids = np.zeros(num_segments, dtype=np.int64)
         new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
-        panoptic = torch.from_numpy(new_ids).to(device)[seg_out].to(torch.int32)
+        rows_d, cols_d = rows.to(device), cols.to(device)
+        pan_grid = torch.from_numpy(new_ids[seg_grid].astype(np.int32)).to(device)
+        panoptic = pan_grid.index_select(0, rows_d).index_select(1, cols_d)
         segments_info = [
             {
                 "id": int(new_ids[k]),
@@ -460,46 +515,88 @@ class AMWCPostProcessor:
         # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py ~439-441), which their
         # mIoU scores. The semantic head's probabilities stay available as "sem_seg_head".
         node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
-        node_out = node_grid[rows][:, cols]
+        node_out = node_grid.index_select(0, rows_d).index_select(1, cols_d)
         sem_seg = torch.zeros(
             (self.num_classes, height, width), dtype=torch.float32, device=device
         ).scatter_(0, node_out[None], 1.0)
         out = {
             "panoptic_seg": (panoptic, segments_info),
             "sem_seg": sem_seg,
-            "sem_seg_head": F.softmax(logits, dim=0),
         }
+        logits = None
+        if self.predict_sem_seg_head:
+            logits = upsampled()
+            out["sem_seg_head"] = F.softmax(logits, dim=0)
         if self.predict_instances:
             out["instances"] = self._instances(
-                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, (height, width)
+                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, upsampled,
+                (height, width),
+                rows_np, cols_np, row_count, col_count,
             )
         return out
 
-    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, size):
-        """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring."""
+    @staticmethod
+    def _segment_boxes(seg_grid, segments, rows, cols, row_count, col_count):
+        """Tight output-pixel boxes ``[len(segments), 4] int64 (x0, y0, x1, y1)`` (exclusive ends,
+        as ``BitMasks.get_bounding_boxes``) of the given (non-empty in the output) segments of the
+        grid map, from the grid cells that some output pixel reads."""
+        used_r, used_c = np.flatnonzero(row_count), np.flatnonzero(col_count)
+        sampled = seg_grid[np.ix_(used_r, used_c)]
+        num = int(seg_grid.max()) + 1
+        in_row = np.zeros((num, len(used_r)), dtype=bool)
+        in_row[sampled, np.arange(len(used_r))[:, None]] = True
+        in_col = np.zeros((num, len(used_c)), dtype=bool)
+        in_col[sampled, np.arange(len(used_c))[None, :]] = True
+        r_first = in_row[segments].argmax(1)
+        r_last = len(used_r) - 1 - in_row[segments][:, ::-1].argmax(1)
+        c_first = in_col[segments].argmax(1)
+        c_last = len(used_c) - 1 - in_col[segments][:, ::-1].argmax(1)
+        # Output rows reading grid row r: [searchsorted(rows, r, left), searchsorted(rows, r, right)).
+        y0 = np.searchsorted(rows, used_r[r_first], side="left")
+        y1 = np.searchsorted(rows, used_r[r_last], side="right")
+        x0 = np.searchsorted(cols, used_c[c_first], side="left")
+        x1 = np.searchsorted(cols, used_c[c_last], side="right")
+        return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
+
+    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits,
+                   upsampled, size, rows, cols, row_count, col_count):
+        """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring.
+
+        Boxes come from the grid (:meth:`_segment_boxes`); each mask and its semantic score are
+        computed inside its box only. ``logits`` are the full upsampled logits, or None: then
+        ``upsampled(channels=...)`` gives those of the predicted thing classes.
+        """
         device = panoptic.device
         things = [s for s in segments_info if s["isthing"]]
-        ids = torch.tensor([s["id"] for s in things], dtype=torch.int32, device=device)
+        M = len(things)
         classes = torch.tensor([s["category_id"] for s in things], dtype=torch.int64, device=device)
-        masks = panoptic[None] == ids[:, None, None]  # [M, height, width] bool
+        masks = torch.zeros((M,) + tuple(size), dtype=torch.bool, device=device)  # [M, height, width]
+        sem_score = torch.zeros(M, dtype=torch.float64, device=device)
 
-        # Semantic term: mean logit of the segment's class over its output pixels.
-        if len(things):
-            class_map = torch.zeros(len(new_ids) + 1, dtype=torch.int64, device=device)
-            class_map[ids.long()] = classes
-            pix_class = class_map[panoptic.long()]
-            pix_logit = logits.gather(0, pix_class[None]).squeeze(0)
-            sums = torch.bincount(
-                panoptic.reshape(-1).long(), weights=pix_logit.reshape(-1).double(),
-                minlength=int(ids.max()) + 1,
-            )
-            counts = torch.bincount(panoptic.reshape(-1).long(), minlength=int(ids.max()) + 1)
-            sem_score = (sums[ids.long()] / counts[ids.long()].clamp(min=1)).float()
-        else:
-            sem_score = torch.zeros(0, dtype=torch.float32, device=device)
+        num = len(new_ids)
+        segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
+        segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
+        thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
+        boxes = (
+            self._segment_boxes(seg_grid, thing_segments, rows, cols, row_count, col_count)
+            if M
+            else np.zeros((0, 4), dtype=np.int64)
+        )
+        # Mask and semantic term (mean logit of the segment's class over its output pixels); without
+        # the full logits (no sem_seg_head) only the predicted thing classes are upsampled.
+        channel = {c: c for c in range(self.num_classes)}
+        if logits is None and M:
+            present = sorted({s["category_id"] for s in things})
+            logits = upsampled(channels=present)
+            channel = {c: i for i, c in enumerate(present)}
+        for m, s in enumerate(things):
+            x0, y0, x1, y1 = boxes[m].tolist()
+            inside = panoptic[y0:y1, x0:x1] == s["id"]
+            masks[m, y0:y1, x0:x1] = inside
+            class_logits = logits[channel[s["category_id"]], y0:y1, x0:x1]
+            sem_score[m] = class_logits[inside].double().sum() / s["area"]
 
         # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
-        num = len(new_ids)
         edge_score = np.zeros(num, dtype=np.float64)
         if graph.num_edges and num:
             values = graph.maps_to_edge_values(cut_maps).astype(np.float64)
@@ -516,16 +613,13 @@ class AMWCPostProcessor:
             edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
                 in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
             )
-        segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
-        segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
-        thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
-        scores = sem_score + torch.as_tensor(
+        scores = sem_score.float() + torch.as_tensor(
             edge_score[thing_segments], dtype=torch.float32, device=device
         )
 
         instances = Instances(size)
         instances.pred_masks = masks
         instances.pred_classes = classes
-        instances.pred_boxes = Boxes(BitMasks(masks).get_bounding_boxes().tensor.to(device))
+        instances.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32, device=device))
         instances.scores = scores
         return instances

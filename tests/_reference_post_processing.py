@@ -1,0 +1,543 @@
+# The AMWC post-processor of main at d737e72 (detectron2_cops/modeling/post_processing.py, the
+# full-resolution implementation before the grid-level rewrite on branch "speed"), copied verbatim
+# below this comment block; only the alias ReferenceAMWCPostProcessor at the end is added. It is the
+# reference the equivalence tests in tests/test_post_processing.py compare the fast version
+# against. Check with:
+#   diff <(git show d737e72:detectron2_cops/modeling/post_processing.py) \
+#        <(sed -n '/^"""Inference post-processing/,/^# ---- end of the verbatim copy/p' \
+#          tests/_reference_post_processing.py | sed '$d')
+# It has its own POST_PROCESSOR_REGISTRY object, so nothing is registered twice.
+"""Inference post-processing of COPS: AMWC on the stride-4 grid -> Detectron2's panoptic outputs.
+
+COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1 and "Inference" in DESIGN.md section 1) obtains its
+panoptic segmentation by solving the asymmetric multiway cut (AMWC) on the grid of the decoder
+output (output stride 4) with the calibrated semantic costs ``c_V`` and edge costs ``c_E``. This
+module turns that solution into Detectron2's standard model outputs (the format of Detectron2's
+``projects/Panoptic-DeepLab`` and ``PanopticFPN``):
+
+* ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
+* ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
+* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits;
+* ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
+  ``pred_boxes``, ``scores``).
+
+Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
+``MODEL.COPS.POST_PROCESSOR``; :class:`AMWCPostProcessor` is the default.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.registry import Registry
+
+from detectron2_cops.data.datasets import get_panoptic_metadata
+from detectron2_cops.solvers import GridGraph, solve_amwc_batch
+
+__all__ = [
+    "POST_PROCESSOR_REGISTRY",
+    "AMWCPostProcessor",
+    "build_post_processor",
+    "cops_dataset_metadata",
+]
+
+POST_PROCESSOR_REGISTRY = Registry("POST_PROCESSOR")
+POST_PROCESSOR_REGISTRY.__doc__ = """
+Registry for the inference post-processors of COPS, which turn the semantic logits and cut logits
+of the network into Detectron2's standard outputs (``panoptic_seg``, ``sem_seg``, ``instances``).
+
+The registered object is called with ``cfg`` (``from_config``) and must be callable as
+``post_processor(sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration=None)``
+returning one dict per image (see :class:`AMWCPostProcessor`). The meta-architecture picks it by
+the name in ``cfg.MODEL.COPS.POST_PROCESSOR``.
+"""
+
+
+def cops_dataset_metadata(cfg) -> dict:
+    """Panoptic metadata of the dataset a COPS model is built for.
+
+    The dataset is ``cfg.DATASETS.TRAIN[0]``, or ``cfg.DATASETS.TEST[0]`` when no training set is
+    named (as Detectron2's Panoptic-DeepLab reads ``MetadataCatalog.get(DATASETS.TRAIN[0])``).
+
+    Returns:
+        dict of :func:`detectron2_cops.data.get_panoptic_metadata` plus ``dataset_name``:
+        ``thing_ids`` (contiguous ids of the thing classes, i.e. the values of
+        ``thing_dataset_id_to_contiguous_id``), ``class_ids``, ``label_divisor`` (default 1000),
+        ``ignore_label``, ``metadata``.
+    Raises:
+        ValueError: no dataset named in the config, an unregistered or non-panoptic dataset, or a
+            class id ``>= MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
+    """
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if not names:
+        raise ValueError(
+            "COPS needs the panoptic metadata (thing classes, label_divisor) of a dataset: "
+            "cfg.DATASETS.TRAIN and cfg.DATASETS.TEST are both empty"
+        )
+    info = dict(get_panoptic_metadata(names[0]))
+    info["dataset_name"] = names[0]
+    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    if info["class_ids"] and max(info["class_ids"]) >= num_classes:
+        raise ValueError(
+            f"dataset '{names[0]}' has contiguous class ids up to {max(info['class_ids'])}, but "
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}"
+        )
+    return info
+
+
+def build_post_processor(cfg):
+    """Build the post-processor named by ``cfg.MODEL.COPS.POST_PROCESSOR`` from
+    :data:`POST_PROCESSOR_REGISTRY` (Detectron2 raises ``KeyError`` for an unknown name)."""
+    return POST_PROCESSOR_REGISTRY.get(cfg.MODEL.COPS.POST_PROCESSOR)(cfg)
+
+
+def _grid_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
+    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
+
+
+def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int, device) -> torch.Tensor:
+    """Grid row (or column) read by each output row (column), nearest-neighbour sampling.
+
+    Output pixel ``y`` of ``out_len`` lies at input-image row ``floor((y + 0.5) * in_len /
+    out_len)``, which lies in grid cell ``row // stride`` (grid pixel ``i`` covers image rows
+    ``[stride * i, stride * (i + 1))``).
+    """
+    pos = torch.div(
+        (torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * in_len, out_len,
+        rounding_mode="floor",
+    ).to(torch.int64)
+    pos = pos.clamp_(0, max(in_len - 1, 0))
+    return torch.div(pos, stride, rounding_mode="floor").clamp_(max=max(grid_len - 1, 0))
+
+
+@POST_PROCESSOR_REGISTRY.register()
+class AMWCPostProcessor:
+    """Panoptic, semantic and instance outputs from the AMWC solution on the stride-4 grid.
+
+    For each image of the batch (``(H, W)`` its size in the padded input tensor, ``(height,
+    width)`` the requested output size):
+
+    1. costs: ``(c_V, c_E) = calibration(sem_seg_logits, cut_logits)`` (COPS' learned affine
+       calibration, :class:`detectron2_cops.layers.CostCalibration`); without a calibration
+       ``c_V = -logits``, ``c_E = -cut_logits`` (the original ``ComputeMulticutCosts``);
+    2. the costs are cropped to the image's part of the grid, ``(ceil(H / 4), ceil(W / 4))``
+       grid pixels (the padding is not segmented), and the AMWC is solved with GAEC (+ local
+       search) by :func:`detectron2_cops.solvers.solve_amwc_batch` on the CPU, all images of the
+       batch in parallel; thing classes are partitionable;
+    3. segments: the AMWC clusters; all stuff clusters of one class form one segment (stuff is
+       not partitionable, as in the panoptic format and Panoptic-DeepLab); every thing cluster is
+       one instance;
+    4. the grid segment map is resized to ``(height, width)`` by nearest-neighbour sampling (the
+       output pixel's position in the ``H x W`` input, then its grid cell), as
+       ``sem_seg_postprocess`` crops the padded prediction to the image and resizes it;
+    5. segments with fewer output pixels than ``stuff_area`` (stuff) or ``instance_area``
+       (things) become void (id 0); the remaining segments get ids ``1, 2, ...`` in the order of
+       their first grid pixel (row-major). Thing clusters with fewer than
+       ``min_thing_cluster_size`` grid pixels are void whatever their output area.
+
+    Outputs, one dict per image:
+
+    * ``"panoptic_seg"``: ``(Tensor[height, width] int32, segments_info)``; ``segments_info`` is
+      a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
+      "area": output pixels}`` (Detectron2's panoptic output format);
+    * ``"sem_seg"``: ``[K, height, width] float32``, one-hot of the AMWC node labels (the class
+      of every grid node in the AMWC solution, before the area filter of step 5), resized as in
+      step 4. This is the authors' ``"sem_seg"`` output (``panoptic_seg_affinity.py`` ~439:
+      "Using node labels from amc post-processing ignoring void label of panoptic
+      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
+    * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
+      head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
+      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC);
+    * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
+      per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
+      ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
+      ``scores [M] float32``.
+
+    Instance score (the original COPS ``MaskScore``, ``losses.py``; DESIGN.md section 1)::
+
+        score = mean_{mask} semantic_logit[class]            (output pixels, upsampled logits)
+              + mean_{edges leaving the mask} cut_logit - mean_{edges inside the mask} cut_logit
+
+    The edge terms are taken over all valid edges of all distances on the grid (an edge with one
+    endpoint in the mask leaves it, one with both inside is inside); an empty set contributes 0.
+    Unlike the original (which averages over all map positions, including non-edges), the means
+    are over the edges themselves.
+
+    Args:
+        num_classes: K, number of semantic classes.
+        thing_ids: contiguous ids of the thing (partitionable) classes.
+        edge_distances: edge distances ``d`` in pixels of the stride grid.
+        edge_sampling_intervals: one sampling interval per distance (default all 1).
+        common_stride: stride of the grid in input pixels (4).
+        stuff_area: minimum area of a stuff segment, in output-image pixels.
+        instance_area: minimum area of a thing segment, in output-image pixels.
+        predict_instances: also return ``instances``.
+        local_search: run the AMWC local search after GAEC.
+        num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
+        min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
+            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all).
+    Raises:
+        ValueError: bad constructor arguments (empty or invalid distances, thing ids outside
+            ``[0, num_classes)``, negative areas or threads, non-positive stride/classes); on call,
+            see :meth:`__call__`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        thing_ids: Sequence[int],
+        edge_distances: Sequence[int],
+        edge_sampling_intervals: Optional[Sequence[int]] = None,
+        common_stride: int = 4,
+        stuff_area: float = 0,
+        instance_area: float = 0,
+        predict_instances: bool = True,
+        local_search: bool = True,
+        num_threads: int = 0,
+        min_thing_cluster_size: int = 1,
+    ):
+        if int(num_classes) != num_classes or num_classes <= 0:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if int(common_stride) != common_stride or common_stride <= 0:
+            raise ValueError(f"common_stride must be a positive integer, got {common_stride!r}")
+        for name, value in (("stuff_area", stuff_area), ("instance_area", instance_area)):
+            if not math.isfinite(float(value)) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if int(num_threads) != num_threads or num_threads < 0:
+            raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+        self.num_classes = int(num_classes)
+        things = sorted({int(t) for t in thing_ids})
+        bad = [t for t in things if not 0 <= t < self.num_classes]
+        if bad:
+            raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {bad}")
+        self.thing_ids = things
+        self.partitionable = np.zeros(self.num_classes, dtype=bool)
+        self.partitionable[things] = True
+        # GridGraph validates the distances / intervals.
+        probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
+        if not probe.edge_distances:
+            raise ValueError("edge_distances must not be empty")
+        self.edge_distances = probe.edge_distances
+        self.edge_sampling_intervals = probe.edge_sampling_intervals
+        self.common_stride = int(common_stride)
+        self.stuff_area = float(stuff_area)
+        self.instance_area = float(instance_area)
+        self.predict_instances = bool(predict_instances)
+        self.local_search = bool(local_search)
+        self.num_threads = int(num_threads)
+        if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
+            raise ValueError(f"min_thing_cluster_size must be a positive integer, got {min_thing_cluster_size!r}")
+        self.min_thing_cluster_size = int(min_thing_cluster_size)
+        self._graphs: Dict[Tuple[int, int], GridGraph] = {}
+
+    @classmethod
+    def from_config(cls, cfg):
+        """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
+        EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
+        PREDICT_INSTANCES, LOCAL_SEARCH, NUM_THREADS, MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
+        (:func:`cops_dataset_metadata`)."""
+        info = cops_dataset_metadata(cfg)
+        head = cfg.MODEL.AFFINITY_HEAD
+        return dict(
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            thing_ids=info["thing_ids"],
+            edge_distances=list(head.EDGE_DISTANCES),
+            edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
+            common_stride=head.COMMON_STRIDE,
+            stuff_area=cfg.MODEL.COPS.STUFF_AREA,
+            instance_area=cfg.MODEL.COPS.INSTANCE_AREA,
+            predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
+            local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
+            num_threads=cfg.MODEL.COPS.NUM_THREADS,
+            min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_classes={self.num_classes}, "
+            f"num_thing_classes={len(self.thing_ids)}, edge_distances={self.edge_distances}, "
+            f"stuff_area={self.stuff_area}, instance_area={self.instance_area})"
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def graph(self, height: int, width: int) -> GridGraph:
+        """The (cached) :class:`GridGraph` of a ``height x width`` grid with this post-processor's
+        edge distances and sampling intervals."""
+        key = (int(height), int(width))
+        g = self._graphs.get(key)
+        if g is None:
+            if len(self._graphs) > 64:
+                self._graphs.clear()
+            g = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
+            self._graphs[key] = g
+        return g
+
+    def _check_inputs(self, sem_seg_logits, cut_logits, image_sizes, output_sizes):
+        if not isinstance(sem_seg_logits, torch.Tensor) or sem_seg_logits.dim() != 4:
+            raise ValueError(
+                "sem_seg_logits must be a [B, K, h, w] tensor, got "
+                + (
+                    f"shape {list(sem_seg_logits.shape)}"
+                    if isinstance(sem_seg_logits, torch.Tensor)
+                    else type(sem_seg_logits).__name__
+                )
+            )
+        B, K, h, w = sem_seg_logits.shape
+        if K != self.num_classes:
+            raise ValueError(
+                f"sem_seg_logits must have K = num_classes = {self.num_classes} channels, "
+                f"got shape {list(sem_seg_logits.shape)}"
+            )
+        if not sem_seg_logits.is_floating_point():
+            raise ValueError(f"sem_seg_logits must be floating point, got {sem_seg_logits.dtype}")
+        if not isinstance(cut_logits, (list, tuple)) or len(cut_logits) != len(self.edge_distances):
+            raise ValueError(
+                f"cut_logits must be a list of one [B, 2, H_d, W_d] map per edge distance "
+                f"{self.edge_distances}, got "
+                + (f"{len(cut_logits)} maps" if isinstance(cut_logits, (list, tuple)) else type(cut_logits).__name__)
+            )
+        for d, s, m in zip(self.edge_distances, self.edge_sampling_intervals, cut_logits):
+            want = (B, 2, -(-h // s), -(-w // s))
+            if not isinstance(m, torch.Tensor) or tuple(m.shape) != want:
+                got = list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(
+                    f"cut_logits for edge distance {d} (sampling interval {s}) must have shape "
+                    f"{list(want)} for sem_seg_logits of shape {list(sem_seg_logits.shape)}, got {got}"
+                )
+        for name, sizes in (("image_sizes", image_sizes), ("output_sizes", output_sizes)):
+            if len(sizes) != B:
+                raise ValueError(f"{name} must hold one (height, width) per image ({B}), got {len(sizes)}")
+            for i, sz in enumerate(sizes):
+                if len(sz) != 2 or int(sz[0]) != sz[0] or int(sz[1]) != sz[1] or sz[0] <= 0 or sz[1] <= 0:
+                    raise ValueError(f"{name}[{i}] must be a pair of positive integers, got {sz!r}")
+        for i, (H, W) in enumerate(image_sizes):
+            if H > h * self.common_stride or W > w * self.common_stride:
+                raise ValueError(
+                    f"image_sizes[{i}] = {(int(H), int(W))} does not fit into the grid of "
+                    f"sem_seg_logits ({h}x{w} at stride {self.common_stride} covers "
+                    f"{h * self.common_stride}x{w * self.common_stride} input pixels)"
+                )
+
+    # ------------------------------------------------------------------ main entry
+    @torch.no_grad()
+    def __call__(
+        self,
+        sem_seg_logits: torch.Tensor,
+        cut_logits: Sequence[torch.Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+        output_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        calibration: Optional[torch.nn.Module] = None,
+    ) -> List[dict]:
+        """Post-process a batch (see the class docstring).
+
+        Args:
+            sem_seg_logits: ``[B, K, h, w] float`` semantic logits on the stride grid of the
+                padded input batch.
+            cut_logits: one ``[B, 2, ceil(h / s), ceil(w / s)] float`` cut-logit map per edge
+                distance (positive = the two pixels belong to different segments).
+            image_sizes: per image ``(H, W)``, its size inside the padded input (input pixels;
+                ``ImageList.image_sizes``).
+            output_sizes: per image ``(height, width)`` of the outputs (default: ``image_sizes``).
+            calibration: module mapping ``(sem_seg_logits, cut_logits)`` to ``(c_V, c_E)`` of the
+                same shapes (``CostCalibration``), or None for ``c = -logits``.
+        Returns:
+            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
+            ``sem_seg_head`` (head probabilities) and (if ``predict_instances``)
+            ``instances``, on the device of ``sem_seg_logits``.
+        Raises:
+            ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
+                wrong size, an image size larger than the grid covers, a wrong number of sizes),
+                or non-finite costs.
+        """
+        if output_sizes is None:
+            output_sizes = image_sizes
+        self._check_inputs(sem_seg_logits, cut_logits, image_sizes, output_sizes)
+        cut_logits = list(cut_logits)
+        if calibration is not None:
+            sem_costs, edge_costs = calibration(sem_seg_logits, cut_logits)
+        else:
+            sem_costs, edge_costs = -sem_seg_logits, [-m for m in cut_logits]
+
+        stride = self.common_stride
+        # One AMWC instance per image, on the image's part of the grid.
+        instances, crops = [], []
+        for b, (H, W) in enumerate(image_sizes):
+            hc, wc = _grid_size((H, W), stride)
+            graph = self.graph(hc, wc)
+            node_costs = sem_costs[b, :, :hc, :wc].detach().permute(1, 2, 0).reshape(hc * wc, -1)
+            maps = [
+                m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
+                for m, s in zip(edge_costs, self.edge_sampling_intervals)
+            ]
+            instances.append(
+                (
+                    node_costs.float().cpu().numpy(),
+                    graph.edges,
+                    graph.maps_to_edge_values(maps).astype(np.float32, copy=False),
+                    self.partitionable,
+                )
+            )
+            crops.append((hc, wc, graph))
+        results = solve_amwc_batch(
+            instances, local_search=self.local_search, num_threads=self.num_threads
+        )
+
+        upsampled = F.interpolate(
+            sem_seg_logits, scale_factor=stride, mode="bilinear", align_corners=False
+        )
+        outputs = []
+        for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
+            H, W = int(image_sizes[b][0]), int(image_sizes[b][1])
+            height, width = int(output_sizes[b][0]), int(output_sizes[b][1])
+            logits_b = sem_seg_postprocess(upsampled[b], (H, W), height, width)
+            cut_maps = [
+                m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
+                for m, s in zip(cut_logits, self.edge_sampling_intervals)
+            ]
+            outputs.append(
+                self._image_outputs(result, hc, wc, graph, (H, W), (height, width), logits_b, cut_maps)
+            )
+        return outputs
+
+    def _image_outputs(self, result, hc, wc, graph, image_size, output_size, logits, cut_maps):
+        """Outputs of one image from its AMWC solution (see the class docstring)."""
+        device = logits.device
+        height, width = output_size
+        node_labels = np.asarray(result.node_labels, dtype=np.int64)
+        instance_ids = np.asarray(result.instance_ids, dtype=np.int64)
+        num_clusters = int(instance_ids.max()) + 1 if instance_ids.size else 0
+
+        # Class of every cluster; stuff clusters of one class merge into one segment.
+        cluster_class = np.zeros(num_clusters, dtype=np.int64)
+        cluster_class[instance_ids] = node_labels
+        cluster_thing = self.partitionable[cluster_class]
+        cluster_segment = np.empty(num_clusters, dtype=np.int64)
+        segment_class: List[int] = []
+        stuff_segment: Dict[int, int] = {}
+        for k in range(num_clusters):  # clusters are numbered in order of their first node
+            c = int(cluster_class[k])
+            if cluster_thing[k]:
+                cluster_segment[k] = len(segment_class)
+                segment_class.append(c)
+            else:
+                if c not in stuff_segment:
+                    stuff_segment[c] = len(segment_class)
+                    segment_class.append(c)
+                cluster_segment[k] = stuff_segment[c]
+        num_segments = len(segment_class)
+        seg_grid = cluster_segment[instance_ids].reshape(hc, wc) if num_clusters else np.zeros(
+            (hc, wc), dtype=np.int64
+        )
+
+        # Nearest-neighbour resize of the grid segment map to the output size.
+        seg_grid_t = torch.from_numpy(seg_grid).to(device)
+        rows = _nearest_index(height, image_size[0], self.common_stride, hc, device)
+        cols = _nearest_index(width, image_size[1], self.common_stride, wc, device)
+        seg_out = seg_grid_t[rows][:, cols]
+
+        # Area filter (output pixels), then ids 1.. in segment order.
+        areas = torch.bincount(seg_out.reshape(-1), minlength=num_segments).cpu().numpy()
+        classes = np.asarray(segment_class, dtype=np.int64)
+        is_thing = self.partitionable[classes] if num_segments else np.zeros(0, dtype=bool)
+        limits = np.where(is_thing, self.instance_area, self.stuff_area)
+        keep = (areas > 0) & (areas >= limits)
+        if self.min_thing_cluster_size > 1 and num_segments:
+            grid_areas = np.bincount(seg_grid.reshape(-1), minlength=num_segments)
+            keep &= ~(is_thing & (grid_areas < self.min_thing_cluster_size))
+        new_ids = np.zeros(num_segments, dtype=np.int64)
+        new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
+        panoptic = torch.from_numpy(new_ids).to(device)[seg_out].to(torch.int32)
+        segments_info = [
+            {
+                "id": int(new_ids[k]),
+                "category_id": int(classes[k]),
+                "isthing": bool(is_thing[k]),
+                "area": int(areas[k]),
+            }
+            for k in np.flatnonzero(keep).tolist()
+        ]
+        # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
+        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py ~439-441), which their
+        # mIoU scores. The semantic head's probabilities stay available as "sem_seg_head".
+        node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
+        node_out = node_grid[rows][:, cols]
+        sem_seg = torch.zeros(
+            (self.num_classes, height, width), dtype=torch.float32, device=device
+        ).scatter_(0, node_out[None], 1.0)
+        out = {
+            "panoptic_seg": (panoptic, segments_info),
+            "sem_seg": sem_seg,
+            "sem_seg_head": F.softmax(logits, dim=0),
+        }
+        if self.predict_instances:
+            out["instances"] = self._instances(
+                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, (height, width)
+            )
+        return out
+
+    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, size):
+        """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring."""
+        device = panoptic.device
+        things = [s for s in segments_info if s["isthing"]]
+        ids = torch.tensor([s["id"] for s in things], dtype=torch.int32, device=device)
+        classes = torch.tensor([s["category_id"] for s in things], dtype=torch.int64, device=device)
+        masks = panoptic[None] == ids[:, None, None]  # [M, height, width] bool
+
+        # Semantic term: mean logit of the segment's class over its output pixels.
+        if len(things):
+            class_map = torch.zeros(len(new_ids) + 1, dtype=torch.int64, device=device)
+            class_map[ids.long()] = classes
+            pix_class = class_map[panoptic.long()]
+            pix_logit = logits.gather(0, pix_class[None]).squeeze(0)
+            sums = torch.bincount(
+                panoptic.reshape(-1).long(), weights=pix_logit.reshape(-1).double(),
+                minlength=int(ids.max()) + 1,
+            )
+            counts = torch.bincount(panoptic.reshape(-1).long(), minlength=int(ids.max()) + 1)
+            sem_score = (sums[ids.long()] / counts[ids.long()].clamp(min=1)).float()
+        else:
+            sem_score = torch.zeros(0, dtype=torch.float32, device=device)
+
+        # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
+        num = len(new_ids)
+        edge_score = np.zeros(num, dtype=np.float64)
+        if graph.num_edges and num:
+            values = graph.maps_to_edge_values(cut_maps).astype(np.float64)
+            flat = seg_grid.reshape(-1)
+            su, sv = flat[graph.edges[:, 0]], flat[graph.edges[:, 1]]
+            inside = su == sv
+            in_sum = np.bincount(su[inside], weights=values[inside], minlength=num)
+            in_cnt = np.bincount(su[inside], minlength=num)
+            cross = ~inside
+            ends = np.concatenate([su[cross], sv[cross]])
+            vals = np.concatenate([values[cross], values[cross]])
+            out_sum = np.bincount(ends, weights=vals, minlength=num)
+            out_cnt = np.bincount(ends, minlength=num)
+            edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
+                in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
+            )
+        segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
+        segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
+        thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
+        scores = sem_score + torch.as_tensor(
+            edge_score[thing_segments], dtype=torch.float32, device=device
+        )
+
+        instances = Instances(size)
+        instances.pred_masks = masks
+        instances.pred_classes = classes
+        instances.pred_boxes = Boxes(BitMasks(masks).get_bounding_boxes().tensor.to(device))
+        instances.scores = scores
+        return instances
+# ---- end of the verbatim copy
+
+ReferenceAMWCPostProcessor = AMWCPostProcessor
