@@ -586,18 +586,18 @@ class PanopticQualitySurrogate(nn.Module):
                 )
         return pads
 
-    def _accumulate_original(self, sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
-                             pred_cls, gt_cls, pairs) -> None:
-        """COPS ``PanopticQualityLoss``: every segment in one pair, empty counterparts where
-        unmatched (see the class docstring)."""
-        numerator, tp_sum, fp_sum, fn_sum = sums
-        dev, dt = p.device, p.dtype
-        m, g_count = len(pred_cls), len(gt_cls)
+    def _matched_pairs(self, index_of, p, inter, union, pred_cls, gt_cls, pairs):
+        """What both counting rules share: class indices of the predictions ``[M]`` and the
+        ground truth ``[G]``, the foreground probabilities ``s`` of the predictions ``[M]``,
+        matched flags, and for the ``pairs`` their prediction / ground-truth indices, soft IoUs
+        ``(inter + eps) / (union + eps)`` and soft thresholds ``h`` (None without pairs)."""
+        dev = p.device
         pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
         gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
         s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
-        matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
-        matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
+        matched_pred = torch.zeros(len(pred_cls), dtype=torch.bool, device=dev)
+        matched_gt = torch.zeros(len(gt_cls), dtype=torch.bool, device=dev)
+        mp = mg = iou = h = None
         if pairs:
             mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
             mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
@@ -605,6 +605,18 @@ class PanopticQualitySurrogate(nn.Module):
             matched_gt[mg] = True
             iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
             h = self.soft_threshold(iou)
+        return pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h
+
+    def _accumulate_original(self, sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
+                             pred_cls, gt_cls, pairs) -> None:
+        """COPS ``PanopticQualityLoss``: every segment in one pair, empty counterparts where
+        unmatched (see the class docstring)."""
+        numerator, tp_sum, fp_sum, fn_sum = sums
+        dev, dt = p.device, p.dtype
+        pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h = self._matched_pairs(
+            index_of, p, inter, union, pred_cls, gt_cls, pairs
+        )
+        if pairs:
             nz = g_nonzero[mg].to(dt)
             s_m = s[mp]
             cls_m = pred_idx[mp]
@@ -633,19 +645,10 @@ class PanopticQualitySurrogate(nn.Module):
         """Soft PQ counts (rule ``"pq"``, see the class docstring)."""
         numerator, tp_sum, fp_sum, fn_sum = sums
         dev, dt = p.device, p.dtype
-        m, g_count = len(pred_cls), len(gt_cls)
-        pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
-        gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
-        s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
-        matched_pred = torch.zeros(m, dtype=torch.bool, device=dev)
-        matched_gt = torch.zeros(g_count, dtype=torch.bool, device=dev)
+        pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h = self._matched_pairs(
+            index_of, p, inter, union, pred_cls, gt_cls, pairs
+        )
         if pairs:
-            mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
-            mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
-            matched_pred[mp] = True
-            matched_gt[mg] = True
-            iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
-            h = self.soft_threshold(iou)
             s_m = s[mp]
             t = h * s_m
             cls_m = pred_idx[mp]
