@@ -116,23 +116,11 @@ class CostCalibration(nn.Module):
         return semantic_costs, edge_costs
 
 
-class PixelDropout(nn.Module):
-    """Drop whole pixels of the semantic costs in training (COPS ``DropoutPixels``).
+class _CostDropout(nn.Module):
+    """What :class:`PixelDropout` and :class:`EdgeDropout` share: the drop probability ``p`` in
+    ``[0, 1]`` and an optional ``torch.Generator`` (``ValueError`` otherwise)."""
 
-    In training mode each pixel of ``x [B, K, H, W]`` is, independently with probability ``p``,
-    set to 0 in *all* ``K`` channels (no ``1 / (1 - p)`` rescaling, as in the COPS code: a pixel
-    with all class costs 0 is left to its neighbours' edges). In eval mode the identity.
-
-    Args:
-        p: drop probability in ``[0, 1]``.
-        generator: optional ``torch.Generator`` used for the drop mask (default: the global RNG
-            of the mask's device); :meth:`forward` may override it per call.
-
-    Raises:
-        ValueError: ``p`` outside ``[0, 1]`` or not a number; ``generator`` not a Generator.
-    """
-
-    def __init__(self, p: float = 0.5, generator: Optional[torch.Generator] = None) -> None:
+    def __init__(self, p: float, generator: Optional[torch.Generator]) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(float(p)):
             raise ValueError(f"p must be a number in [0, 1], got {p!r}")
@@ -149,6 +137,26 @@ class PixelDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class PixelDropout(_CostDropout):
+    """Drop whole pixels of the semantic costs in training (COPS ``DropoutPixels``).
+
+    In training mode each pixel of ``x [B, K, H, W]`` is, independently with probability ``p``,
+    set to 0 in *all* ``K`` channels (no ``1 / (1 - p)`` rescaling, as in the COPS code: a pixel
+    with all class costs 0 is left to its neighbours' edges). In eval mode the identity.
+
+    Args:
+        p: drop probability in ``[0, 1]``.
+        generator: optional ``torch.Generator`` used for the drop mask (default: the global RNG
+            of the mask's device); :meth:`forward` may override it per call.
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1]`` or not a number; ``generator`` not a Generator.
+    """
+
+    def __init__(self, p: float = 0.5, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(p, generator)
 
     def forward(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Apply pixel dropout.
@@ -174,7 +182,7 @@ class PixelDropout(nn.Module):
         return x * keep.to(device=x.device, dtype=x.dtype)
 
 
-class EdgeDropout(nn.Module):
+class EdgeDropout(_CostDropout):
     """Drop single edge costs in training (the COPS code's edge-cost dropout).
 
     In training mode every entry of every edge-cost map ``[B, 2, H_d, W_d]`` is, independently
@@ -193,16 +201,7 @@ class EdgeDropout(nn.Module):
     """
 
     def __init__(self, p: float = 0.1, generator: Optional[torch.Generator] = None) -> None:
-        super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(float(p)):
-            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
-        self.p = float(p)
-        self.generator = PixelDropout._check_generator(generator)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+        super().__init__(p, generator)
 
     def forward(self, edge_costs: Sequence[Tensor], generator: Optional[torch.Generator] = None) -> List[Tensor]:
         """Apply edge dropout.
@@ -222,7 +221,7 @@ class EdgeDropout(nn.Module):
             raise ValueError(f"edge_costs must be a list of [B, 2, H_d, W_d] tensors, got {type(edge_costs).__name__}")
         for d, e in enumerate(edge_costs):
             _check_logits(e, f"edge_costs[{d}]", "[B, 2, H_d, W_d]")
-        g = PixelDropout._check_generator(generator) if generator is not None else self.generator
+        g = self._check_generator(generator) if generator is not None else self.generator
         if not self.training or self.p == 0.0:
             return list(edge_costs)
         out = []
