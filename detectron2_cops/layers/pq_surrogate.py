@@ -54,17 +54,23 @@ def _check_number(value, name: str, *, positive: bool = False, non_negative: boo
     return value
 
 
+def _as_index(value, name: str, what: str) -> int:
+    """``value`` as a Python int (``operator.index``); ``ValueError`` "``name`` must be ``what``"
+    for bools and non-integers."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+
 def _thing_set(thing_classes: Iterable[int]) -> Set[int]:
     if isinstance(thing_classes, Tensor):
         thing_classes = thing_classes.tolist()
     out = set()
     for i, c in enumerate(thing_classes):
-        if isinstance(c, bool):
-            raise ValueError(f"thing_classes[{i}] must be an integer class id, got {c!r}")
-        try:
-            c = operator.index(c)
-        except TypeError:
-            raise ValueError(f"thing_classes[{i}] must be an integer class id, got {c!r}") from None
+        c = _as_index(c, f"thing_classes[{i}]", "an integer class id")
         if c < 0:
             raise ValueError(f"thing_classes[{i}] must be >= 0, got {c}")
         out.add(c)
@@ -565,12 +571,7 @@ class PanopticQualitySurrogate(nn.Module):
             raw = raw.tolist()
         pads = []
         for k, j in enumerate(raw):
-            if isinstance(j, bool):
-                raise ValueError(f"{where}[{k}] must be an integer ground-truth index, got {j!r}")
-            try:
-                j = operator.index(j)
-            except TypeError:
-                raise ValueError(f"{where}[{k}] must be an integer ground-truth index, got {j!r}") from None
+            j = _as_index(j, f"{where}[{k}]", "an integer ground-truth index")
             if not 0 <= j < len(gt_cls):
                 raise ValueError(f"{where}[{k}] = {j} is out of range [0, {len(gt_cls)}) (ground-truth segments)")
             pads.append(j)
