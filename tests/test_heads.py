@@ -350,18 +350,24 @@ def _original_affinity_loss(x, t, w, top_k):
     return total
 
 
+def _affinity_losses_on_random_maps(cfg):
+    """Affinity head of ``cfg`` and its losses on seeded random cut logits (batch 2) with
+    targets and weights from ``affinity_targets``: ``(head, logits, targets, weights, losses)``."""
+    head = build_affinity_head(cfg, INPUT_SHAPE)
+    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
+    rng = np.random.default_rng(0)
+    logits = [torch.from_numpy(rng.normal(0, 3, (2,) + s)).float() for s in gg.map_shapes]
+    targets, weights = affinity_targets(head, logits, seed=3)
+    return head, logits, targets, weights, head.losses(logits, targets, weights)
+
+
 @pytest.mark.parametrize("top_k", [1.0, 0.25])
 def test_affinity_loss_original_normalisation(top_k):
     cfg = small_cfg()
     cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = top_k
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 3.0
     assert cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION == "per_channel_mean"  # the default
-    head = build_affinity_head(cfg, INPUT_SHAPE)
-    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
-    rng = np.random.default_rng(0)
-    logits = [torch.from_numpy(rng.normal(0, 3, (2,) + s)).float() for s in gg.map_shapes]
-    targets, weights = affinity_targets(head, logits, seed=3)
-    losses = head.losses(logits, targets, weights)
+    head, logits, targets, weights, losses = _affinity_losses_on_random_maps(cfg)
     for d, x, t, w in zip(DISTANCES, logits, targets, weights):
         expected = _original_affinity_loss(x.double().numpy(), t.double().numpy(), w.double().numpy(), top_k)
         assert losses[f"loss_affinity_d{d}"].item() == pytest.approx(3.0 * expected, rel=1e-5)
@@ -396,12 +402,7 @@ def test_affinity_loss_weight_sum_normalisation(top_k):
     cfg.MODEL.AFFINITY_HEAD.LOSS_TOP_K = top_k
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 3.0
     cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "weight_sum"
-    head = build_affinity_head(cfg, INPUT_SHAPE)
-    gg = GridGraph(*GRID_HW, head.edge_distances, head.edge_sampling_intervals)
-    rng = np.random.default_rng(0)
-    logits = [torch.from_numpy(rng.normal(0, 3, (2,) + s)).float() for s in gg.map_shapes]
-    targets, weights = affinity_targets(head, logits, seed=3)
-    losses = head.losses(logits, targets, weights)
+    head, logits, targets, weights, losses = _affinity_losses_on_random_maps(cfg)
     for d, x, t, w in zip(DISTANCES, logits, targets, weights):
         x, t, w = x.double().numpy(), t.double().numpy(), w.double().numpy()
         per_edge = (np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))) * w
