@@ -226,3 +226,31 @@ def test_evaluation_subset_has_its_own_ground_truth(cs, tmp_path):
         register_panoptic_subset(cs["val"], "cs_bad", [5], str(tmp_path / "b"))
     with pytest.raises(ValueError, match="distinct"):
         register_panoptic_subset(cs["val"], "cs_bad", [0, 0], str(tmp_path / "b"))
+
+
+def test_no_final_eval_drops_only_the_end_of_training_evaluation(cs, tmp_path):
+    """``tools/train_net.py --no-final-eval`` (used by tools/run_cops_comparison.py, which
+    evaluates each stage itself): with TEST.EVAL_PERIOD 0 the trainer has no EvalHook; without the
+    flag, or with a periodic evaluation, Detectron2's EvalHook stays."""
+    import importlib.util
+
+    from detectron2.engine import hooks
+
+    spec = importlib.util.spec_from_file_location("cops_train_net_cs", REPO / "tools" / "train_net.py")
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    assert train_net.argument_parser().parse_args(["--no-final-eval"]).no_final_eval
+    assert not train_net.argument_parser().parse_args([]).no_final_eval
+
+    def eval_hooks(final_eval, period):
+        cfg = _cfg(cs, **{"OUTPUT_DIR": str(tmp_path), "TEST.EVAL_PERIOD": period, "DATALOADER.NUM_WORKERS": 0})
+        train_net.Trainer.final_eval = final_eval
+        try:
+            trainer = train_net.Trainer(cfg)
+        finally:
+            train_net.Trainer.final_eval = True
+        return sum(isinstance(h, hooks.EvalHook) for h in trainer._hooks)
+
+    assert eval_hooks(True, 0) == 1
+    assert eval_hooks(False, 0) == 0
+    assert eval_hooks(False, 5) == 1

@@ -110,6 +110,7 @@ def test_full_run_commands_table_and_files(tmp_path, fake_eval):
     out = tmp_path / "out"
     c1, c2 = trainer.commands
     assert "--resume" in c1 and "--resume" in c2
+    assert "--no-final-eval" in c1 and "--no-final-eval" in c2  # the tool evaluates by itself
     assert _opt(c1, "--config-file") == str(CONFIG1)
     assert _opt(c1, "SEED") == "7" and _opt(c2, "SEED") == "7"
     assert _opt(c1, "SOLVER.MAX_ITER") == "3" and "SOLVER.MAX_ITER" not in c2

@@ -203,9 +203,11 @@ def _check_settings(stage_dir: str, settings: dict) -> dict:
 
 # ----------------------------------------------------------------------------- training
 def train_command(config_file: str, opts: Sequence[str], num_gpus: int) -> List[str]:
-    """The ``tools/train_net.py`` command of a stage (always ``--resume``)."""
+    """The ``tools/train_net.py`` command of a stage (always ``--resume``; ``--no-final-eval``:
+    this tool evaluates each stage itself, so the trainer's end-of-training evaluation would be
+    done twice)."""
     return [
-        sys.executable, TRAIN_NET, "--num-gpus", str(num_gpus), "--resume",
+        sys.executable, TRAIN_NET, "--num-gpus", str(num_gpus), "--resume", "--no-final-eval",
         "--config-file", config_file, *opts,
     ]
 

@@ -48,6 +48,7 @@ from detectron2.engine import (
     create_ddp_model,
     default_argument_parser,
     default_setup,
+    hooks,
     launch,
 )
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
@@ -102,6 +103,19 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
 
         self.register_hooks(self.build_hooks())
+
+    #: Whether training ends with an evaluation of ``DATASETS.TEST`` (Detectron2's ``EvalHook``
+    #: evaluates after the last iteration even when ``TEST.EVAL_PERIOD`` is 0). ``--no-final-eval``
+    #: sets it to False, e.g. for ``tools/run_cops_comparison.py``, which evaluates by itself.
+    final_eval = True
+
+    def build_hooks(self):
+        """``DefaultTrainer.build_hooks``, without the ``EvalHook`` when :attr:`final_eval` is False
+        and ``TEST.EVAL_PERIOD`` is 0 (no periodic evaluation was asked for either)."""
+        ret = super().build_hooks()
+        if not self.final_eval and self.cfg.TEST.EVAL_PERIOD <= 0:
+            ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
+        return ret
 
     @classmethod
     def build_model(cls, cfg):
@@ -288,6 +302,7 @@ def main(args):
         )
         return Trainer.test(cfg, model)
 
+    Trainer.final_eval = not getattr(args, "no_final_eval", False)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
@@ -296,11 +311,17 @@ def main(args):
 def argument_parser():
     """Detectron2's ``default_argument_parser`` (``--config-file``, ``--resume``,
     ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
-    ``KEY VALUE`` overrides)."""
-    return default_argument_parser(
+    ``KEY VALUE`` overrides) plus ``--no-final-eval``."""
+    parser = default_argument_parser(
         epilog="On a machine without CUDA (MODEL.DEVICE cpu), --num-gpus N starts N CPU "
         "processes (gloo). --num-gpus x --num-machines must divide SOLVER.IMS_PER_BATCH."
     )
+    parser.add_argument(
+        "--no-final-eval", action="store_true",
+        help="with TEST.EVAL_PERIOD 0, do not evaluate DATASETS.TEST after the last iteration "
+        "(Detectron2's EvalHook otherwise does)",
+    )
+    return parser
 
 
 def invoke_main(argv=None, main_func=main) -> None:
