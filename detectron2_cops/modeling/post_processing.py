@@ -18,7 +18,6 @@ Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -94,6 +93,36 @@ def _grid_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
     return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
 
 
+def _linear_resize_weights(
+    out_len: int, in_len: int, stride: int, grid_len: int, device=None
+) -> torch.Tensor:
+    """``[grid_len, out_len] float64`` weights of the 1-d version of
+    :meth:`AMWCPostProcessor._upsampled_logits`: entry ``[q, y]`` is the weight of grid row ``q``
+    in output row ``y`` after linear upsampling by ``stride`` (``align_corners=False``, cropped to
+    ``in_len``) and the linear resize to ``out_len``. Bilinear interpolation is this map applied
+    along rows and along columns (it is separable), so the upsampled logits are
+    ``A^T @ logits @ B`` with ``A``, ``B`` these weights for rows and columns."""
+    eye = torch.eye(grid_len, dtype=torch.float64, device=device)[None]
+    w = F.interpolate(eye, scale_factor=stride, mode="linear", align_corners=False)[0, :, :in_len]
+    if out_len != in_len:
+        w = F.interpolate(w[None], size=out_len, mode="linear", align_corners=False)[0]
+    return w
+
+
+def _band_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` over dim 1 of ``x`` (``a [n, m]``, ``x [C, m, w]`` -> ``[C, n, w]``) for a
+    banded ``a`` (few non-zero diagonals), one diagonal at a time."""
+    n, m = a.shape
+    out = x.new_zeros((x.shape[0], n, x.shape[2]))
+    nz = a.nonzero()
+    for d in torch.unique(nz[:, 1] - nz[:, 0]).tolist():
+        diag = a.diagonal(offset=d)
+        i0 = max(0, -d)
+        i1 = i0 + diag.numel()
+        out[:, i0:i1] += diag[None, :, None] * x[:, i0 + d : i1 + d]
+    return out
+
+
 def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int, device) -> torch.Tensor:
     """Grid row (or column) read by each output row (column), nearest-neighbour sampling.
 
@@ -139,17 +168,21 @@ class AMWCPostProcessor:
     * ``"panoptic_seg"``: ``(Tensor[height, width] int32, segments_info)``; ``segments_info`` is
       a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
       "area": output pixels}`` (Detectron2's panoptic output format);
-    * ``"sem_seg"``: ``[K, height, width] float32``, one-hot of the AMWC node labels (the class
+    * ``"sem_seg"``: ``[K, height, width] uint8``, one-hot of the AMWC node labels (the class
       of every grid node in the AMWC solution, before the area filter of step 5), resized as in
       step 4. This is the authors' ``"sem_seg"`` output (``panoptic_seg_affinity.py`` ~439:
       "Using node labels from amc post-processing ignoring void label of panoptic
-      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores;
+      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores. ``uint8`` rather than
+      float32 (a quarter of the memory and of the time to write it): its consumers
+      (Detectron2's ``SemSegEvaluator``, ``CityscapesSemSegEvaluator``, the ``Visualizer``,
+      :class:`detectron2_cops.evaluation.PanopticSemSegEvaluator`) take ``argmax(dim=0)``, which is
+      the same for both (one 1 per pixel); ``.float()`` gives the former float32 tensor;
     * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
       head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
       (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC); only
       when ``predict_sem_seg_head``: it is the costliest output (upsampling and softmax of all
-      ``K`` channels at full resolution), and without it only the channels of the predicted
-      thing classes are upsampled, for the instance scores;
+      ``K`` channels at full resolution; nothing else is upsampled, the instance scores are
+      computed on the grid);
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -396,59 +429,92 @@ class AMWCPostProcessor:
         for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
             H, W = int(image_sizes[b][0]), int(image_sizes[b][1])
             height, width = int(output_sizes[b][0]), int(output_sizes[b][1])
-            upsampled = functools.partial(
-                self._upsampled_logits, sem_seg_logits, b, (H, W), (height, width)
-            )
             cut_maps = [
                 m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
                 for m, s in zip(cut_logits, self.edge_sampling_intervals)
             ]
             outputs.append(
                 self._image_outputs(
-                    result, hc, wc, graph, (H, W), (height, width), upsampled, cut_maps,
+                    result, hc, wc, graph, (H, W), (height, width), sem_seg_logits[b], cut_maps,
                     sem_seg_logits.device,
                 )
             )
         return outputs
 
-    def _upsampled_logits(self, sem_seg_logits, b, image_size, output_size, channels=None):
-        """``[K, height, width]`` logits of image ``b`` (``[len(channels), height, width]``, the
-        given classes only, when ``channels`` is a list): bilinear upsampling by ``common_stride``
-        (``align_corners=False``) followed by ``sem_seg_postprocess`` (crop to the image, bilinear
-        resize to the output size), computed without the parts that do not change the result:
+    def _upsampled_logits(self, logits, image_size, output_size):
+        """``[K, height, width]`` upsampled logits of one image (``logits``: its ``[K, h, w]``
+        grid): bilinear upsampling by ``common_stride`` (``align_corners=False``) followed by
+        ``sem_seg_postprocess`` (crop to the image, bilinear resize to the output size), computed
+        without the parts that do not change the result:
 
         * only the image's grid cells plus one row and column of context are upsampled (an output
           row ``y < H`` interpolates grid rows ``floor((y + 0.5) / s - 0.5)`` and the next one, at
-          most ``ceil(H / s)``; with ``scale_factor`` given the coordinate map does not depend on
-          the input size), so padding elsewhere in the batch is never upsampled;
-        * both interpolations work channel by channel, so a subset of the channels is the same
-          subset of the full result;
+          most ``ceil(H / s)``; with the scale given the coordinate map does not depend on the
+          input size), so padding elsewhere in the batch is never upsampled;
+        * the upsampling writes the ``H x W`` crop directly (ATen's ``upsample_bilinear2d`` with
+          the output size and the scale, which ``F.interpolate(scale_factor=s)`` calls with the
+          size ``floor(s * input)``), a contiguous tensor;
         * the resize is skipped when the output size is the image size (a bilinear resize to the
           same size with ``align_corners=False`` is the identity).
         """
         H, W = image_size
         s = self.common_stride
-        h, w = sem_seg_logits.shape[-2:]
+        h, w = logits.shape[-2:]
         hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
-        src = sem_seg_logits[b : b + 1, :, :hr, :wr]
-        if channels is not None:
-            src = src[:, list(channels)]
-        up = F.interpolate(src, scale_factor=s, mode="bilinear", align_corners=False)[0, :, :H, :W]
+        src = logits[None, :, :hr, :wr]
+        up = torch.ops.aten.upsample_bilinear2d.default(src, [H, W], False, float(s), float(s))[0]
         if tuple(output_size) != (H, W):
             up = F.interpolate(up[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
         return up
 
+    def _semantic_sums(self, logits, image_size, output_size, hc, wc, rows, cols, seg_grid,
+                       segment_class, segments):
+        """Sum over the output pixels of each of ``segments`` (grid segment indices) of the
+        upsampled logit (:meth:`_upsampled_logits`) of the segment's class, float64, computed on
+        the grid.
+
+        The upsampled logits are linear and separable in the grid logits: ``U_c = A_r^T L_c
+        A_c`` with ``A_r [hr, height]``, ``A_c [wr, width]`` the 1-d weights
+        (:func:`_linear_resize_weights`). Output pixel ``(y, x)`` lies in segment ``s`` iff grid
+        cell ``(rows[y], cols[x])`` does, so the sum of ``U_c`` over the segment is the sum over
+        its grid cells of ``P_r L_c P_c^T`` where ``P_r[r, q] = sum_{y: rows[y] = r} A_r[q, y]``
+        (``P_c`` likewise): banded ``[hc, hr]`` / ``[wc, wr]`` matrices. Exact up to rounding:
+        the full-resolution sum adds float32-rounded upsampled values, this one none.
+        """
+        H, W = image_size
+        height, width = output_size
+        s = self.common_stride
+        h, w = logits.shape[-2:]
+        hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
+        num = int(seg_grid.max()) + 1
+        present = sorted({int(segment_class[k]) for k in segments})
+        channel = np.full(num, -1, dtype=np.int64)
+        channel[segments] = np.searchsorted(present, np.asarray(segment_class)[segments])
+        grid = logits[present, :hr, :wr].detach().to("cpu", torch.float64)  # [C, hr, wr]
+        p_r = torch.zeros((hc, hr), dtype=torch.float64).index_add_(
+            0, rows, _linear_resize_weights(height, H, s, hr).T
+        )
+        p_c = torch.zeros((wc, wr), dtype=torch.float64).index_add_(
+            0, cols, _linear_resize_weights(width, W, s, wr).T
+        )
+        cells = _band_matmul(p_c, _band_matmul(p_r, grid).transpose(1, 2)).transpose(1, 2)
+        flat = seg_grid.reshape(-1)
+        ch = channel[flat]
+        sel = np.flatnonzero(ch >= 0)
+        values = cells.reshape(len(present), -1).numpy()[ch[sel], sel]
+        return np.bincount(flat[sel], weights=values, minlength=num)[segments]
+
     def _image_outputs(
-        self, result, hc, wc, graph, image_size, output_size, upsampled, cut_maps, device
+        self, result, hc, wc, graph, image_size, output_size, logits, cut_maps, device
     ):
         """Outputs of one image from its AMWC solution (see the class docstring).
 
         Everything but the gathers that write full-resolution outputs works on the grid: the
         nearest-neighbour resize maps grid row ``r`` to a contiguous band of output rows (the
         sampled rows are non-decreasing), so areas, boxes and the mask regions follow from the
-        grid and the per-row / per-column sample counts. ``upsampled(channels=None)`` gives the
-        upsampled logits (:meth:`_upsampled_logits`); they are computed for all classes only for
-        ``sem_seg_head``.
+        grid and the per-row / per-column sample counts; the instance scores are computed on the
+        grid (:meth:`_semantic_sums`). ``logits`` (``[K, h, w]``, the image's semantic logits) are
+        upsampled only for ``sem_seg_head``.
         """
         height, width = output_size
         node_labels = np.asarray(result.node_labels, dtype=np.int64)
@@ -517,21 +583,25 @@ class AMWCPostProcessor:
         node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
         node_out = node_grid.index_select(0, rows_d).index_select(1, cols_d)
         sem_seg = torch.zeros(
-            (self.num_classes, height, width), dtype=torch.float32, device=device
-        ).scatter_(0, node_out[None], 1.0)
+            (self.num_classes, height, width), dtype=torch.uint8, device=device
+        ).scatter_(0, node_out[None], 1)
         out = {
             "panoptic_seg": (panoptic, segments_info),
             "sem_seg": sem_seg,
         }
-        logits = None
         if self.predict_sem_seg_head:
-            logits = upsampled()
-            out["sem_seg_head"] = F.softmax(logits, dim=0)
+            probs = self._upsampled_logits(logits, image_size, output_size)
+            if probs.device.type == "cpu":
+                # In place (the softmax kernel reads a position's logits before it writes them):
+                # no second [K, height, width] buffer.
+                torch.softmax(probs, 0, out=probs)
+            else:
+                probs = F.softmax(probs, dim=0)
+            out["sem_seg_head"] = probs
         if self.predict_instances:
             out["instances"] = self._instances(
-                panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits, upsampled,
-                (height, width),
-                rows_np, cols_np, row_count, col_count,
+                panoptic, segments_info, new_ids, seg_grid, segment_class, graph, cut_maps,
+                logits, image_size, (height, width), rows, cols, row_count, col_count,
             )
         return out
 
@@ -558,43 +628,41 @@ class AMWCPostProcessor:
         x1 = np.searchsorted(cols, used_c[c_last], side="right")
         return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
 
-    def _instances(self, panoptic, segments_info, new_ids, seg_grid, graph, cut_maps, logits,
-                   upsampled, size, rows, cols, row_count, col_count):
+    def _instances(self, panoptic, segments_info, new_ids, seg_grid, segment_class, graph,
+                   cut_maps, logits, image_size, size, rows, cols, row_count, col_count):
         """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring.
 
-        Boxes come from the grid (:meth:`_segment_boxes`); each mask and its semantic score are
-        computed inside its box only. ``logits`` are the full upsampled logits, or None: then
-        ``upsampled(channels=...)`` gives those of the predicted thing classes.
+        Boxes come from the grid (:meth:`_segment_boxes`), each mask is written inside its box
+        only, the scores are computed on the grid (:meth:`_semantic_sums`; ``logits``: the
+        image's ``[K, h, w]`` grid logits).
         """
         device = panoptic.device
         things = [s for s in segments_info if s["isthing"]]
         M = len(things)
         classes = torch.tensor([s["category_id"] for s in things], dtype=torch.int64, device=device)
-        masks = torch.zeros((M,) + tuple(size), dtype=torch.bool, device=device)  # [M, height, width]
-        sem_score = torch.zeros(M, dtype=torch.float64, device=device)
+        masks = torch.zeros((M,) + tuple(size), dtype=torch.bool, device=device)  # [M, H, W]
 
         num = len(new_ids)
         segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
         segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
         thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
+        rows_np, cols_np = rows.numpy(), cols.numpy()
         boxes = (
-            self._segment_boxes(seg_grid, thing_segments, rows, cols, row_count, col_count)
+            self._segment_boxes(seg_grid, thing_segments, rows_np, cols_np, row_count, col_count)
             if M
             else np.zeros((0, 4), dtype=np.int64)
         )
-        # Mask and semantic term (mean logit of the segment's class over its output pixels); without
-        # the full logits (no sem_seg_head) only the predicted thing classes are upsampled.
-        channel = {c: c for c in range(self.num_classes)}
-        if logits is None and M:
-            present = sorted({s["category_id"] for s in things})
-            logits = upsampled(channels=present)
-            channel = {c: i for i, c in enumerate(present)}
         for m, s in enumerate(things):
             x0, y0, x1, y1 = boxes[m].tolist()
-            inside = panoptic[y0:y1, x0:x1] == s["id"]
-            masks[m, y0:y1, x0:x1] = inside
-            class_logits = logits[channel[s["category_id"]], y0:y1, x0:x1]
-            sem_score[m] = class_logits[inside].double().sum() / s["area"]
+            masks[m, y0:y1, x0:x1] = panoptic[y0:y1, x0:x1] == s["id"]
+        # Semantic term: mean logit of the segment's class over its output pixels.
+        sem_score = np.zeros(M, dtype=np.float64)
+        if M:
+            sums = self._semantic_sums(
+                logits, image_size, size, seg_grid.shape[0], seg_grid.shape[1], rows, cols,
+                seg_grid, segment_class, thing_segments,
+            )
+            sem_score = sums / np.asarray([s["area"] for s in things], dtype=np.float64)
 
         # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
         edge_score = np.zeros(num, dtype=np.float64)
@@ -613,7 +681,7 @@ class AMWCPostProcessor:
             edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
                 in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
             )
-        scores = sem_score.float() + torch.as_tensor(
+        scores = torch.as_tensor(sem_score, dtype=torch.float32, device=device) + torch.as_tensor(
             edge_score[thing_segments], dtype=torch.float32, device=device
         )
 
