@@ -290,6 +290,17 @@ class AMWCFunction(torch.autograd.Function):
       ``c_E + lambda dL/dY`` with the thing classes partitionable, since without a mask gradient
       the segment labels of the MWC carry no information.
 
+    Warm start (``spec.warm_start``, :class:`AMWCLayer` ``backward_warm_start``, the default;
+    not in the COPS code, which solves every perturbed problem from scratch): each perturbed
+    solve starts from the forward solution ``s(c)`` mapped to the MWC labels (every pixel at its
+    segment's label, see :func:`_mwc_initial_labels`; the naive-pipeline AMWC at the forward's
+    classes and instance ids) and is improved by the solver's local search instead of GAEC from
+    singletons; its result is never worse than that start on the perturbed objective. Where the
+    perturbation is too small to move any pixel, the estimate is then exactly zero, whereas a
+    cold GAEC solve of the (different) MWC problem may differ from ``s(c)`` for reasons unrelated
+    to the loss. With ``spec.float32`` the perturbed costs are built in float32 (the solver widens
+    them per instance); the gradient is accumulated in float64 either way.
+
     The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
     global RNG if None), ``B * N`` values in image-major order, whether an image is solved or not,
     so that a seeded run is reproducible. Missing (None) incoming gradients count as zero.
