@@ -37,6 +37,14 @@ struct InstanceView {
   // Set when the costs were already found finite (while widening them); validation skips them.
   bool node_costs_known_finite = false;
   bool edge_costs_known_finite = false;
+  // Optional warm start: an initial labelling to start the local search from instead of GAEC
+  // (null: GAEC from singletons). `initial_labels` [N], a class in [0, K) per node;
+  // `initial_clusters` [N] (optional, any int32 ids): two adjacent nodes start joined iff they
+  // have the same class and, for a partitionable class, the same cluster id (null: the same
+  // class suffices). Adjacent nodes of one non-partitionable class are always joined, so the
+  // start is feasible.
+  const int32_t* initial_labels = nullptr;
+  const int32_t* initial_clusters = nullptr;
 };
 
 struct SolveOptions {
@@ -49,7 +57,9 @@ struct Solution {
   std::vector<int32_t> instance_ids;  // [N] contiguous cluster ids (connected segments)
   std::vector<uint8_t> edge_labels;   // [E] per input edge, 1 = cut
   double objective = 0.0;
-  double gaec_objective = 0.0;  // objective after GAEC (+ final merge), before local search
+  // objective after GAEC (+ final merge), or of the initial labelling when warm-started, before
+  // local search
+  double gaec_objective = 0.0;
   int64_t gaec_contractions = 0;
   int64_t local_search_moves = 0;
 };
@@ -62,7 +72,9 @@ struct InvalidInput {
 // Validates a float64 instance (ranges, self-loops, finiteness). Throws InvalidInput.
 void validate_instance(const InstanceView& inst);
 
-// Validates and solves one AMWC instance with GAEC (+ optional local search). Throws InvalidInput.
+// Validates and solves one AMWC instance with GAEC (+ optional local search), or, when
+// `inst.initial_labels` is set, with local search from that labelling (never worse than it).
+// Throws InvalidInput.
 Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts);
 
 // Solves a batch of instances on `num_threads` threads (<= 0: hardware concurrency) of a

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <climits>
 #include <cstring>
 #include <string>
 
@@ -37,6 +38,7 @@ struct HeldInstance {
   Costs edge_costs;
   BArray partitionable;
   cops::InstanceView view;
+  std::vector<int32_t> initial_labels, initial_clusters;  // warm start (empty: none)
 };
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
@@ -85,6 +87,45 @@ HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs
   return h;
 }
 
+// Optional warm start: `labels` [N] ints in [0, K), `clusters` [N] int32-range ints (or None).
+// Copied into the held instance as int32 after shape, dtype and range checks.
+void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const std::string& where) {
+  if (labels.is_none()) {
+    if (!clusters.is_none()) fail(where + "initial_clusters given without initial_labels");
+    return;
+  }
+  const int64_t n = h.view.num_nodes, K = h.view.num_classes;
+  auto load = [&](py::handle obj, const char* name, int64_t lo, int64_t hi, std::vector<int32_t>& out) {
+    if (!py::isinstance<py::array>(obj)) fail(where + name + " must be a numpy integer array of shape [N]");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    const char kind = a.dtype().kind();
+    if (kind != 'i' && kind != 'u') fail(where + name + " must be an integer array, got dtype " +
+                                         std::string(py::str(a.dtype())));
+    if (a.ndim() != 1 || a.shape(0) != n)
+      fail(where + name + " must have shape [N] with N = " + std::to_string(n));
+    IArray v = IArray::ensure(obj);  // int64 (an unsigned 64-bit value > 2^63 wraps negative: caught below)
+    if (!v) {
+      PyErr_Clear();
+      fail(where + name + " must be convertible to int64");
+    }
+    out.resize(static_cast<size_t>(n));
+    const int64_t* d = v.data();
+    for (int64_t i = 0; i < n; ++i) {
+      if (d[i] < lo || d[i] >= hi) {
+        fail(where + name + " must hold values in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+             "); node " + std::to_string(i) + " has " + std::to_string(d[i]));
+      }
+      out[static_cast<size_t>(i)] = static_cast<int32_t>(d[i]);
+    }
+  };
+  load(labels, "initial_labels", 0, K, h.initial_labels);
+  h.view.initial_labels = h.initial_labels.data();
+  if (!clusters.is_none()) {
+    load(clusters, "initial_clusters", INT32_MIN, static_cast<int64_t>(INT32_MAX) + 1, h.initial_clusters);
+    h.view.initial_clusters = h.initial_clusters.data();
+  }
+}
+
 template <class T>
 py::array_t<T> to_array(const std::vector<T>& v) {
   py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
@@ -102,8 +143,9 @@ py::tuple to_python(const cops::Solution& s) {
 }
 
 py::tuple solve_one(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
-                    bool local_search) {
+                    bool local_search, py::handle initial_labels, py::handle initial_clusters) {
   HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
+  hold_initial(h, initial_labels, initial_clusters, "");
   cops::SolveOptions opts;
   opts.local_search = local_search;
   cops::Solution sol;
@@ -127,8 +169,14 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads)
   held.reserve(py::len(instances));
   for (size_t b = 0; b < py::len(instances); ++b) {
     py::sequence t = instances[b].cast<py::sequence>();
-    if (py::len(t) != 4) fail("each batch entry must be (node_costs, edges, edge_costs, partitionable)");
-    held.push_back(hold(t[0], t[1], t[2], t[3], "instance " + std::to_string(b) + ": "));
+    const size_t len = py::len(t);
+    if (len < 4 || len > 6)
+      fail("each batch entry must be (node_costs, edges, edge_costs, partitionable[, initial_labels"
+           "[, initial_clusters]])");
+    const std::string where = "instance " + std::to_string(b) + ": ";
+    held.push_back(hold(t[0], t[1], t[2], t[3], where));
+    hold_initial(held.back(), len > 4 ? py::handle(t[4]) : py::handle(Py_None),
+                 len > 5 ? py::handle(t[5]) : py::handle(Py_None), where);
   }
   std::vector<cops::InstanceView> views;
   views.reserve(held.size());
@@ -176,10 +224,14 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Native AMWC/MWC solvers of detectron2-cops (GAEC + local search).";
   m.def("solve_amwc", &solve_one, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
-        py::arg("partitionable"), py::arg("local_search") = true,
-        "Solve one AMWC instance; returns (node_labels, instance_ids, edge_labels, objective, info).");
+        py::arg("partitionable"), py::arg("local_search") = true, py::arg("initial_labels") = py::none(),
+        py::arg("initial_clusters") = py::none(),
+        "Solve one AMWC instance (GAEC, or local search from initial_labels/initial_clusters when "
+        "given); returns (node_labels, instance_ids, edge_labels, objective, info).");
   m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
-        py::arg("num_threads") = 0, "Solve a list of AMWC instances on a pool of threads (GIL released).");
+        py::arg("num_threads") = 0,
+        "Solve a list of AMWC instances (node_costs, edges, edge_costs, partitionable[, initial_labels"
+        "[, initial_clusters]]) on a pool of threads (GIL released).");
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
         "AMWC objective of a labelling (edge cut iff cluster ids differ).");

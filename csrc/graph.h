@@ -59,6 +59,10 @@ struct Labelling {
 // GAEC for AMWC followed by the final merge of adjacent same-class non-partitionable clusters.
 Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions);
 
+// The warm-start labelling of `inst.initial_labels` / `inst.initial_clusters` (see InstanceView):
+// clusters = connected components of the joined edges, each named by its smallest node id.
+Labelling initial_labelling(const InstanceView& inst, const SimpleGraph& g);
+
 // Improves `lab` in place by node and cluster moves; returns the number of moves applied.
 int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds);
 

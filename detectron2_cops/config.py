@@ -98,6 +98,12 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.LAMBDA_MIN = 1.0
     cfg.MODEL.COPS.LAMBDA_MAX = 5000.0
     cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 5
+    # Backward of the AMWC layer: start each perturbed multiway-cut solve from the forward
+    # solution and improve it by local search, instead of GAEC from scratch as the COPS code does
+    # (AMWCLayer(backward_warm_start=...); measured in README). Needs LOCAL_SEARCH.
+    cfg.MODEL.COPS.BACKWARD_WARM_START = True
+    # Build the backward's perturbed costs in float32 instead of float64 (half the memory).
+    cfg.MODEL.COPS.BACKWARD_FLOAT32 = True
     # Probability of pixel dropout on the semantic costs during fully differentiable training.
     cfg.MODEL.COPS.PIXEL_DROPOUT = 0.1
     # Segments smaller than these areas (image pixels) are dropped at inference; in training

@@ -499,3 +499,105 @@ def test_native_bindings_reject_malformed_arrays():
         _C.solve_amwc(nc, edges + 10, ec, part)
     with pytest.raises(ValueError, match="finite"):
         _C.solve_amwc(np.full_like(nc, np.nan), edges, ec, part)
+
+
+# --------------------------------------------------------------------------- warm start
+def _perturbed(seed, K=5, things=2):
+    """A noisy grid instance and a second one with perturbed node costs (as in the layer's
+    backward), with the first one's solution as the warm start of the second."""
+    inst = synthetic_instance(20, 28, K, things, [1, 2, 4], seed=seed, class_noise=1.5, edge_noise=1.5,
+                              num_things=4, num_stuff_regions=3)
+    rng = np.random.default_rng(seed)
+    nc = inst.node_costs + rng.normal(0.0, 1.0, inst.node_costs.shape)
+    return inst, nc
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_warm_start_is_feasible_and_never_worse_than_its_start(dtype):
+    for seed in range(8):
+        inst, nc = _perturbed(seed)
+        nc = nc.astype(dtype)
+        start = solve_amwc(inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+        # AMWC, start = labels + instance ids
+        res = solve_amwc(nc, inst.edges, inst.edge_costs, inst.partitionable,
+                         initial_labels=start.node_labels, initial_clusters=start.instance_ids)
+        check_feasible(nc, inst.edges, inst.partitionable, res)
+        start_obj = amwc_objective(nc, inst.edges, inst.edge_costs, start.node_labels, start.instance_ids)
+        assert res.objective <= start_obj + 1e-9 * abs(start_obj)
+        assert res.info["gaec_objective"] == pytest.approx(start_obj, rel=1e-9)
+        assert res.info["gaec_contractions"] == 0
+        assert res.objective == pytest.approx(
+            numpy_objective(nc, inst.edges, inst.edge_costs, res.node_labels, res.instance_ids), rel=1e-9)
+        # MWC (labels only; clusters = labels), any integer dtype
+        labels = start.node_labels.astype(np.int64)
+        mwc = solve_mwc(nc, inst.edges, inst.edge_costs, initial_labels=labels)
+        none = np.zeros(nc.shape[1], bool)
+        check_feasible(nc, inst.edges, none, mwc)
+        mwc_start = amwc_objective(nc, inst.edges, inst.edge_costs, labels, labels)
+        assert mwc.objective <= mwc_start + 1e-9 * abs(mwc_start)
+        # without local search the start comes back unchanged
+        same = solve_mwc(nc, inst.edges, inst.edge_costs, initial_labels=labels, local_search=False)
+        np.testing.assert_array_equal(same.node_labels, labels)
+        assert same.objective == pytest.approx(mwc_start, rel=1e-12)
+        # the batch API (5th tuple element) gives the same result
+        (b,) = solve_mwc_batch([(nc, inst.edges, inst.edge_costs, labels)])
+        np.testing.assert_array_equal(b.node_labels, mwc.node_labels)
+
+
+def test_warm_start_from_a_good_labelling_beats_or_matches_cold_on_small_perturbations():
+    """Starting from the unperturbed solution, small perturbations are solved at least as well as
+    by GAEC from singletons, on average (the property the layer's backward relies on)."""
+    gaps = []
+    for seed in range(8):
+        inst, _ = _perturbed(seed)
+        rng = np.random.default_rng(100 + seed)
+        nc = inst.node_costs + rng.normal(0.0, 0.3, inst.node_costs.shape)
+        start = solve_amwc(inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)
+        warm = solve_amwc(nc, inst.edges, inst.edge_costs, inst.partitionable,
+                          initial_labels=start.node_labels, initial_clusters=start.instance_ids)
+        cold = solve_amwc(nc, inst.edges, inst.edge_costs, inst.partitionable)
+        gaps.append((warm.objective - cold.objective) / abs(cold.objective))
+    assert np.mean(gaps) <= 1e-3, gaps
+
+
+def _bad_initial(a):
+    N = a[0].shape[0]
+    return [
+        (np.array([0, 1, 2, 0]), r"initial_labels must hold values in \[0, 2\); node 2 has 2"),
+        (np.array([0, -1, 0, 0]), r"initial_labels must hold values in \[0, 2\); node 1"),
+        (np.zeros(N + 1, np.int64), r"initial_labels must have shape \[N\] = \[4\]"),
+        (np.zeros((N, 1), np.int64), r"initial_labels must have shape \[N\]"),
+        (np.zeros(N, np.float64), "initial_labels must be an integer array"),
+        (np.zeros(N, bool), "initial_labels must be an integer array"),
+    ]
+
+
+def test_bad_initial_labelling_raises_value_error():
+    from detectron2_cops import _C
+
+    args = _ok()
+    for labels, match in _bad_initial(args):
+        with pytest.raises(ValueError, match=match):
+            solve_amwc(*args, initial_labels=labels)
+        with pytest.raises(ValueError, match="instance 0: " + match):
+            solve_amwc_batch([args + (labels,)])
+        # the bindings check on their own (no out-of-bounds read when called directly)
+        with pytest.raises(ValueError, match=match.split(" ")[0]):
+            _C.solve_amwc(*args, True, labels, None)
+        with pytest.raises(ValueError, match="initial_labels"):
+            _C.solve_amwc_batch([args + (labels,)], True, 1)
+    ok = np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=r"initial_clusters must have shape \[N\]"):
+        solve_amwc(*args, initial_labels=ok, initial_clusters=np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="initial_clusters must hold values"):
+        solve_amwc(*args, initial_labels=ok, initial_clusters=np.full(4, 2 ** 40))
+    with pytest.raises(ValueError, match="initial_clusters must hold values"):
+        _C.solve_amwc(*args, True, ok, np.full(4, 2 ** 40))
+    with pytest.raises(ValueError, match="initial_clusters given without initial_labels"):
+        solve_amwc(*args, initial_clusters=ok)
+    with pytest.raises(ValueError, match="initial_clusters given without initial_labels"):
+        _C.solve_amwc(*args, True, None, ok)
+    with pytest.raises(ValueError, match="length 7"):
+        solve_amwc_batch([args + (ok, ok, ok)])
+    with pytest.raises(ValueError, match="each batch entry"):
+        _C.solve_amwc_batch([args + (ok, ok, ok)], True, 1)

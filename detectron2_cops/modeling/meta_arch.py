@@ -350,6 +350,8 @@ class COPS(nn.Module):
                 local_search=cops.LOCAL_SEARCH,
                 num_threads=cops.NUM_THREADS,
                 min_thing_cluster_size=cops.MIN_THING_CLUSTER_SIZE,
+                backward_warm_start=cops.BACKWARD_WARM_START,
+                backward_float32=cops.BACKWARD_FLOAT32,
             )
             ret["pixel_dropout"] = PixelDropout(cops.PIXEL_DROPOUT)
             ret["edge_dropout"] = EdgeDropout(cops.EDGE_DROPOUT)

@@ -40,7 +40,8 @@ class AMWCResult(NamedTuple):
         edge_labels: ``[E] uint8`` one per input edge, 1 = cut (``instance_ids`` differ).
         objective: the AMWC objective of this labelling (float).
         info: solver statistics: ``gaec_objective`` (objective after GAEC and the final merge,
-            before local search), ``gaec_contractions``, ``local_search_moves``.
+            or of the initial labelling when warm-started, before local search),
+            ``gaec_contractions`` (0 when warm-started), ``local_search_moves``.
     """
 
     node_labels: np.ndarray
@@ -66,11 +67,21 @@ def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _prepare(node_costs, edges, edge_costs, partitionable, where: str = ""):
-    """Validate and convert one instance; returns C-contiguous float32-or-float64/int64/uint8 arrays."""
+def _prepare(node_costs, edges, edge_costs, partitionable, where: str = "", edge_cache=None):
+    """Validate and convert one instance; returns C-contiguous float32-or-float64/int64/uint8 arrays.
+
+    ``edge_cache`` (a dict, one per batch call): an ``edges`` array object already validated for
+    the same ``N`` is not checked again (the instances of a batch usually share one grid)."""
     try:
         nc = _check_costs(node_costs, "node_costs", 2, "[N, K]")
         N, K = nc.shape
+        cached = None if edge_cache is None else edge_cache.get((id(edges), N))
+        if cached is not None and cached[0] is edges:
+            e = cached[1]
+            ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {e.shape[0]}")
+            if ec.shape[0] != e.shape[0]:
+                raise ValueError(f"edge_costs must have shape [{e.shape[0]}] (one cost per edge), got {list(ec.shape)}")
+            return nc, e, ec, _check_partitionable(partitionable, K)
         e = np.asarray(edges)
         if e.size == 0 and e.ndim in (1, 2):
             e = e.reshape(0, 2)
@@ -93,23 +104,54 @@ def _prepare(node_costs, edges, edge_costs, partitionable, where: str = ""):
                 bad = int(np.argmax(loops))
                 raise ValueError(f"edges must not contain self-loops; edge {bad} is {e[bad].tolist()}")
         e = np.ascontiguousarray(e, dtype=np.int64)
-        if partitionable is None:
-            p = np.zeros(K, dtype=np.uint8)
-        else:
-            p = np.asarray(partitionable)
-            if p.ndim != 1 or p.shape[0] != K:
-                raise ValueError(
-                    f"partitionable must have shape [K] with K = {K} (node_costs.shape[1]), "
-                    f"got {list(p.shape)}"
-                )
-            if p.dtype != np.bool_ and not (p.dtype.kind in "iu" and np.isin(p, (0, 1)).all()):
-                raise ValueError(f"partitionable must be a bool array, got dtype {p.dtype}")
-            p = np.ascontiguousarray(p, dtype=np.uint8)
+        p = _check_partitionable(partitionable, K)
         if N > 0 and K == 0:
             raise ValueError("node_costs must have at least one class (K >= 1)")
     except ValueError as err:
         raise ValueError(where + str(err)) from None
+    if edge_cache is not None:
+        edge_cache[(id(edges), N)] = (edges, e)  # keeps `edges` alive: its id stays unique
     return nc, e, ec, p
+
+
+def _check_partitionable(partitionable, K: int) -> np.ndarray:
+    if partitionable is None:
+        return np.zeros(K, dtype=np.uint8)
+    p = np.asarray(partitionable)
+    if p.ndim != 1 or p.shape[0] != K:
+        raise ValueError(
+            f"partitionable must have shape [K] with K = {K} (node_costs.shape[1]), "
+            f"got {list(p.shape)}"
+        )
+    if p.dtype != np.bool_ and not (p.dtype.kind in "iu" and np.isin(p, (0, 1)).all()):
+        raise ValueError(f"partitionable must be a bool array, got dtype {p.dtype}")
+    return np.ascontiguousarray(p, dtype=np.uint8)
+
+
+def _check_initial(initial_labels, initial_clusters, N: int, K: int, where: str = ""):
+    """Validate a warm start: ``initial_labels`` ``[N]`` integer classes in ``[0, K)``,
+    ``initial_clusters`` ``[N]`` integer ids in the int32 range (or None). Returns them as
+    C-contiguous int32 arrays (or None)."""
+    if initial_labels is None:
+        if initial_clusters is not None:
+            raise ValueError(where + "initial_clusters given without initial_labels")
+        return None, None
+    out = []
+    for arr, name, lo, hi in ((initial_labels, "initial_labels", 0, K),
+                              (initial_clusters, "initial_clusters", -2 ** 31, 2 ** 31)):
+        if arr is None:
+            out.append(None)
+            continue
+        a = np.asarray(arr)
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{where}{name} must be an integer array, got dtype {a.dtype}")
+        if a.shape != (N,):
+            raise ValueError(f"{where}{name} must have shape [N] = [{N}], got {list(a.shape)}")
+        if N and (a.min() < lo or a.max() >= hi):
+            bad = int(np.argmax((a < lo) | (a >= hi)))
+            raise ValueError(f"{where}{name} must hold values in [{lo}, {hi}); node {bad} has {a[bad]}")
+        out.append(np.ascontiguousarray(a, dtype=np.int32))
+    return out[0], out[1]
 
 
 def _wrap(raw) -> AMWCResult:
@@ -124,8 +166,10 @@ def solve_amwc(
     partitionable: np.ndarray,
     *,
     local_search: bool = True,
+    initial_labels: Optional[np.ndarray] = None,
+    initial_clusters: Optional[np.ndarray] = None,
 ) -> AMWCResult:
-    """Solve an asymmetric multiway cut with GAEC (+ local search).
+    """Solve an asymmetric multiway cut with GAEC (+ local search), or warm-started.
 
     Args:
         node_costs: ``[N, K]`` float32/float64, cost ``c_V(i, k)`` of giving node ``i`` class ``k``.
@@ -136,16 +180,28 @@ def solve_amwc(
             instances (thing classes).
         local_search: run the local-search pass after GAEC (default True); its result is never
             worse than plain GAEC's.
+        initial_labels: optional warm start, ``[N]`` integer (any int dtype) classes in
+            ``[0, K)``: GAEC is skipped and the local search starts from this labelling; the
+            result is never worse than it (``info["gaec_objective"]`` is then the objective of
+            the start, ``info["gaec_contractions"]`` 0). Not in the COPS code, which always solves
+            from scratch; used by the AMWC layer's backward (``backward_warm_start``).
+        initial_clusters: optional ``[N]`` integer cluster ids (int32 range) with
+            ``initial_labels``: adjacent nodes start joined iff they have the same class and,
+            for a partitionable class, the same cluster id (default: the same class suffices;
+            adjacent nodes of one non-partitionable class always start joined).
 
     Returns:
         :class:`AMWCResult`. ``N = 0`` and ``E = 0`` are valid.
 
     Raises:
         ValueError: wrong ranks or lengths, non-float costs, non-finite costs, non-integer edges,
-            edge ids out of range or negative, self-loops.
+            edge ids out of range or negative, self-loops; ``initial_labels`` /
+            ``initial_clusters`` not integer arrays of shape ``[N]``, labels outside ``[0, K)``,
+            cluster ids outside the int32 range, clusters without labels.
     """
     nc, e, ec, p = _prepare(node_costs, edges, edge_costs, partitionable)
-    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search)))
+    il, ic = _check_initial(initial_labels, initial_clusters, nc.shape[0], nc.shape[1])
+    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search), il, ic))
 
 
 def solve_mwc(
@@ -154,18 +210,21 @@ def solve_mwc(
     edge_costs: np.ndarray,
     *,
     local_search: bool = True,
+    initial_labels: Optional[np.ndarray] = None,
 ) -> AMWCResult:
     """Solve a multiway cut: :func:`solve_amwc` with no partitionable class.
 
     Every label forms one cluster: an edge is cut iff its endpoints have different labels.
-    Used by the backward pass of the AMWC layer (COPS Sec. 3.5). Arguments, result and errors as
-    in :func:`solve_amwc`.
+    Used by the backward pass of the AMWC layer (COPS Sec. 3.5). Arguments (``initial_labels``:
+    optional warm start, as in :func:`solve_amwc`), result and errors as in :func:`solve_amwc`.
     """
     nc, e, ec, p = _prepare(node_costs, edges, edge_costs, None)
-    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search)))
+    il, _ = _check_initial(initial_labels, None, nc.shape[0], nc.shape[1])
+    return _wrap(_C.solve_amwc(nc, e, ec, p, bool(local_search), il, None))
 
 
-Instance = Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]
+#: ``(node_costs, edges, edge_costs, partitionable[, initial_labels[, initial_clusters]])``
+Instance = Tuple
 
 
 def solve_amwc_batch(
@@ -178,7 +237,9 @@ def solve_amwc_batch(
 
     Args:
         instances: sequence of ``(node_costs, edges, edge_costs, partitionable)`` tuples, each as
-            in :func:`solve_amwc` (``partitionable=None`` means MWC).
+            in :func:`solve_amwc` (``partitionable=None`` means MWC), optionally extended by
+            ``initial_labels`` and ``initial_clusters`` (warm start, as in :func:`solve_amwc`;
+            None = no warm start).
         local_search: as in :func:`solve_amwc`.
         num_threads: worker threads; ``0`` = one per instance, at most the number of CPU cores.
 
@@ -192,13 +253,18 @@ def solve_amwc_batch(
     if int(num_threads) != num_threads or num_threads < 0:
         raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
     prepared = []
+    edge_cache: dict = {}
     for b, inst in enumerate(instances):
-        if len(inst) != 4:
+        if not 4 <= len(inst) <= 6:
             raise ValueError(
-                f"instance {b}: expected (node_costs, edges, edge_costs, partitionable), "
-                f"got a sequence of length {len(inst)}"
+                f"instance {b}: expected (node_costs, edges, edge_costs, partitionable"
+                f"[, initial_labels[, initial_clusters]]), got a sequence of length {len(inst)}"
             )
-        prepared.append(_prepare(*inst, where=f"instance {b}: "))
+        where = f"instance {b}: "
+        nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache)
+        il, ic = _check_initial(inst[4] if len(inst) > 4 else None, inst[5] if len(inst) > 5 else None,
+                                nc.shape[0], nc.shape[1], where)
+        prepared.append((nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic))
     return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
 
 
@@ -208,14 +274,17 @@ def solve_mwc_batch(
     local_search: bool = True,
     num_threads: int = 0,
 ) -> List[AMWCResult]:
-    """Batch version of :func:`solve_mwc`: ``instances`` holds ``(node_costs, edges, edge_costs)``."""
+    """Batch version of :func:`solve_mwc`: ``instances`` holds ``(node_costs, edges, edge_costs)``,
+    optionally extended by ``initial_labels`` (warm start, as in :func:`solve_amwc`)."""
     for b, inst in enumerate(instances):
-        if len(inst) != 3:
+        if len(inst) not in (3, 4):
             raise ValueError(
-                f"instance {b}: expected (node_costs, edges, edge_costs), got a sequence of length {len(inst)}"
+                f"instance {b}: expected (node_costs, edges, edge_costs[, initial_labels]), "
+                f"got a sequence of length {len(inst)}"
             )
     return solve_amwc_batch(
-        [(nc, e, ec, None) for nc, e, ec in instances], local_search=local_search, num_threads=num_threads
+        [(inst[0], inst[1], inst[2], None) + tuple(inst[3:]) for inst in instances],
+        local_search=local_search, num_threads=num_threads,
     )
 
 
