@@ -594,6 +594,13 @@ def test_cpu_scale_cityscapes_configs_scale_the_paper_settings():
     assert fd.MODEL.WEIGHTS == os.path.join(pre.OUTPUT_DIR, "model_final.pth")
     assert fd.MODEL.COPS.FREEZE_BN and fd.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT == 0
     assert fd.MODEL.AFFINITY_HEAD.LOSS_WEIGHT == 0
+    # The measured departure: the authors' per-part rates without the semantic head's groups.
+    default = get_cfg()
+    add_cops_config(default)
+    authors = dict(zip(default.SOLVER.LR_GROUP_PATTERNS, default.SOLVER.LR_GROUP_STAGES))
+    ours = dict(zip(fd.SOLVER.LR_GROUP_PATTERNS, fd.SOLVER.LR_GROUP_STAGES))
+    assert ours == {p: k for p, k in authors.items() if not p.startswith("sem_seg_head")}
+    assert len(ours) == len(authors) - 2 and fd.SOLVER.LR_GROUP_FREEZE_OTHERS
 
 
 # ---------------------------------------------------------------------------- train_net
