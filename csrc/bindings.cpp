@@ -87,14 +87,15 @@ HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs
   return h;
 }
 
-// Optional warm start: `labels` [N] ints in [0, K), `clusters` [N] int32-range ints (or None).
-// Copied into the held instance as int32 after shape, dtype and range checks.
+// Optional warm start: `labels` [N] ints, `clusters` [N] ints (or None), copied into the held
+// instance as int32 after shape, dtype and int32-range checks. The class range [0, K) of the
+// labels is checked by cops::validate_instance, with the other index ranges.
 void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const std::string& where) {
   if (labels.is_none()) {
     if (!clusters.is_none()) fail(where + "initial_clusters given without initial_labels");
     return;
   }
-  const int64_t n = h.view.num_nodes, K = h.view.num_classes;
+  const int64_t n = h.view.num_nodes;
   auto load = [&](py::handle obj, const char* name, int64_t lo, int64_t hi, std::vector<int32_t>& out) {
     if (!py::isinstance<py::array>(obj)) fail(where + name + " must be a numpy integer array of shape [N]");
     py::array a = py::reinterpret_borrow<py::array>(obj);
@@ -118,7 +119,7 @@ void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const
       out[static_cast<size_t>(i)] = static_cast<int32_t>(d[i]);
     }
   };
-  load(labels, "initial_labels", 0, K, h.initial_labels);
+  load(labels, "initial_labels", INT32_MIN, static_cast<int64_t>(INT32_MAX) + 1, h.initial_labels);
   h.view.initial_labels = h.initial_labels.data();
   if (!clusters.is_none()) {
     load(clusters, "initial_clusters", INT32_MIN, static_cast<int64_t>(INT32_MAX) + 1, h.initial_clusters);
