@@ -245,11 +245,7 @@ def test_no_final_eval_drops_only_the_end_of_training_evaluation(cs, tmp_path):
 
     def eval_hooks(final_eval, period):
         cfg = _cfg(cs, **{"OUTPUT_DIR": str(tmp_path), "TEST.EVAL_PERIOD": period, "DATALOADER.NUM_WORKERS": 0})
-        train_net.Trainer.final_eval = final_eval
-        try:
-            trainer = train_net.Trainer(cfg)
-        finally:
-            train_net.Trainer.final_eval = True
+        trainer = train_net.Trainer(cfg, final_eval=final_eval)
         return sum(isinstance(h, hooks.EvalHook) for h in trainer._hooks)
 
     assert eval_hooks(True, 0) == 1

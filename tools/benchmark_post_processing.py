@@ -64,6 +64,8 @@ def main(argv=None):
     from detectron2_cops.config import add_cops_config
 
     old_module, old_cls = load_old(args.old)
+    # An old implementation without the switch always predicts sem_seg_head.
+    old_has_head_switch = "predict_sem_seg_head" in inspect.signature(old_cls.__init__).parameters
     solve_times = []
     for module in (new_module, old_module):
         def timed(*a, _inner=module.solve_amwc_batch, **k):
@@ -86,7 +88,7 @@ def main(argv=None):
             cfg2.MODEL.COPS.PREDICT_SEM_SEG_HEAD = head
             new = new_module.AMWCPostProcessor(cfg2)
             old_kw = new_module.AMWCPostProcessor.from_config(cfg2)
-            if "predict_sem_seg_head" not in inspect.signature(old_cls.__init__).parameters:
+            if not old_has_head_switch:
                 old_kw.pop("predict_sem_seg_head")
             old = old_cls(**old_kw)
             K, s = new.num_classes, new.common_stride
@@ -110,10 +112,7 @@ def main(argv=None):
                     if rep:
                         times[label].append((sum(solve_times), total - sum(solve_times), consume))
             for label in ("old", "new"):
-                if label == "old" and "predict_sem_seg_head" not in inspect.signature(old_cls.__init__).parameters and not head:
-                    label_old = "old (sem_seg_head always on)"
-                else:
-                    label_old = label
+                label_old = "old (sem_seg_head always on)" if label == "old" and not old_has_head_switch and not head else label
                 t = times[label]
                 med = statistics.median
                 rows.append((name, f"{H}x{W}", "on" if head else "off", label_old,

@@ -69,12 +69,19 @@ class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with the COPS data mapper, evaluator, optimizer, poly LR schedule, and a
     ``DistributedDataParallel`` wrapper that works on the CPU (:meth:`build_ddp_model`)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, final_eval: bool = True):
         """``DefaultTrainer.__init__`` (Detectron2 ``engine/defaults.py``) step by step, except that
         the model is wrapped by :meth:`build_ddp_model` instead of Detectron2's
         ``create_ddp_model(model, broadcast_buffers=False)``, which passes
         ``device_ids=[local_rank]`` also for a CPU model and so fails with several CPU processes.
+
+        ``final_eval``: whether training ends with an evaluation of ``DATASETS.TEST``
+        (Detectron2's ``EvalHook`` evaluates after the last iteration even when
+        ``TEST.EVAL_PERIOD`` is 0); False (``--no-final-eval``, used by
+        ``tools/run_cops_comparison.py``, which evaluates by itself) drops that hook when
+        ``TEST.EVAL_PERIOD`` is 0.
         """
+        self.final_eval = bool(final_eval)
         TrainerBase.__init__(self)
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):  # setup_logger is not called for d2
@@ -104,14 +111,10 @@ class Trainer(DefaultTrainer):
 
         self.register_hooks(self.build_hooks())
 
-    #: Whether training ends with an evaluation of ``DATASETS.TEST`` (Detectron2's ``EvalHook``
-    #: evaluates after the last iteration even when ``TEST.EVAL_PERIOD`` is 0). ``--no-final-eval``
-    #: sets it to False, e.g. for ``tools/run_cops_comparison.py``, which evaluates by itself.
-    final_eval = True
-
     def build_hooks(self):
-        """``DefaultTrainer.build_hooks``, without the ``EvalHook`` when :attr:`final_eval` is False
-        and ``TEST.EVAL_PERIOD`` is 0 (no periodic evaluation was asked for either)."""
+        """``DefaultTrainer.build_hooks``, without the ``EvalHook`` when ``final_eval`` (see
+        ``__init__``) is False and ``TEST.EVAL_PERIOD`` is 0 (no periodic evaluation was asked
+        for either)."""
         ret = super().build_hooks()
         if not self.final_eval and self.cfg.TEST.EVAL_PERIOD <= 0:
             ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
@@ -302,8 +305,7 @@ def main(args):
         )
         return Trainer.test(cfg, model)
 
-    Trainer.final_eval = not getattr(args, "no_final_eval", False)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, final_eval=not getattr(args, "no_final_eval", False))
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
