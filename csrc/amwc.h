@@ -37,6 +37,9 @@ struct InstanceView {
   // Set when the costs were already found finite (while widening them); validation skips them.
   bool node_costs_known_finite = false;
   bool edge_costs_known_finite = false;
+  // Set when the edges were already found valid (node ids in range, no self-loops; the batch
+  // solver checks an edges array shared by several instances once); validation skips them.
+  bool edges_known_valid = false;
   // Optional warm start: an initial labelling to start the local search from instead of GAEC
   // (null: GAEC from singletons). `initial_labels` [N], a class in [0, K) per node;
   // `initial_clusters` [N] (optional, any int32 ids): two adjacent nodes start joined iff they

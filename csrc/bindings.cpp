@@ -22,8 +22,8 @@ using FArray = py::array_t<float, py::array::c_style>;
 using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using BArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
-// Costs stay float32 when given as C-contiguous float32 (widened inside the solver); anything
-// else is converted to float64.
+// Costs stay float32 when given as float32 (made C-contiguous if strided; widened inside the
+// solver); anything else is converted to float64.
 struct Costs {
   DArray f64;
   FArray f32;
@@ -47,8 +47,13 @@ Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
   Costs c;
   if (py::isinstance<py::array>(obj)) {
     py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (a.dtype().is(py::dtype::of<float>()) && (a.flags() & py::array::c_style)) {
-      c.f32 = py::reinterpret_borrow<FArray>(obj);
+    if (a.dtype().kind() == 'f' && a.dtype().itemsize() == 4) {
+      // float32 stays float32 (a C-contiguous copy only when it is strided, e.g. a column subset).
+      c.f32 = FArray::ensure(obj);
+      if (!c.f32) {
+        PyErr_Clear();
+        fail(where + name + " (float32) could not be made C-contiguous");
+      }
       c.is_f32 = true;
       return c;
     }

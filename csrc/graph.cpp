@@ -3,11 +3,14 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "graph.h"
+#include "simd.h"
 #include "thread_pool.h"
 
 namespace cops {
@@ -25,6 +28,18 @@ bool all_finite(const double* x, int64_t n) {
     bad |= static_cast<uint64_t>((u & kExp) == kExp);
   }
   return bad == 0;
+}
+
+// True iff every edge holds node ids in [0, N) and no edge is a self-loop (one vectorisable pass).
+bool edges_valid(const InstanceView& inst) {
+  int64_t lo = 0, hi = 0, loops = 0;
+  for (int64_t e = 0; e < inst.num_edges; ++e) {
+    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    lo = std::min(lo, std::min(a, b));
+    hi = std::max(hi, std::max(a, b));
+    loops += a == b;
+  }
+  return !(lo < 0 || (inst.num_edges > 0 && hi >= inst.num_nodes) || loops > 0);
 }
 
 }  // namespace
@@ -51,14 +66,7 @@ void validate_instance(const InstanceView& inst) {
       }
     }
   }
-  int64_t lo = 0, hi = 0, loops = 0;
-  for (int64_t e = 0; e < inst.num_edges; ++e) {
-    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
-    lo = std::min(lo, std::min(a, b));
-    hi = std::max(hi, std::max(a, b));
-    loops += a == b;
-  }
-  if (lo < 0 || (inst.num_edges > 0 && hi >= inst.num_nodes) || loops > 0) {
+  if (!inst.edges_known_valid && !edges_valid(inst)) {
     for (int64_t e = 0; e < inst.num_edges; ++e) {
       const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
       if (a < 0 || b < 0 || a >= inst.num_nodes || b >= inst.num_nodes) {
@@ -95,13 +103,12 @@ void validate_instance(const InstanceView& inst) {
 
 namespace detail {
 
-void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
+void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   const int32_t n = static_cast<int32_t>(inst.num_nodes);
   const int64_t E = inst.num_edges;
   g.num_nodes = n;
   g.u.clear();
   g.v.clear();
-  g.w.clear();
 
   // Bucket input edges by their smaller endpoint (counting sort), then merge duplicates per
   // bucket with a marker array: O(N + E), deterministic order.
@@ -112,7 +119,7 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
     start[std::min(a, b) + 1]++;
   }
   for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
-  std::vector<int32_t>& bucket = g.scratch_bucket;
+  std::vector<int32_t>& bucket = g.order;
   bucket.resize(E);
   {
     std::vector<int64_t>& fill = g.scratch_fill;
@@ -126,24 +133,23 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
   std::vector<int32_t>& uid_of = g.scratch_uid;
   seen_row.assign(n, -1);
   uid_of.resize(n);
+  g.target.resize(E);
   g.u.reserve(E);
   g.v.reserve(E);
-  g.w.reserve(E);
   for (int32_t r = 0; r < n; ++r) {
     for (int64_t p = start[r]; p < start[r + 1]; ++p) {
       const int32_t e = bucket[p];
       const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
       const int32_t other = static_cast<int32_t>(std::max(a, b));
       if (seen_row[other] == r) {
-        const int32_t id = uid_of[other];
-        g.w[id] += inst.edge_costs[e];
+        g.target[p] = uid_of[other];
       } else {
         const int32_t id = static_cast<int32_t>(g.u.size());
         seen_row[other] = r;
         uid_of[other] = id;
         g.u.push_back(r);
         g.v.push_back(other);
-        g.w.push_back(inst.edge_costs[e]);
+        g.target[p] = ~id;
       }
     }
   }
@@ -167,6 +173,31 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
     g.nbr[p] = g.u[e];
     g.eid[p] = e;
   }
+}
+
+void attach_structure(const GraphStructure& s, const InstanceView& inst, SimpleGraph& g) {
+  g.num_nodes = s.num_nodes;
+  g.u = {s.u.data(), s.u.size()};
+  g.v = {s.v.data(), s.v.size()};
+  g.offsets = {s.offsets.data(), s.offsets.size()};
+  g.nbr = {s.nbr.data(), s.nbr.size()};
+  g.eid = {s.eid.data(), s.eid.size()};
+  g.w.resize(s.u.size());
+  double* w = g.w.data();
+  const double* c = inst.edge_costs;
+  const int32_t* order = s.order.data();
+  const int32_t* target = s.target.data();
+  const size_t E = s.order.size();
+  for (size_t p = 0; p < E; ++p) {
+    const int32_t t = target[p];
+    if (t < 0) w[~t] = c[order[p]];
+    else w[t] += c[order[p]];
+  }
+}
+
+void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
+  build_graph_structure(inst, g.own);
+  attach_structure(g.own, inst, g);
 }
 
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
@@ -251,11 +282,9 @@ Labelling initial_labelling(const InstanceView& inst, const SimpleGraph& g) {
 
 namespace {
 
-// Returns a float64 view of `in`, widening float32 costs into per-thread buffers.
-// Widens n float32 values into dst; returns whether all are finite (checked on the float bits in
-// the same pass).
-bool widen(const float* src, int64_t n, std::vector<double>& dst) {
-  dst.resize(static_cast<size_t>(n));
+// Widens n float32 values into dst[0, n); returns whether all are finite (checked on the float
+// bits: exponent all ones is inf or NaN).
+bool widen_scalar(const float* src, int64_t n, double* dst) {
   uint32_t bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     uint32_t u;
@@ -266,6 +295,34 @@ bool widen(const float* src, int64_t n, std::vector<double>& dst) {
   return bad == 0;
 }
 
+#if COPS_X86_DISPATCH
+// The same with AVX2, 8 values per step (exact: every float32 is a double).
+__attribute__((target("avx2"))) bool widen_avx2(const float* src, int64_t n, double* dst) {
+  const __m256i exp_mask = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    const __m256i e = _mm256_and_si256(_mm256_castps_si256(v), exp_mask);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(e, exp_mask));
+    _mm256_storeu_pd(dst + i, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    _mm256_storeu_pd(dst + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  const bool ok = _mm256_testz_si256(bad, bad);
+  return widen_scalar(src + i, n - i, dst + i) && ok;
+}
+#endif
+
+// Widens n float32 values into dst (resized); returns whether all are finite.
+bool widen(const float* src, int64_t n, std::vector<double>& dst) {
+  dst.resize(static_cast<size_t>(n));
+#if COPS_X86_DISPATCH
+  if (detail::cpu_has_avx2()) return widen_avx2(src, n, dst.data());
+#endif
+  return widen_scalar(src, n, dst.data());
+}
+
+// Returns a float64 view of `in`, widening float32 costs into per-thread buffers.
 InstanceView as_float64(const InstanceView& in) {
   InstanceView v = in;
   if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
@@ -296,13 +353,19 @@ double labelling_objective(const InstanceView& input, const int32_t* node_labels
   return obj;
 }
 
-Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
+namespace {
+
+// Solves one instance; `shared` (or null) is the structure of its edges, built by the batch
+// solver for the instances that share one edges array (whose edges it has validated).
+Solution solve_one(const InstanceView& input, const SolveOptions& opts, const detail::GraphStructure* shared) {
   using namespace detail;
-  const InstanceView inst = as_float64(input);
+  InstanceView inst = as_float64(input);
+  if (shared != nullptr) inst.edges_known_valid = true;
   validate_instance(inst);
   Solution sol;
   thread_local SimpleGraph g;  // buffers reused by the next solve on this thread
-  build_simple_graph(inst, g);
+  if (shared != nullptr) attach_structure(*shared, inst, g);
+  else build_simple_graph(inst, g);
   const bool warm = inst.initial_labels != nullptr;
   // Warm start: the given labelling (its clusters are connected components, like GAEC's).
   Labelling lab = warm ? initial_labelling(inst, g) : gaec(inst, g, &sol.gaec_contractions);
@@ -340,6 +403,10 @@ Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
   return sol;
 }
 
+}  // namespace
+
+Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) { return solve_one(input, opts, nullptr); }
+
 std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
                                        int num_threads) {
   std::vector<Solution> out(insts.size());
@@ -348,9 +415,55 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, c
   std::vector<uint8_t> failed(insts.size(), 0);
   std::exception_ptr error;
   std::mutex error_mutex;
+
+  // Instances with the same edges array (the same pointer, edge and node counts) share one graph
+  // structure, checked and built once (in parallel over the groups); the costs stay per instance.
+  // A group whose edges are invalid is left to the per-instance path, which names the error.
+  std::vector<int32_t> group_of(insts.size(), -1);
+  std::vector<size_t> group_first;  // first instance of each group
+  {
+    std::map<std::tuple<const int64_t*, int64_t, int64_t>, int32_t> index;
+    std::vector<int32_t> count;
+    for (size_t b = 0; b < insts.size(); ++b) {
+      if (insts[b].num_edges <= 0) continue;
+      const auto key = std::make_tuple(insts[b].edges, insts[b].num_edges, insts[b].num_nodes);
+      auto it = index.emplace(key, static_cast<int32_t>(group_first.size())).first;
+      if (it->second == static_cast<int32_t>(group_first.size())) {
+        group_first.push_back(b);
+        count.push_back(0);
+      }
+      group_of[b] = it->second;
+      ++count[it->second];
+    }
+    for (size_t b = 0; b < insts.size(); ++b) {
+      if (group_of[b] >= 0 && count[group_of[b]] < 2) group_of[b] = -1;  // nothing to share
+    }
+  }
+  std::vector<detail::GraphStructure> structures(group_first.size());
+  std::vector<uint8_t> structure_ok(group_first.size(), 0);
+  std::vector<size_t> to_build;
+  {
+    std::vector<uint8_t> used(group_first.size(), 0);
+    for (int32_t g : group_of)
+      if (g >= 0) used[g] = 1;
+    for (size_t g = 0; g < group_first.size(); ++g)
+      if (used[g]) to_build.push_back(g);
+  }
+  detail::parallel_for(to_build.size(), num_threads, [&](size_t i) {
+    const size_t g = to_build[i];
+    const InstanceView& f = insts[group_first[g]];
+    if (f.num_nodes < 0 || f.num_nodes > INT32_MAX - 1 || f.num_edges > INT32_MAX - 1 || !edges_valid(f)) return;
+    try {
+      detail::build_graph_structure(f, structures[g]);
+      structure_ok[g] = 1;
+    } catch (...) {  // e.g. out of memory: the instances take the per-instance path
+    }
+  });
+
   detail::parallel_for(insts.size(), num_threads, [&](size_t b) {
     try {
-      out[b] = solve_amwc(insts[b], opts);
+      const int32_t g = group_of[b];
+      out[b] = solve_one(insts[b], opts, g >= 0 && structure_ok[g] ? &structures[g] : nullptr);
     } catch (const InvalidInput& err) {
       invalid[b] = err.message;
       failed[b] = 1;

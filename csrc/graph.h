@@ -1,6 +1,7 @@
 // Internal graph structures shared by GAEC and the local search.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -9,25 +10,66 @@
 namespace cops {
 namespace detail {
 
-// Simple undirected graph: duplicate input edges are merged (costs summed), (i, j) and (j, i)
-// are the same edge.
-struct SimpleGraph {
+// A read-only view of a contiguous array (the graph's arrays live either in the graph itself or
+// in a GraphStructure shared by the instances of a batch that have the same edges).
+template <class T>
+struct ConstSpan {
+  const T* ptr = nullptr;
+  size_t len = 0;
+  const T& operator[](size_t i) const { return ptr[i]; }
+  const T* data() const { return ptr; }
+  size_t size() const { return len; }
+  const T* begin() const { return ptr; }
+  const T* end() const { return ptr + len; }
+};
+
+// The edge structure of an instance, independent of its costs: duplicate input edges merged,
+// (i, j) and (j, i) the same edge, and how the input edges' costs are summed onto the unique
+// edges. Instances with the same edges array (the N perturbed solves of one image in the
+// backward, every image of a batch on one grid) share one structure.
+struct GraphStructure {
   int32_t num_nodes = 0;
   std::vector<int32_t> u, v;          // [Eu] endpoints, u < v
-  std::vector<double> w;              // [Eu] summed costs
   // CSR adjacency over unique edges, both directions.
   std::vector<int64_t> offsets;       // [N + 1]
   std::vector<int32_t> nbr;           // [2 Eu] neighbour node
   std::vector<int32_t> eid;           // [2 Eu] unique edge id
+  // Summation plan: for p = 0..E-1, input edge order[p] adds its cost to unique edge
+  // target[p] (stored as ~id for the first input edge of a unique edge, which sets the sum).
+  std::vector<int32_t> order, target;
 
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
 
-  // Scratch buffers of build_simple_graph, kept for reuse.
+  // Scratch buffers of build_graph_structure, kept for reuse.
   std::vector<int64_t> scratch_start, scratch_fill;
-  std::vector<int32_t> scratch_bucket, scratch_seen, scratch_uid;
+  std::vector<int32_t> scratch_seen, scratch_uid;
 };
 
-// Builds the simple graph into `g`, reusing its buffers.
+// Builds the structure of `inst`'s edges into `s`, reusing its buffers. The edges must be valid
+// (validate_instance). O(N + E), deterministic.
+void build_graph_structure(const InstanceView& inst, GraphStructure& s);
+
+// Simple undirected graph of one instance: a structure (its own or a shared one) and the summed
+// costs of the unique edges.
+struct SimpleGraph {
+  int32_t num_nodes = 0;
+  ConstSpan<int32_t> u, v;            // [Eu] endpoints, u < v
+  ConstSpan<int64_t> offsets;         // [N + 1]
+  ConstSpan<int32_t> nbr;             // [2 Eu] neighbour node
+  ConstSpan<int32_t> eid;             // [2 Eu] unique edge id
+  std::vector<double> w;              // [Eu] summed costs
+
+  int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
+
+  GraphStructure own;  // the structure when not shared
+};
+
+// Points `g` at structure `s` (which must outlive the use of `g`) and sums `inst`'s edge costs
+// onto its unique edges in the plan's order (so the sums are the same whichever way the
+// structure was obtained).
+void attach_structure(const GraphStructure& s, const InstanceView& inst, SimpleGraph& g);
+
+// Builds the simple graph of `inst` into `g` (its own structure), reusing its buffers.
 void build_simple_graph(const InstanceView& inst, SimpleGraph& g);
 
 // Union-find with path halving; `merge_into(child, root)` makes `root` the representative.

@@ -331,6 +331,81 @@ def test_batch_reports_the_bad_instance():
     assert solve_amwc_batch([]) == []
 
 
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_batch_with_shared_edges_equals_single_solves(num_threads):
+    """Instances that share one edges array share one graph structure inside the native batch
+    solver (built once); every result must still be the instance's own single solve, also with
+    duplicate and reversed edges (summed in the same order), float32 costs and warm starts."""
+    from detectron2_cops import _C
+
+    a = synthetic_instance(18, 26, 6, 3, [1, 3, 8], seed=11, class_noise=1.5, edge_noise=1.5)
+    b = synthetic_instance(14, 20, 6, 3, [1, 2], seed=12, class_noise=1.5, edge_noise=1.5)
+    rng = np.random.default_rng(0)
+    # a's graph with every edge split into a reversed half and a forward half (duplicates)
+    dup_edges = np.ascontiguousarray(np.concatenate([a.edges[:, ::-1], a.edges]), dtype=np.int64)
+    dup_copy = dup_edges.copy()  # equal content, another array: its own structure
+    instances = []
+    for s in range(4):
+        nc = a.node_costs + rng.normal(0, 1.0, a.node_costs.shape)
+        ec = a.edge_costs + rng.normal(0, 0.5, a.edge_costs.shape)
+        dup_costs = np.concatenate([0.3 * ec, 0.7 * ec])
+        instances.append((nc, dup_edges, dup_costs, a.partitionable.astype(np.uint8)))
+    instances.append((a.node_costs.astype(np.float32), dup_copy, np.concatenate([a.edge_costs, a.edge_costs]),
+                      a.partitionable.astype(np.uint8)))
+    for s in range(2):
+        nc = (b.node_costs + rng.normal(0, 1.0, b.node_costs.shape)).astype(np.float32)
+        instances.append((nc, b.edges, b.edge_costs.astype(np.float32), b.partitionable.astype(np.uint8)))
+    # a warm-started instance on b's edges (the backward's case)
+    start = solve_amwc(b.node_costs, b.edges, b.edge_costs, b.partitionable)
+    instances.append((b.node_costs, b.edges, b.edge_costs, b.partitionable.astype(np.uint8),
+                      start.node_labels.astype(np.int64), start.instance_ids.astype(np.int64)))
+    batch = _C.solve_amwc_batch(instances, True, num_threads)
+    assert len(batch) == len(instances)
+    for inst, got in zip(instances, batch):
+        want = _C.solve_amwc(*inst[:4], True, *inst[4:])
+        for x, y in zip(got[:3], want[:3]):
+            np.testing.assert_array_equal(x, y)
+        assert got[3] == want[3]
+
+
+def test_batch_with_shared_invalid_edges_names_the_first_instance():
+    """A shared edges array that is invalid is reported for the first instance that uses it, with
+    the message of a single solve (the native path, without the Python checks)."""
+    from detectron2_cops import _C
+
+    nc, edges, ec, part = _ok()
+    bad = edges.copy()
+    bad[1, 1] = 10_000
+    good = (nc, edges, ec, part)
+    with pytest.raises(ValueError, match=r"instance 1: edges must hold node ids in \[0, \d+\); edge 1 is"):
+        _C.solve_amwc_batch([good, (nc, bad, ec, part), (nc, bad, ec, part), good], True, 2)
+    loops = edges.copy()
+    loops[2, 1] = loops[2, 0]
+    with pytest.raises(ValueError, match=r"instance 0: edges must not contain self-loops; edge 2"):
+        _C.solve_amwc_batch([(nc, loops, ec, part), (nc, loops, ec, part)], True, 1)
+    # a NaN cost in an instance of a shared, valid edges array is still named
+    nan_nc = nc.copy()
+    nan_nc[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"instance 1: node_costs must be finite"):
+        _C.solve_amwc_batch([good, (nan_nc, edges, ec, part), good], True, 2)
+
+
+def test_strided_float32_costs_are_solved_as_given():
+    """A float32 column subset (how the backward builds its MWC costs) gives the result of its
+    C-contiguous copy."""
+    from detectron2_cops import _C
+
+    inst = synthetic_instance(16, 22, 8, 3, [1, 4], seed=4, class_noise=1.5, edge_noise=1.5)
+    cols = np.array([7, 0, 3, 5, 1, 2])
+    strided = inst.node_costs.astype(np.float32)[:, cols]
+    assert not strided.flags["C_CONTIGUOUS"]
+    part = np.zeros(len(cols), np.uint8)
+    got = _C.solve_amwc(strided, inst.edges, inst.edge_costs, part)
+    want = _C.solve_amwc(np.ascontiguousarray(strided), inst.edges, inst.edge_costs, part)
+    for x, y in zip(got[:4], want[:4]):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_deterministic_and_contiguity_independent():
     inst = synthetic_instance(30, 40, 7, 3, [1, 4, 8], seed=3)
     a = solve_amwc(inst.node_costs, inst.edges, inst.edge_costs, inst.partitionable)

@@ -458,7 +458,7 @@ class AMWCFunction(torch.autograd.Function):
             if has_p:
                 # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
                 label_class = _mwc_label_classes(ctx.seg_classes[b], K)
-                base = ctx.node_costs[b][:, label_class].astype(fdt, copy=False)  # [N, L]
+                base = np.ascontiguousarray(ctx.node_costs[b][:, label_class], dtype=fdt)  # [N, L] C order
                 delta = np.zeros_like(base)
                 if has_x:
                     delta[...] = dX_b[:, label_class]
