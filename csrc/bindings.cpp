@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -225,6 +226,64 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
   }
 }
 
+// Per-segment sums over the edges of a labelled graph, for the edge term of the instance scores
+// (post-processing): for every segment s, the sum and count of `values` over the edges inside s
+// (both ends in s) and over the edges leaving s (one end in s; such an edge counts for both of its
+// segments). One pass over the edges, GIL released.
+py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle values, int64_t num_segments) {
+  IArray seg = IArray::ensure(segments), e = IArray::ensure(edges);
+  DArray v = DArray::ensure(values);
+  if (!seg || !e || !v) {
+    PyErr_Clear();
+    fail("segment_edge_sums: segments and edges must be integer arrays, values a numeric array");
+  }
+  if (seg.ndim() != 1) fail("segment_edge_sums: segments must have shape [N]");
+  if (e.ndim() != 2 || e.shape(1) != 2) fail("segment_edge_sums: edges must have shape [E, 2]");
+  if (v.ndim() != 1 || v.shape(0) != e.shape(0)) fail("segment_edge_sums: values must have shape [E] with E = len(edges)");
+  if (num_segments < 0) fail("segment_edge_sums: num_segments must be >= 0");
+  const int64_t n = seg.shape(0), E = e.shape(0), S = num_segments;
+  const int64_t* sp = seg.data();
+  const int64_t* ep = e.data();
+  const double* vp = v.data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (sp[i] < 0 || sp[i] >= S)
+      fail("segment_edge_sums: segments must hold ids in [0, " + std::to_string(S) + "); node " + std::to_string(i) +
+           " has " + std::to_string(sp[i]));
+  }
+  for (int64_t k = 0; k < E; ++k) {
+    if (ep[2 * k] < 0 || ep[2 * k] >= n || ep[2 * k + 1] < 0 || ep[2 * k + 1] >= n)
+      fail("segment_edge_sums: edges must hold node ids in [0, " + std::to_string(n) + "); edge " + std::to_string(k) +
+           " is (" + std::to_string(ep[2 * k]) + ", " + std::to_string(ep[2 * k + 1]) + ")");
+  }
+  py::array_t<double> in_sum(S), out_sum(S);
+  py::array_t<int64_t> in_cnt(S), out_cnt(S);
+  double* is = in_sum.mutable_data();
+  double* os = out_sum.mutable_data();
+  int64_t* ic = in_cnt.mutable_data();
+  int64_t* oc = out_cnt.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::fill(is, is + S, 0.0);
+    std::fill(os, os + S, 0.0);
+    std::fill(ic, ic + S, int64_t{0});
+    std::fill(oc, oc + S, int64_t{0});
+    for (int64_t k = 0; k < E; ++k) {
+      const int64_t a = sp[ep[2 * k]], b = sp[ep[2 * k + 1]];
+      const double x = vp[k];
+      if (a == b) {
+        is[a] += x;
+        ++ic[a];
+      } else {
+        os[a] += x;
+        ++oc[a];
+        os[b] += x;
+        ++oc[b];
+      }
+    }
+  }
+  return py::make_tuple(in_sum, in_cnt, out_sum, out_cnt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -241,4 +300,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
         "AMWC objective of a labelling (edge cut iff cluster ids differ).");
+  m.def("segment_edge_sums", &segment_edge_sums, py::arg("segments"), py::arg("edges"), py::arg("values"),
+        py::arg("num_segments"),
+        "Per segment: (sum, count) of values over the edges inside it and over the edges leaving it; "
+        "returns (in_sum, in_count, out_sum, out_count), each [num_segments].");
 }

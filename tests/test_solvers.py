@@ -676,3 +676,37 @@ def test_bad_initial_labelling_raises_value_error():
         solve_amwc_batch([args + (ok, ok, ok)])
     with pytest.raises(ValueError, match="each batch entry"):
         _C.solve_amwc_batch([args + (ok, ok, ok)], True, 1)
+
+
+# --------------------------------------------------------------------------- post-processing helper
+def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
+    """``_C.segment_edge_sums`` (the edge term of the instance scores): per segment, sum and count
+    of the values on edges inside it and on edges leaving it (counted for both ends)."""
+    from detectron2_cops import _C
+
+    rng = np.random.default_rng(3)
+    grid = GridGraph(12, 17, [1, 3, 5])
+    seg = rng.integers(0, 9, grid.num_nodes)
+    seg[:20] = 4  # some edges inside a segment
+    values = rng.normal(0, 1, grid.num_edges).astype(np.float32)
+    in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(seg, grid.edges, values, 11)
+    su, sv = seg[grid.edges[:, 0]], seg[grid.edges[:, 1]]
+    inside = su == sv
+    v = values.astype(np.float64)
+    np.testing.assert_allclose(in_sum, np.bincount(su[inside], weights=v[inside], minlength=11), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(in_cnt, np.bincount(su[inside], minlength=11))
+    ends = np.concatenate([su[~inside], sv[~inside]])
+    np.testing.assert_allclose(out_sum, np.bincount(ends, weights=np.tile(v[~inside], 2), minlength=11),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(out_cnt, np.bincount(ends, minlength=11))
+    assert in_cnt.sum() + out_cnt.sum() // 2 == grid.num_edges
+    with pytest.raises(ValueError, match="segments must hold ids in"):
+        _C.segment_edge_sums(seg, grid.edges, values, 5)
+    with pytest.raises(ValueError, match="edges must hold node ids"):
+        _C.segment_edge_sums(seg[:10], grid.edges, values, 11)
+    with pytest.raises(ValueError, match="values must have shape"):
+        _C.segment_edge_sums(seg, grid.edges, values[:-1], 11)
+    with pytest.raises(ValueError, match="edges must have shape"):
+        _C.segment_edge_sums(seg, grid.edges[:, :1], values, 11)
+    empty = _C.segment_edge_sums(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0), 0)
+    assert all(len(x) == 0 for x in empty)

@@ -29,6 +29,7 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
+from detectron2_cops import _C
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
 
@@ -107,20 +108,6 @@ def _linear_resize_weights(
     if out_len != in_len:
         w = F.interpolate(w[None], size=out_len, mode="linear", align_corners=False)[0]
     return w
-
-
-def _band_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``a @ x`` over dim 1 of ``x`` (``a [n, m]``, ``x [C, m, w]`` -> ``[C, n, w]``) for a
-    banded ``a`` (few non-zero diagonals), one diagonal at a time."""
-    n, m = a.shape
-    out = x.new_zeros((x.shape[0], n, x.shape[2]))
-    nz = a.nonzero()
-    for d in torch.unique(nz[:, 1] - nz[:, 0]).tolist():
-        diag = a.diagonal(offset=d)
-        i0 = max(0, -d)
-        i1 = i0 + diag.numel()
-        out[:, i0:i1] += diag[None, :, None] * x[:, i0 + d : i1 + d]
-    return out
 
 
 def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int, device) -> torch.Tensor:
@@ -263,6 +250,8 @@ class AMWCPostProcessor:
         self.instance_area = float(instance_area)
         self.predict_instances = bool(predict_instances)
         self.predict_sem_seg_head = bool(predict_sem_seg_head)
+        # (sizes) -> the banded resize matrices of _semantic_sums and their diagonals
+        self._band_cache: Dict[tuple, tuple] = {}
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
         if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
@@ -487,21 +476,39 @@ class AMWCPostProcessor:
         h, w = logits.shape[-2:]
         hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
         num = int(seg_grid.max()) + 1
-        present = sorted({int(segment_class[k]) for k in segments})
-        channel = np.full(num, -1, dtype=np.int64)
-        channel[segments] = np.searchsorted(present, np.asarray(segment_class)[segments])
-        grid = logits[present, :hr, :wr].detach().to("cpu", torch.float64)  # [C, hr, wr]
-        p_r = torch.zeros((hc, hr), dtype=torch.float64).index_add_(
-            0, rows, _linear_resize_weights(height, H, s, hr).T
-        )
-        p_c = torch.zeros((wc, wr), dtype=torch.float64).index_add_(
-            0, cols, _linear_resize_weights(width, W, s, wr).T
-        )
-        cells = _band_matmul(p_c, _band_matmul(p_r, grid).transpose(1, 2)).transpose(1, 2)
+        channel = np.full(num, -1, dtype=np.int64)  # class of each requested segment, else -1
+        channel[segments] = np.asarray(segment_class)[segments]
+        g = logits[:, :hr, :wr].detach().to("cpu").numpy()  # [K, hr, wr], gathered below
+        key = (height, H, hr, hc, width, W, wr, wc)
+        cached = self._band_cache.get(key)
+        if cached is None:  # P_r, P_c depend on the sizes only (an image size repeats)
+            p_r = torch.zeros((hc, hr), dtype=torch.float64).index_add_(
+                0, rows, _linear_resize_weights(height, H, s, hr).T
+            ).numpy()
+            p_c = torch.zeros((wc, wr), dtype=torch.float64).index_add_(
+                0, cols, _linear_resize_weights(width, W, s, wr).T
+            ).numpy()
+            diag_r = np.unique(np.subtract(*np.nonzero(p_r)[::-1]))
+            diag_c = np.unique(np.subtract(*np.nonzero(p_c)[::-1]))
+            if len(self._band_cache) >= 16:
+                self._band_cache.clear()
+            cached = self._band_cache[key] = (p_r, p_c, diag_r, diag_c)
+        p_r, p_c, diag_r, diag_c = cached
+        # Only the cells of the requested segments, each in its segment's class channel:
+        # (P_r L_c P_c^T)[r, q] = sum_{a, b} P_r[r, a] P_c[q, b] L_c[a, b] over the few non-zero
+        # diagonals a - r, b - q of the banded P_r, P_c (gathers, no [C, hc, wc] product).
         flat = seg_grid.reshape(-1)
         ch = channel[flat]
         sel = np.flatnonzero(ch >= 0)
-        values = cells.reshape(len(present), -1).numpy()[ch[sel], sel]
+        r, q, c = sel // wc, sel % wc, ch[sel]
+        values = np.zeros(len(sel), dtype=np.float64)
+        for dr in diag_r.tolist():
+            a = np.clip(r + dr, 0, hr - 1)
+            w_r = np.where((r + dr >= 0) & (r + dr < hr), p_r[r, a], 0.0)
+            for dc in diag_c.tolist():
+                b = np.clip(q + dc, 0, wr - 1)
+                w_c = np.where((q + dc >= 0) & (q + dc < wr), p_c[q, b], 0.0)
+                values += w_r * w_c * g[c, a, b]
         return np.bincount(flat[sel], weights=values, minlength=num)[segments]
 
     def _image_outputs(
@@ -667,17 +674,10 @@ class AMWCPostProcessor:
         # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
         edge_score = np.zeros(num, dtype=np.float64)
         if graph.num_edges and num:
-            values = graph.maps_to_edge_values(cut_maps).astype(np.float64)
-            flat = seg_grid.reshape(-1)
-            su, sv = flat[graph.edges[:, 0]], flat[graph.edges[:, 1]]
-            inside = su == sv
-            in_sum = np.bincount(su[inside], weights=values[inside], minlength=num)
-            in_cnt = np.bincount(su[inside], minlength=num)
-            cross = ~inside
-            ends = np.concatenate([su[cross], sv[cross]])
-            vals = np.concatenate([values[cross], values[cross]])
-            out_sum = np.bincount(ends, weights=vals, minlength=num)
-            out_cnt = np.bincount(ends, minlength=num)
+            values = graph.maps_to_edge_values(cut_maps)
+            in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(
+                np.ascontiguousarray(seg_grid.reshape(-1), dtype=np.int64), graph.edges, values, num
+            )
             edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
                 in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
             )
