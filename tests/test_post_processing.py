@@ -49,10 +49,12 @@ def _assert_same(new, ref):
         pa, ia = a["panoptic_seg"]
         pb, ib = b["panoptic_seg"]
         assert pa.dtype == pb.dtype and torch.equal(pa, pb)
+        assert pa.is_contiguous()  # (a strided map would slow every consumer down)
         assert ia == ib
         assert set(a) == set(b)
         sa, sb = a["sem_seg"], b["sem_seg"]
         assert sa.dtype == torch.uint8 and sb.dtype == torch.float32 and sa.shape == sb.shape
+        assert sa.is_contiguous()
         assert torch.equal(sa.float(), sb)  # the same one-hot values
         assert torch.equal(sa.argmax(dim=0), sb.argmax(dim=0))  # what SemSegEvaluator consumes
         assert torch.equal(sa.sum(dim=0), torch.ones_like(sa[0]))  # exactly one label per pixel
@@ -62,6 +64,7 @@ def _assert_same(new, ref):
         xa, xb = a["instances"], b["instances"]
         assert xa.image_size == xb.image_size and len(xa) == len(xb)
         assert xa.pred_masks.dtype == torch.bool and torch.equal(xa.pred_masks, xb.pred_masks)
+        assert xa.pred_masks.is_contiguous()
         assert torch.equal(xa.pred_classes, xb.pred_classes)
         assert torch.equal(xa.pred_boxes.tensor, xb.pred_boxes.tensor)
         torch.testing.assert_close(xa.scores, xb.scores, rtol=1e-6, atol=1e-6)
