@@ -238,7 +238,7 @@ class Gaec {
       const uint64_t top = heap_.pop();
       const int32_t e = static_cast<int32_t>(top & 0xffffffffu);
       const uint32_t code = static_cast<uint32_t>(top >> 32);
-      if (!alive_[e] || queued_[e] != code) continue;  // stale entry
+      if (queued_[e] != code) continue;  // stale entry (a dead edge has queued_ 0)
       queued_[e] = 0;
       const EdgeRec& r = E_[e];
       --live_;
@@ -322,13 +322,12 @@ class Gaec {
     if (heap_.size() > 2 * live_ + 4096) {
       heap_.compact([&](uint64_t x) {
         const int32_t e2 = static_cast<int32_t>(x & 0xffffffffu);
-        return !alive_[e2] || queued_[e2] != static_cast<uint32_t>(x >> 32);
+        return queued_[e2] != static_cast<uint32_t>(x >> 32);
       });
     }
   }
 
   void kill(int32_t e) {
-    alive_[e] = 0;
     if (queued_[e]) {
       queued_[e] = 0;
       --live_;
@@ -359,7 +358,7 @@ class Gaec {
     E_.clear();
     E_.reserve(E);
     for (int32_t e = 0; e < E; ++e) E_.push_back(EdgeRec{g_->w[e], g_->u[e], g_->v[e]});
-    alive_.assign(E, 1);
+    alive_.assign(n_, 1);
     queued_.assign(E, 0);
     adj_.init(n_, g_->offsets.data(), g_->nbr.data(), g_->eid.data(), alive_.data());
     heap_.reserve(E + E / 2 + 4096);
@@ -381,19 +380,16 @@ class Gaec {
     kill(e);
     adj_.erase(s, m);
     uf_.merge_into(m, s);
+    alive_[m] = 0;
 
     const int32_t old_label_s = label_[s];
     const int32_t old_label_m = label_[m];
-    double* cs = writable_costs(s);
-    const double* cm = costs(m);
-    for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
-    if (row_of_[m] >= 0) {  // m is gone: its row can serve another cluster
-      free_rows_.push_back(row_of_[m]);
-      row_of_[m] = -1;
-    }
     label_[s] = joint;
-    minc_[s] = cs[joint];
     const bool label_changed = joint != old_label_s;
+    {  // m's class costs are added to s's after the first two passes below: fetch them now
+      const char* p = reinterpret_cast<const char*>(costs(m));
+      for (int32_t off = 0; off < K_ * static_cast<int32_t>(sizeof(double)); off += 64) COPS_PREFETCH(p + off);
+    }
 
     // The moves touch scattered memory (s's table, the neighbours' tables, edge records); they
     // are done in three passes so that each pass prefetches what the next one reads.
@@ -415,6 +411,16 @@ class Gaec {
       } else {
         adj_.prefetch_data(mv.x);  // rekeyed below
       }
+    }
+    {
+      double* cs = writable_costs(s);
+      const double* cm = costs(m);
+      for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+      if (row_of_[m] >= 0) {  // m is gone: its row can serve another cluster
+        free_rows_.push_back(row_of_[m]);
+        row_of_[m] = -1;
+      }
+      minc_[s] = cs[joint];
     }
     for (const Move& mv : moves_) {
       const int32_t x = mv.x, em = mv.em, es = mv.es;
@@ -470,7 +476,7 @@ class Gaec {
   std::vector<int32_t> label_;  // class per cluster root
   std::vector<double> minc_;    // costs(root)[label_[root]]
   std::vector<EdgeRec> E_;
-  std::vector<uint8_t> alive_;    // per edge; shared with adj_
+  std::vector<uint8_t> alive_;    // per cluster id: 0 once merged away; shared with adj_
   std::vector<uint32_t> queued_;  // per edge: float_code of its current heap entry's key, 0 if none
   AdjacencyTables adj_;
   EdgeHeap heap_;
