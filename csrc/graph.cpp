@@ -181,6 +181,24 @@ double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling
 
 namespace {
 
+// objective() of two labellings in one pass (each sum in the same order as objective()'s).
+void objectives(const InstanceView& inst, const SimpleGraph& g, const Labelling& a, const Labelling& b, double* obj_a,
+                double* obj_b) {
+  const int64_t K = inst.num_classes;
+  double oa = 0.0, ob = 0.0;
+  for (int32_t i = 0; i < g.num_nodes; ++i) {
+    oa += inst.node_costs[i * K + a.label[i]];
+    ob += inst.node_costs[i * K + b.label[i]];
+  }
+  for (int32_t e = 0; e < g.num_edges(); ++e) {
+    const int32_t u = g.u[e], v = g.v[e];
+    if (a.cluster[u] != a.cluster[v]) oa += g.w[e];
+    if (b.cluster[u] != b.cluster[v]) ob += g.w[e];
+  }
+  *obj_a = oa;
+  *obj_b = ob;
+}
+
 // Relabels clusters as connected components of the joined (uncut) edges, numbered 0.. in order
 // of their first node. Nodes with equal cluster ids that are not connected become separate
 // segments; the objective does not change because no edge joins them.
@@ -312,17 +330,25 @@ Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
     Labelling improved = lab;
     sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
     if (sol.local_search_moves > 0) {
-      gaec_objective = objective(inst, g, lab);
+      double improved_objective;
+      objectives(inst, g, lab, improved, &gaec_objective, &improved_objective);
       // Keep the local-search result only if it is not worse (guards against rounding).
-      if (objective(inst, g, improved) <= gaec_objective) {
+      if (improved_objective <= gaec_objective) {
         lab = std::move(improved);
         gaec_result = false;
       }
     }
   }
   // GAEC clusters are connected (built by contractions and merges along edges): their ids only
-  // need renumbering. Local-search moves can disconnect a cluster: take connected components.
-  sol.instance_ids = gaec_result ? contiguous_ids(lab.cluster) : connected_segments(g, lab);
+  // need renumbering. Local-search moves can disconnect a cluster: take connected components
+  // (the local search's own when it left them).
+  if (gaec_result) {
+    sol.instance_ids = contiguous_ids(lab.cluster);
+  } else if (lab.segment.size() == static_cast<size_t>(g.num_nodes)) {
+    sol.instance_ids = std::move(lab.segment);
+  } else {
+    sol.instance_ids = connected_segments(g, lab);
+  }
   sol.node_labels = std::move(lab.label);
   // Edge labels and the objective, on the input edges, in one pass.
   const int64_t K = inst.num_classes;

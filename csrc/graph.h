@@ -52,6 +52,10 @@ struct UnionFind {
 struct Labelling {
   std::vector<int32_t> label;    // [N]
   std::vector<int32_t> cluster;  // [N]
+  // Optional (empty when unknown): [N] connected segments of the joined edges, numbered 0.. in
+  // order of their first node, as connected_segments in graph.cpp numbers them. The local search
+  // leaves them here when its last round found them for the final state.
+  std::vector<int32_t> segment;
 };
 
 // The solvers below keep per-thread buffers between calls (they are not re-entrant on one thread).

@@ -72,12 +72,17 @@ class LocalSearch {
     seeds.resize(n_);
     for (int32_t i = 0; i < n_; ++i) seeds[i] = i;
     int64_t total = 0;
+    lab_->segment.clear();
     for (int round = 0; round < max_rounds; ++round) {
       total += node_moves(seeds);
       seeds.clear();
       const int64_t moved = cluster_moves(&seeds);
       total += moved;
-      if (moved == 0) break;
+      if (moved == 0) {
+        // The round's segments (comp_, numbered by first node) describe the final state.
+        lab_->segment.swap(comp_);
+        break;
+      }
     }
     return total;
   }
