@@ -22,6 +22,7 @@
 // whose gain got worse keeps its queued entry until then. When the class of s changes, all its
 // edges are re-evaluated.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #if defined(__SSE2__)
@@ -353,11 +354,22 @@ class Gaec {
     free_rows_.clear();
     label_.resize(n_);
     minc_.resize(n_);
-    for (int32_t i = 0; i < n_; ++i) label_[i] = row_argmin(costs(i), K_, &minc_[i]);
+    node_min_.resize(n_);
+    double scale = 1.0;  // handed to the local search with node_min_ (its tolerance scale)
+    for (int32_t i = 0; i < n_; ++i) {
+      double absmax;
+      label_[i] = row_argmin_absmax(costs(i), K_, &minc_[i], &absmax);
+      node_min_[i] = minc_[i];
+      scale = absmax > scale ? absmax : scale;
+    }
     const int32_t E = g_->num_edges();
-    E_.clear();
-    E_.reserve(E);
-    for (int32_t e = 0; e < E; ++e) E_.push_back(EdgeRec{g_->w[e], g_->u[e], g_->v[e]});
+    E_.resize(E);
+    for (int32_t e = 0; e < E; ++e) {
+      const double w = g_->w[e];
+      E_[e] = EdgeRec{w, g_->u[e], g_->v[e]};
+      scale = std::fabs(w) > scale ? std::fabs(w) : scale;
+    }
+    scale_ = scale;
     alive_.assign(n_, 1);
     queued_.assign(E, 0);
     adj_.init(n_, g_->offsets.data(), g_->nbr.data(), g_->eid.data(), alive_.data());
@@ -459,6 +471,8 @@ class Gaec {
       lab.cluster[i] = r;
       lab.label[i] = label_[r];
     }
+    lab.node_min.swap(node_min_);
+    lab.cost_scale = scale_;
     return lab;
   }
 
@@ -475,6 +489,8 @@ class Gaec {
   std::vector<int32_t> free_rows_;  // pool rows of merged-away clusters
   std::vector<int32_t> label_;  // class per cluster root
   std::vector<double> minc_;    // costs(root)[label_[root]]
+  std::vector<double> node_min_;  // [N] min_k c_V(i, k), for the local search
+  double scale_ = 1.0;            // max(1, max |c_V|, max |w|), for the local search
   std::vector<EdgeRec> E_;
   std::vector<uint8_t> alive_;    // per cluster id: 0 once merged away; shared with adj_
   std::vector<uint32_t> queued_;  // per edge: float_code of its current heap entry's key, 0 if none

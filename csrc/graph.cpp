@@ -336,7 +336,11 @@ Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
   bool gaec_result = true;
   double gaec_objective = 0.0;
   if (opts.local_search && g.num_nodes > 0) {
-    Labelling improved = lab;
+    Labelling improved;
+    improved.label = lab.label;
+    improved.cluster = lab.cluster;
+    improved.node_min.swap(lab.node_min);  // GAEC's per-node minima, for the local search
+    improved.cost_scale = lab.cost_scale;
     sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
     if (sol.local_search_moves > 0) {
       double improved_objective;

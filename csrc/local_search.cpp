@@ -45,14 +45,22 @@ class LocalSearch {
     const SimpleGraph& g = *g_;
     // One pass over the node costs: the tolerance scale and each node's cheapest class cost
     // (the lower bound that lets node moves skip the O(K) class loop, see best_move).
+    // GAEC hands them over from its own pass over the costs (a warm start does not).
     double scale = 1.0;
-    node_min_.resize(n_);
-    for (int32_t i = 0; i < n_; ++i) {
-      double absmax;
-      row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
-      scale = std::max(scale, absmax);
+    if (lab_->node_min.size() == static_cast<size_t>(n_) && lab_->cost_scale > 0.0) {
+      node_min_.swap(lab_->node_min);
+      scale = lab_->cost_scale;
+    } else {
+      node_min_.resize(n_);
+      for (int32_t i = 0; i < n_; ++i) {
+        double absmax;
+        row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
+        scale = std::max(scale, absmax);
+      }
+      for (double w : g.w) scale = std::max(scale, std::abs(w));
     }
-    for (double w : g.w) scale = std::max(scale, std::abs(w));
+    lab_->node_min.clear();
+    lab_->cost_scale = 0.0;
     tol_ = 1e-9 * scale;
     // Canonical ids: stuff nodes -> N + class; thing clusters keep their GAEC id.
     for (int32_t i = 0; i < n_; ++i) {

@@ -67,6 +67,17 @@ inline void row_min_absmax(const double* x, int32_t K, double* mn, double* absma
   *absmax = hi;
 }
 
+// argmin_k x[k] (lowest k on ties) of a row of K >= 1 finite values; writes the minimum to *mn and
+// max_k |x[k]| to *absmax.
+inline int32_t row_argmin_absmax(const double* x, int32_t K, double* mn, double* absmax) {
+  double lo;
+  row_min_absmax(x, K, &lo, absmax);
+  int32_t k = 0;
+  while (!(x[k] == lo)) ++k;
+  *mn = x[k];
+  return k;
+}
+
 // argmin_k x[k] (lowest k on ties) of a row of K >= 1 finite values; writes the minimum to *mn.
 inline int32_t row_argmin(const double* x, int32_t K, double* mn) {
   double lo, unused;
