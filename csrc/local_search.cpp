@@ -15,10 +15,10 @@
 // search terminates and never ends worse than where it started.
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <limits>
 
 #include "graph.h"
+#include "adjacency.h"  // COPS_PREFETCH
 #include "simd.h"
 
 namespace cops {
@@ -159,6 +159,9 @@ class LocalSearch {
         w_max = cand_w_[c] > w_max ? cand_w_[c] : w_max;
         continue;
       }
+      // The same bound per candidate: unit_min in place of its class cost (skips a cache miss
+      // on the node's cost row when the move cannot win).
+      if (!((unit_min - cand_w_[c]) - base < best_delta)) continue;
       const double d = unit_cost(cluster_label_[t]) - cand_w_[c] - base;
       if (d < best_delta) {
         best_delta = d;
@@ -192,22 +195,34 @@ class LocalSearch {
   }
 
   int64_t node_moves(const std::vector<int32_t>& seeds) {
-    std::deque<int32_t>& queue = queue_;
-    queue.clear();
+    // FIFO of the nodes to evaluate: a ring of N slots (a node is queued at most once at a time).
+    std::vector<int32_t>& ring = queue_;
+    ring.resize(static_cast<size_t>(n_));
+    size_t head = 0, count = 0;
+    const size_t cap = static_cast<size_t>(n_);
     queued_.assign(n_, 0);
     std::vector<uint8_t>& queued = queued_;
     for (int32_t i : seeds) {
       if (!queued[i]) {
         queued[i] = 1;
-        queue.push_back(i);
+        ring[count++] = i;
       }
     }
     int64_t moves = 0;
     const int64_t max_moves = 64 * static_cast<int64_t>(n_) + 1024;
-    while (!queue.empty() && moves < max_moves) {
-      const int32_t i = queue.front();
-      queue.pop_front();
+    constexpr size_t kAhead = 8;
+    while (count > 0 && moves < max_moves) {
+      const int32_t i = ring[head];
+      head = head + 1 == cap ? 0 : head + 1;
+      --count;
       queued[i] = 0;
+      if (count > kAhead) {
+        // The node evaluated kAhead steps later reads its cost at its current class first
+        // (a cache miss on a row of the [N, K] costs otherwise).
+        const size_t q = head + kAhead < cap ? head + kAhead : head + kAhead - cap;
+        const int32_t j = ring[q];
+        COPS_PREFETCH(&inst_->node_costs[static_cast<size_t>(j) * K_ + lab_->label[j]]);
+      }
       const int32_t own = lab_->cluster[i];
       const int32_t own_label = lab_->label[i];
       gather_node(i);
@@ -225,7 +240,9 @@ class LocalSearch {
         const int32_t j = g_->nbr[p];
         if (!queued[j]) {
           queued[j] = 1;
-          queue.push_back(j);
+          const size_t tail = head + count < cap ? head + count : head + count - cap;
+          ring[tail] = j;
+          ++count;
         }
       }
     }
@@ -355,7 +372,7 @@ class LocalSearch {
   std::vector<int32_t> cand_ids_;
   std::vector<double> cand_w_;
   std::vector<uint8_t> queued_;
-  std::deque<int32_t> queue_;
+  std::vector<int32_t> queue_;  // ring buffer of node_moves
   std::vector<int32_t> seeds_;
   UnionFind uf_;
   std::vector<double> S_;
