@@ -196,15 +196,39 @@ inline double min_sum_sse2(const double* x, const double* y, int32_t K) {
   return m;
 }
 
+// The same for a float32 input row x (widened exactly; the sums are formed in double).
+inline double min_sum_sse2(const float* x, const double* y, int32_t K) {
+  double m = std::numeric_limits<double>::infinity();
+  for (int32_t k = 0; k < K; ++k) {
+    const double v = static_cast<double>(x[k]) + y[k];
+    m = v < m ? v : m;
+  }
+  return m;
+}
+inline double min_sum_sse2(const float* x, const float* y, int32_t K) {
+  double m = std::numeric_limits<double>::infinity();
+  for (int32_t k = 0; k < K; ++k) {
+    const double v = static_cast<double>(x[k]) + static_cast<double>(y[k]);
+    m = v < m ? v : m;
+  }
+  return m;
+}
+
 #if COPS_X86_DISPATCH
-// The same with AVX2 (4 doubles per instruction), used when the CPU supports it.
-__attribute__((target("avx2"))) inline double min_sum_avx2(const double* x, const double* y, int32_t K) {
+// 4 values of a row as doubles (float32 rows widened exactly).
+__attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
+__attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+
+// min_sum with AVX2 (4 doubles per instruction), used when the CPU supports it; X / Y are double
+// (pool rows, float64 input) or float (float32 input rows).
+template <class X, class Y>
+__attribute__((target("avx2"))) inline double min_sum_avx2(const X* x, const Y* y, int32_t K) {
   constexpr double inf = std::numeric_limits<double>::infinity();
   __m256d m0 = _mm256_set1_pd(inf), m1 = _mm256_set1_pd(inf);
   int32_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    m0 = _mm256_min_pd(m0, _mm256_add_pd(_mm256_loadu_pd(x + k), _mm256_loadu_pd(y + k)));
-    m1 = _mm256_min_pd(m1, _mm256_add_pd(_mm256_loadu_pd(x + k + 4), _mm256_loadu_pd(y + k + 4)));
+    m0 = _mm256_min_pd(m0, _mm256_add_pd(load4(x + k), load4(y + k)));
+    m1 = _mm256_min_pd(m1, _mm256_add_pd(load4(x + k + 4), load4(y + k + 4)));
   }
   m0 = _mm256_min_pd(m0, m1);
   double buf[4];
@@ -212,7 +236,7 @@ __attribute__((target("avx2"))) inline double min_sum_avx2(const double* x, cons
   double m = buf[0];
   for (int i = 1; i < 4; ++i) m = buf[i] < m ? buf[i] : m;
   for (; k < K; ++k) {
-    const double v = x[k] + y[k];
+    const double v = static_cast<double>(x[k]) + static_cast<double>(y[k]);
     m = v < m ? v : m;
   }
   return m;
@@ -225,11 +249,15 @@ struct EdgeRec {
 };
 
 // Reusable solver state: one instance per thread keeps its buffers between solves, so repeated
-// solves (training, benchmarks) do not pay for fresh memory again.
+// solves (training, benchmarks) do not pay for fresh memory again. T: the type of the input class
+// costs (float32 input is read as it is, widened exactly where it is used: half the memory
+// traffic of a widened copy); the summed costs of clusters with more than one node are double.
+template <class T>
 class Gaec {
  public:
-  Labelling run(const InstanceView& inst, const SimpleGraph& g, int64_t* num_contractions) {
+  Labelling run(const InstanceView& inst, const T* node_costs, const SimpleGraph& g, int64_t* num_contractions) {
     inst_ = &inst;
+    in_ = node_costs;
     g_ = &g;
     n_ = g.num_nodes;
     K_ = static_cast<int32_t>(inst.num_classes);
@@ -257,14 +285,19 @@ class Gaec {
   }
 
  private:
-  // Summed class costs of cluster c: the input row while c is a single node, else a pool row.
-  const double* costs(int32_t c) const {
+  // Summed class costs of cluster c: the input row while c is a single node (row_of_[c] < 0),
+  // else a pool row.
+  const T* input_row(int32_t c) const { return in_ + static_cast<size_t>(c) * K_; }
+  const double* pool_row(int32_t r) const { return &pool_[static_cast<size_t>(r) * K_]; }
+  // Address of the first summed class cost of c (for prefetching).
+  const void* costs_address(int32_t c) const {
     const int32_t r = row_of_[c];
-    return r < 0 ? inst_->node_costs + static_cast<size_t>(c) * K_ : &pool_[static_cast<size_t>(r) * K_];
+    return r < 0 ? static_cast<const void*>(input_row(c)) : static_cast<const void*>(pool_row(r));
   }
+  size_t row_bytes(int32_t c) const { return static_cast<size_t>(K_) * (row_of_[c] < 0 ? sizeof(T) : sizeof(double)); }
 
   // A writable pool row for cluster c (created from its input row on first use). May move the
-  // pool: pointers from costs() are invalid afterwards.
+  // pool: pointers to pool rows are invalid afterwards.
   double* writable_costs(int32_t c) {
     if (row_of_[c] < 0) {
       int32_t r;
@@ -276,8 +309,9 @@ class Gaec {
         pool_.resize(pool_.size() + K_);
       }
       row_of_[c] = r;
-      const double* src = inst_->node_costs + static_cast<size_t>(c) * K_;
-      std::copy(src, src + K_, &pool_[static_cast<size_t>(r) * K_]);
+      const T* src = input_row(c);
+      double* dst = &pool_[static_cast<size_t>(r) * K_];
+      for (int32_t k = 0; k < K_; ++k) dst[k] = src[k];
     }
     return &pool_[static_cast<size_t>(row_of_[c]) * K_];
   }
@@ -287,11 +321,20 @@ class Gaec {
   // non-negative gain is never queued; the value returned is then only a lower bound).
   double compute_gain(int32_t a, int32_t b, double W) const {
     if (label_[a] == label_[b] || W <= 0.0) return -W;
-    return (min_sum(costs(a), costs(b)) - minc_[a] - minc_[b]) - W;
+    return (min_sum(a, b) - minc_[a] - minc_[b]) - W;
   }
 
-  // min_k (x[k] + y[k]); exact (min does not depend on the evaluation order).
-  double min_sum(const double* x, const double* y) const {
+  // min_k (C_a[k] + C_b[k]); exact (min does not depend on the evaluation order, and float32
+  // inputs are widened exactly).
+  double min_sum(int32_t a, int32_t b) const {
+    const int32_t ra = row_of_[a], rb = row_of_[b];
+    if (ra >= 0 && rb >= 0) return min_sum_rows(pool_row(ra), pool_row(rb));
+    if (ra >= 0) return min_sum_rows(input_row(b), pool_row(ra));
+    if (rb >= 0) return min_sum_rows(input_row(a), pool_row(rb));
+    return min_sum_rows(input_row(a), input_row(b));
+  }
+  template <class X, class Y>
+  double min_sum_rows(const X* x, const Y* y) const {
 #if COPS_X86_DISPATCH
     if (have_avx2_) return min_sum_avx2(x, y, K_);
 #endif
@@ -301,12 +344,18 @@ class Gaec {
   // Class of the cluster joining a and b: argmin_k (C_a[k] + C_b[k]), lowest k on ties.
   int32_t joint_label(int32_t a, int32_t b) const {
     if (label_[a] == label_[b]) return label_[a];
-    const double* ca = costs(a);
-    const double* cb = costs(b);
+    const int32_t ra = row_of_[a], rb = row_of_[b];
+    if (ra >= 0 && rb >= 0) return argmin_sum(pool_row(ra), pool_row(rb));
+    if (ra >= 0) return argmin_sum(input_row(b), pool_row(ra));
+    if (rb >= 0) return argmin_sum(input_row(a), pool_row(rb));
+    return argmin_sum(input_row(a), input_row(b));
+  }
+  template <class X, class Y>
+  int32_t argmin_sum(const X* ca, const Y* cb) const {
     double best = std::numeric_limits<double>::infinity();
     int32_t best_k = 0;
     for (int32_t k = 0; k < K_; ++k) {
-      const double v = ca[k] + cb[k];
+      const double v = static_cast<double>(ca[k]) + static_cast<double>(cb[k]);
       if (v < best) {
         best = v;
         best_k = k;
@@ -358,7 +407,7 @@ class Gaec {
     double scale = 1.0;  // handed to the local search with node_min_ (its tolerance scale)
     for (int32_t i = 0; i < n_; ++i) {
       double absmax;
-      label_[i] = row_argmin_absmax(costs(i), K_, &minc_[i], &absmax);
+      label_[i] = row_argmin_absmax(input_row(i), K_, &minc_[i], &absmax);
       node_min_[i] = minc_[i];
       scale = absmax > scale ? absmax : scale;
     }
@@ -399,8 +448,9 @@ class Gaec {
     label_[s] = joint;
     const bool label_changed = joint != old_label_s;
     {  // m's class costs are added to s's after the first two passes below: fetch them now
-      const char* p = reinterpret_cast<const char*>(costs(m));
-      for (int32_t off = 0; off < K_ * static_cast<int32_t>(sizeof(double)); off += 64) COPS_PREFETCH(p + off);
+      const char* p = static_cast<const char*>(costs_address(m));
+      const size_t bytes = row_bytes(m);
+      for (size_t off = 0; off < bytes; off += 64) COPS_PREFETCH(p + off);
     }
 
     // The moves touch scattered memory (s's table, the neighbours' tables, edge records); they
@@ -426,8 +476,13 @@ class Gaec {
     }
     {
       double* cs = writable_costs(s);
-      const double* cm = costs(m);
-      for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+      if (row_of_[m] < 0) {
+        const T* cm = input_row(m);
+        for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+      } else {
+        const double* cm = pool_row(row_of_[m]);
+        for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+      }
       if (row_of_[m] >= 0) {  // m is gone: its row can serve another cluster
         free_rows_.push_back(row_of_[m]);
         row_of_[m] = -1;
@@ -477,6 +532,7 @@ class Gaec {
   }
 
   const InstanceView* inst_ = nullptr;
+  const T* in_ = nullptr;  // [N, K] input class costs
   const SimpleGraph* g_ = nullptr;
   int32_t n_ = 0;
   int32_t K_ = 0;
@@ -488,7 +544,7 @@ class Gaec {
   std::vector<double> pool_;       // [rows, K] summed class costs of clusters with > 1 node
   std::vector<int32_t> free_rows_;  // pool rows of merged-away clusters
   std::vector<int32_t> label_;  // class per cluster root
-  std::vector<double> minc_;    // costs(root)[label_[root]]
+  std::vector<double> minc_;    // summed class cost of cluster root at label_[root]
   std::vector<double> node_min_;  // [N] min_k c_V(i, k), for the local search
   double scale_ = 1.0;            // max(1, max |c_V|, max |w|), for the local search
   std::vector<EdgeRec> E_;
@@ -503,11 +559,12 @@ class Gaec {
   std::vector<Move> moves_;
 };
 
+template <class T>
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
 #endif
-Gaec* thread_solver() {
-  thread_local Gaec solver;
+Gaec<T>* thread_solver() {
+  thread_local Gaec<T> solver;
   return &solver;
 }
 
@@ -517,7 +574,8 @@ Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_cont
   // The solver is reached through a pointer from a non-inlined function: code inlined into a
   // function that names a thread_local object of a shared library re-derives its address with
   // __tls_get_addr after every call (measured: ~12 % of all instructions).
-  return thread_solver()->run(inst, g, num_contractions);
+  if (inst.node_costs == nullptr) return thread_solver<float>()->run(inst, inst.node_costs_f32, g, num_contractions);
+  return thread_solver<double>()->run(inst, inst.node_costs, g, num_contractions);
 }
 
 }  // namespace detail

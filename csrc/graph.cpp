@@ -14,6 +14,11 @@ namespace cops {
 
 namespace {
 
+// Node cost at flat index idx = i * K + k of float64 or (solver path) float32 node costs.
+inline double node_cost(const InstanceView& inst, int64_t idx) {
+  return inst.node_costs != nullptr ? inst.node_costs[idx] : static_cast<double>(inst.node_costs_f32[idx]);
+}
+
 // True iff no value is NaN or +-inf (all exponent bits set). Branch-free integer OR-reduction,
 // so the compiler vectorises it.
 bool all_finite(const double* x, int64_t n) {
@@ -181,7 +186,7 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
   const int64_t K = inst.num_classes;
   double obj = 0.0;
-  for (int32_t i = 0; i < g.num_nodes; ++i) obj += inst.node_costs[i * K + lab.label[i]];
+  for (int32_t i = 0; i < g.num_nodes; ++i) obj += node_cost(inst, i * K + lab.label[i]);
   for (int32_t e = 0; e < g.num_edges(); ++e) {
     if (lab.cluster[g.u[e]] != lab.cluster[g.v[e]]) obj += g.w[e];
   }
@@ -196,8 +201,8 @@ void objectives(const InstanceView& inst, const SimpleGraph& g, const Labelling&
   const int64_t K = inst.num_classes;
   double oa = 0.0, ob = 0.0;
   for (int32_t i = 0; i < g.num_nodes; ++i) {
-    oa += inst.node_costs[i * K + a.label[i]];
-    ob += inst.node_costs[i * K + b.label[i]];
+    oa += node_cost(inst, i * K + a.label[i]);
+    ob += node_cost(inst, i * K + b.label[i]);
   }
   for (int32_t e = 0; e < g.num_edges(); ++e) {
     const int32_t u = g.u[e], v = g.v[e];
@@ -293,19 +298,36 @@ bool widen(const float* src, int64_t n, std::vector<double>& dst) {
   return bad == 0;
 }
 
-InstanceView as_float64(const InstanceView& in) {
+// True iff no float32 value is NaN or +-inf (branch-free, vectorisable).
+bool all_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, sizeof(u));
+    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+// With keep_node_f32, finite float32 node costs stay float32 (node_costs null, node_costs_f32
+// set, known finite): the solvers read them as they are, widening exactly where they use them.
+InstanceView as_float64(const InstanceView& in, bool keep_node_f32 = false) {
   InstanceView v = in;
-  if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
+  if (keep_node_f32 && in.node_costs == nullptr && in.node_costs_f32 != nullptr &&
+      all_finite(in.node_costs_f32, in.num_nodes * in.num_classes)) {
+    v.node_costs_known_finite = true;
+  } else if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
     thread_local std::vector<double> buf;
     v.node_costs_known_finite = widen(in.node_costs_f32, in.num_nodes * in.num_classes, buf);
     v.node_costs = buf.data();
+    v.node_costs_f32 = nullptr;
   }
   if (in.edge_costs == nullptr && in.edge_costs_f32 != nullptr) {
     thread_local std::vector<double> buf;
     v.edge_costs_known_finite = widen(in.edge_costs_f32, in.num_edges, buf);
     v.edge_costs = buf.data();
   }
-  v.node_costs_f32 = v.edge_costs_f32 = nullptr;
+  v.edge_costs_f32 = nullptr;
   return v;
 }
 
@@ -325,7 +347,7 @@ double labelling_objective(const InstanceView& input, const int32_t* node_labels
 
 Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
   using namespace detail;
-  const InstanceView inst = as_float64(input);
+  const InstanceView inst = as_float64(input, /*keep_node_f32=*/true);
   validate_instance(inst);
   Solution sol;
   thread_local SimpleGraph g;  // buffers reused by the next solve on this thread
@@ -366,7 +388,7 @@ Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
   // Edge labels and the objective, on the input edges, in one pass.
   const int64_t K = inst.num_classes;
   double obj = 0.0;
-  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + sol.node_labels[i]];
+  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += node_cost(inst, i * K + sol.node_labels[i]);
   sol.edge_labels.resize(inst.num_edges);
   const int32_t* ids = sol.instance_ids.data();
   for (int64_t e = 0; e < inst.num_edges; ++e) {

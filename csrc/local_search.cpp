@@ -26,11 +26,14 @@ namespace detail {
 
 namespace {
 
-// Reusable state: one instance per thread keeps its buffers between solves.
+// Reusable state: one instance per thread keeps its buffers between solves. T: the type of the
+// input class costs (float32 input is read as it is and widened exactly where it is used).
+template <class T>
 class LocalSearch {
  public:
-  int64_t run(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
+  int64_t run(const InstanceView& inst, const T* node_costs, const SimpleGraph& g, Labelling& lab, int max_rounds) {
     inst_ = &inst;
+    in_ = node_costs;
     g_ = &g;
     lab_ = &lab;
     n_ = g.num_nodes;
@@ -54,7 +57,7 @@ class LocalSearch {
       node_min_.resize(n_);
       for (int32_t i = 0; i < n_; ++i) {
         double absmax;
-        row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
+        row_min_absmax(in_ + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
         scale = std::max(scale, absmax);
       }
       for (double w : g.w) scale = std::max(scale, std::abs(w));
@@ -95,7 +98,7 @@ class LocalSearch {
     return total;
   }
 
-  double cost(int32_t i, int32_t k) const { return inst_->node_costs[static_cast<size_t>(i) * K_ + k]; }
+  double cost(int32_t i, int32_t k) const { return in_[static_cast<size_t>(i) * K_ + k]; }
 
   int32_t new_cluster_id(int32_t k) {
     if (!inst_->partitionable[k]) return n_ + k;
@@ -221,7 +224,7 @@ class LocalSearch {
         // (a cache miss on a row of the [N, K] costs otherwise).
         const size_t q = head + kAhead < cap ? head + kAhead : head + kAhead - cap;
         const int32_t j = ring[q];
-        COPS_PREFETCH(&inst_->node_costs[static_cast<size_t>(j) * K_ + lab_->label[j]]);
+        COPS_PREFETCH(&in_[static_cast<size_t>(j) * K_ + lab_->label[j]]);
       }
       const int32_t own = lab_->cluster[i];
       const int32_t own_label = lab_->label[i];
@@ -276,7 +279,7 @@ class LocalSearch {
     first.assign(num_comp, -1);
     for (int32_t i = 0; i < n_; ++i) {
       double* sc = &S[static_cast<size_t>(comp[i]) * K_];
-      const double* nc = &inst_->node_costs[static_cast<size_t>(i) * K_];
+      const T* nc = &in_[static_cast<size_t>(i) * K_];
       for (int32_t k = 0; k < K_; ++k) sc[k] += nc[k];
       if (first[comp[i]] < 0) first[comp[i]] = i;
     }
@@ -360,6 +363,7 @@ class LocalSearch {
   }
 
   const InstanceView* inst_ = nullptr;
+  const T* in_ = nullptr;  // [N, K] input class costs
   const SimpleGraph* g_ = nullptr;
   Labelling* lab_ = nullptr;
   int32_t n_ = 0;
@@ -386,11 +390,12 @@ class LocalSearch {
   std::vector<int32_t> target_of_comp_;
 };
 
+template <class T>
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
 #endif
-LocalSearch* thread_solver() {
-  thread_local LocalSearch solver;
+LocalSearch<T>* thread_solver() {
+  thread_local LocalSearch<T> solver;
   return &solver;
 }
 
@@ -398,7 +403,8 @@ LocalSearch* thread_solver() {
 
 int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
   // Through a pointer from a non-inlined function (see gaec.cpp, thread_solver).
-  return thread_solver()->run(inst, g, lab, max_rounds);
+  if (inst.node_costs == nullptr) return thread_solver<float>()->run(inst, inst.node_costs_f32, g, lab, max_rounds);
+  return thread_solver<double>()->run(inst, inst.node_costs, g, lab, max_rounds);
 }
 
 }  // namespace detail

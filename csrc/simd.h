@@ -52,6 +52,51 @@ __attribute__((target("avx2"))) inline void row_min_absmax_avx2(const double* x,
 }
 #endif
 
+#if COPS_X86_DISPATCH
+__attribute__((target("avx2"))) inline void row_min_absmax_avx2(const float* x, int32_t K, double* mn,
+                                                                   double* absmax) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_set1_ps(inf), a = _mm256_setzero_ps();
+  int32_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(x + k);
+    m = _mm256_min_ps(m, v);
+    a = _mm256_max_ps(a, _mm256_andnot_ps(sign, v));
+  }
+  float bm[8], ba[8];
+  _mm256_storeu_ps(bm, m);
+  _mm256_storeu_ps(ba, a);
+  float lo = bm[0], hi = ba[0];
+  for (int i = 1; i < 8; ++i) {
+    lo = bm[i] < lo ? bm[i] : lo;
+    hi = ba[i] > hi ? ba[i] : hi;
+  }
+  for (; k < K; ++k) {
+    lo = x[k] < lo ? x[k] : lo;
+    const float ax = std::fabs(x[k]);
+    hi = ax > hi ? ax : hi;
+  }
+  *mn = lo;  // exact: min / max of floats, widened
+  *absmax = hi;
+}
+#endif
+
+// min_k x[k] and max_k |x[k]| of a row of K >= 1 finite float32 values (exact, as doubles).
+inline void row_min_absmax(const float* x, int32_t K, double* mn, double* absmax) {
+#if COPS_X86_DISPATCH
+  if (K >= 16 && cpu_has_avx2()) return row_min_absmax_avx2(x, K, mn, absmax);
+#endif
+  float lo = std::numeric_limits<float>::infinity(), hi = 0.0f;
+  for (int32_t k = 0; k < K; ++k) {
+    lo = x[k] < lo ? x[k] : lo;
+    const float ax = std::fabs(x[k]);
+    hi = ax > hi ? ax : hi;
+  }
+  *mn = lo;
+  *absmax = hi;
+}
+
 // min_k x[k] and max_k |x[k]| of a row of K >= 1 finite values.
 inline void row_min_absmax(const double* x, int32_t K, double* mn, double* absmax) {
 #if COPS_X86_DISPATCH
@@ -69,11 +114,12 @@ inline void row_min_absmax(const double* x, int32_t K, double* mn, double* absma
 
 // argmin_k x[k] (lowest k on ties) of a row of K >= 1 finite values; writes the minimum to *mn and
 // max_k |x[k]| to *absmax.
-inline int32_t row_argmin_absmax(const double* x, int32_t K, double* mn, double* absmax) {
+template <class T>
+inline int32_t row_argmin_absmax(const T* x, int32_t K, double* mn, double* absmax) {
   double lo;
   row_min_absmax(x, K, &lo, absmax);
   int32_t k = 0;
-  while (!(x[k] == lo)) ++k;
+  while (!(static_cast<double>(x[k]) == lo)) ++k;
   *mn = x[k];
   return k;
 }
