@@ -104,63 +104,54 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
   const int32_t n = static_cast<int32_t>(inst.num_nodes);
   const int64_t E = inst.num_edges;
   g.num_nodes = n;
+  g.u.clear();
+  g.v.clear();
+  g.w.clear();
 
-  // Bucket input edges by their smaller endpoint (counting sort; each bucket keeps the input
-  // order), then merge duplicates per bucket with a marker array: O(N + E), deterministic order.
-  // The scatter pass copies each edge's larger endpoint and cost into its bucket, so that the
-  // merge pass reads the buckets sequentially instead of the input edges in bucket order.
+  // Bucket input edges by their smaller endpoint (counting sort), then merge duplicates per
+  // bucket with a marker array: O(N + E), deterministic order.
   std::vector<int64_t>& start = g.scratch_start;
   start.assign(static_cast<size_t>(n) + 1, 0);
-  const int64_t* edges = inst.edges;
-  for (int64_t e = 0; e < E; ++e) start[std::min(edges[2 * e], edges[2 * e + 1]) + 1]++;
-  for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
-  std::vector<int32_t>& bucket_other = g.scratch_bucket;
-  std::vector<double>& bucket_w = g.scratch_w;
-  if (bucket_other.size() < static_cast<size_t>(E)) {
-    bucket_other.resize(E);
-    bucket_w.resize(E);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    start[std::min(a, b) + 1]++;
   }
+  for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
+  std::vector<int32_t>& bucket = g.scratch_bucket;
+  bucket.resize(E);
   {
     std::vector<int64_t>& fill = g.scratch_fill;
     fill.assign(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t a = edges[2 * e], b = edges[2 * e + 1];
-      const int64_t q = fill[std::min(a, b)]++;
-      bucket_other[q] = static_cast<int32_t>(std::max(a, b));
-      bucket_w[q] = inst.edge_costs[e];
+      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      bucket[fill[std::min(a, b)]++] = static_cast<int32_t>(e);
     }
   }
   std::vector<int32_t>& seen_row = g.scratch_seen;
   std::vector<int32_t>& uid_of = g.scratch_uid;
   seen_row.assign(n, -1);
   uid_of.resize(n);
-  // Sized to the upper bound E (growing only: resizing to the same size costs nothing), cut to
-  // the number of unique edges below.
-  g.u.resize(E);
-  g.v.resize(E);
-  g.w.resize(E);
-  int32_t* gu = g.u.data();
-  int32_t* gv = g.v.data();
-  double* gw = g.w.data();
-  int32_t next = 0;
+  g.u.reserve(E);
+  g.v.reserve(E);
+  g.w.reserve(E);
   for (int32_t r = 0; r < n; ++r) {
     for (int64_t p = start[r]; p < start[r + 1]; ++p) {
-      const int32_t other = bucket_other[p];
+      const int32_t e = bucket[p];
+      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      const int32_t other = static_cast<int32_t>(std::max(a, b));
       if (seen_row[other] == r) {
-        gw[uid_of[other]] += bucket_w[p];
+        const int32_t id = uid_of[other];
+        g.w[id] += inst.edge_costs[e];
       } else {
+        const int32_t id = static_cast<int32_t>(g.u.size());
         seen_row[other] = r;
-        uid_of[other] = next;
-        gu[next] = r;
-        gv[next] = other;
-        gw[next] = bucket_w[p];
-        ++next;
+        uid_of[other] = id;
+        g.u.push_back(r);
+        g.v.push_back(other);
+        g.w.push_back(inst.edge_costs[e]);
       }
     }
   }
-  g.u.resize(next);
-  g.v.resize(next);
-  g.w.resize(next);
 
   const int32_t Eu = g.num_edges();
   g.offsets.assign(static_cast<size_t>(n) + 1, 0);

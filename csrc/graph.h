@@ -25,7 +25,6 @@ struct SimpleGraph {
   // Scratch buffers of build_simple_graph, kept for reuse.
   std::vector<int64_t> scratch_start, scratch_fill;
   std::vector<int32_t> scratch_bucket, scratch_seen, scratch_uid;
-  std::vector<double> scratch_w;
 };
 
 // Builds the simple graph into `g`, reusing its buffers.
