@@ -514,15 +514,24 @@ class Gaec {
 
   Labelling finish() {
     // Final merge: adjacent clusters with the same non-partitionable class form one segment.
+    // The roots after the contractions are looked up once per node; an edge then needs the
+    // union-find only when it joins two such clusters (merged clusters keep their class, so the
+    // class test on the earlier roots is the same test).
+    std::vector<int32_t>& root = root_;
+    root.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) root[i] = uf_.find(i);
+    const uint8_t* partitionable = inst_->partitionable;
     for (int32_t e = 0; e < g_->num_edges(); ++e) {
-      const int32_t a = uf_.find(g_->u[e]), b = uf_.find(g_->v[e]);
-      if (a != b && label_[a] == label_[b] && !inst_->partitionable[label_[a]]) uf_.merge_into(b, a);
+      const int32_t ra = root[g_->u[e]], rb = root[g_->v[e]];
+      if (ra == rb || label_[ra] != label_[rb] || partitionable[label_[ra]]) continue;
+      const int32_t a = uf_.find(ra), b = uf_.find(rb);
+      if (a != b) uf_.merge_into(b, a);
     }
     Labelling lab;
     lab.label.resize(n_);
     lab.cluster.resize(n_);
     for (int32_t i = 0; i < n_; ++i) {
-      const int32_t r = uf_.find(i);
+      const int32_t r = uf_.find(root[i]);
       lab.cluster[i] = r;
       lab.label[i] = label_[r];
     }
@@ -546,6 +555,7 @@ class Gaec {
   std::vector<int32_t> label_;  // class per cluster root
   std::vector<double> minc_;    // summed class cost of cluster root at label_[root]
   std::vector<double> node_min_;  // [N] min_k c_V(i, k), for the local search
+  std::vector<int32_t> root_;     // [N] scratch of finish()
   double scale_ = 1.0;            // max(1, max |c_V|, max |w|), for the local search
   std::vector<EdgeRec> E_;
   std::vector<uint8_t> alive_;    // per cluster id: 0 once merged away; shared with adj_
