@@ -243,6 +243,24 @@ __attribute__((target("avx2"))) inline double min_sum_avx2(const X* x, const Y* 
 }
 #endif
 
+// dst[k] += src[k] (add) or dst[k] = src[k] over k < K, src double or float32 (widened exactly);
+// the same values with any instruction set.
+template <bool add, class S>
+inline void row_update_scalar(double* dst, const S* src, int32_t K) {
+  for (int32_t k = 0; k < K; ++k) dst[k] = add ? dst[k] + static_cast<double>(src[k]) : static_cast<double>(src[k]);
+}
+#if COPS_X86_DISPATCH
+template <bool add, class S>
+__attribute__((target("avx2"))) inline void row_update_avx2(double* dst, const S* src, int32_t K) {
+  int32_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const __m256d v = load4(src + k);
+    _mm256_storeu_pd(dst + k, add ? _mm256_add_pd(_mm256_loadu_pd(dst + k), v) : v);
+  }
+  for (; k < K; ++k) dst[k] = add ? dst[k] + static_cast<double>(src[k]) : static_cast<double>(src[k]);
+}
+#endif
+
 struct EdgeRec {
   double w;      // summed edge cost
   int32_t a, b;  // current endpoints (cluster roots)
@@ -311,9 +329,17 @@ class Gaec {
       row_of_[c] = r;
       const T* src = input_row(c);
       double* dst = &pool_[static_cast<size_t>(r) * K_];
-      for (int32_t k = 0; k < K_; ++k) dst[k] = src[k];
+      row_update<false>(dst, src);
     }
     return &pool_[static_cast<size_t>(row_of_[c]) * K_];
+  }
+
+  template <bool add, class S>
+  void row_update(double* dst, const S* src) const {
+#if COPS_X86_DISPATCH
+    if (have_avx2_) return row_update_avx2<add>(dst, src, K_);
+#endif
+    row_update_scalar<add>(dst, src, K_);
   }
 
   // Gain ("join - separate") of contracting clusters a and b joined by summed edge cost W.
@@ -477,11 +503,9 @@ class Gaec {
     {
       double* cs = writable_costs(s);
       if (row_of_[m] < 0) {
-        const T* cm = input_row(m);
-        for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+        row_update<true>(cs, input_row(m));
       } else {
-        const double* cm = pool_row(row_of_[m]);
-        for (int32_t k = 0; k < K_; ++k) cs[k] += cm[k];
+        row_update<true>(cs, pool_row(row_of_[m]));
       }
       if (row_of_[m] >= 0) {  // m is gone: its row can serve another cluster
         free_rows_.push_back(row_of_[m]);
