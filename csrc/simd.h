@@ -112,14 +112,43 @@ inline void row_min_absmax(const double* x, int32_t K, double* mn, double* absma
   *absmax = hi;
 }
 
+// First k with x[k] == v, for a v that occurs in x[0, K).
+inline int32_t first_equal(const double* x, int32_t K, double v) {
+  int32_t k = 0;
+  while (!(x[k] == v)) ++k;
+  return k;
+}
+
+#if COPS_X86_DISPATCH
+__attribute__((target("avx2"))) inline int32_t first_equal_avx2(const float* x, int32_t K, float v) {
+  const __m256 vv = _mm256_set1_ps(v);
+  int32_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), vv, _CMP_EQ_OQ));
+    if (mask) return k + __builtin_ctz(static_cast<unsigned>(mask));
+  }
+  while (!(x[k] == v)) ++k;
+  return k;
+}
+#endif
+
+inline int32_t first_equal(const float* x, int32_t K, double v) {
+  const float vf = static_cast<float>(v);  // exact: v is one of the floats
+#if COPS_X86_DISPATCH
+  if (K >= 16 && cpu_has_avx2()) return first_equal_avx2(x, K, vf);
+#endif
+  int32_t k = 0;
+  while (!(x[k] == vf)) ++k;
+  return k;
+}
+
 // argmin_k x[k] (lowest k on ties) of a row of K >= 1 finite values; writes the minimum to *mn and
 // max_k |x[k]| to *absmax.
 template <class T>
 inline int32_t row_argmin_absmax(const T* x, int32_t K, double* mn, double* absmax) {
   double lo;
   row_min_absmax(x, K, &lo, absmax);
-  int32_t k = 0;
-  while (!(static_cast<double>(x[k]) == lo)) ++k;
+  const int32_t k = first_equal(x, K, lo);
   *mn = x[k];
   return k;
 }
