@@ -327,9 +327,35 @@ class LocalSearch {
       const int32_t own = lab_->cluster[first[c]];
       const int32_t own_label = lab_->label[first[c]];
       // Summed edge cost from this segment to each neighbouring cluster (current state).
+      // As add_candidate for each entry, but a run of entries to one cluster (the cut edges along
+      // a stretch of boundary) is summed in a register: the same additions in the same order,
+      // without a store and reload per entry.
       cand_ids_.clear();
       cand_w_.clear();
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) add_candidate(cut[q].cluster, cut[q].w);
+      {
+        int32_t run_cluster = -1, run_slot = -1;
+        double acc = 0.0;
+        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+          const int32_t t = cut[q].cluster;
+          if (t == run_cluster) {
+            acc += cut[q].w;
+            continue;
+          }
+          if (run_slot >= 0) cand_w_[run_slot] = acc;
+          int32_t& slot = mark_[t];
+          if (slot < 0) {
+            slot = static_cast<int32_t>(cand_ids_.size());
+            cand_ids_.push_back(t);
+            cand_w_.push_back(cut[q].w);
+            acc = cut[q].w;
+          } else {
+            acc = cand_w_[slot] + cut[q].w;
+          }
+          run_cluster = t;
+          run_slot = slot;
+        }
+        if (run_slot >= 0) cand_w_[run_slot] = acc;
+      }
       const double* sc = &S[static_cast<size_t>(c) * K_];
       double best_delta;
       int32_t best_new_class = -1;
