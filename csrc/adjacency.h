@@ -11,7 +11,9 @@
 // Entries whose edge died may be left in place (lazy deletion: GAEC does not touch the map of a
 // neighbour whose edge to a merged cluster became parallel to an existing one); they are keyed by
 // a cluster that no longer exists, so lookups never match them, `for_each` skips them and growing
-// a map drops them. `alive` (one byte per edge) tells which edges live.
+// a map drops them. `alive` (one byte per cluster id, i.e. per node) tells which keys live: an
+// entry is dead exactly when its key is (the caller clears alive[m] when m is merged away). One
+// byte per node instead of one per edge keeps this check in cache.
 #pragma once
 
 #include <algorithm>
@@ -37,7 +39,8 @@ class AdjacencyTables {
   static constexpr int32_t kTomb = -2;
   static constexpr int32_t kSmall = 32;
 
-  // offsets: [n + 1] CSR offsets; nbr/eid: [offsets[n]] neighbour and edge id per slot.
+  // offsets: [n + 1] CSR offsets; nbr/eid: [offsets[n]] neighbour and edge id per slot;
+  // alive: [n] per cluster id.
   void init(int32_t n, const int64_t* offsets, const int32_t* nbr, const int32_t* eid, const uint8_t* alive) {
     alive_ = alive;
     arena_.resize(static_cast<size_t>(offsets[n]));
@@ -142,15 +145,15 @@ class AdjacencyTables {
     const Head& h = head_[c];
     if (!h.hashed) {
       for (int32_t i = 0; i < h.size; ++i)
-        if (alive_[h.data[i].val]) f(h.data[i].key, h.data[i].val);
+        if (alive_[h.data[i].key]) f(h.data[i].key, h.data[i].val);
       return;
     }
     for (int32_t i = 0; i < h.cap; ++i)
-      if (h.data[i].key >= 0 && alive_[h.data[i].val]) f(h.data[i].key, h.data[i].val);
+      if (h.data[i].key >= 0 && alive_[h.data[i].key]) f(h.data[i].key, h.data[i].val);
   }
 
   void release(int32_t c) {
-    recycle(own_[c]);
+    if (head_[c].owned) recycle(own_[c]);  // most maps never leave the arena: own_[c] stays cold
     head_[c] = Head{};
   }
 
@@ -160,7 +163,8 @@ class AdjacencyTables {
     int32_t size = 0;  // live entries
     int32_t cap = 0;   // slots available at data
     int32_t used = 0;  // live + tombstones (hash mode)
-    int32_t hashed = 0;
+    int16_t hashed = 0;
+    int16_t owned = 0;  // data lives in own_[c], not in the arena
   };
 
   static uint32_t hash(int32_t key) { return (static_cast<uint32_t>(key) * 2654435761u) >> 7; }
@@ -212,12 +216,13 @@ class AdjacencyTables {
     std::vector<Slot> fresh = take(cap);
     int32_t live = 0;
     for (int32_t i = 0; i < h.size; ++i)
-      if (alive_[h.data[i].val]) fresh[live++] = h.data[i];
+      if (alive_[h.data[i].key]) fresh[live++] = h.data[i];
     own_[c].swap(fresh);
     recycle(fresh);
     h.data = own_[c].data();
     h.cap = cap;
     h.size = live;
+    h.owned = 1;
   }
 
   void rehash(int32_t c, int32_t min_capacity) {
@@ -230,12 +235,13 @@ class AdjacencyTables {
     nh.data = fresh.data();
     nh.cap = cap;
     nh.hashed = 1;
+    nh.owned = 1;
     if (!h.hashed) {
       for (int32_t i = 0; i < h.size; ++i)
-        if (alive_[h.data[i].val]) insert_hashed(nh, h.data[i].key, h.data[i].val);
+        if (alive_[h.data[i].key]) insert_hashed(nh, h.data[i].key, h.data[i].val);
     } else {
       for (int32_t i = 0; i < h.cap; ++i)
-        if (h.data[i].key >= 0 && alive_[h.data[i].val]) insert_hashed(nh, h.data[i].key, h.data[i].val);
+        if (h.data[i].key >= 0 && alive_[h.data[i].key]) insert_hashed(nh, h.data[i].key, h.data[i].val);
     }
     own_[c].swap(fresh);
     recycle(fresh);

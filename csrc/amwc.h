@@ -22,8 +22,9 @@ namespace cops {
 
 // A read-only view of one instance. Arrays are C-contiguous and owned by the caller.
 // Costs are float64 (`node_costs`, `edge_costs`) or float32 (`node_costs_f32`, `edge_costs_f32`,
-// with the float64 pointer null); float32 costs are widened inside the solver, on the worker
-// thread, into reused buffers.
+// with the float64 pointer null); float32 edge costs are widened inside the solver, on the worker
+// thread, into reused buffers; float32 node costs are read as they are by GAEC and the local
+// search (widened exactly where used; all sums are double).
 struct InstanceView {
   int64_t num_nodes = 0;      // N
   int64_t num_classes = 0;    // K

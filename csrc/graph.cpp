@@ -17,6 +17,11 @@ namespace cops {
 
 namespace {
 
+// Node cost at flat index idx = i * K + k of float64 or (solver path) float32 node costs.
+inline double node_cost(const InstanceView& inst, int64_t idx) {
+  return inst.node_costs != nullptr ? inst.node_costs[idx] : static_cast<double>(inst.node_costs_f32[idx]);
+}
+
 // True iff no value is NaN or +-inf (all exponent bits set). Branch-free integer OR-reduction,
 // so the compiler vectorises it.
 bool all_finite(const double* x, int64_t n) {
@@ -203,7 +208,7 @@ void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
   const int64_t K = inst.num_classes;
   double obj = 0.0;
-  for (int32_t i = 0; i < g.num_nodes; ++i) obj += inst.node_costs[i * K + lab.label[i]];
+  for (int32_t i = 0; i < g.num_nodes; ++i) obj += node_cost(inst, i * K + lab.label[i]);
   for (int32_t e = 0; e < g.num_edges(); ++e) {
     if (lab.cluster[g.u[e]] != lab.cluster[g.v[e]]) obj += g.w[e];
   }
@@ -211,6 +216,24 @@ double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling
 }
 
 namespace {
+
+// objective() of two labellings in one pass (each sum in the same order as objective()'s).
+void objectives(const InstanceView& inst, const SimpleGraph& g, const Labelling& a, const Labelling& b, double* obj_a,
+                double* obj_b) {
+  const int64_t K = inst.num_classes;
+  double oa = 0.0, ob = 0.0;
+  for (int32_t i = 0; i < g.num_nodes; ++i) {
+    oa += node_cost(inst, i * K + a.label[i]);
+    ob += node_cost(inst, i * K + b.label[i]);
+  }
+  for (int32_t e = 0; e < g.num_edges(); ++e) {
+    const int32_t u = g.u[e], v = g.v[e];
+    if (a.cluster[u] != a.cluster[v]) oa += g.w[e];
+    if (b.cluster[u] != b.cluster[v]) ob += g.w[e];
+  }
+  *obj_a = oa;
+  *obj_b = ob;
+}
 
 // Relabels clusters as connected components of the joined (uncut) edges, numbered 0.. in order
 // of their first node. Nodes with equal cluster ids that are not connected become separate
@@ -322,20 +345,36 @@ bool widen(const float* src, int64_t n, std::vector<double>& dst) {
   return widen_scalar(src, n, dst.data());
 }
 
-// Returns a float64 view of `in`, widening float32 costs into per-thread buffers.
-InstanceView as_float64(const InstanceView& in) {
+// True iff no float32 value is NaN or +-inf (branch-free, vectorisable).
+bool all_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, sizeof(u));
+    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+// With keep_node_f32, finite float32 node costs stay float32 (node_costs null, node_costs_f32
+// set, known finite): the solvers read them as they are, widening exactly where they use them.
+InstanceView as_float64(const InstanceView& in, bool keep_node_f32 = false) {
   InstanceView v = in;
-  if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
+  if (keep_node_f32 && in.node_costs == nullptr && in.node_costs_f32 != nullptr &&
+      all_finite(in.node_costs_f32, in.num_nodes * in.num_classes)) {
+    v.node_costs_known_finite = true;
+  } else if (in.node_costs == nullptr && in.node_costs_f32 != nullptr) {
     thread_local std::vector<double> buf;
     v.node_costs_known_finite = widen(in.node_costs_f32, in.num_nodes * in.num_classes, buf);
     v.node_costs = buf.data();
+    v.node_costs_f32 = nullptr;
   }
   if (in.edge_costs == nullptr && in.edge_costs_f32 != nullptr) {
     thread_local std::vector<double> buf;
     v.edge_costs_known_finite = widen(in.edge_costs_f32, in.num_edges, buf);
     v.edge_costs = buf.data();
   }
-  v.node_costs_f32 = v.edge_costs_f32 = nullptr;
+  v.edge_costs_f32 = nullptr;
   return v;
 }
 
@@ -359,7 +398,7 @@ namespace {
 // solver for the instances that share one edges array (whose edges it has validated).
 Solution solve_one(const InstanceView& input, const SolveOptions& opts, const detail::GraphStructure* shared) {
   using namespace detail;
-  InstanceView inst = as_float64(input);
+  InstanceView inst = as_float64(input, /*keep_node_f32=*/true);
   if (shared != nullptr) inst.edges_known_valid = true;
   validate_instance(inst);
   Solution sol;
@@ -372,25 +411,37 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
   bool gaec_result = true;
   double gaec_objective = 0.0;
   if (opts.local_search && g.num_nodes > 0) {
-    Labelling improved = lab;
+    Labelling improved;
+    improved.label = lab.label;
+    improved.cluster = lab.cluster;
+    improved.node_min.swap(lab.node_min);  // GAEC's per-node minima, for the local search
+    improved.cost_scale = lab.cost_scale;
     sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
     if (sol.local_search_moves > 0) {
-      gaec_objective = objective(inst, g, lab);
+      double improved_objective;
+      objectives(inst, g, lab, improved, &gaec_objective, &improved_objective);
       // Keep the local-search result only if it is not worse (guards against rounding).
-      if (objective(inst, g, improved) <= gaec_objective) {
+      if (improved_objective <= gaec_objective) {
         lab = std::move(improved);
         gaec_result = false;
       }
     }
   }
   // GAEC clusters are connected (built by contractions and merges along edges): their ids only
-  // need renumbering. Local-search moves can disconnect a cluster: take connected components.
-  sol.instance_ids = gaec_result ? contiguous_ids(lab.cluster) : connected_segments(g, lab);
+  // need renumbering. Local-search moves can disconnect a cluster: take connected components
+  // (the local search's own when it left them).
+  if (gaec_result) {
+    sol.instance_ids = contiguous_ids(lab.cluster);
+  } else if (lab.segment.size() == static_cast<size_t>(g.num_nodes)) {
+    sol.instance_ids = std::move(lab.segment);
+  } else {
+    sol.instance_ids = connected_segments(g, lab);
+  }
   sol.node_labels = std::move(lab.label);
   // Edge labels and the objective, on the input edges, in one pass.
   const int64_t K = inst.num_classes;
   double obj = 0.0;
-  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + sol.node_labels[i]];
+  for (int64_t i = 0; i < inst.num_nodes; ++i) obj += node_cost(inst, i * K + sol.node_labels[i]);
   sol.edge_labels.resize(inst.num_edges);
   const int32_t* ids = sol.instance_ids.data();
   for (int64_t e = 0; e < inst.num_edges; ++e) {

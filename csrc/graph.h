@@ -94,6 +94,14 @@ struct UnionFind {
 struct Labelling {
   std::vector<int32_t> label;    // [N]
   std::vector<int32_t> cluster;  // [N]
+  // Optional (empty when unknown): [N] connected segments of the joined edges, numbered 0.. in
+  // order of their first node, as connected_segments in graph.cpp numbers them. The local search
+  // leaves them here when its last round found them for the final state.
+  std::vector<int32_t> segment;
+  // Optional, from GAEC's first pass over the costs (empty / 0 when unknown; the local search
+  // then computes them): [N] min_k c_V(i, k), and max(1, max |c_V|, max |summed edge cost|).
+  std::vector<double> node_min;
+  double cost_scale = 0.0;
 };
 
 // The solvers below keep per-thread buffers between calls (they are not re-entrant on one thread).

@@ -15,10 +15,10 @@
 // search terminates and never ends worse than where it started.
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <limits>
 
 #include "graph.h"
+#include "adjacency.h"  // COPS_PREFETCH
 #include "simd.h"
 
 namespace cops {
@@ -26,11 +26,14 @@ namespace detail {
 
 namespace {
 
-// Reusable state: one instance per thread keeps its buffers between solves.
+// Reusable state: one instance per thread keeps its buffers between solves. T: the type of the
+// input class costs (float32 input is read as it is and widened exactly where it is used).
+template <class T>
 class LocalSearch {
  public:
-  int64_t run(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
+  int64_t run(const InstanceView& inst, const T* node_costs, const SimpleGraph& g, Labelling& lab, int max_rounds) {
     inst_ = &inst;
+    in_ = node_costs;
     g_ = &g;
     lab_ = &lab;
     n_ = g.num_nodes;
@@ -45,14 +48,22 @@ class LocalSearch {
     const SimpleGraph& g = *g_;
     // One pass over the node costs: the tolerance scale and each node's cheapest class cost
     // (the lower bound that lets node moves skip the O(K) class loop, see best_move).
+    // GAEC hands them over from its own pass over the costs (a warm start does not).
     double scale = 1.0;
-    node_min_.resize(n_);
-    for (int32_t i = 0; i < n_; ++i) {
-      double absmax;
-      row_min_absmax(inst.node_costs + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
-      scale = std::max(scale, absmax);
+    if (lab_->node_min.size() == static_cast<size_t>(n_) && lab_->cost_scale > 0.0) {
+      node_min_.swap(lab_->node_min);
+      scale = lab_->cost_scale;
+    } else {
+      node_min_.resize(n_);
+      for (int32_t i = 0; i < n_; ++i) {
+        double absmax;
+        row_min_absmax(in_ + static_cast<size_t>(i) * K_, K_, &node_min_[i], &absmax);
+        scale = std::max(scale, absmax);
+      }
+      for (double w : g.w) scale = std::max(scale, std::abs(w));
     }
-    for (double w : g.w) scale = std::max(scale, std::abs(w));
+    lab_->node_min.clear();
+    lab_->cost_scale = 0.0;
     tol_ = 1e-9 * scale;
     // Canonical ids: stuff nodes -> N + class; thing clusters keep their GAEC id.
     for (int32_t i = 0; i < n_; ++i) {
@@ -72,17 +83,22 @@ class LocalSearch {
     seeds.resize(n_);
     for (int32_t i = 0; i < n_; ++i) seeds[i] = i;
     int64_t total = 0;
+    lab_->segment.clear();
     for (int round = 0; round < max_rounds; ++round) {
       total += node_moves(seeds);
       seeds.clear();
       const int64_t moved = cluster_moves(&seeds);
       total += moved;
-      if (moved == 0) break;
+      if (moved == 0) {
+        // The round's segments (comp_, numbered by first node) describe the final state.
+        lab_->segment.swap(comp_);
+        break;
+      }
     }
     return total;
   }
 
-  double cost(int32_t i, int32_t k) const { return inst_->node_costs[static_cast<size_t>(i) * K_ + k]; }
+  double cost(int32_t i, int32_t k) const { return in_[static_cast<size_t>(i) * K_ + k]; }
 
   int32_t new_cluster_id(int32_t k) {
     if (!inst_->partitionable[k]) return n_ + k;
@@ -146,6 +162,9 @@ class LocalSearch {
         w_max = cand_w_[c] > w_max ? cand_w_[c] : w_max;
         continue;
       }
+      // The same bound per candidate: unit_min in place of its class cost (skips a cache miss
+      // on the node's cost row when the move cannot win).
+      if (!((unit_min - cand_w_[c]) - base < best_delta)) continue;
       const double d = unit_cost(cluster_label_[t]) - cand_w_[c] - base;
       if (d < best_delta) {
         best_delta = d;
@@ -179,22 +198,34 @@ class LocalSearch {
   }
 
   int64_t node_moves(const std::vector<int32_t>& seeds) {
-    std::deque<int32_t>& queue = queue_;
-    queue.clear();
+    // FIFO of the nodes to evaluate: a ring of N slots (a node is queued at most once at a time).
+    std::vector<int32_t>& ring = queue_;
+    ring.resize(static_cast<size_t>(n_));
+    size_t head = 0, count = 0;
+    const size_t cap = static_cast<size_t>(n_);
     queued_.assign(n_, 0);
     std::vector<uint8_t>& queued = queued_;
     for (int32_t i : seeds) {
       if (!queued[i]) {
         queued[i] = 1;
-        queue.push_back(i);
+        ring[count++] = i;
       }
     }
     int64_t moves = 0;
     const int64_t max_moves = 64 * static_cast<int64_t>(n_) + 1024;
-    while (!queue.empty() && moves < max_moves) {
-      const int32_t i = queue.front();
-      queue.pop_front();
+    constexpr size_t kAhead = 8;
+    while (count > 0 && moves < max_moves) {
+      const int32_t i = ring[head];
+      head = head + 1 == cap ? 0 : head + 1;
+      --count;
       queued[i] = 0;
+      if (count > kAhead) {
+        // The node evaluated kAhead steps later reads its cost at its current class first
+        // (a cache miss on a row of the [N, K] costs otherwise).
+        const size_t q = head + kAhead < cap ? head + kAhead : head + kAhead - cap;
+        const int32_t j = ring[q];
+        COPS_PREFETCH(&in_[static_cast<size_t>(j) * K_ + lab_->label[j]]);
+      }
       const int32_t own = lab_->cluster[i];
       const int32_t own_label = lab_->label[i];
       gather_node(i);
@@ -212,7 +243,9 @@ class LocalSearch {
         const int32_t j = g_->nbr[p];
         if (!queued[j]) {
           queued[j] = 1;
-          queue.push_back(j);
+          const size_t tail = head + count < cap ? head + count : head + count - cap;
+          ring[tail] = j;
+          ++count;
         }
       }
     }
@@ -221,11 +254,19 @@ class LocalSearch {
 
   int64_t cluster_moves(std::vector<int32_t>* touched) {
     // Segments: connected components of joined edges (union-find over the edges).
+    // An edge is cut iff its endpoints' cluster ids differ (equal ids: joined, same segment), so
+    // the cut edges (about a third of all on the benchmark instances) are listed in the same pass.
     UnionFind& uf = uf_;
     uf.reset(n_);
+    std::vector<int32_t>& cut_edges = cut_edges_;
+    cut_edges.clear();
+    const int32_t* cluster = lab_->cluster.data();
     for (int32_t e = 0; e < g_->num_edges(); ++e) {
       const int32_t u = g_->u[e], v = g_->v[e];
-      if (lab_->cluster[u] != lab_->cluster[v]) continue;
+      if (cluster[u] != cluster[v]) {
+        cut_edges.push_back(e);
+        continue;
+      }
       const int32_t a = uf.find(u), b = uf.find(v);
       if (a != b) uf.merge_into(std::max(a, b), std::min(a, b));
     }
@@ -246,38 +287,32 @@ class LocalSearch {
     first.assign(num_comp, -1);
     for (int32_t i = 0; i < n_; ++i) {
       double* sc = &S[static_cast<size_t>(comp[i]) * K_];
-      const double* nc = &inst_->node_costs[static_cast<size_t>(i) * K_];
+      const T* nc = &in_[static_cast<size_t>(i) * K_];
       for (int32_t k = 0; k < K_; ++k) sc[k] += nc[k];
       if (first[comp[i]] < 0) first[comp[i]] = i;
     }
 
-    // Cut edges grouped by segment (both directions): the segment adjacency.
+    // Cut edges grouped by segment (both directions, in edge order): the segment adjacency, with
+    // the neighbour's node, cluster (fixed while the moves are chosen) and segment.
     std::vector<int64_t>& start = start_;
     start.assign(static_cast<size_t>(num_comp) + 1, 0);
-    for (int32_t e = 0; e < g_->num_edges(); ++e) {
-      const int32_t cu = comp[g_->u[e]], cv = comp[g_->v[e]];
-      if (cu == cv) continue;
-      ++start[cu + 1];
-      ++start[cv + 1];
+    for (const int32_t e : cut_edges) {
+      ++start[comp[g_->u[e]] + 1];
+      ++start[comp[g_->v[e]] + 1];
     }
     for (int32_t c = 0; c < num_comp; ++c) start[c + 1] += start[c];
-    std::vector<int32_t>& cut_other = cut_other_;  // neighbour node
-    cut_other.resize(static_cast<size_t>(start[num_comp]));
-    std::vector<double>& cut_w = cut_w_;
-    cut_w.resize(static_cast<size_t>(start[num_comp]));
+    const size_t num_cut = static_cast<size_t>(start[num_comp]);
+    std::vector<CutEntry>& cut = cut_;  // one record per entry: one write stream per segment
+    cut.resize(num_cut);
     {
       std::vector<int64_t>& fill = fill_;
       fill.assign(start.begin(), start.end() - 1);
-      for (int32_t e = 0; e < g_->num_edges(); ++e) {
+      for (const int32_t e : cut_edges) {
         const int32_t u = g_->u[e], v = g_->v[e];
         const int32_t cu = comp[u], cv = comp[v];
-        if (cu == cv) continue;
-        int64_t q = fill[cu]++;
-        cut_other[q] = v;
-        cut_w[q] = g_->w[e];
-        q = fill[cv]++;
-        cut_other[q] = u;
-        cut_w[q] = g_->w[e];
+        const double w = g_->w[e];
+        cut[fill[cu]++] = CutEntry{w, v, cluster[v], cv};
+        cut[fill[cv]++] = CutEntry{w, u, cluster[u], cu};
       }
     }
 
@@ -292,9 +327,35 @@ class LocalSearch {
       const int32_t own = lab_->cluster[first[c]];
       const int32_t own_label = lab_->label[first[c]];
       // Summed edge cost from this segment to each neighbouring cluster (current state).
+      // As add_candidate for each entry, but a run of entries to one cluster (the cut edges along
+      // a stretch of boundary) is summed in a register: the same additions in the same order,
+      // without a store and reload per entry.
       cand_ids_.clear();
       cand_w_.clear();
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) add_candidate(lab_->cluster[cut_other[q]], cut_w[q]);
+      {
+        int32_t run_cluster = -1, run_slot = -1;
+        double acc = 0.0;
+        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+          const int32_t t = cut[q].cluster;
+          if (t == run_cluster) {
+            acc += cut[q].w;
+            continue;
+          }
+          if (run_slot >= 0) cand_w_[run_slot] = acc;
+          int32_t& slot = mark_[t];
+          if (slot < 0) {
+            slot = static_cast<int32_t>(cand_ids_.size());
+            cand_ids_.push_back(t);
+            cand_w_.push_back(cut[q].w);
+            acc = cut[q].w;
+          } else {
+            acc = cand_w_[slot] + cut[q].w;
+          }
+          run_cluster = t;
+          run_slot = slot;
+        }
+        if (run_slot >= 0) cand_w_[run_slot] = acc;
+      }
       const double* sc = &S[static_cast<size_t>(c) * K_];
       double best_delta;
       int32_t best_new_class = -1;
@@ -308,7 +369,7 @@ class LocalSearch {
       dirty[c] = 1;
       moved_comps.push_back(c);
       target_of_comp_[c] = target;
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) dirty[comp[cut_other[q]]] = 1;
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) dirty[cut[q].comp] = 1;
     }
     if (moves == 0) return 0;
     // Apply the moves and collect the nodes whose neighbourhood changed.
@@ -324,12 +385,13 @@ class LocalSearch {
       touched->push_back(i);
     }
     for (int32_t c : moved_comps) {
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) touched->push_back(cut_other[q]);
+      for (int64_t q = start[c]; q < start[c + 1]; ++q) touched->push_back(cut[q].other);
     }
     return moves;
   }
 
   const InstanceView* inst_ = nullptr;
+  const T* in_ = nullptr;  // [N, K] input class costs
   const SimpleGraph* g_ = nullptr;
   Labelling* lab_ = nullptr;
   int32_t n_ = 0;
@@ -342,25 +404,32 @@ class LocalSearch {
   std::vector<int32_t> cand_ids_;
   std::vector<double> cand_w_;
   std::vector<uint8_t> queued_;
-  std::deque<int32_t> queue_;
+  std::vector<int32_t> queue_;  // ring buffer of node_moves
   std::vector<int32_t> seeds_;
   UnionFind uf_;
   std::vector<double> S_;
   std::vector<int32_t> first_;
   std::vector<int64_t> start_, fill_;
-  std::vector<int32_t> cut_other_;
-  std::vector<double> cut_w_;
+  struct CutEntry {
+    double w;         // edge cost
+    int32_t other;    // the node across the cut edge
+    int32_t cluster;  // its cluster
+    int32_t comp;     // its segment
+  };
+  std::vector<int32_t> cut_edges_;
+  std::vector<CutEntry> cut_;
   std::vector<uint8_t> dirty_, is_moved_;
   std::vector<int32_t> moved_comps_;
   std::vector<int32_t> comp_;
   std::vector<int32_t> target_of_comp_;
 };
 
+template <class T>
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
 #endif
-LocalSearch* thread_solver() {
-  thread_local LocalSearch solver;
+LocalSearch<T>* thread_solver() {
+  thread_local LocalSearch<T> solver;
   return &solver;
 }
 
@@ -368,7 +437,8 @@ LocalSearch* thread_solver() {
 
 int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
   // Through a pointer from a non-inlined function (see gaec.cpp, thread_solver).
-  return thread_solver()->run(inst, g, lab, max_rounds);
+  if (inst.node_costs == nullptr) return thread_solver<float>()->run(inst, inst.node_costs_f32, g, lab, max_rounds);
+  return thread_solver<double>()->run(inst, inst.node_costs, g, lab, max_rounds);
 }
 
 }  // namespace detail
