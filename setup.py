@@ -21,7 +21,9 @@ def _extensions():
     if sys.platform == "win32":
         extra_compile_args += ["/O2"]
     else:
-        extra_compile_args += ["-O3", "-fvisibility=hidden"]
+        # -ffp-contract=off: no fused multiply-add, so results do not depend on -march (and the
+        # backward's perturbed costs round as NumPy's multiply-then-add does).
+        extra_compile_args += ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
         extra_link_args += ["-pthread"]
         if os.environ.get("COPS_NATIVE_ARCH", "0") == "1":
             # Opt-in: tune for the build machine. Off by default so that wheels stay portable.

@@ -49,6 +49,14 @@ struct InstanceView {
   // start is feasible.
   const int32_t* initial_labels = nullptr;
   const int32_t* initial_clusters = nullptr;
+  // Optional perturbation of the node costs (the AMWC layer's backward, COPS Sec. 3.4): the
+  // instance's node costs are c + scale * delta, delta [N, K] of the node costs' dtype
+  // (`node_delta` with float64 costs, `node_delta_f32` with float32 ones), computed elementwise
+  // in that dtype as round(round(delta * scale) + c) on the solving thread into a reused buffer,
+  // so that N perturbed instances of one image need no [N, K] array each.
+  const double* node_delta = nullptr;
+  const float* node_delta_f32 = nullptr;
+  double delta_scale = 0.0;
 };
 
 struct SolveOptions {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -40,6 +41,7 @@ struct HeldInstance {
   BArray partitionable;
   cops::InstanceView view;
   std::vector<int32_t> initial_labels, initial_clusters;  // warm start (empty: none)
+  Costs node_delta;  // node-cost perturbation (see hold_perturbation)
 };
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
@@ -133,6 +135,28 @@ void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const
   }
 }
 
+// Optional node-cost perturbation: `delta` of the node costs' shape and dtype (float32 or
+// float64) and a finite `scale`; the solver uses node_costs + scale * delta.
+void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, const std::string& where) {
+  if (delta.is_none()) return;
+  h.node_delta = hold_costs(delta, where, "node_delta");
+  if (h.node_delta.is_f32 != h.node_costs.is_f32)
+    fail(where + "node_delta must have the dtype of node_costs (float32 or float64)");
+  if (h.node_delta.ndim() != 2 || h.node_delta.shape(0) != h.node_costs.shape(0) ||
+      h.node_delta.shape(1) != h.node_costs.shape(1))
+    fail(where + "node_delta must have the shape of node_costs [N, K]");
+  double s = 0.0;
+  try {
+    s = scale.cast<double>();
+  } catch (const py::cast_error&) {
+    fail(where + "the perturbation scale must be a real number");
+  }
+  if (!std::isfinite(s)) fail(where + "the perturbation scale must be finite");
+  if (h.node_delta.is_f32) h.view.node_delta_f32 = h.node_delta.f32.data();
+  else h.view.node_delta = h.node_delta.f64.data();
+  h.view.delta_scale = s;
+}
+
 template <class T>
 py::array_t<T> to_array(const std::vector<T>& v) {
   py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
@@ -177,13 +201,14 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads)
   for (size_t b = 0; b < py::len(instances); ++b) {
     py::sequence t = instances[b].cast<py::sequence>();
     const size_t len = py::len(t);
-    if (len < 4 || len > 6)
+    if (len < 4 || len > 8 || len == 7)
       fail("each batch entry must be (node_costs, edges, edge_costs, partitionable[, initial_labels"
-           "[, initial_clusters]])");
+           "[, initial_clusters[, node_delta, scale]]])");
     const std::string where = "instance " + std::to_string(b) + ": ";
     held.push_back(hold(t[0], t[1], t[2], t[3], where));
     hold_initial(held.back(), len > 4 ? py::handle(t[4]) : py::handle(Py_None),
                  len > 5 ? py::handle(t[5]) : py::handle(Py_None), where);
+    if (len == 8) hold_perturbation(held.back(), t[6], t[7], where);
   }
   std::vector<cops::InstanceView> views;
   views.reserve(held.size());
@@ -296,7 +321,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
         py::arg("num_threads") = 0,
         "Solve a list of AMWC instances (node_costs, edges, edge_costs, partitionable[, initial_labels"
-        "[, initial_clusters]]) on a pool of threads (GIL released).");
+        "[, initial_clusters[, node_delta, scale]]]) on a pool of threads (GIL released); with "
+        "node_delta the node costs are node_costs + scale * node_delta, computed on the worker.");
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
         "AMWC objective of a labelling (edge cut iff cluster ids differ).");

@@ -356,9 +356,41 @@ bool all_finite(const float* x, int64_t n) {
   return bad == 0;
 }
 
+// out[i] = round(round(delta[i] * scale) + base[i]) in T (no fused multiply-add: the build uses
+// -ffp-contract=off), the order NumPy's `np.multiply(delta, scale); += base` rounds in.
+template <class T>
+void perturbed_costs(const T* base, const T* delta, T scale, int64_t n, std::vector<T>& out) {
+  out.resize(static_cast<size_t>(n));
+  T* o = out.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const T t = delta[i] * scale;
+    o[i] = t + base[i];
+  }
+}
+
+// The instance with its node-cost perturbation (if any) applied into per-thread buffers.
+InstanceView with_perturbation(const InstanceView& in) {
+  InstanceView v = in;
+  const int64_t n = in.num_nodes * in.num_classes;
+  if (in.node_delta_f32 != nullptr && in.node_costs_f32 != nullptr) {
+    thread_local std::vector<float> buf;
+    perturbed_costs(in.node_costs_f32, in.node_delta_f32, static_cast<float>(in.delta_scale), n, buf);
+    v.node_costs_f32 = buf.data();
+  } else if (in.node_delta != nullptr && in.node_costs != nullptr) {
+    thread_local std::vector<double> buf;
+    perturbed_costs(in.node_costs, in.node_delta, in.delta_scale, n, buf);
+    v.node_costs = buf.data();
+  }
+  v.node_delta = nullptr;
+  v.node_delta_f32 = nullptr;
+  return v;
+}
+
 // With keep_node_f32, finite float32 node costs stay float32 (node_costs null, node_costs_f32
 // set, known finite): the solvers read them as they are, widening exactly where they use them.
-InstanceView as_float64(const InstanceView& in, bool keep_node_f32 = false) {
+// A node-cost perturbation is applied first.
+InstanceView as_float64(const InstanceView& input, bool keep_node_f32 = false) {
+  const InstanceView in = with_perturbation(input);
   InstanceView v = in;
   if (keep_node_f32 && in.node_costs == nullptr && in.node_costs_f32 != nullptr &&
       all_finite(in.node_costs_f32, in.num_nodes * in.num_classes)) {

@@ -863,3 +863,26 @@ def test_warm_and_cold_gradients_agree_in_direction():
             g.append(grads_of(sc, ec).double())
         cos = float(g[0] @ g[1] / (g[0].norm() * g[1].norm()))
         assert cos > 0.7, (seed, cos)
+
+
+def test_backward_workspace_hands_out_disjoint_views_and_grows():
+    """The backward's scratch buffer: arrays of one pass never overlap; a pass that did not fit
+    gets fresh arrays and the next pass fits in the grown buffer."""
+    from detectron2_cops.layers.amwc_layer import _Workspace
+
+    ws = _Workspace()
+    ws.reset()
+    a, b = ws.empty((100, 7), np.float32), ws.empty((33,), np.float64)
+    assert a.shape == (100, 7) and a.dtype == np.float32 and b.shape == (33,) and b.dtype == np.float64
+    assert not np.shares_memory(a, ws.buf) and not np.shares_memory(b, ws.buf)  # did not fit: fresh
+    ws.reset()
+    assert ws.buf.size >= a.nbytes + b.nbytes
+    a, b, c = ws.empty((100, 7), np.float32), ws.empty((33,), np.float64), ws.empty((5, 5), np.float32)
+    assert np.shares_memory(a, ws.buf) and np.shares_memory(b, ws.buf)
+    assert not np.shares_memory(a, b)
+    assert (a.ctypes.data - ws.buf.ctypes.data) % 64 == (b.ctypes.data - ws.buf.ctypes.data) % 64 == 0
+    assert b.ctypes.data % b.dtype.itemsize == 0
+    a.fill(1.0)
+    b.fill(2.0)
+    assert (a == 1.0).all() and (b == 2.0).all()
+    assert c.shape == (5, 5) and not np.shares_memory(c, ws.buf)  # beyond the last pass's total

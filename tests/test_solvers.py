@@ -710,3 +710,67 @@ def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
         _C.segment_edge_sums(seg, grid.edges[:, :1], values, 11)
     empty = _C.segment_edge_sums(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0), 0)
     assert all(len(x) == 0 for x in empty)
+
+
+# --------------------------------------------------------------------------- node-cost perturbations
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_node_cost_perturbations_equal_materialised_costs(dtype):
+    """``node_cost_perturbations=(delta, scale)`` solves ``node_costs + scale * delta`` formed on
+    the worker exactly as NumPy forms it (multiply in the dtype, then add), warm-started or not."""
+    a = synthetic_instance(18, 24, 6, 3, [1, 3, 6], seed=21, class_noise=1.5, edge_noise=1.5)
+    rng = np.random.default_rng(1)
+    base = a.node_costs.astype(dtype)
+    delta = rng.normal(0, 1e-3, base.shape).astype(dtype)
+    start = solve_amwc(base, a.edges, a.edge_costs, a.partitionable)
+    warm = (start.node_labels, start.instance_ids)
+    scales = [0.5, 137.25, 4999.9]
+    for extra in ((), warm):
+        plain = solve_amwc_batch(
+            [(np.multiply(delta, dtype(s)) + base, a.edges, a.edge_costs, a.partitionable) + extra for s in scales]
+        )
+        fused = solve_amwc_batch([(base, a.edges, a.edge_costs, a.partitionable) + extra] * len(scales),
+                                 node_cost_perturbations=[(delta, s) for s in scales], num_threads=2)
+        for p, f in zip(plain, fused):
+            np.testing.assert_array_equal(p.node_labels, f.node_labels)
+            np.testing.assert_array_equal(p.instance_ids, f.instance_ids)
+            assert p.objective == f.objective
+    # None entries are unperturbed
+    mixed = solve_amwc_batch([(base, a.edges, a.edge_costs, a.partitionable)] * 2,
+                             node_cost_perturbations=[None, (delta, 0.0)])
+    assert mixed[0].objective == start.objective == mixed[1].objective
+
+
+def test_node_cost_perturbations_bad_input():
+    a = synthetic_instance(8, 9, 4, 2, [1], seed=2)
+    inst = (a.node_costs, a.edges, a.edge_costs, a.partitionable)
+    d = np.zeros_like(a.node_costs)
+    with pytest.raises(ValueError, match="one entry per instance"):
+        solve_amwc_batch([inst, inst], node_cost_perturbations=[(d, 1.0)])
+    with pytest.raises(ValueError, match=r"instance 0: a node-cost perturbation must be \(delta, scale\)"):
+        solve_amwc_batch([inst], node_cost_perturbations=[d])
+    with pytest.raises(ValueError, match="instance 0: node_delta must have the shape"):
+        solve_amwc_batch([inst], node_cost_perturbations=[(d[:-1], 1.0)])
+    other = np.float32 if d.dtype == np.float64 else np.float64
+    with pytest.raises(ValueError, match="instance 0: node_delta must have the shape .* and dtype"):
+        solve_amwc_batch([inst], node_cost_perturbations=[(d.astype(other), 1.0)])
+    bad = d.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="instance 0: node_delta must be finite"):
+        solve_amwc_batch([inst], node_cost_perturbations=[(bad, 1.0)])
+    for s in (float("inf"), float("nan"), "2", None):
+        with pytest.raises(ValueError, match="scale must be a finite real number"):
+            solve_amwc_batch([inst], node_cost_perturbations=[(d, s)])
+    with pytest.raises(ValueError, match="instance 1: node_costs must be finite"):  # overflow
+        solve_amwc_batch([inst, inst], node_cost_perturbations=[None, (np.full_like(d, np.finfo(d.dtype).max), 4.0)])
+    # the native entry point checks on its own
+    from detectron2_cops import _C
+
+    nc, e, ec, p = (np.ascontiguousarray(a.node_costs), a.edges, a.edge_costs, a.partitionable.astype(np.uint8))
+    with pytest.raises(ValueError, match="node_delta must have the dtype of node_costs"):
+        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d.astype(other), 1.0)], True, 1)
+    with pytest.raises(ValueError, match="node_delta must have the shape of node_costs"):
+        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d[:, :2].copy(), 1.0)], True, 1)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d, float("nan"))], True, 1)
+    with pytest.raises(ValueError, match="each batch entry must be"):
+        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d)], True, 1)

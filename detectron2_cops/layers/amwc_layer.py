@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import threading
 import time
 from collections import OrderedDict
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -247,6 +248,42 @@ def _mwc_initial_labels(seg_of_pixel: np.ndarray, labels: np.ndarray, label_clas
 
 
 # ----------------------------------------------------------------------------- autograd function
+class _Workspace(threading.local):
+    """Per-thread scratch memory for the backward's per-image MWC costs (the base ``[N, L]`` and
+    its perturbation direction ``[N, L]``), reused by the next backward on this thread.
+
+    Fresh arrays of that size are page-faulted on first write, which costs more than filling
+    them (measured: ~2 ms per 7.6 MB array); they only live until the solver returns, so one
+    buffer serves every step. A request that
+    does not fit gets a fresh array, and the buffer grows to the last pass's total at the next
+    :meth:`reset`: from the second step on of a run with fixed sizes nothing is allocated.
+    The arrays handed out must not outlive the pass (none is returned to the caller).
+    """
+
+    _ALIGN = 64
+
+    def __init__(self):
+        self.buf = np.empty(0, dtype=np.uint8)
+        self.used = 0
+
+    def reset(self):
+        if self.used > self.buf.size:
+            self.buf = np.empty(self.used, dtype=np.uint8)
+        self.used = 0
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        start = -(-self.used // self._ALIGN) * self._ALIGN
+        self.used = start + nbytes
+        if self.used > self.buf.size:
+            return np.empty(shape, dtype=dtype)
+        return self.buf[start:self.used].view(dtype).reshape(shape)
+
+
+_workspace = _Workspace()
+
+
 class AMWCFunction(torch.autograd.Function):
     """AMWC solve (forward) with the COPS multiway-cut gradient estimator (backward).
 
@@ -443,7 +480,9 @@ class AMWCFunction(torch.autograd.Function):
             dY = _flat_maps(maps, B)[:, torch.from_numpy(grid.map_index)].numpy()  # [B, E]
 
         fdt = np.float32 if spec.float32 else np.float64
-        instances, plan = [], []  # plan: (image, MWC label -> class) per solved image
+        ws = _workspace  # the perturbed costs below live until the solver returns
+        ws.reset()
+        instances, perturbations, plan = [], [], []  # plan: (image, MWC label -> class) per solved image
         for b in range(B):
             M_b = int(offsets[b + 1] - offsets[b])
             dP_b = None if dP is None or M_b == 0 else dP[offsets[b]:offsets[b + 1]]  # [M_b, N]
@@ -458,11 +497,18 @@ class AMWCFunction(torch.autograd.Function):
             if has_p:
                 # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
                 label_class = _mwc_label_classes(ctx.seg_classes[b], K)
-                base = np.ascontiguousarray(ctx.node_costs[b][:, label_class], dtype=fdt)  # [N, L] C order
-                delta = np.zeros_like(base)
+                # [N, L], C order (np.take along axis 1; a fancy column index gives a strided copy)
+                base = np.take(ctx.node_costs[b].astype(fdt, copy=False), label_class, axis=1,
+                               out=ws.empty((N, len(label_class)), fdt))
+                delta = ws.empty(base.shape, fdt)
+                delta.fill(0)
                 if has_x:
                     delta[...] = dX_b[:, label_class]
-                delta[:, :M_b] += dP_b.T
+                    delta[:, :M_b] += dP_b.T
+                else:
+                    # The same values by torch's blocked transposing copy (NumPy's strided add into
+                    # zeros took ~4x as long).
+                    torch.from_numpy(delta)[:, :M_b].copy_(torch.from_numpy(dP_b).t())
                 part = None
                 warm = ((_mwc_initial_labels(ctx.seg_of_pixel[b], ctx.labels[b], label_class),)
                         if spec.warm_start else ())
@@ -470,7 +516,8 @@ class AMWCFunction(torch.autograd.Function):
                 # Loss on node/edge labels only: perturb the AMWC itself (slides, naive pipeline).
                 label_class = np.arange(K)
                 base = ctx.node_costs[b].astype(fdt, copy=False)
-                delta = np.zeros_like(base)
+                delta = ws.empty(base.shape, fdt)
+                delta.fill(0)
                 if has_x:
                     delta[...] = dX_b
                 part = spec.thing_mask
@@ -478,35 +525,38 @@ class AMWCFunction(torch.autograd.Function):
                         if spec.warm_start else ())
             for i in range(S):
                 lam = float(lambdas[b, i])
-                node = np.multiply(delta, lam, dtype=fdt)
-                node += base
+                # node costs base + lam * delta, formed by the solver on its worker thread (in fdt,
+                # as np.multiply(delta, fdt(lam)) + base): no [N, L] array per sample here
+                perturbations.append((delta, lam))
                 if has_y:
                     edge = np.multiply(dY_b, lam)
                     edge += c_E
                     edge = edge.astype(fdt, copy=False)
                 else:
                     edge = c_E
-                instances.append((node, grid.edges, edge, part) + warm)
+                instances.append((base, grid.edges, edge, part) + warm)
             plan.append((b, label_class))
 
         t0 = time.perf_counter()
-        results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads)
+        results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads,
+                                    node_cost_perturbations=perturbations)
                    if instances else [])
         t_solver = time.perf_counter() - t0
 
         grad_node = np.zeros((B, N, K), dtype=np.float64)
         grad_edge = np.zeros((B, E), dtype=np.float64)
-        rows = np.arange(N)
+        row_start = np.arange(N) * K  # flat index of (node, class 0) in a [N, K] array
         for j, (b, label_class) in enumerate(plan):
             inv = 1.0 / lambdas[b]
-            acc_n = grad_node[b]
+            acc_n = grad_node[b].reshape(-1)  # a view
             acc_e = grad_edge[b]
+            tmp_e = ws.empty((E,), np.float64) if E else None
             for i in range(S):
                 r = results[j * S + i]
-                acc_n[rows, label_class[r.node_labels]] += inv[i]
+                acc_n[row_start + label_class[r.node_labels]] += inv[i]  # one class per node: no repeats
                 if E:
-                    acc_e += r.edge_labels * inv[i]
-            acc_n[rows, ctx.labels[b]] -= inv.sum()
+                    acc_e += np.multiply(r.edge_labels, inv[i], out=tmp_e)
+            acc_n[row_start + ctx.labels[b]] -= inv.sum()
             if E:
                 acc_e -= ctx.edge_labels[b] * inv.sum()
         if plan:

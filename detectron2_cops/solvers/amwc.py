@@ -14,6 +14,8 @@ case without partitionable classes.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -154,6 +156,26 @@ def _check_initial(initial_labels, initial_clusters, N: int, K: int, where: str 
     return out[0], out[1]
 
 
+def _check_perturbation(pert, nc: np.ndarray, where: str):
+    """Validate ``(delta, scale)`` of :func:`solve_amwc_batch` against the prepared node costs."""
+    try:
+        delta, scale = pert
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}a node-cost perturbation must be (delta, scale), got {pert!r}") from None
+    try:
+        d = _check_costs(delta, "node_delta", 2, "[N, K]")
+    except ValueError as err:
+        raise ValueError(where + str(err)) from None
+    if d.shape != nc.shape or d.dtype != nc.dtype:
+        raise ValueError(
+            f"{where}node_delta must have the shape {list(nc.shape)} and dtype {nc.dtype} of node_costs, "
+            f"got {list(d.shape)} {d.dtype}"
+        )
+    if not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
+        raise ValueError(f"{where}the perturbation scale must be a finite real number, got {scale!r}")
+    return d, float(scale)
+
+
 def _wrap(raw) -> AMWCResult:
     node_labels, instance_ids, edge_labels, objective, info = raw
     return AMWCResult(node_labels, instance_ids, edge_labels, float(objective), dict(info))
@@ -232,6 +254,7 @@ def solve_amwc_batch(
     *,
     local_search: bool = True,
     num_threads: int = 0,
+    node_cost_perturbations: Optional[Sequence[Optional[Tuple[np.ndarray, float]]]] = None,
 ) -> List[AMWCResult]:
     """Solve a list of AMWC instances on a pool of native threads (the GIL is released).
 
@@ -242,16 +265,30 @@ def solve_amwc_batch(
             None = no warm start).
         local_search: as in :func:`solve_amwc`.
         num_threads: worker threads; ``0`` = one per instance, at most the number of CPU cores.
+        node_cost_perturbations: optional, one entry per instance: None, or ``(delta, scale)``
+            with ``delta`` ``[N, K]`` of the instance's node-cost dtype (float32 or float64) and
+            ``scale`` a finite float: the instance is solved with node costs ``node_costs + scale
+            * delta``, computed elementwise in that dtype exactly as ``np.multiply(delta,
+            dtype(scale)) + node_costs`` on the solving thread (the AMWC layer's backward passes
+            one base and one delta per image for its N perturbed solves instead of N ``[N, K]``
+            arrays; COPS Sec. 3.4).
 
     Returns:
         list of :class:`AMWCResult`, in input order; identical to solving one by one.
 
     Raises:
         ValueError: as :func:`solve_amwc`, with the message prefixed by ``instance <b>: ``;
-            ``num_threads < 0``.
+            ``num_threads < 0``; ``node_cost_perturbations`` not one entry per instance, a
+            ``delta`` of another shape or dtype than the node costs or not finite, a scale that
+            is not a finite real number; perturbed costs that overflow (not finite).
     """
     if int(num_threads) != num_threads or num_threads < 0:
         raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+    if node_cost_perturbations is not None and len(node_cost_perturbations) != len(instances):
+        raise ValueError(
+            f"node_cost_perturbations must hold one entry per instance ({len(instances)}), "
+            f"got {len(node_cost_perturbations)}"
+        )
     prepared = []
     edge_cache: dict = {}
     for b, inst in enumerate(instances):
@@ -264,7 +301,11 @@ def solve_amwc_batch(
         nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache)
         il, ic = _check_initial(inst[4] if len(inst) > 4 else None, inst[5] if len(inst) > 5 else None,
                                 nc.shape[0], nc.shape[1], where)
-        prepared.append((nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic))
+        entry = (nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic)
+        pert = None if node_cost_perturbations is None else node_cost_perturbations[b]
+        if pert is not None:
+            entry = (nc, e, ec, p, il, ic) + _check_perturbation(pert, nc, where)
+        prepared.append(entry)
     return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
 
 
