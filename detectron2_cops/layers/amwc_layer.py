@@ -335,8 +335,11 @@ class AMWCFunction(torch.autograd.Function):
     singletons; its result is never worse than that start on the perturbed objective. Where the
     perturbation is too small to move any pixel, the estimate is then exactly zero, whereas a
     cold GAEC solve of the (different) MWC problem may differ from ``s(c)`` for reasons unrelated
-    to the loss. With ``spec.float32`` the perturbed costs are built in float32 (the solver widens
-    them per instance); the gradient is accumulated in float64 either way.
+    to the loss. The ``N`` perturbed node costs ``c + lambda_i * delta`` of an image are formed by
+    the solver on its worker threads from one base and one ``delta`` per image
+    (``solve_amwc_batch(..., node_cost_perturbations=...)``, the same rounding as NumPy's
+    multiply-then-add). With ``spec.float32`` they are float32 (the solver reads them as they
+    are, summing in float64); the gradient is accumulated in float64 either way.
 
     The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
     global RNG if None), ``B * N`` values in image-major order, whether an image is solved or not,
@@ -641,19 +644,20 @@ class AMWCLayer(nn.Module):
             solves. Ignored when ``local_search`` is False (the warm start would then be returned
             unchanged: a zero gradient).
         backward_float32: build the perturbed node costs (and edge costs, when an edge-label
-            gradient is present) of the backward in float32 instead of float64 (half the memory;
-            the solver widens them to float64 per instance). Gradients are accumulated in float64
-            as before.
+            gradient is present) of the backward in float32 instead of float64 (half the memory
+            and memory traffic; the solver sums them in float64). Gradients are accumulated in
+            float64 as before.
 
     Attributes:
         last_timing: ``{"forward_solver_s", "forward_other_s", "backward_solver_s",
             "backward_other_s"}`` wall-clock seconds of the latest call (backward entries 0.0
             until its backward has run). "solver" is the time inside the batched solver call.
 
-    Memory: the backward holds ``B * N`` MWC node-cost arrays ``[H*W, L]`` at once (``L`` =
-    predicted segments + padded segments + classes without a segment), float32 by default
-    (``backward_float32``): about 0.3 GB for two 256 x 512 grids with ~55 labels each and
-    ``N = 5`` (0.6 GB in float64).
+    Memory: the backward holds two MWC node-cost arrays ``[H*W, L]`` per image (the base and the
+    perturbation direction; ``L`` = predicted segments + padded segments + classes without a
+    segment), float32 by default (``backward_float32``), in a per-thread workspace that the next
+    backward reuses, plus one perturbed ``[H*W, L]`` array per solver thread: about 0.17 GB for
+    two 256 x 512 grids with ~55 labels each (twice that in float64).
 
     Example::
 
