@@ -254,10 +254,10 @@ class _Workspace(threading.local):
 
     Fresh arrays of that size are page-faulted on first write, which costs more than filling
     them (measured: ~2 ms per 7.6 MB array); they only live until the solver returns, so one
-    buffer serves every step. A request that
-    does not fit gets a fresh array, and the buffer grows to the last pass's total at the next
-    :meth:`reset`: from the second step on of a run with fixed sizes nothing is allocated.
-    The arrays handed out must not outlive the pass (none is returned to the caller).
+    buffer serves every step. A request that does not fit gets a fresh array, and the buffer
+    grows to the last pass's total at the next :meth:`reset`: from the second step on of a run
+    with fixed sizes nothing is allocated. Views start at multiples of 64 bytes from the buffer's
+    start. The arrays handed out must not outlive the pass (none is returned to the caller).
     """
 
     _ALIGN = 64

@@ -478,7 +478,10 @@ class AMWCPostProcessor:
         num = int(seg_grid.max()) + 1
         channel = np.full(num, -1, dtype=np.int64)  # class of each requested segment, else -1
         channel[segments] = np.asarray(segment_class)[segments]
-        g = logits[:, :hr, :wr].detach().to("cpu").numpy()  # [K, hr, wr], gathered below
+        # [K, hr, wr], gathered below (no copy for float32/float64 CPU logits; half / bfloat16
+        # logits become float32, which NumPy can read)
+        exact = logits.dtype in (torch.float32, torch.float64)
+        g = logits[:, :hr, :wr].detach().to("cpu", logits.dtype if exact else torch.float32).numpy()
         key = (height, H, hr, hc, width, W, wr, wc)
         cached = self._band_cache.get(key)
         if cached is None:  # P_r, P_c depend on the sizes only (an image size repeats)
