@@ -369,8 +369,14 @@ void perturbed_costs(const T* base, const T* delta, T scale, int64_t n, std::vec
 }
 
 // The instance with its node-cost perturbation (if any) applied into per-thread buffers.
+// Throws InvalidInput for a perturbation of another dtype than the costs or a non-finite scale.
 InstanceView with_perturbation(const InstanceView& in) {
   InstanceView v = in;
+  if (in.node_delta_f32 == nullptr && in.node_delta == nullptr) return v;
+  if ((in.node_delta_f32 != nullptr && in.node_costs_f32 == nullptr) ||
+      (in.node_delta != nullptr && in.node_costs == nullptr))
+    throw InvalidInput{"node_delta must have the dtype of node_costs (float32 or float64)"};
+  if (!std::isfinite(in.delta_scale)) throw InvalidInput{"the perturbation scale must be finite"};
   const int64_t n = in.num_nodes * in.num_classes;
   if (in.node_delta_f32 != nullptr && in.node_costs_f32 != nullptr) {
     thread_local std::vector<float> buf;
