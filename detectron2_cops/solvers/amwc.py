@@ -65,7 +65,7 @@ def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
     if a.size and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))[0].tolist()
         raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at index {bad}")
-    # float32 stays float32 (the native code widens it on its worker thread, without a copy here)
+    # float32 stays float32 (the native code reads it as it is, on its worker thread; no copy here)
     return np.ascontiguousarray(a)
 
 
