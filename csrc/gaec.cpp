@@ -360,11 +360,17 @@ class Gaec {
   // min_k (C_a[k] + C_b[k]); exact (min does not depend on the evaluation order, and float32
   // inputs are widened exactly).
   double min_sum(int32_t a, int32_t b) const {
+    return with_rows(a, b, [this](const auto* x, const auto* y) { return min_sum_rows(x, y); });
+  }
+  // f(x, y) on the summed class-cost rows of clusters a and b, each an input row (T) or a pool
+  // row (double); with one of each the input row comes first (f is symmetric in its callers).
+  template <class F>
+  auto with_rows(int32_t a, int32_t b, F&& f) const {
     const int32_t ra = row_of_[a], rb = row_of_[b];
-    if (ra >= 0 && rb >= 0) return min_sum_rows(pool_row(ra), pool_row(rb));
-    if (ra >= 0) return min_sum_rows(input_row(b), pool_row(ra));
-    if (rb >= 0) return min_sum_rows(input_row(a), pool_row(rb));
-    return min_sum_rows(input_row(a), input_row(b));
+    if (ra >= 0 && rb >= 0) return f(pool_row(ra), pool_row(rb));
+    if (ra >= 0) return f(input_row(b), pool_row(ra));
+    if (rb >= 0) return f(input_row(a), pool_row(rb));
+    return f(input_row(a), input_row(b));
   }
   template <class X, class Y>
   double min_sum_rows(const X* x, const Y* y) const {
@@ -377,11 +383,7 @@ class Gaec {
   // Class of the cluster joining a and b: argmin_k (C_a[k] + C_b[k]), lowest k on ties.
   int32_t joint_label(int32_t a, int32_t b) const {
     if (label_[a] == label_[b]) return label_[a];
-    const int32_t ra = row_of_[a], rb = row_of_[b];
-    if (ra >= 0 && rb >= 0) return argmin_sum(pool_row(ra), pool_row(rb));
-    if (ra >= 0) return argmin_sum(input_row(b), pool_row(ra));
-    if (rb >= 0) return argmin_sum(input_row(a), pool_row(rb));
-    return argmin_sum(input_row(a), input_row(b));
+    return with_rows(a, b, [this](const auto* x, const auto* y) { return argmin_sum(x, y); });
   }
   template <class X, class Y>
   int32_t argmin_sum(const X* ca, const Y* cb) const {
