@@ -331,6 +331,44 @@ def test_batch_reports_the_bad_instance():
     assert solve_amwc_batch([]) == []
 
 
+def test_batch_checks_shared_cost_arrays_once_and_still_names_bad_instances(monkeypatch):
+    """Cost arrays shared by the instances of one batch call (the backward's base, delta and
+    edge costs) are checked once per call; a bad array that is not shared is still named by its
+    instance, and a shared array that is bad by the first instance that uses it."""
+    inst = synthetic_instance(8, 8, 3, 1, [1], seed=0)
+    nc, ec = inst.node_costs.astype(np.float32), inst.edge_costs.astype(np.float32)
+    delta = np.ones_like(nc)
+    base = (nc, inst.edges, ec, inst.partitionable)
+    one = solve_amwc_batch([base], node_cost_perturbations=[(delta, 3.0)])[0]
+    checked = []
+    real_isfinite = np.isfinite
+
+    def counting(x, *args, **kwargs):
+        checked.append(id(x))
+        return real_isfinite(x, *args, **kwargs)
+
+    monkeypatch.setattr(np, "isfinite", counting)
+    many = solve_amwc_batch([base] * 5, node_cost_perturbations=[(delta, float(s)) for s in range(5)])
+    monkeypatch.undo()
+    assert sorted(checked) == sorted([id(nc), id(ec), id(delta)])  # once each, not 5 times
+    np.testing.assert_array_equal(many[3].node_labels, one.node_labels)
+    np.testing.assert_array_equal(many[3].instance_ids, one.instance_ids)
+    assert many[3].objective == one.objective
+
+    bad_nc = nc.copy()
+    bad_nc[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"instance 2: node_costs must be finite"):
+        solve_amwc_batch([base, base, (bad_nc,) + base[1:], base])
+    bad_delta = delta.copy()
+    bad_delta[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"instance 1: node_delta must be finite"):
+        solve_amwc_batch([base] * 3, node_cost_perturbations=[(delta, 1.0), (bad_delta, 1.0), (bad_delta, 1.0)])
+    bad_ec = ec.copy()
+    bad_ec[4] = np.nan
+    with pytest.raises(ValueError, match=r"instance 0: edge_costs must be finite"):
+        solve_amwc_batch([(nc, inst.edges, bad_ec, inst.partitionable)] * 3)
+
+
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_batch_with_shared_edges_equals_single_solves(num_threads):
     """Instances that share one edges array share one graph structure inside the native batch

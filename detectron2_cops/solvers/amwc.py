@@ -56,7 +56,16 @@ class AMWCResult(NamedTuple):
 _FLOATS = (np.float32, np.float64)
 
 
-def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
+def _check_costs(arr, name: str, ndim: int, shape_desc: str, cache=None) -> np.ndarray:
+    """Checked cost array (float32 or float64, ``ndim`` dims, finite), C-contiguous.
+
+    ``cache`` (a dict, one per batch call): an array object already checked with the same
+    ``ndim`` is not checked again (the backward of the AMWC layer passes one base, delta and
+    edge-cost array for all perturbed solves of an image)."""
+    if cache is not None:
+        hit = cache.get((id(arr), ndim))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
     a = np.asarray(arr)
     if a.dtype.type not in _FLOATS:
         raise ValueError(f"{name} must be float32 or float64, got dtype {a.dtype}")
@@ -66,21 +75,25 @@ def _check_costs(arr, name: str, ndim: int, shape_desc: str) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(a))[0].tolist()
         raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at index {bad}")
     # float32 stays float32 (the native code reads it as it is, on its worker thread; no copy here)
-    return np.ascontiguousarray(a)
+    a = np.ascontiguousarray(a)
+    if cache is not None:
+        cache[(id(arr), ndim)] = (arr, a)  # keeps `arr` alive: its id stays unique
+    return a
 
 
-def _prepare(node_costs, edges, edge_costs, partitionable, where: str = "", edge_cache=None):
+def _prepare(node_costs, edges, edge_costs, partitionable, where: str = "", edge_cache=None, cost_cache=None):
     """Validate and convert one instance; returns C-contiguous float32-or-float64/int64/uint8 arrays.
 
     ``edge_cache`` (a dict, one per batch call): an ``edges`` array object already validated for
-    the same ``N`` is not checked again (the instances of a batch usually share one grid)."""
+    the same ``N`` is not checked again (the instances of a batch usually share one grid);
+    ``cost_cache``: the same for cost arrays (see :func:`_check_costs`)."""
     try:
-        nc = _check_costs(node_costs, "node_costs", 2, "[N, K]")
+        nc = _check_costs(node_costs, "node_costs", 2, "[N, K]", cost_cache)
         N, K = nc.shape
         cached = None if edge_cache is None else edge_cache.get((id(edges), N))
         if cached is not None and cached[0] is edges:
             e = cached[1]
-            ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {e.shape[0]}")
+            ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {e.shape[0]}", cost_cache)
             if ec.shape[0] != e.shape[0]:
                 raise ValueError(f"edge_costs must have shape [{e.shape[0]}] (one cost per edge), got {list(ec.shape)}")
             return nc, e, ec, _check_partitionable(partitionable, K)
@@ -92,7 +105,7 @@ def _prepare(node_costs, edges, edge_costs, partitionable, where: str = "", edge
         if e.dtype.kind not in "iu":
             raise ValueError(f"edges must be an integer array, got dtype {e.dtype}")
         E = e.shape[0]
-        ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {E}")
+        ec = _check_costs(edge_costs, "edge_costs", 1, f"[E] with E = {E}", cost_cache)
         if ec.shape[0] != E:
             raise ValueError(f"edge_costs must have shape [{E}] (one cost per edge), got {list(ec.shape)}")
         if E:
@@ -156,14 +169,14 @@ def _check_initial(initial_labels, initial_clusters, N: int, K: int, where: str 
     return out[0], out[1]
 
 
-def _check_perturbation(pert, nc: np.ndarray, where: str):
+def _check_perturbation(pert, nc: np.ndarray, where: str, cost_cache=None):
     """Validate ``(delta, scale)`` of :func:`solve_amwc_batch` against the prepared node costs."""
     try:
         delta, scale = pert
     except (TypeError, ValueError):
         raise ValueError(f"{where}a node-cost perturbation must be (delta, scale), got {pert!r}") from None
     try:
-        d = _check_costs(delta, "node_delta", 2, "[N, K]")
+        d = _check_costs(delta, "node_delta", 2, "[N, K]", cost_cache)
     except ValueError as err:
         raise ValueError(where + str(err)) from None
     if d.shape != nc.shape or d.dtype != nc.dtype:
@@ -291,6 +304,7 @@ def solve_amwc_batch(
         )
     prepared = []
     edge_cache: dict = {}
+    cost_cache: dict = {}
     for b, inst in enumerate(instances):
         if not 4 <= len(inst) <= 6:
             raise ValueError(
@@ -298,13 +312,13 @@ def solve_amwc_batch(
                 f"[, initial_labels[, initial_clusters]]), got a sequence of length {len(inst)}"
             )
         where = f"instance {b}: "
-        nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache)
+        nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache, cost_cache=cost_cache)
         il, ic = _check_initial(inst[4] if len(inst) > 4 else None, inst[5] if len(inst) > 5 else None,
                                 nc.shape[0], nc.shape[1], where)
         entry = (nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic)
         pert = None if node_cost_perturbations is None else node_cost_perturbations[b]
         if pert is not None:
-            entry = (nc, e, ec, p, il, ic) + _check_perturbation(pert, nc, where)
+            entry = (nc, e, ec, p, il, ic) + _check_perturbation(pert, nc, where, cost_cache)
         prepared.append(entry)
     return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
 
