@@ -26,6 +26,43 @@ namespace detail {
 
 namespace {
 
+// S[comp[i] * K + k] += costs[i * K + k] for the nodes i = 0..n-1 in order (each entry's
+// additions in node order, in double; float32 costs widened exactly).
+template <class T>
+void segment_sums_scalar(const T* costs, const int32_t* comp, int32_t n, int32_t K, double* S) {
+  for (int32_t i = 0; i < n; ++i) {
+    double* sc = S + static_cast<size_t>(comp[i]) * K;
+    const T* nc = costs + static_cast<size_t>(i) * K;
+    for (int32_t k = 0; k < K; ++k) sc[k] += nc[k];
+  }
+}
+
+#if COPS_X86_DISPATCH
+// The same with AVX2, 4 classes per step: the same additions (a lane per class), so the same sums.
+__attribute__((target("avx2"))) inline __m256d widen4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+__attribute__((target("avx2"))) inline __m256d widen4(const double* p) { return _mm256_loadu_pd(p); }
+
+template <class T>
+__attribute__((target("avx2"))) void segment_sums_avx2(const T* costs, const int32_t* comp, int32_t n, int32_t K,
+                                                       double* S) {
+  for (int32_t i = 0; i < n; ++i) {
+    double* sc = S + static_cast<size_t>(comp[i]) * K;
+    const T* nc = costs + static_cast<size_t>(i) * K;
+    int32_t k = 0;
+    for (; k + 4 <= K; k += 4) _mm256_storeu_pd(sc + k, _mm256_add_pd(_mm256_loadu_pd(sc + k), widen4(nc + k)));
+    for (; k < K; ++k) sc[k] += nc[k];
+  }
+}
+#endif
+
+template <class T>
+void segment_sums(const T* costs, const int32_t* comp, int32_t n, int32_t K, double* S) {
+#if COPS_X86_DISPATCH
+  if (K >= 8 && cpu_has_avx2()) return segment_sums_avx2(costs, comp, n, K, S);
+#endif
+  segment_sums_scalar(costs, comp, n, K, S);
+}
+
 // Reusable state: one instance per thread keeps its buffers between solves. T: the type of the
 // input class costs (float32 input is read as it is and widened exactly where it is used).
 template <class T>
@@ -285,10 +322,8 @@ class LocalSearch {
     S.assign(static_cast<size_t>(num_comp) * K_, 0.0);
     std::vector<int32_t>& first = first_;
     first.assign(num_comp, -1);
+    segment_sums(in_, comp.data(), n_, K_, S.data());
     for (int32_t i = 0; i < n_; ++i) {
-      double* sc = &S[static_cast<size_t>(comp[i]) * K_];
-      const T* nc = &in_[static_cast<size_t>(i) * K_];
-      for (int32_t k = 0; k < K_; ++k) sc[k] += nc[k];
       if (first[comp[i]] < 0) first[comp[i]] = i;
     }
 
