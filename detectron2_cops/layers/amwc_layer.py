@@ -503,12 +503,12 @@ class AMWCFunction(torch.autograd.Function):
                 # [N, L], C order (np.take along axis 1; a fancy column index gives a strided copy)
                 base = np.take(ctx.node_costs[b].astype(fdt, copy=False), label_class, axis=1,
                                out=ws.empty((N, len(label_class)), fdt))
-                delta = ws.empty(base.shape, fdt)
-                delta.fill(0)
+                delta = ws.empty(base.shape, fdt)  # every entry written once below
                 if has_x:
                     delta[...] = dX_b[:, label_class]
                     delta[:, :M_b] += dP_b.T
                 else:
+                    delta[:, M_b:] = 0
                     # The same values by torch's blocked transposing copy (NumPy's strided add into
                     # zeros took ~4x as long).
                     torch.from_numpy(delta)[:, :M_b].copy_(torch.from_numpy(dP_b).t())
@@ -520,9 +520,10 @@ class AMWCFunction(torch.autograd.Function):
                 label_class = np.arange(K)
                 base = ctx.node_costs[b].astype(fdt, copy=False)
                 delta = ws.empty(base.shape, fdt)
-                delta.fill(0)
                 if has_x:
                     delta[...] = dX_b
+                else:
+                    delta.fill(0)
                 part = spec.thing_mask
                 warm = ((ctx.labels[b].astype(np.int32), ctx.instance_ids[b].astype(np.int32))
                         if spec.warm_start else ())
