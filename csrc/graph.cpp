@@ -444,12 +444,26 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
   if (shared != nullptr) attach_structure(*shared, inst, g);
   else build_simple_graph(inst, g);
   const bool warm = inst.initial_labels != nullptr;
-  // Warm start: the given labelling (its clusters are connected components, like GAEC's).
-  Labelling lab = warm ? initial_labelling(inst, g) : gaec(inst, g, &sol.gaec_contractions);
+  const bool searched = opts.local_search && g.num_nodes > 0;
+  // A warm start of a multiway cut (no partitionable class; the AMWC layer's backward) that the
+  // local search improves needs no connected components up front: there every class is one
+  // cluster (the local search gives its nodes the id N + class), an edge is cut iff its ends'
+  // classes differ, so the classes serve as cluster ids; the segments are found at the end.
+  bool all_stuff = true;
+  for (int64_t k = 0; k < inst.num_classes && all_stuff; ++k) all_stuff = inst.partitionable[k] == 0;
+  const bool classes_as_clusters = warm && searched && all_stuff;
+  Labelling lab;
+  if (classes_as_clusters) {
+    lab.label.assign(inst.initial_labels, inst.initial_labels + g.num_nodes);
+    lab.cluster = lab.label;
+  } else {
+    // Warm start: the given labelling (its clusters are connected components, like GAEC's).
+    lab = warm ? initial_labelling(inst, g) : gaec(inst, g, &sol.gaec_contractions);
+  }
   bool gaec_result = true;
   double gaec_objective = 0.0;
-  if (opts.local_search && g.num_nodes > 0) {
-    Labelling improved;
+  Labelling improved;
+  if (searched) {
     improved.label = lab.label;
     improved.cluster = lab.cluster;
     improved.node_min.swap(lab.node_min);  // GAEC's per-node minima, for the local search
@@ -468,7 +482,12 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
   // GAEC clusters are connected (built by contractions and merges along edges): their ids only
   // need renumbering. Local-search moves can disconnect a cluster: take connected components
   // (the local search's own when it left them).
-  if (gaec_result) {
+  if (gaec_result && classes_as_clusters) {
+    // Unchanged by the local search: its segments (of the same labelling) when it left them.
+    sol.instance_ids = sol.local_search_moves == 0 && improved.segment.size() == static_cast<size_t>(g.num_nodes)
+                           ? std::move(improved.segment)
+                           : connected_segments(g, lab);
+  } else if (gaec_result) {
     sol.instance_ids = contiguous_ids(lab.cluster);
   } else if (lab.segment.size() == static_cast<size_t>(g.num_nodes)) {
     sol.instance_ids = std::move(lab.segment);
