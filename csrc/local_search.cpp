@@ -298,14 +298,25 @@ class LocalSearch {
     std::vector<int32_t>& cut_edges = cut_edges_;
     cut_edges.clear();
     const int32_t* cluster = lab_->cluster.data();
+    // The simple graph lists its edges by their smaller end (u ascending, about E / N edges per
+    // u), so the root of u is found once per run of its edges and kept current through the
+    // merges (the smaller root absorbs the larger): the same sets as a find per edge.
+    int32_t run_u = -1, root_u = -1;
     for (int32_t e = 0; e < g_->num_edges(); ++e) {
       const int32_t u = g_->u[e], v = g_->v[e];
       if (cluster[u] != cluster[v]) {
         cut_edges.push_back(e);
         continue;
       }
-      const int32_t a = uf.find(u), b = uf.find(v);
-      if (a != b) uf.merge_into(std::max(a, b), std::min(a, b));
+      if (u != run_u) {
+        run_u = u;
+        root_u = uf.find(u);
+      }
+      const int32_t b = uf.find(v);
+      if (root_u != b) {
+        uf.merge_into(std::max(root_u, b), std::min(root_u, b));
+        root_u = std::min(root_u, b);
+      }
     }
     std::vector<int32_t>& comp = comp_;
     comp.assign(n_, -1);
