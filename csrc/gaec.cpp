@@ -222,10 +222,6 @@ inline double min_sum_sse2(const float* x, const float* y, int32_t K) {
 }
 
 #if COPS_X86_DISPATCH
-// 4 values of a row as doubles (float32 rows widened exactly).
-__attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
-__attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
-
 // min_sum with AVX2 (4 doubles per instruction), used when the CPU supports it; X / Y are double
 // (pool rows, float64 input) or float (float32 input rows).
 template <class X, class Y>

@@ -449,9 +449,8 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
   // local search improves needs no connected components up front: there every class is one
   // cluster (the local search gives its nodes the id N + class), an edge is cut iff its ends'
   // classes differ, so the classes serve as cluster ids; the segments are found at the end.
-  bool all_stuff = true;
-  for (int64_t k = 0; k < inst.num_classes && all_stuff; ++k) all_stuff = inst.partitionable[k] == 0;
-  const bool classes_as_clusters = warm && searched && all_stuff;
+  bool classes_as_clusters = warm && searched;
+  for (int64_t k = 0; k < inst.num_classes && classes_as_clusters; ++k) classes_as_clusters = !inst.partitionable[k];
   Labelling lab;
   if (classes_as_clusters) {
     lab.label.assign(inst.initial_labels, inst.initial_labels + g.num_nodes);

@@ -39,8 +39,6 @@ void segment_sums_scalar(const T* costs, const int32_t* comp, int32_t n, int32_t
 
 #if COPS_X86_DISPATCH
 // The same with AVX2, 4 classes per step: the same additions (a lane per class), so the same sums.
-__attribute__((target("avx2"))) inline __m256d widen4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
-__attribute__((target("avx2"))) inline __m256d widen4(const double* p) { return _mm256_loadu_pd(p); }
 
 template <class T>
 __attribute__((target("avx2"))) void segment_sums_avx2(const T* costs, const int32_t* comp, int32_t n, int32_t K,
@@ -49,7 +47,7 @@ __attribute__((target("avx2"))) void segment_sums_avx2(const T* costs, const int
     double* sc = S + static_cast<size_t>(comp[i]) * K;
     const T* nc = costs + static_cast<size_t>(i) * K;
     int32_t k = 0;
-    for (; k + 4 <= K; k += 4) _mm256_storeu_pd(sc + k, _mm256_add_pd(_mm256_loadu_pd(sc + k), widen4(nc + k)));
+    for (; k + 4 <= K; k += 4) _mm256_storeu_pd(sc + k, _mm256_add_pd(_mm256_loadu_pd(sc + k), load4(nc + k)));
     for (; k < K; ++k) sc[k] += nc[k];
   }
 }

@@ -23,6 +23,10 @@ inline bool cpu_has_avx2() {
   return have;
 }
 
+// 4 values of a row as doubles (float32 rows widened exactly).
+__attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
+__attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+
 __attribute__((target("avx2"))) inline void row_min_absmax_avx2(const double* x, int32_t K, double* mn,
                                                                    double* absmax) {
   constexpr double inf = std::numeric_limits<double>::infinity();
