@@ -247,6 +247,76 @@ def _mwc_initial_labels(seg_of_pixel: np.ndarray, labels: np.ndarray, label_clas
     return np.where(seg_of_pixel >= 0, seg_of_pixel, first[labels]).astype(np.int32)
 
 
+def _accumulate_node_gradient(acc: np.ndarray, row_start: np.ndarray, fwd: np.ndarray,
+                              sample_classes: Sequence[np.ndarray], inv: np.ndarray, total: float) -> None:
+    """Node part of the gradient estimator's sum (COPS Sec. 3.4, eq. (7) without the ``1 / N``):
+    ``acc[n * K + c] += sum over samples i with sample_classes[i][n] == c of inv[i]``, then
+    ``acc[n * K + fwd[n]] -= total``.
+
+    ``acc``: ``[N * K]`` float64, zero on entry (a view of the image's gradient); ``row_start``:
+    ``[N]`` int64 ``n * K``; ``fwd``: ``[N]`` int64 forward classes; ``sample_classes``: ``S``
+    arrays ``[N]`` int64 (each perturbed solve's classes); ``inv``: ``[S]`` float64 ``1 /
+    lambda_i``; ``total``: ``inv.sum()``. Every entry's additions run in sample order from 0, so
+    the result is the same to the bit as ``S`` scatters ``acc[row_start + classes_i] += inv[i]``
+    followed by ``acc[row_start + fwd] -= total``. Nodes whose class is the forward's in every
+    sample (after a warm start, most) all hold ``(inv[0] + ... + inv[S-1]) - total``, written with
+    one scatter; only the others are summed per sample.
+    """
+    same = np.ones(len(fwd), dtype=bool)
+    for c in sample_classes:
+        same &= c == fwd
+    unchanged = 0.0
+    for v in inv.tolist():
+        unchanged += v
+    unchanged -= float(total)
+    acc[row_start + fwd] = unchanged
+    changed = np.flatnonzero(~same)
+    if changed.size:
+        rows = row_start[changed]
+        own = rows + fwd[changed]
+        acc[own] = 0.0
+        for c, w in zip(sample_classes, inv):
+            acc[rows + c[changed]] += w  # one class per node and sample: no repeated index
+        acc[own] -= total
+
+
+#: the most samples whose edge labels :func:`_accumulate_edge_gradient` encodes in one uint16
+_EDGE_TABLE_MAX_SAMPLES = 15
+
+
+def _accumulate_edge_gradient(acc: np.ndarray, fwd: np.ndarray, sample_labels: Sequence[np.ndarray],
+                              inv: np.ndarray, total: float) -> None:
+    """Edge part of the gradient estimator's sum (COPS Sec. 3.4, eq. (7) without the ``1 / N``):
+    ``acc[e] = sum_i sample_labels[i][e] * inv[i] - fwd[e] * total``, the additions of every
+    entry in sample order from 0 (the same to the bit as ``acc += y_i * inv[i]`` per sample,
+    then ``acc -= fwd * total``).
+
+    ``acc``: ``[E]`` float64, zero on entry; ``fwd``: ``[E]`` uint8 forward edge labels (0/1);
+    ``sample_labels``: ``S`` arrays ``[E]`` uint8 (0/1); ``inv``: ``[S]`` float64; ``total``:
+    ``inv.sum()``. The value of an edge depends only on its ``S + 1`` labels, so for ``S <=
+    15`` they are packed into one code per edge and the ``2^(S+1)`` possible sums are looked up
+    (one gather instead of ``S`` passes over float64 arrays); more samples take the per-sample
+    passes.
+    """
+    S = len(sample_labels)
+    if S > _EDGE_TABLE_MAX_SAMPLES:
+        tmp = np.empty(len(acc), dtype=np.float64)
+        for y, w in zip(sample_labels, inv):
+            acc += np.multiply(y, w, out=tmp)
+        acc -= fwd * total
+        return
+    dt = np.uint8 if S < 8 else np.uint16
+    code = fwd.astype(dt) << dt(S)
+    for i, y in enumerate(sample_labels):
+        code |= y.astype(dt, copy=False) << dt(i)
+    bits = (np.arange(2 ** (S + 1))[:, None] >> np.arange(S + 1)) & 1  # [patterns, S + 1]
+    table = np.zeros(len(bits), dtype=np.float64)
+    for i in range(S):
+        table += bits[:, i] * inv[i]
+    table -= bits[:, S] * total
+    np.take(table, code, out=acc)
+
+
 # ----------------------------------------------------------------------------- autograd function
 class _Workspace(threading.local):
     """Per-thread scratch memory for the backward's per-image MWC costs (the base ``[N, L]`` and
@@ -552,17 +622,13 @@ class AMWCFunction(torch.autograd.Function):
         row_start = np.arange(N) * K  # flat index of (node, class 0) in a [N, K] array
         for j, (b, label_class) in enumerate(plan):
             inv = 1.0 / lambdas[b]
-            acc_n = grad_node[b].reshape(-1)  # a view
-            acc_e = grad_edge[b]
-            tmp_e = ws.empty((E,), np.float64) if E else None
-            for i in range(S):
-                r = results[j * S + i]
-                acc_n[row_start + label_class[r.node_labels]] += inv[i]  # one class per node: no repeats
-                if E:
-                    acc_e += np.multiply(r.edge_labels, inv[i], out=tmp_e)
-            acc_n[row_start + ctx.labels[b]] -= inv.sum()
+            total = inv.sum()
+            rs = results[j * S:(j + 1) * S]
+            _accumulate_node_gradient(grad_node[b].reshape(-1), row_start, ctx.labels[b],
+                                      [label_class[r.node_labels] for r in rs], inv, total)
             if E:
-                acc_e -= ctx.edge_labels[b] * inv.sum()
+                _accumulate_edge_gradient(grad_edge[b], ctx.edge_labels[b], [r.edge_labels for r in rs], inv,
+                                          total)
         if plan:
             grad_node /= S
             grad_edge /= S
