@@ -57,6 +57,18 @@ struct InstanceView {
   const double* node_delta = nullptr;
   const float* node_delta_f32 = nullptr;
   double delta_scale = 0.0;
+  // Optional relabelling with that perturbation (the backward's multiway cut, COPS Sec. 3.5:
+  // one label per segment, then one per class without a segment): with `label_classes`
+  // [num_labels] (class ids in [0, K)), the instance solved has num_labels labels (num_classes
+  // of the solved view; `partitionable` then has num_labels entries) with node costs
+  // c[i, label_classes[l]] + scale * delta[l, i] for l < delta_rows and c[i, label_classes[l]]
+  // + (0 * scale) otherwise, each in the costs' dtype as round(round(delta * scale) + c): the
+  // delta is given label-major [delta_rows, N] (the layout of the mask gradient), not [N, K].
+  // solve_amwc_batch expands it to [N, L] base and delta arrays once for all instances that share
+  // the costs, delta and label_classes arrays (the N perturbed solves of an image).
+  const int64_t* label_classes = nullptr;
+  int64_t num_labels = 0;
+  int64_t delta_rows = 0;
 };
 
 struct SolveOptions {

@@ -42,6 +42,7 @@ struct HeldInstance {
   cops::InstanceView view;
   std::vector<int32_t> initial_labels, initial_clusters;  // warm start (empty: none)
   Costs node_delta;  // node-cost perturbation (see hold_perturbation)
+  IArray label_classes;  // relabelled perturbation (see hold_perturbation)
 };
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
@@ -69,8 +70,10 @@ Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
   return c;
 }
 
+// `num_labels` >= 0: the instance is relabelled (see hold_perturbation) to that many labels, the
+// length `partitionable` must have (default: K = node_costs.shape[1]).
 HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
-                  const std::string& where) {
+                  const std::string& where, py::ssize_t num_labels = -1) {
   HeldInstance h{hold_costs(node_costs, where, "node_costs"), IArray::ensure(edges),
                  hold_costs(edge_costs, where, "edge_costs"), BArray::ensure(partitionable), {}};
   if (!h.edges || !h.partitionable) {
@@ -81,8 +84,12 @@ HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs
   if (h.edges.ndim() != 2 || h.edges.shape(1) != 2) fail(where + "edges must have shape [E, 2]");
   if (h.edge_costs.ndim() != 1 || h.edge_costs.shape(0) != h.edges.shape(0))
     fail(where + "edge_costs must have shape [E] with E = len(edges)");
-  if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != h.node_costs.shape(1))
+  if (num_labels >= 0) {
+    if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != num_labels)
+      fail(where + "partitionable must have shape [L] with L = len(label_classes)");
+  } else if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != h.node_costs.shape(1)) {
     fail(where + "partitionable must have shape [K] with K = node_costs.shape[1]");
+  }
   h.view.num_nodes = h.node_costs.shape(0);
   h.view.num_classes = h.node_costs.shape(1);
   h.view.num_edges = h.edges.shape(0);
@@ -136,15 +143,43 @@ void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const
 }
 
 // Optional node-cost perturbation: `delta` of the node costs' shape and dtype (float32 or
-// float64) and a finite `scale`; the solver uses node_costs + scale * delta.
-void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, const std::string& where) {
-  if (delta.is_none()) return;
+// float64) and a finite `scale`; the solver uses node_costs + scale * delta. With `label_classes`
+// ([L] class ids in [0, K), not None) the instance is relabelled: L labels of node costs
+// node_costs[:, label_classes[l]] + scale * delta[l, :], delta label-major [M, N] with M <= L
+// (rows M.. are zero; see InstanceView::label_classes).
+void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, const std::string& where,
+                       py::handle label_classes = py::none()) {
+  const bool relabel = !label_classes.is_none();
+  if (delta.is_none()) {
+    if (relabel) fail(where + "label_classes needs a node_delta");
+    return;
+  }
   h.node_delta = hold_costs(delta, where, "node_delta");
   if (h.node_delta.is_f32 != h.node_costs.is_f32)
     fail(where + "node_delta must have the dtype of node_costs (float32 or float64)");
-  if (h.node_delta.ndim() != 2 || h.node_delta.shape(0) != h.node_costs.shape(0) ||
-      h.node_delta.shape(1) != h.node_costs.shape(1))
+  if (relabel) {
+    h.label_classes = IArray::ensure(label_classes);
+    if (!h.label_classes) {
+      PyErr_Clear();
+      fail(where + "label_classes must be convertible to an integer array");
+    }
+    const py::ssize_t L = h.label_classes.ndim() == 1 ? h.label_classes.shape(0) : 0;
+    if (h.label_classes.ndim() != 1 || L < 1) fail(where + "label_classes must have shape [L] with L >= 1");
+    const int64_t* c = h.label_classes.data();
+    for (py::ssize_t l = 0; l < L; ++l) {
+      if (c[l] < 0 || c[l] >= h.node_costs.shape(1))
+        fail(where + "label_classes must hold class ids in [0, " + std::to_string(h.node_costs.shape(1)) +
+             "); label " + std::to_string(l) + " has " + std::to_string(c[l]));
+    }
+    if (h.node_delta.ndim() != 2 || h.node_delta.shape(1) != h.node_costs.shape(0) || h.node_delta.shape(0) > L)
+      fail(where + "node_delta must have shape [M, N] with M <= len(label_classes) when label_classes is given");
+    h.view.label_classes = c;
+    h.view.num_labels = L;
+    h.view.delta_rows = h.node_delta.shape(0);
+  } else if (h.node_delta.ndim() != 2 || h.node_delta.shape(0) != h.node_costs.shape(0) ||
+             h.node_delta.shape(1) != h.node_costs.shape(1)) {
     fail(where + "node_delta must have the shape of node_costs [N, K]");
+  }
   double s = 0.0;
   try {
     s = scale.cast<double>();
@@ -201,14 +236,24 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads)
   for (size_t b = 0; b < py::len(instances); ++b) {
     py::sequence t = instances[b].cast<py::sequence>();
     const size_t len = py::len(t);
-    if (len < 4 || len > 8 || len == 7)
+    if (len < 4 || len > 9 || len == 7)
       fail("each batch entry must be (node_costs, edges, edge_costs, partitionable[, initial_labels"
-           "[, initial_clusters[, node_delta, scale]]])");
+           "[, initial_clusters[, node_delta, scale[, label_classes]]]])");
     const std::string where = "instance " + std::to_string(b) + ": ";
-    held.push_back(hold(t[0], t[1], t[2], t[3], where));
+    py::ssize_t num_labels = -1;  // relabelled: the length partitionable must have
+    if (len == 9 && !t[8].is_none()) {
+      py::array lc = py::array::ensure(t[8]);
+      if (!lc) {
+        PyErr_Clear();
+        fail(where + "label_classes must be convertible to an integer array");
+      }
+      if (lc.ndim() != 1 || lc.shape(0) < 1) fail(where + "label_classes must have shape [L] with L >= 1");
+      num_labels = lc.shape(0);
+    }
+    held.push_back(hold(t[0], t[1], t[2], t[3], where, num_labels));
     hold_initial(held.back(), len > 4 ? py::handle(t[4]) : py::handle(Py_None),
                  len > 5 ? py::handle(t[5]) : py::handle(Py_None), where);
-    if (len == 8) hold_perturbation(held.back(), t[6], t[7], where);
+    if (len >= 8) hold_perturbation(held.back(), t[6], t[7], where, len == 9 ? py::handle(t[8]) : py::handle(Py_None));
   }
   std::vector<cops::InstanceView> views;
   views.reserve(held.size());
@@ -321,8 +366,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
         py::arg("num_threads") = 0,
         "Solve a list of AMWC instances (node_costs, edges, edge_costs, partitionable[, initial_labels"
-        "[, initial_clusters[, node_delta, scale]]]) on a pool of threads (GIL released); with "
-        "node_delta the node costs are node_costs + scale * node_delta, computed on the worker.");
+        "[, initial_clusters[, node_delta, scale[, label_classes]]]]) on a pool of threads (GIL released); with "
+        "node_delta the node costs are node_costs + scale * node_delta (with label_classes: "
+        "node_costs[:, label_classes] + scale * node_delta.T, node_delta [M <= L, N]), computed on the worker.");
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
         "AMWC objective of a labelling (edge cut iff cluster ids differ).");

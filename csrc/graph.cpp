@@ -5,6 +5,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <thread>
 #include <tuple>
@@ -372,6 +373,7 @@ void perturbed_costs(const T* base, const T* delta, T scale, int64_t n, std::vec
 // Throws InvalidInput for a perturbation of another dtype than the costs or a non-finite scale.
 InstanceView with_perturbation(const InstanceView& in) {
   InstanceView v = in;
+  if (in.label_classes != nullptr) throw InvalidInput{"label_classes must be expanded before the solve"};
   if (in.node_delta_f32 == nullptr && in.node_delta == nullptr) return v;
   if ((in.node_delta_f32 != nullptr && in.node_costs_f32 == nullptr) ||
       (in.node_delta != nullptr && in.node_costs == nullptr))
@@ -512,16 +514,152 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
 
 }  // namespace
 
-Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) { return solve_one(input, opts, nullptr); }
+namespace {
 
-std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
+// A relabelled perturbation (InstanceView::label_classes) expanded to the plain form: base [N, L]
+// = c[:, label_classes] and delta [N, L] = delta rows transposed, zero from row M on. The N
+// perturbed solves of an image share one expansion (solve_amwc_batch groups them).
+struct Relabelled {
+  std::vector<float> base32, delta32;
+  std::vector<double> base64, delta64;
+};
+
+// Throws InvalidInput unless `in`'s relabelling is well-formed (label ids in [0, K), 0 <= M <= L,
+// a delta of the costs' dtype when M > 0).
+void check_relabelling(const InstanceView& in) {
+  if (in.num_labels < 1 || in.delta_rows < 0 || in.delta_rows > in.num_labels)
+    throw InvalidInput{"label_classes needs 1 <= L and 0 <= M <= L delta rows"};
+  if (in.delta_rows > 0 && in.node_delta == nullptr && in.node_delta_f32 == nullptr)
+    throw InvalidInput{"label_classes with delta rows needs node_delta"};
+  if ((in.node_delta_f32 != nullptr && in.node_costs_f32 == nullptr) ||
+      (in.node_delta != nullptr && in.node_costs == nullptr))
+    throw InvalidInput{"node_delta must have the dtype of node_costs (float32 or float64)"};
+  for (int64_t l = 0; l < in.num_labels; ++l) {
+    if (in.label_classes[l] < 0 || in.label_classes[l] >= in.num_classes)
+      throw InvalidInput{"label_classes must hold class ids in [0, " + std::to_string(in.num_classes) + "); label " +
+                         std::to_string(l) + " has " + std::to_string(in.label_classes[l])};
+  }
+}
+
+// base[i, l] = c[i, cls[l]], delta[i, l] = rows[l, i] (l < M) or 0, in blocks of nodes whose
+// [B, L] output stays in cache while the M rows are read along it.
+template <class T>
+void expand_relabelling(const T* c, const T* rows, int64_t n, int64_t K, const int64_t* cls, int64_t L, int64_t M,
+                        std::vector<T>& base, std::vector<T>& delta) {
+  base.resize(static_cast<size_t>(n * L));
+  delta.resize(static_cast<size_t>(n * L));
+  T* bo = base.data();
+  T* d = delta.data();
+  for (int64_t i = 0; i < n; ++i) {
+    const T* ci = c + i * K;
+    T* bi = bo + i * L;
+    for (int64_t l = 0; l < L; ++l) bi[l] = ci[cls[l]];
+  }
+  constexpr int64_t kBlock = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    for (int64_t l = 0; l < M; ++l) {
+      const T* r = rows + l * n;
+      for (int64_t i = i0; i < i1; ++i) d[i * L + l] = r[i];
+    }
+    for (int64_t i = i0; i < i1; ++i) std::fill(d + i * L + M, d + (i + 1) * L, T(0));
+  }
+}
+
+// `in` with its relabelling expanded into `out`: the plain perturbation view of the L-label
+// instance (node_costs = base [N, L], node_delta = delta [N, L], num_classes = L).
+InstanceView expanded_view(const InstanceView& in, const Relabelled& out) {
+  InstanceView v = in;
+  v.num_classes = in.num_labels;
+  if (in.node_costs_f32 != nullptr) {
+    v.node_costs_f32 = out.base32.data();
+    v.node_delta_f32 = out.delta32.data();
+  } else {
+    v.node_costs = out.base64.data();
+    v.node_delta = out.delta64.data();
+  }
+  v.node_costs_known_finite = false;
+  v.label_classes = nullptr;
+  v.num_labels = 0;
+  v.delta_rows = 0;
+  return v;
+}
+
+void expand(const InstanceView& in, Relabelled& out) {
+  if (in.node_costs_f32 != nullptr)
+    expand_relabelling(in.node_costs_f32, in.node_delta_f32, in.num_nodes, in.num_classes, in.label_classes,
+                       in.num_labels, in.delta_rows, out.base32, out.delta32);
+  else
+    expand_relabelling(in.node_costs, in.node_delta, in.num_nodes, in.num_classes, in.label_classes, in.num_labels,
+                       in.delta_rows, out.base64, out.delta64);
+}
+
+}  // namespace
+
+Solution solve_amwc(const InstanceView& input, const SolveOptions& opts) {
+  if (input.label_classes == nullptr) return solve_one(input, opts, nullptr);
+  check_relabelling(input);
+  Relabelled r;
+  expand(input, r);
+  return solve_one(expanded_view(input, r), opts, nullptr);
+}
+
+std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, const SolveOptions& opts,
                                        int num_threads) {
-  std::vector<Solution> out(insts.size());
+  std::vector<Solution> out(inputs.size());
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::vector<std::string> invalid(insts.size());
-  std::vector<uint8_t> failed(insts.size(), 0);
+  std::vector<std::string> invalid(inputs.size());
+  std::vector<uint8_t> failed(inputs.size(), 0);
   std::exception_ptr error;
   std::mutex error_mutex;
+
+  // Relabelled perturbations: the instances with the same costs, delta rows and label classes
+  // (the N perturbed solves of one image of the AMWC layer's backward) share one expansion to
+  // [N, L] arrays, built once per group (in parallel over the groups); the instances then take
+  // the plain (delta, scale) form, whose perturbed costs each solve forms on its thread.
+  std::vector<InstanceView> insts(inputs);
+  // Kept by the calling thread between calls (like the per-thread solver buffers): arrays of the
+  // same size are then reused instead of page-faulted anew at every backward step.
+  // (Through a reference: the worker threads' lambdas must see this thread's instance.)
+  thread_local std::vector<Relabelled> kept;
+  std::vector<Relabelled>& expanded = kept;
+  {
+    std::map<std::tuple<const void*, const void*, const int64_t*, int64_t, int64_t, int64_t, int64_t>, size_t> index;
+    std::vector<size_t> first;            // first instance of each group
+    std::vector<int64_t> group_of(inputs.size(), -1);
+    for (size_t b = 0; b < inputs.size(); ++b) {
+      const InstanceView& in = inputs[b];
+      if (in.label_classes == nullptr) continue;
+      try {
+        check_relabelling(in);
+      } catch (const InvalidInput& err) {
+        invalid[b] = err.message;
+        failed[b] = 1;
+        continue;
+      }
+      const void* c = in.node_costs_f32 != nullptr ? static_cast<const void*>(in.node_costs_f32) : in.node_costs;
+      const void* d = in.node_delta_f32 != nullptr ? static_cast<const void*>(in.node_delta_f32) : in.node_delta;
+      const auto key = std::make_tuple(c, d, in.label_classes, in.num_labels, in.delta_rows, in.num_nodes,
+                                       in.num_classes);
+      auto it = index.emplace(key, first.size()).first;
+      if (it->second == first.size()) first.push_back(b);
+      group_of[b] = static_cast<int64_t>(it->second);
+    }
+    if (expanded.size() < first.size()) expanded.resize(first.size());
+    std::vector<uint8_t> expanded_ok(first.size(), 0);
+    detail::parallel_for(first.size(), num_threads, [&](size_t g) {
+      try {
+        expand(inputs[first[g]], expanded[g]);
+        expanded_ok[g] = 1;
+      } catch (...) {  // out of memory: reported below
+      }
+    });
+    for (size_t b = 0; b < inputs.size(); ++b) {
+      if (group_of[b] < 0) continue;
+      if (!expanded_ok[group_of[b]]) throw std::bad_alloc();
+      insts[b] = expanded_view(inputs[b], expanded[group_of[b]]);
+    }
+  }
 
   // Instances with the same edges array (the same pointer, edge and node counts) share one graph
   // structure, checked and built once (in parallel over the groups); the costs stay per instance.
@@ -568,6 +706,7 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, c
   });
 
   detail::parallel_for(insts.size(), num_threads, [&](size_t b) {
+    if (failed[b]) return;  // an invalid relabelling, reported below
     try {
       const int32_t g = group_of[b];
       out[b] = solve_one(insts[b], opts, g >= 0 && structure_ok[g] ? &structures[g] : nullptr);

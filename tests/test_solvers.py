@@ -812,3 +812,105 @@ def test_node_cost_perturbations_bad_input():
         _C.solve_amwc_batch([(nc, e, ec, p, None, None, d, float("nan"))], True, 1)
     with pytest.raises(ValueError, match="each batch entry must be"):
         _C.solve_amwc_batch([(nc, e, ec, p, None, None, d)], True, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relabelled_perturbations_equal_materialised_multiway_cuts(dtype):
+    """``(delta, scale, label_classes)`` solves the multiway cut over ``L`` labels with node costs
+    ``node_costs[:, label_classes] + scale * [delta.T | 0]`` (the backward's MWC, COPS Sec. 3.5),
+    formed as NumPy forms it: the same solutions as from the materialised ``[N, L]`` costs, cold
+    and warm, for instances that share their arrays (one expansion per group) and for ones that
+    do not, and next to instances of the other forms in one batch."""
+    a = synthetic_instance(18, 24, 6, 3, [1, 3, 6], seed=22, class_noise=1.5, edge_noise=1.5)
+    rng = np.random.default_rng(4)
+    base = a.node_costs.astype(dtype)
+    N, K = base.shape
+    label_classes = np.array([3, 0, 3, 5, 1, 2, 4], dtype=np.int64)  # a class twice, all classes
+    L = len(label_classes)
+    scales = [0.5, 137.25, 4999.9]
+    for M in (0, 4, L):
+        rows = rng.normal(0, 1e-3, (M, N)).astype(dtype)
+        padded = np.zeros((N, L), dtype)
+        padded[:, :M] = rows.T
+        warm = (rng.integers(0, L, N),)
+        for extra in ((), warm):
+            plain = solve_mwc_batch(
+                [(np.multiply(padded, dtype(s)) + base[:, label_classes], a.edges, a.edge_costs) + extra for s in scales]
+            )
+            shared = solve_amwc_batch([(base, a.edges, a.edge_costs, None) + extra] * len(scales),
+                                      node_cost_perturbations=[(rows, s, label_classes) for s in scales], num_threads=2)
+            separate = solve_amwc_batch(
+                [(base.copy(), a.edges, a.edge_costs, None) + extra for _ in scales],
+                node_cost_perturbations=[(rows.copy(), s, list(label_classes)) for s in scales], num_threads=2)
+            for p, f, g in zip(plain, shared, separate):
+                assert f.node_labels.max() < L
+                for r in (f, g):
+                    np.testing.assert_array_equal(p.node_labels, r.node_labels)
+                    np.testing.assert_array_equal(p.instance_ids, r.instance_ids)
+                    assert p.objective == r.objective
+    # mixed with an AMWC instance and a plain perturbation in one batch
+    amwc = (base, a.edges, a.edge_costs, a.partitionable)
+    delta = rng.normal(0, 1e-3, base.shape).astype(dtype)
+    mixed = solve_amwc_batch([amwc, amwc, (base, a.edges, a.edge_costs, None)],
+                             node_cost_perturbations=[None, (delta, 2.0), (rows, 2.0, label_classes)])
+    assert mixed[0].objective == solve_amwc(*amwc).objective
+    assert mixed[1].objective == solve_amwc(np.multiply(delta, dtype(2.0)) + base, *amwc[1:]).objective
+    padded = np.zeros((N, L), dtype)
+    padded[:, :len(rows)] = rows.T
+    assert mixed[2].objective == solve_mwc(np.multiply(padded, dtype(2.0)) + base[:, label_classes], a.edges,
+                                           a.edge_costs).objective
+
+
+def test_relabelled_perturbations_bad_input():
+    a = synthetic_instance(8, 9, 4, 2, [1], seed=3)
+    N, K = a.node_costs.shape
+    inst = (a.node_costs, a.edges, a.edge_costs, None)
+    dt = a.node_costs.dtype
+    other = np.float32 if dt == np.float64 else np.float64
+    rows = np.zeros((2, N), dt)
+    lc = np.array([1, 0, 3])
+
+    def solve(pert, i=inst):
+        return solve_amwc_batch([i], node_cost_perturbations=[pert])
+
+    with pytest.raises(ValueError, match=r"instance 0: label_classes must hold class ids in \[0, 4\); label 1 has 4"):
+        solve((rows, 1.0, [1, 4, 0]))
+    with pytest.raises(ValueError, match="label_classes must hold class ids .* label 0 has -1"):
+        solve((rows, 1.0, [-1, 0, 0]))
+    with pytest.raises(ValueError, match="label_classes must be an integer array"):
+        solve((rows, 1.0, [0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"label_classes must have shape \[L\] with L >= 1"):
+        solve((rows[:0], 1.0, np.zeros(0, np.int64)))
+    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\] with N = 72, M <= len\(label_classes\) = 3"):
+        solve((np.zeros((4, N), dt), 1.0, lc))  # M > L
+    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\]"):
+        solve((np.zeros((2, N - 1), dt), 1.0, lc))
+    with pytest.raises(ValueError, match=rf"node_delta must have shape \[M, N\] .* dtype {np.dtype(dt)}"):
+        solve((rows.astype(other), 1.0, lc))
+    with pytest.raises(ValueError, match="partitionable must be None with label_classes"):
+        solve((rows, 1.0, lc), (a.node_costs, a.edges, a.edge_costs, a.partitionable))
+    with pytest.raises(ValueError, match=r"initial_labels must hold values in \[0, 3\)"):
+        solve((rows, 1.0, lc), inst + (np.full(N, 3),))  # a class id, but not a label
+    bad = rows.copy()
+    bad[1, 5] = np.inf
+    with pytest.raises(ValueError, match="node_delta must be finite"):
+        solve((bad, 1.0, lc))
+    # the native entry point checks on its own (label ids, shapes, dtypes, partitionable length)
+    from detectron2_cops import _C
+
+    nc, e, ec = np.ascontiguousarray(a.node_costs), a.edges, a.edge_costs
+    p3 = np.zeros(3, np.uint8)
+    with pytest.raises(ValueError, match=r"instance 0: label_classes must hold class ids in \[0, 4\); label 2 has 9"):
+        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, np.array([0, 1, 9]))], True, 1)
+    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\] with M <= len\(label_classes\)"):
+        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, np.zeros((4, N), dt), 1.0, lc)], True, 1)
+    with pytest.raises(ValueError, match="node_delta must have the dtype of node_costs"):
+        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows.astype(other), 1.0, lc)], True, 1)
+    with pytest.raises(ValueError, match=r"partitionable must have shape \[L\] with L = len\(label_classes\)"):
+        _C.solve_amwc_batch([(nc, e, ec, np.zeros(K, np.uint8), None, None, rows, 1.0, lc)], True, 1)
+    with pytest.raises(ValueError, match=r"label_classes must have shape \[L\] with L >= 1"):
+        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, np.zeros((1, 3), np.int64))], True, 1)
+    with pytest.raises(ValueError, match=r"instance 0: initial_labels must hold classes in \[0, 3\); node 0 has 3"):
+        _C.solve_amwc_batch([(nc, e, ec, p3, np.full(N, 3), None, rows, 1.0, lc)], True, 1)
+    ok = _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, lc)], True, 1)[0]
+    assert ok[0].max() < 3

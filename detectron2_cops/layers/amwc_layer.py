@@ -408,7 +408,9 @@ class AMWCFunction(torch.autograd.Function):
     to the loss. The ``N`` perturbed node costs ``c + lambda_i * delta`` of an image are formed by
     the solver on its worker threads from one base and one ``delta`` per image
     (``solve_amwc_batch(..., node_cost_perturbations=...)``, the same rounding as NumPy's
-    multiply-then-add). With ``spec.float32`` they are float32 (the solver reads them as they
+    multiply-then-add); with the mask gradient alone (the COPS loss) the solver also forms the
+    ``[N, L]`` MWC costs themselves, once per image, from the ``[N, K]`` costs, the label classes
+    and the ``[M, N]`` mask gradient (the ``(delta, scale, label_classes)`` form). With ``spec.float32`` they are float32 (the solver reads them as they
     are, summing in float64); the gradient is accumulated in float64 either way.
 
     The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
@@ -567,21 +569,25 @@ class AMWCFunction(torch.autograd.Function):
             if not (has_p or has_x or has_y):
                 continue
             c_E = ctx.edge_cost_values[b]
+            relabel = None  # MWC labels -> classes when the solver forms the MWC costs itself
             if has_p:
                 # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
                 label_class = _mwc_label_classes(ctx.seg_classes[b], K)
-                # [N, L], C order (np.take along axis 1; a fancy column index gives a strided copy)
-                base = np.take(ctx.node_costs[b].astype(fdt, copy=False), label_class, axis=1,
-                               out=ws.empty((N, len(label_class)), fdt))
-                delta = ws.empty(base.shape, fdt)  # every entry written once below
                 if has_x:
+                    # [N, L], C order (np.take along axis 1; a fancy column index gives a strided copy)
+                    base = np.take(ctx.node_costs[b].astype(fdt, copy=False), label_class, axis=1,
+                                   out=ws.empty((N, len(label_class)), fdt))
+                    delta = ws.empty(base.shape, fdt)  # every entry written once below
                     delta[...] = dX_b[:, label_class]
                     delta[:, :M_b] += dP_b.T
                 else:
-                    delta[:, M_b:] = 0
-                    # The same values by torch's blocked transposing copy (NumPy's strided add into
-                    # zeros took ~4x as long).
-                    torch.from_numpy(delta)[:, :M_b].copy_(torch.from_numpy(dP_b).t())
+                    # The mask gradient alone (the COPS loss): the solver forms the [N, L] costs
+                    # base[:, label_class] + lam * [dP_b.T | 0] on its worker thread from the
+                    # [N, K] costs and the label-major [M_b, N] gradient (solve_amwc_batch's
+                    # (delta, scale, label_classes) perturbation; the same values to the bit).
+                    base = ctx.node_costs[b].astype(fdt, copy=False)
+                    delta = dP_b.astype(fdt, copy=False)
+                    relabel = label_class
                 part = None
                 warm = ((_mwc_initial_labels(ctx.seg_of_pixel[b], ctx.labels[b], label_class),)
                         if spec.warm_start else ())
@@ -601,7 +607,7 @@ class AMWCFunction(torch.autograd.Function):
                 lam = float(lambdas[b, i])
                 # node costs base + lam * delta, formed by the solver on its worker thread (in fdt,
                 # as np.multiply(delta, fdt(lam)) + base): no [N, L] array per sample here
-                perturbations.append((delta, lam))
+                perturbations.append((delta, lam) if relabel is None else (delta, lam, relabel))
                 if has_y:
                     edge = np.multiply(dY_b, lam)
                     edge += c_E

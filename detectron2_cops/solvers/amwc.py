@@ -170,23 +170,49 @@ def _check_initial(initial_labels, initial_clusters, N: int, K: int, where: str 
 
 
 def _check_perturbation(pert, nc: np.ndarray, where: str, cost_cache=None):
-    """Validate ``(delta, scale)`` of :func:`solve_amwc_batch` against the prepared node costs."""
+    """Validate ``(delta, scale)`` or ``(delta, scale, label_classes)`` of :func:`solve_amwc_batch`
+    against the prepared node costs ``nc`` ``[N, K]``. Returns ``(delta, scale, label_classes)``
+    (``label_classes`` None for the two-element form)."""
+    if isinstance(pert, (tuple, list)) and len(pert) == 3:
+        delta, scale, label_classes = pert
+    else:
+        try:
+            delta, scale = pert
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{where}a node-cost perturbation must be (delta, scale) or (delta, scale, label_classes), "
+                f"got {pert!r}"
+            ) from None
+        label_classes = None
+    N, K = nc.shape
+    lc = None
+    if label_classes is not None:
+        lc = np.asarray(label_classes)
+        if lc.dtype.kind not in "iu":
+            raise ValueError(f"{where}label_classes must be an integer array, got dtype {lc.dtype}")
+        if lc.ndim != 1 or lc.shape[0] < 1:
+            raise ValueError(f"{where}label_classes must have shape [L] with L >= 1, got {list(lc.shape)}")
+        if lc.min() < 0 or lc.max() >= K:
+            bad = int(np.argmax((lc < 0) | (lc >= K)))
+            raise ValueError(f"{where}label_classes must hold class ids in [0, {K}); label {bad} has {lc[bad]}")
+        lc = np.ascontiguousarray(lc, dtype=np.int64)
     try:
-        delta, scale = pert
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}a node-cost perturbation must be (delta, scale), got {pert!r}") from None
-    try:
-        d = _check_costs(delta, "node_delta", 2, "[N, K]", cost_cache)
+        d = _check_costs(delta, "node_delta", 2, "[M, N]" if lc is not None else "[N, K]", cost_cache)
     except ValueError as err:
         raise ValueError(where + str(err)) from None
-    if d.shape != nc.shape or d.dtype != nc.dtype:
+    if lc is None and (d.shape != nc.shape or d.dtype != nc.dtype):
         raise ValueError(
             f"{where}node_delta must have the shape {list(nc.shape)} and dtype {nc.dtype} of node_costs, "
             f"got {list(d.shape)} {d.dtype}"
         )
+    if lc is not None and (d.shape[1] != N or d.shape[0] > len(lc) or d.dtype != nc.dtype):
+        raise ValueError(
+            f"{where}node_delta must have shape [M, N] with N = {N}, M <= len(label_classes) = {len(lc)} and "
+            f"the dtype {nc.dtype} of node_costs, got {list(d.shape)} {d.dtype}"
+        )
     if not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
         raise ValueError(f"{where}the perturbation scale must be a finite real number, got {scale!r}")
-    return d, float(scale)
+    return d, float(scale), lc
 
 
 def _wrap(raw) -> AMWCResult:
@@ -278,13 +304,24 @@ def solve_amwc_batch(
             None = no warm start).
         local_search: as in :func:`solve_amwc`.
         num_threads: worker threads; ``0`` = one per instance, at most the number of CPU cores.
-        node_cost_perturbations: optional, one entry per instance: None, or ``(delta, scale)``
-            with ``delta`` ``[N, K]`` of the instance's node-cost dtype (float32 or float64) and
-            ``scale`` a finite float: the instance is solved with node costs ``node_costs + scale
-            * delta``, computed elementwise in that dtype exactly as ``np.multiply(delta,
-            dtype(scale)) + node_costs`` on the solving thread (the AMWC layer's backward passes
-            one base and one delta per image for its N perturbed solves instead of N ``[N, K]``
-            arrays; COPS Sec. 3.4).
+        node_cost_perturbations: optional, one entry per instance: None, ``(delta, scale)`` or
+            ``(delta, scale, label_classes)``, ``delta`` of the instance's node-cost dtype
+            (float32 or float64), ``scale`` a finite float.
+
+            * ``(delta, scale)``, ``delta`` ``[N, K]``: the instance is solved with node costs
+              ``node_costs + scale * delta``, computed elementwise in that dtype exactly as
+              ``np.multiply(delta, dtype(scale)) + node_costs`` on the solving thread (the AMWC
+              layer's backward passes one base and one delta per image for its N perturbed
+              solves instead of N ``[N, K]`` arrays; COPS Sec. 3.4).
+            * ``(delta, scale, label_classes)``, ``label_classes`` ``[L]`` integer class ids in
+              ``[0, K)``, ``delta`` label-major ``[M, N]`` with ``M <= L``: the instance is a
+              multiway cut over ``L`` labels (``partitionable`` must be None; ``initial_labels``
+              lie in ``[0, L)``; the result's ``node_labels`` are labels) whose node costs are
+              ``node_costs[:, label_classes] + scale * D`` with ``D = delta.T`` padded with zero
+              columns to ``[N, L]``, the same values to the bit as that expression formed with
+              NumPy in the costs' dtype; formed on the solving thread (the COPS MWC of the
+              backward, Sec. 3.5: a label per segment, then one per class without a segment,
+              perturbed by the mask gradient ``[M, N]``, without ``[N, L]`` arrays in Python).
 
     Returns:
         list of :class:`AMWCResult`, in input order; identical to solving one by one.
@@ -292,8 +329,10 @@ def solve_amwc_batch(
     Raises:
         ValueError: as :func:`solve_amwc`, with the message prefixed by ``instance <b>: ``;
             ``num_threads < 0``; ``node_cost_perturbations`` not one entry per instance, a
-            ``delta`` of another shape or dtype than the node costs or not finite, a scale that
-            is not a finite real number; perturbed costs that overflow (not finite).
+            ``delta`` of another shape or dtype than described or not finite, a scale that is
+            not a finite real number, ``label_classes`` not a non-empty vector of integer class
+            ids in ``[0, K)`` or given with a ``partitionable``; perturbed costs that overflow
+            (not finite).
     """
     if int(num_threads) != num_threads or num_threads < 0:
         raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
@@ -312,13 +351,22 @@ def solve_amwc_batch(
                 f"[, initial_labels[, initial_clusters]]), got a sequence of length {len(inst)}"
             )
         where = f"instance {b}: "
-        nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache, cost_cache=cost_cache)
-        il, ic = _check_initial(inst[4] if len(inst) > 4 else None, inst[5] if len(inst) > 5 else None,
-                                nc.shape[0], nc.shape[1], where)
-        entry = (nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic)
         pert = None if node_cost_perturbations is None else node_cost_perturbations[b]
-        if pert is not None:
-            entry = (nc, e, ec, p, il, ic) + _check_perturbation(pert, nc, where, cost_cache)
+        if pert is not None and isinstance(pert, (tuple, list)) and len(pert) == 3 and inst[3] is not None:
+            raise ValueError(f"{where}partitionable must be None with label_classes (a multiway cut)")
+        nc, e, ec, p = _prepare(*inst[:4], where=where, edge_cache=edge_cache, cost_cache=cost_cache)
+        d, scale, lc = (None, None, None) if pert is None else _check_perturbation(pert, nc, where, cost_cache)
+        num_labels = nc.shape[1] if lc is None else len(lc)
+        if lc is not None:
+            p = np.zeros(num_labels, dtype=np.uint8)
+        il, ic = _check_initial(inst[4] if len(inst) > 4 else None, inst[5] if len(inst) > 5 else None,
+                                nc.shape[0], num_labels, where)
+        if pert is None:
+            entry = (nc, e, ec, p) if il is None else (nc, e, ec, p, il, ic)
+        elif lc is None:
+            entry = (nc, e, ec, p, il, ic, d, scale)
+        else:
+            entry = (nc, e, ec, p, il, ic, d, scale, lc)
         prepared.append(entry)
     return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
 
