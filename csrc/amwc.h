@@ -74,6 +74,10 @@ struct InstanceView {
 struct SolveOptions {
   bool local_search = true;  // run the local-search pass after GAEC
   int max_local_search_rounds = 50;  // alternations of node moves and cluster moves
+  // A cluster pass after one that moved segments, with no node move in between, updates that
+  // pass's segments (merges) and evaluates only the segments next to a move, instead of
+  // rebuilding all segments: the same moves (off: every pass rebuilds; for tests and timing).
+  bool incremental_cluster_passes = true;
 };
 
 struct Solution {
@@ -86,6 +90,8 @@ struct Solution {
   double gaec_objective = 0.0;
   int64_t gaec_contractions = 0;
   int64_t local_search_moves = 0;
+  int64_t local_search_rounds = 0;          // node-move + cluster-move rounds run
+  int64_t incremental_cluster_passes = 0;   // of their cluster passes, the incremental ones
 };
 
 // Thrown on invalid input; the bindings turn it into a Python ValueError.

@@ -204,6 +204,8 @@ py::tuple to_python(const cops::Solution& s) {
   info["gaec_objective"] = s.gaec_objective;
   info["gaec_contractions"] = s.gaec_contractions;
   info["local_search_moves"] = s.local_search_moves;
+  info["local_search_rounds"] = s.local_search_rounds;
+  info["incremental_cluster_passes"] = s.incremental_cluster_passes;
   return py::make_tuple(to_array(s.node_labels), to_array(s.instance_ids), to_array(s.edge_labels), s.objective,
                         info);
 }
@@ -230,7 +232,7 @@ py::tuple solve_one(py::handle node_costs, py::handle edges, py::handle edge_cos
   return to_python(sol);
 }
 
-py::list solve_batch(py::sequence instances, bool local_search, int num_threads) {
+py::list solve_batch(py::sequence instances, bool local_search, int num_threads, bool incremental_cluster_passes) {
   std::vector<HeldInstance> held;
   held.reserve(py::len(instances));
   for (size_t b = 0; b < py::len(instances); ++b) {
@@ -260,6 +262,7 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads)
   for (auto& h : held) views.push_back(h.view);
   cops::SolveOptions opts;
   opts.local_search = local_search;
+  opts.incremental_cluster_passes = incremental_cluster_passes;
   std::vector<cops::Solution> sols;
   {
     py::gil_scoped_release release;
@@ -364,7 +367,7 @@ PYBIND11_MODULE(_C, m) {
         "Solve one AMWC instance (GAEC, or local search from initial_labels/initial_clusters when "
         "given); returns (node_labels, instance_ids, edge_labels, objective, info).");
   m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("incremental_cluster_passes") = true,
         "Solve a list of AMWC instances (node_costs, edges, edge_costs, partitionable[, initial_labels"
         "[, initial_clusters[, node_delta, scale[, label_classes]]]]) on a pool of threads (GIL released); with "
         "node_delta the node costs are node_costs + scale * node_delta (with label_classes: "

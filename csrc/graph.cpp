@@ -469,7 +469,10 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
     improved.cluster = lab.cluster;
     improved.node_min.swap(lab.node_min);  // GAEC's per-node minima, for the local search
     improved.cost_scale = lab.cost_scale;
-    sol.local_search_moves = local_search(inst, g, improved, opts.max_local_search_rounds);
+    LocalSearchStats stats;
+    sol.local_search_moves = local_search(inst, g, improved, opts, &stats);
+    sol.local_search_rounds = stats.rounds;
+    sol.incremental_cluster_passes = stats.incremental_passes;
     if (sol.local_search_moves > 0) {
       double improved_objective;
       objectives(inst, g, lab, improved, &gaec_objective, &improved_objective);

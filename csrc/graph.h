@@ -113,8 +113,15 @@ Labelling gaec(const InstanceView& inst, const SimpleGraph& g, int64_t* num_cont
 // clusters = connected components of the joined edges, each named by its smallest node id.
 Labelling initial_labelling(const InstanceView& inst, const SimpleGraph& g);
 
-// Improves `lab` in place by node and cluster moves; returns the number of moves applied.
-int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds);
+struct LocalSearchStats {
+  int64_t rounds = 0;              // node-move + cluster-move rounds
+  int64_t incremental_passes = 0;  // cluster passes that updated the previous pass's segments
+};
+
+// Improves `lab` in place by node and cluster moves (opts.max_local_search_rounds,
+// opts.incremental_cluster_passes); returns the number of moves applied.
+int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, const SolveOptions& opts,
+                     LocalSearchStats* stats);
 
 // Objective on the simple graph (same value as on the input edges).
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab);

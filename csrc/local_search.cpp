@@ -15,7 +15,9 @@
 // search terminates and never ends worse than where it started.
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
+#include <utility>
 
 #include "graph.h"
 #include "adjacency.h"  // COPS_PREFETCH
@@ -61,12 +63,27 @@ void segment_sums(const T* costs, const int32_t* comp, int32_t n, int32_t K, dou
   segment_sums_scalar(costs, comp, n, K, S);
 }
 
+// segment_sums restricted to the nodes i whose segment root[comp[i]] has flag set (the same
+// additions, in node order, for those segments).
+template <class T>
+void segment_sums_where(const T* costs, const int32_t* comp, const int32_t* root, const uint8_t* flag, int32_t n,
+                        int32_t K, double* S) {
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t c = root[comp[i]];
+    if (!flag[c]) continue;
+    double* sc = S + static_cast<size_t>(c) * K;
+    const T* nc = costs + static_cast<size_t>(i) * K;
+    for (int32_t k = 0; k < K; ++k) sc[k] += nc[k];
+  }
+}
+
 // Reusable state: one instance per thread keeps its buffers between solves. T: the type of the
 // input class costs (float32 input is read as it is and widened exactly where it is used).
 template <class T>
 class LocalSearch {
  public:
-  int64_t run(const InstanceView& inst, const T* node_costs, const SimpleGraph& g, Labelling& lab, int max_rounds) {
+  int64_t run(const InstanceView& inst, const T* node_costs, const SimpleGraph& g, Labelling& lab,
+              const SolveOptions& opts, LocalSearchStats* stats) {
     inst_ = &inst;
     in_ = node_costs;
     g_ = &g;
@@ -74,7 +91,7 @@ class LocalSearch {
     n_ = g.num_nodes;
     K_ = static_cast<int32_t>(inst.num_classes);
     init();
-    return search(max_rounds);
+    return search(opts.max_local_search_rounds, opts.incremental_cluster_passes, stats);
   }
 
  private:
@@ -111,7 +128,7 @@ class LocalSearch {
     mark_.assign(next_id_, -1);
   }
 
-  int64_t search(int max_rounds) {
+  int64_t search(int max_rounds, bool incremental, LocalSearchStats* stats) {
     // Round 1 evaluates every node; later rounds only the nodes of segments that a cluster move
     // changed (and their neighbours): elsewhere the node moves have already converged.
     std::vector<int32_t>& seeds = seeds_;
@@ -119,14 +136,21 @@ class LocalSearch {
     for (int32_t i = 0; i < n_; ++i) seeds[i] = i;
     int64_t total = 0;
     lab_->segment.clear();
+    bool segments_current = false;  // the segments of the last cluster pass, after its moves
     for (int round = 0; round < max_rounds; ++round) {
-      total += node_moves(seeds);
+      const int64_t node_moved = node_moves(seeds);
+      total += node_moved;
       seeds.clear();
-      const int64_t moved = cluster_moves(&seeds);
+      // Without node moves since, the last pass's segments (updated by its moves) are current.
+      const bool update = incremental && segments_current && node_moved == 0;
+      const int64_t moved = cluster_moves(&seeds, update);
+      segments_current = true;
+      ++stats->rounds;
+      stats->incremental_passes += update ? 1 : 0;
       total += moved;
       if (moved == 0) {
-        // The round's segments (comp_, numbered by first node) describe the final state.
-        lab_->segment.swap(comp_);
+        // The round's segments (numbered by first node) describe the final state.
+        final_segments(lab_->segment);
         break;
       }
     }
@@ -287,10 +311,12 @@ class LocalSearch {
     return moves;
   }
 
-  int64_t cluster_moves(std::vector<int32_t>* touched) {
-    // Segments: connected components of joined edges (union-find over the edges).
-    // An edge is cut iff its endpoints' cluster ids differ (equal ids: joined, same segment), so
-    // the cut edges (about a third of all on the benchmark instances) are listed in the same pass.
+  // Segments of the current state: connected components of the joined edges (union-find over the
+  // edges; an edge is cut iff its endpoints' cluster ids differ), numbered by first node, with
+  // their summed class costs, first node and cut-edge lists. Cluster moves then merge segments
+  // (apply_moves); the smallest id of a union represents it, so live ids stay in first-node order
+  // and the numbering is the one this function would give the new state.
+  void build_segments() {
     UnionFind& uf = uf_;
     uf.reset(n_);
     std::vector<int32_t>& cut_edges = cut_edges_;
@@ -324,20 +350,23 @@ class LocalSearch {
       if (comp[r] < 0) comp[r] = num_comp++;
       comp[i] = comp[r];
     }
-    if (num_comp <= 1) return 0;
+    num_seg_ = num_comp;
+    seg_root_.resize(num_comp);
+    for (int32_t c = 0; c < num_comp; ++c) seg_root_[c] = c;
+    seg_uf_.reset(num_comp);
+    merged_ = false;
+    if (num_comp <= 1) return;
 
     // Summed class costs and first node per segment.
-    std::vector<double>& S = S_;
-    S.assign(static_cast<size_t>(num_comp) * K_, 0.0);
-    std::vector<int32_t>& first = first_;
-    first.assign(num_comp, -1);
-    segment_sums(in_, comp.data(), n_, K_, S.data());
+    S_.assign(static_cast<size_t>(num_comp) * K_, 0.0);
+    segment_sums(in_, comp.data(), n_, K_, S_.data());
+    first_.assign(num_comp, -1);
     for (int32_t i = 0; i < n_; ++i) {
-      if (first[comp[i]] < 0) first[comp[i]] = i;
+      if (first_[comp[i]] < 0) first_[comp[i]] = i;
     }
 
     // Cut edges grouped by segment (both directions, in edge order): the segment adjacency, with
-    // the neighbour's node, cluster (fixed while the moves are chosen) and segment.
+    // the neighbour's node, cluster and segment.
     std::vector<int64_t>& start = start_;
     start.assign(static_cast<size_t>(num_comp) + 1, 0);
     for (const int32_t e : cut_edges) {
@@ -355,21 +384,38 @@ class LocalSearch {
         const int32_t u = g_->u[e], v = g_->v[e];
         const int32_t cu = comp[u], cv = comp[v];
         const double w = g_->w[e];
-        cut[fill[cu]++] = CutEntry{w, v, cluster[v], cv};
-        cut[fill[cv]++] = CutEntry{w, u, cluster[u], cu};
+        cut[fill[cu]++] = CutEntry{w, v, cluster[v], cv, e};
+        cut[fill[cv]++] = CutEntry{w, u, cluster[u], cu, e};
       }
     }
+    seg_begin_.assign(start.begin(), start.end() - 1);
+    seg_end_.assign(start.begin() + 1, start.end());
+    evaluate_.assign(num_comp, 1);
+  }
 
+  // One pass of cluster moves: every segment (in first-node order) that is not next to a segment
+  // moved earlier in the pass takes its best move. `incremental`: the segments are those of the
+  // previous pass after its moves (no node moved since), and a segment is only evaluated if it
+  // moved or a neighbour moved in the previous pass (or it was skipped as such a neighbour): for
+  // all others the evaluation sees the same costs and clusters as before, and found no move then.
+  // The same moves as a full pass, in the same order.
+  int64_t cluster_moves(std::vector<int32_t>* touched, bool incremental) {
+    if (!incremental) build_segments();
+    const int32_t num_seg = num_seg_;
+    int32_t live = 0;
+    for (int32_t c = 0; c < num_seg && live < 2; ++c) live += seg_root_[c] == c;
+    if (live <= 1) return 0;
+    std::vector<CutEntry>& cut = cut_;
     std::vector<uint8_t>& dirty = dirty_;
-    dirty.assign(num_comp, 0);
+    dirty.assign(num_seg, 0);
     std::vector<int32_t>& moved_comps = moved_comps_;
     moved_comps.clear();
-    target_of_comp_.assign(num_comp, -1);
+    target_of_comp_.assign(num_seg, -1);
     int64_t moves = 0;
-    for (int32_t c = 0; c < num_comp; ++c) {
-      if (dirty[c]) continue;
-      const int32_t own = lab_->cluster[first[c]];
-      const int32_t own_label = lab_->label[first[c]];
+    for (int32_t c = 0; c < num_seg; ++c) {
+      if (seg_root_[c] != c || !evaluate_[c] || dirty[c]) continue;
+      const int32_t own = lab_->cluster[first_[c]];
+      const int32_t own_label = lab_->label[first_[c]];
       // Summed edge cost from this segment to each neighbouring cluster (current state).
       // As add_candidate for each entry, but a run of entries to one cluster (the cut edges along
       // a stretch of boundary) is summed in a register: the same additions in the same order,
@@ -379,7 +425,7 @@ class LocalSearch {
       {
         int32_t run_cluster = -1, run_slot = -1;
         double acc = 0.0;
-        for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+        for (int64_t q = seg_begin_[c]; q < seg_end_[c]; ++q) {
           const int32_t t = cut[q].cluster;
           if (t == run_cluster) {
             acc += cut[q].w;
@@ -400,7 +446,7 @@ class LocalSearch {
         }
         if (run_slot >= 0) cand_w_[run_slot] = acc;
       }
-      const double* sc = &S[static_cast<size_t>(c) * K_];
+      const double* sc = &S_[static_cast<size_t>(c) * K_];
       double best_delta;
       int32_t best_new_class = -1;
       const int32_t best_target = best_move([&](int32_t k) { return sc[k]; },
@@ -413,25 +459,123 @@ class LocalSearch {
       dirty[c] = 1;
       moved_comps.push_back(c);
       target_of_comp_[c] = target;
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) dirty[cut[q].comp] = 1;
+      for (int64_t q = seg_begin_[c]; q < seg_end_[c]; ++q) dirty[seg_root_[cut[q].comp]] = 1;
     }
-    if (moves == 0) return 0;
-    // Apply the moves and collect the nodes whose neighbourhood changed.
+    if (moves > 0) apply_moves(touched);
+    return moves;
+  }
+
+  // Applies the pass's moves (moved_comps_ -> target_of_comp_) and brings the segments up to date:
+  // the moved segments' nodes take the target; entries pointing into them take its cluster; each
+  // moved segment merges with its neighbours of that cluster (list of the union: its members'
+  // entries that leave it, merged in edge order; summed costs: its nodes' rows in node order, as
+  // build_segments forms both). Collects the nodes whose neighbourhood changed into `touched`.
+  void apply_moves(std::vector<int32_t>* touched) {
+    const int32_t num_seg = num_seg_;
+    std::vector<CutEntry>& cut = cut_;
     std::vector<uint8_t>& is_moved = is_moved_;
-    is_moved.assign(num_comp, 0);
-    for (int32_t c : moved_comps) is_moved[c] = 1;
+    is_moved.assign(num_seg, 0);
+    for (int32_t c : moved_comps_) is_moved[c] = 1;
     for (int32_t i = 0; i < n_; ++i) {
-      const int32_t c = comp[i];
+      const int32_t c = seg_root_[comp_[i]];
       if (!is_moved[c]) continue;
       const int32_t target = target_of_comp_[c];
       lab_->cluster[i] = target;
       lab_->label[i] = cluster_label_[target];
       touched->push_back(i);
     }
-    for (int32_t c : moved_comps) {
-      for (int64_t q = start[c]; q < start[c + 1]; ++q) touched->push_back(cut[q].other);
+    // Neighbours of moved segments: their entries' clusters (and the evaluation next pass).
+    std::vector<uint8_t>& seen = dirty_;  // reused: every neighbour of a moved segment is dirty
+    std::fill(seen.begin(), seen.end(), 0);
+    std::vector<int32_t>& around = around_;
+    around.clear();
+    for (int32_t c : moved_comps_) {
+      for (int64_t q = seg_begin_[c]; q < seg_end_[c]; ++q) {
+        touched->push_back(cut[q].other);
+        const int32_t d = seg_root_[cut[q].comp];
+        if (!seen[d]) {
+          seen[d] = 1;
+          around.push_back(d);
+        }
+      }
     }
-    return moves;
+    for (int32_t d : around) {
+      for (int64_t q = seg_begin_[d]; q < seg_end_[d]; ++q) cut[q].cluster = lab_->cluster[cut[q].other];
+    }
+    // Unions: a moved segment joins its neighbours of its new cluster (never another moved
+    // segment: those are not adjacent). The smallest id represents the union.
+    joined_.clear();
+    for (int32_t c : moved_comps_) {
+      const int32_t t = target_of_comp_[c];
+      for (int64_t q = seg_begin_[c]; q < seg_end_[c]; ++q) {
+        const int32_t d = seg_root_[cut[q].comp];
+        if (lab_->cluster[first_[d]] != t) continue;
+        const int32_t a = seg_uf_.find(c), b = seg_uf_.find(d);
+        if (a == b) continue;
+        seg_uf_.merge_into(std::max(a, b), std::min(a, b));
+        joined_.push_back(c);
+        joined_.push_back(d);
+      }
+    }
+    // Next pass evaluates the moved segments and their neighbours (by their unions' ids).
+    std::fill(evaluate_.begin(), evaluate_.end(), 0);
+    for (int32_t c : moved_comps_) evaluate_[seg_uf_.find(c)] = 1;
+    for (int32_t d : around) evaluate_[seg_uf_.find(d)] = 1;
+    if (joined_.empty()) return;
+    merged_ = true;
+    // Members of every union, grouped by representative (ascending ids within a group).
+    std::vector<std::pair<int32_t, int32_t>>& members = members_;
+    members.clear();
+    std::sort(joined_.begin(), joined_.end());
+    joined_.erase(std::unique(joined_.begin(), joined_.end()), joined_.end());
+    for (int32_t c : joined_) members.emplace_back(seg_uf_.find(c), c);
+    std::sort(members.begin(), members.end());
+    for (int32_t c = 0; c < num_seg; ++c) seg_root_[c] = seg_uf_.find(c);
+    std::vector<uint8_t>& is_union = is_moved_;  // reused: 1 for the representatives of unions
+    std::fill(is_union.begin(), is_union.end(), 0);
+    for (size_t a = 0; a < members.size();) {
+      size_t b = a;
+      while (b < members.size() && members[b].first == members[a].first) ++b;
+      const int32_t r = members[a].first;
+      is_union[r] = 1;
+      // The members' lists are in edge order; merge them (two buffers, one member at a time).
+      merge_buf_.clear();
+      for (size_t m = a; m < b; ++m) {
+        const int32_t c = members[m].second;
+        merge_tmp_.clear();
+        std::merge(merge_buf_.begin(), merge_buf_.end(), cut.begin() + seg_begin_[c], cut.begin() + seg_end_[c],
+                   std::back_inserter(merge_tmp_), [](const CutEntry& x, const CutEntry& y) { return x.e < y.e; });
+        merge_buf_.swap(merge_tmp_);
+      }
+      const int64_t begin = static_cast<int64_t>(cut.size());
+      for (const CutEntry& x : merge_buf_) {
+        if (seg_root_[x.comp] != r) cut.push_back(x);
+      }
+      seg_begin_[r] = begin;
+      seg_end_[r] = static_cast<int64_t>(cut.size());
+      a = b;
+    }
+    // Summed class costs of the unions: their nodes' rows in node order from zero.
+    for (int32_t c = 0; c < num_seg; ++c) {
+      if (is_union[c]) std::fill(S_.begin() + static_cast<size_t>(c) * K_, S_.begin() + static_cast<size_t>(c + 1) * K_, 0.0);
+    }
+    segment_sums_where(in_, comp_.data(), seg_root_.data(), is_union.data(), n_, K_, S_.data());
+  }
+
+  // The final state's segments numbered 0.. by first node (as connected_segments numbers them).
+  void final_segments(std::vector<int32_t>& out) {
+    if (!merged_) {
+      out.swap(comp_);
+      return;
+    }
+    std::vector<int32_t>& rank = target_of_comp_;  // reused
+    rank.assign(num_seg_, -1);
+    int32_t next = 0;
+    for (int32_t c = 0; c < num_seg_; ++c) {
+      if (seg_root_[c] == c) rank[c] = next++;
+    }
+    out.resize(n_);
+    for (int32_t i = 0; i < n_; ++i) out[i] = rank[seg_root_[comp_[i]]];
   }
 
   const InstanceView* inst_ = nullptr;
@@ -458,7 +602,8 @@ class LocalSearch {
     double w;         // edge cost
     int32_t other;    // the node across the cut edge
     int32_t cluster;  // its cluster
-    int32_t comp;     // its segment
+    int32_t comp;     // its segment (as built; seg_root_ gives the union it belongs to now)
+    int32_t e;        // the edge (lists are in edge order)
   };
   std::vector<int32_t> cut_edges_;
   std::vector<CutEntry> cut_;
@@ -466,6 +611,16 @@ class LocalSearch {
   std::vector<int32_t> moved_comps_;
   std::vector<int32_t> comp_;
   std::vector<int32_t> target_of_comp_;
+  // Segments kept between passes (build_segments / apply_moves).
+  int32_t num_seg_ = 0;
+  bool merged_ = false;                        // some segments were merged since built
+  UnionFind seg_uf_;                           // unions of segment ids (smallest id is the root)
+  std::vector<int32_t> seg_root_;              // [num_seg_] union of each segment id
+  std::vector<int64_t> seg_begin_, seg_end_;   // [num_seg_] cut_ entries of a live segment
+  std::vector<uint8_t> evaluate_;              // [num_seg_] evaluate in the next pass
+  std::vector<int32_t> around_, joined_;
+  std::vector<std::pair<int32_t, int32_t>> members_;
+  std::vector<CutEntry> merge_buf_, merge_tmp_;
 };
 
 template <class T>
@@ -479,10 +634,11 @@ LocalSearch<T>* thread_solver() {
 
 }  // namespace
 
-int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, int max_rounds) {
+int64_t local_search(const InstanceView& inst, const SimpleGraph& g, Labelling& lab, const SolveOptions& opts,
+                     LocalSearchStats* stats) {
   // Through a pointer from a non-inlined function (see gaec.cpp, thread_solver).
-  if (inst.node_costs == nullptr) return thread_solver<float>()->run(inst, inst.node_costs_f32, g, lab, max_rounds);
-  return thread_solver<double>()->run(inst, inst.node_costs, g, lab, max_rounds);
+  if (inst.node_costs == nullptr) return thread_solver<float>()->run(inst, inst.node_costs_f32, g, lab, opts, stats);
+  return thread_solver<double>()->run(inst, inst.node_costs, g, lab, opts, stats);
 }
 
 }  // namespace detail

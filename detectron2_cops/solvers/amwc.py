@@ -43,7 +43,10 @@ class AMWCResult(NamedTuple):
         objective: the AMWC objective of this labelling (float).
         info: solver statistics: ``gaec_objective`` (objective after GAEC and the final merge,
             or of the initial labelling when warm-started, before local search),
-            ``gaec_contractions`` (0 when warm-started), ``local_search_moves``.
+            ``gaec_contractions`` (0 when warm-started), ``local_search_moves``,
+            ``local_search_rounds`` (alternations of node and cluster moves run) and
+            ``incremental_cluster_passes`` (cluster passes that updated the previous pass's
+            segments instead of rebuilding them, see ``csrc/local_search.cpp``).
     """
 
     node_labels: np.ndarray
