@@ -19,9 +19,10 @@ every perturbed MWC solved from scratch, float64 costs), ``cold32``, ``warm64`` 
 (the layer's default: ``backward_warm_start=True, backward_float32=True``). A summary gives each
 variant's forward and backward medians and their ratio. ``--memory`` adds, per variant, the
 peak-memory increase of one forward + backward, measured in a fresh subprocess as the growth of
-the process's maximum resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just
-before the forward to just after the backward: everything the layer allocates (NumPy, PyTorch,
-the native solver), not only Python objects.
+the process's peak resident set size (``VmHWM`` of ``/proc/self/status`` on Linux, else
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before the forward to just after the
+backward: everything the layer allocates (NumPy, PyTorch, the native solver), not only Python
+objects.
 
 Examples::
 
@@ -74,7 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", default=["warm32"], choices=sorted(VARIANTS),
                    help="backward configurations, interleaved in every repeat (default: the layer's default)")
     p.add_argument("--memory", action="store_true",
-                   help="also measure each variant's peak-memory increase (ru_maxrss) in a fresh subprocess")
+                   help="also measure each variant's peak-memory increase (peak RSS) in a fresh subprocess")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1:
@@ -160,14 +161,29 @@ def run_once(layer, loss_fn, semantic_costs, edge_costs, gt_masks, gt_classes, g
     }
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: ``VmHWM`` of ``/proc/self/status`` on Linux
+    (the peak of this process's own memory since its exec), else ``ru_maxrss``. (On Linux
+    ``ru_maxrss`` also keeps the parent's resident size at the fork that started the process, so
+    a child of a large parent would see no growth at all.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
 def memory_child(args) -> int:
-    """One forward + backward of ``args.memory_child``; prints the ru_maxrss growth (JSON)."""
+    """One forward + backward of ``args.memory_child``; prints the peak-RSS growth (JSON)."""
     semantic_costs, edge_costs, gt_masks, gt_classes = build_batch(args)
     layer, loss_fn = make_layer(args, args.memory_child), make_loss(args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    before = peak_rss_kib()
     run_once(layer, loss_fn, semantic_costs, edge_costs, gt_masks, gt_classes,
              torch.Generator().manual_seed(args.seed))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = peak_rss_kib()
     print(json.dumps({"maxrss_growth_mib": (after - before) / 1024, "maxrss_mib": after / 1024}))
     return 0
 
