@@ -249,7 +249,8 @@ def _mwc_initial_labels(seg_of_pixel: np.ndarray, labels: np.ndarray, label_clas
 
 def _accumulate_node_gradient(acc: np.ndarray, row_start: np.ndarray, fwd: np.ndarray,
                               sample_classes: Sequence[np.ndarray], inv: np.ndarray, total: float) -> None:
-    """Node part of the gradient estimator's sum (COPS Sec. 3.4, eq. (7) without the ``1 / N``):
+    """Node part of the gradient estimator's sum over the perturbed solutions (COPS Sec. 3.4/3.5,
+    before the division by ``N``):
     ``acc[n * K + c] += sum over samples i with sample_classes[i][n] == c of inv[i]``, then
     ``acc[n * K + fwd[n]] -= total``.
 
@@ -286,7 +287,8 @@ _EDGE_TABLE_MAX_SAMPLES = 15
 
 def _accumulate_edge_gradient(acc: np.ndarray, fwd: np.ndarray, sample_labels: Sequence[np.ndarray],
                               inv: np.ndarray, total: float) -> None:
-    """Edge part of the gradient estimator's sum (COPS Sec. 3.4, eq. (7) without the ``1 / N``):
+    """Edge part of the gradient estimator's sum over the perturbed solutions (COPS Sec. 3.4/3.5,
+    before the division by ``N``):
     ``acc[e] = sum_i sample_labels[i][e] * inv[i] - fwd[e] * total``, the additions of every
     entry in sample order from 0 (the same to the bit as ``acc += y_i * inv[i]`` per sample,
     then ``acc -= fwd * total``).
@@ -410,8 +412,9 @@ class AMWCFunction(torch.autograd.Function):
     (``solve_amwc_batch(..., node_cost_perturbations=...)``, the same rounding as NumPy's
     multiply-then-add); with the mask gradient alone (the COPS loss) the solver also forms the
     ``[N, L]`` MWC costs themselves, once per image, from the ``[N, K]`` costs, the label classes
-    and the ``[M, N]`` mask gradient (the ``(delta, scale, label_classes)`` form). With ``spec.float32`` they are float32 (the solver reads them as they
-    are, summing in float64); the gradient is accumulated in float64 either way.
+    and the ``[M, N]`` mask gradient (the ``(delta, scale, label_classes)`` form). With
+    ``spec.float32`` they are float32 (the solver reads them as they are, summing in float64);
+    the gradient is accumulated in float64 either way.
 
     The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
     global RNG if None), ``B * N`` values in image-major order, whether an image is solved or not,
