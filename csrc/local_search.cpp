@@ -169,10 +169,30 @@ class LocalSearch {
 
   // Accumulates, for the neighbours of node i, the summed edge cost per neighbouring cluster into
   // cand_ids_ / cand_w_; mark_[cluster] holds the slot until clear_marks().
+  // A node has few neighbouring clusters (often one or two), so the slots are found by a scan of
+  // the candidates so far (in registers / L1) rather than through mark_ per neighbour; the marks
+  // are set once per candidate afterwards. The same sums in the same order as add_candidate.
   void gather_node(int32_t i) {
     cand_ids_.clear();
     cand_w_.clear();
-    for (int64_t p = g_->offsets[i]; p < g_->offsets[i + 1]; ++p) add_candidate(lab_->cluster[g_->nbr[p]], g_->w[g_->eid[p]]);
+    const int32_t* cluster = lab_->cluster.data();
+    const int32_t* nbr = g_->nbr.data();
+    const int32_t* eid = g_->eid.data();
+    const double* w = g_->w.data();
+    for (int64_t p = g_->offsets[i]; p < g_->offsets[i + 1]; ++p) {
+      const int32_t t = cluster[nbr[p]];
+      const double wp = w[eid[p]];
+      size_t c = 0;
+      const size_t n = cand_ids_.size();
+      while (c < n && cand_ids_[c] != t) ++c;
+      if (c == n) {
+        cand_ids_.push_back(t);
+        cand_w_.push_back(wp);
+      } else {
+        cand_w_[c] += wp;
+      }
+    }
+    for (size_t c = 0; c < cand_ids_.size(); ++c) mark_[cand_ids_[c]] = static_cast<int32_t>(c);
   }
 
   void add_candidate(int32_t cluster, double w) {
