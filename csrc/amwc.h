@@ -113,6 +113,10 @@ Solution solve_amwc(const InstanceView& inst, const SolveOptions& opts);
 std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& insts, const SolveOptions& opts,
                                        int num_threads);
 
+// The solvers keep the graph structures of the last few distinct edge sets they solved on (see
+// detail::find_structure in graph.h); this drops them (memory is freed once no solve uses it).
+void clear_graph_structure_cache();
+
 // Objective of a labelling of a float64 instance given per-node classes and cluster ids (edge cut
 // iff cluster ids differ).
 double labelling_objective(const InstanceView& inst, const int32_t* node_labels, const int32_t* cluster_ids);

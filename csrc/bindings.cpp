@@ -372,6 +372,9 @@ PYBIND11_MODULE(_C, m) {
         "[, initial_clusters[, node_delta, scale[, label_classes]]]]) on a pool of threads (GIL released); with "
         "node_delta the node costs are node_costs + scale * node_delta (with label_classes: "
         "node_costs[:, label_classes] + scale * node_delta.T, node_delta [M <= L, N]), computed on the worker.");
+  m.def("clear_graph_structure_cache", &cops::clear_graph_structure_cache,
+        "Drop the graph structures the solvers keep for the last few distinct edge sets (the next "
+        "solve on those edges builds its structure again).");
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
         "AMWC objective of a labelling (edge cut iff cluster ids differ).");

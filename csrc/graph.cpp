@@ -118,7 +118,8 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
 
   // Bucket input edges by their smaller endpoint (counting sort), then merge duplicates per
   // bucket with a marker array: O(N + E), deterministic order.
-  std::vector<int64_t>& start = g.scratch_start;
+  std::vector<int64_t> start, fill;
+  std::vector<int32_t> seen_row, uid_of;
   start.assign(static_cast<size_t>(n) + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
@@ -128,15 +129,12 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   std::vector<int32_t>& bucket = g.order;
   bucket.resize(E);
   {
-    std::vector<int64_t>& fill = g.scratch_fill;
     fill.assign(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
       bucket[fill[std::min(a, b)]++] = static_cast<int32_t>(e);
     }
   }
-  std::vector<int32_t>& seen_row = g.scratch_seen;
-  std::vector<int32_t>& uid_of = g.scratch_uid;
   seen_row.assign(n, -1);
   uid_of.resize(n);
   g.target.resize(E);
@@ -169,7 +167,6 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   for (int32_t i = 0; i < n; ++i) g.offsets[i + 1] += g.offsets[i];
   g.nbr.resize(2 * static_cast<size_t>(Eu));
   g.eid.resize(2 * static_cast<size_t>(Eu));
-  std::vector<int64_t>& fill = g.scratch_fill;
   fill.assign(g.offsets.begin(), g.offsets.end() - 1);
   for (int32_t e = 0; e < Eu; ++e) {
     int64_t p = fill[g.u[e]]++;
@@ -201,9 +198,72 @@ void attach_structure(const GraphStructure& s, const InstanceView& inst, SimpleG
   }
 }
 
-void build_simple_graph(const InstanceView& inst, SimpleGraph& g) {
-  build_graph_structure(inst, g.own);
-  attach_structure(g.own, inst, g);
+namespace {
+
+struct StructureCache {
+  std::mutex mutex;
+  std::vector<std::shared_ptr<const GraphStructure>> entries;  // most recently used first
+};
+
+StructureCache& structure_cache() {
+  static StructureCache* cache = new StructureCache;  // leaked, like the thread pool: no exit race
+  return *cache;
+}
+
+// Whether `inst` has exactly the edges `s` was built from (entry by entry, as given).
+bool same_edges(const GraphStructure& s, const InstanceView& inst) {
+  if (s.num_nodes != inst.num_nodes || s.input_edges.size() != 2 * static_cast<size_t>(inst.num_edges)) return false;
+  const int32_t* a = s.input_edges.data();
+  const int64_t* b = inst.edges;
+  const size_t n = s.input_edges.size();
+  constexpr size_t kChunk = 4096;  // vectorised OR of differences, early exit per chunk
+  for (size_t start = 0; start < n; start += kChunk) {
+    const size_t end = std::min(n, start + kChunk);
+    uint64_t diff = 0;
+    for (size_t i = start; i < end; ++i) diff |= static_cast<uint64_t>(static_cast<int64_t>(a[i]) ^ b[i]);
+    if (diff) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::shared_ptr<const GraphStructure> find_structure(const InstanceView& inst) {
+  if (inst.num_edges <= 0 || inst.num_nodes <= 0 || inst.num_nodes > INT32_MAX - 1) return nullptr;
+  StructureCache& cache = structure_cache();
+  std::vector<std::shared_ptr<const GraphStructure>> snapshot;
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    snapshot = cache.entries;
+  }
+  for (const auto& s : snapshot) {  // compared outside the lock: entries are immutable
+    if (!same_edges(*s, inst)) continue;
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    auto it = std::find(cache.entries.begin(), cache.entries.end(), s);
+    if (it != cache.entries.end()) std::rotate(cache.entries.begin(), it, it + 1);
+    return s;
+  }
+  return nullptr;
+}
+
+std::shared_ptr<const GraphStructure> make_structure(const InstanceView& inst) {
+  auto s = std::make_shared<GraphStructure>();
+  build_graph_structure(inst, *s);
+  if (inst.num_edges <= 0) return s;
+  s->input_edges.resize(2 * static_cast<size_t>(inst.num_edges));
+  for (size_t i = 0; i < s->input_edges.size(); ++i) s->input_edges[i] = static_cast<int32_t>(inst.edges[i]);
+  StructureCache& cache = structure_cache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  cache.entries.insert(cache.entries.begin(), s);
+  if (cache.entries.size() > kStructureCacheSize) cache.entries.resize(kStructureCacheSize);
+  return s;
+}
+
+void clear_structure_cache() {
+  std::vector<std::shared_ptr<const GraphStructure>> dropped;
+  StructureCache& cache = structure_cache();
+  std::lock_guard<std::mutex> lock(cache.mutex);
+  dropped.swap(cache.entries);
 }
 
 double objective(const InstanceView& inst, const SimpleGraph& g, const Labelling& lab) {
@@ -420,6 +480,8 @@ InstanceView as_float64(const InstanceView& input, bool keep_node_f32 = false) {
 
 }  // namespace
 
+void clear_graph_structure_cache() { detail::clear_structure_cache(); }
+
 double labelling_objective(const InstanceView& input, const int32_t* node_labels, const int32_t* cluster_ids) {
   const InstanceView inst = as_float64(input);
   validate_instance(inst);
@@ -439,12 +501,16 @@ namespace {
 Solution solve_one(const InstanceView& input, const SolveOptions& opts, const detail::GraphStructure* shared) {
   using namespace detail;
   InstanceView inst = as_float64(input, /*keep_node_f32=*/true);
-  if (shared != nullptr) inst.edges_known_valid = true;
+  // The structure of the edges: the batch's, a cached one (the same edges as a recent solve: no
+  // validation of the edges needed), or built after validation (and cached).
+  std::shared_ptr<const GraphStructure> structure;
+  if (shared == nullptr) structure = find_structure(inst);
+  if (shared != nullptr || structure != nullptr) inst.edges_known_valid = true;
   validate_instance(inst);
+  if (shared == nullptr && structure == nullptr) structure = make_structure(inst);
   Solution sol;
   thread_local SimpleGraph g;  // buffers reused by the next solve on this thread
-  if (shared != nullptr) attach_structure(*shared, inst, g);
-  else build_simple_graph(inst, g);
+  attach_structure(shared != nullptr ? *shared : *structure, inst, g);
   const bool warm = inst.initial_labels != nullptr;
   const bool searched = opts.local_search && g.num_nodes > 0;
   // A warm start of a multiway cut (no partitionable class; the AMWC layer's backward) that the
@@ -687,8 +753,7 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, 
       if (group_of[b] >= 0 && count[group_of[b]] < 2) group_of[b] = -1;  // nothing to share
     }
   }
-  std::vector<detail::GraphStructure> structures(group_first.size());
-  std::vector<uint8_t> structure_ok(group_first.size(), 0);
+  std::vector<std::shared_ptr<const detail::GraphStructure>> structures(group_first.size());
   std::vector<size_t> to_build;
   {
     std::vector<uint8_t> used(group_first.size(), 0);
@@ -700,11 +765,13 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, 
   detail::parallel_for(to_build.size(), num_threads, [&](size_t i) {
     const size_t g = to_build[i];
     const InstanceView& f = insts[group_first[g]];
-    if (f.num_nodes < 0 || f.num_nodes > INT32_MAX - 1 || f.num_edges > INT32_MAX - 1 || !edges_valid(f)) return;
     try {
-      detail::build_graph_structure(f, structures[g]);
-      structure_ok[g] = 1;
+      structures[g] = detail::find_structure(f);
+      if (structures[g] != nullptr) return;
+      if (f.num_nodes < 0 || f.num_nodes > INT32_MAX - 1 || f.num_edges > INT32_MAX - 1 || !edges_valid(f)) return;
+      structures[g] = detail::make_structure(f);
     } catch (...) {  // e.g. out of memory: the instances take the per-instance path
+      structures[g] = nullptr;
     }
   });
 
@@ -712,7 +779,7 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, 
     if (failed[b]) return;  // an invalid relabelling, reported below
     try {
       const int32_t g = group_of[b];
-      out[b] = solve_one(insts[b], opts, g >= 0 && structure_ok[g] ? &structures[g] : nullptr);
+      out[b] = solve_one(insts[b], opts, g >= 0 ? structures[g].get() : nullptr);
     } catch (const InvalidInput& err) {
       invalid[b] = err.message;
       failed[b] = 1;

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "amwc.h"
@@ -40,14 +41,32 @@ struct GraphStructure {
 
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
 
-  // Scratch buffers of build_graph_structure, kept for reuse.
-  std::vector<int64_t> scratch_start, scratch_fill;
-  std::vector<int32_t> scratch_seen, scratch_uid;
+  // The input edges it was built from ([2 E], as given; valid node ids fit int32), for the
+  // exact comparison of the structure cache (structure_for). Empty outside the cache.
+  std::vector<int32_t> input_edges;
 };
 
-// Builds the structure of `inst`'s edges into `s`, reusing its buffers. The edges must be valid
-// (validate_instance). O(N + E), deterministic.
+// Builds the structure of `inst`'s edges into `s`. The edges must be valid (validate_instance).
+// O(N + E), deterministic.
 void build_graph_structure(const InstanceView& inst, GraphStructure& s);
+
+// Process-wide cache of the structures of the last kStructureCacheSize distinct edge sets
+// (training and inference solve on one grid per image size, call after call). A structure is
+// reused only for an instance whose node count and edges array equal, entry by entry, the ones
+// it was built from (one vectorised pass over the edges, ~10x cheaper than a build); a cached
+// structure is never modified, so solves on several threads share it.
+constexpr size_t kStructureCacheSize = 2;
+
+// The cached structure of `inst`'s edges, or null. Needs no validation of the edges: a match
+// means they are the ones validated when the structure was built.
+std::shared_ptr<const GraphStructure> find_structure(const InstanceView& inst);
+
+// Builds the structure of `inst`'s edges (which must be valid) and caches it (evicting the
+// least recently used entry); instances without edges are not cached.
+std::shared_ptr<const GraphStructure> make_structure(const InstanceView& inst);
+
+// Drops every cached structure (the memory goes once no running solve uses it).
+void clear_structure_cache();
 
 // Simple undirected graph of one instance: a structure (its own or a shared one) and the summed
 // costs of the unique edges.
@@ -60,8 +79,6 @@ struct SimpleGraph {
   std::vector<double> w;              // [Eu] summed costs
 
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
-
-  GraphStructure own;  // the structure when not shared
 };
 
 // Points `g` at structure `s` (which must outlive the use of `g`) and sums `inst`'s edge costs
@@ -69,8 +86,6 @@ struct SimpleGraph {
 // structure was obtained).
 void attach_structure(const GraphStructure& s, const InstanceView& inst, SimpleGraph& g);
 
-// Builds the simple graph of `inst` into `g` (its own structure), reusing its buffers.
-void build_simple_graph(const InstanceView& inst, SimpleGraph& g);
 
 // Union-find with path halving; `merge_into(child, root)` makes `root` the representative.
 struct UnionFind {

@@ -559,6 +559,83 @@ def test_grid_graph_bad_input():
         g.edge_values_to_maps(np.zeros(g.num_edges + 1))
 
 
+def _same_result(got, want):
+    for x, y in zip(got[:3], want[:3]):
+        np.testing.assert_array_equal(x, y)
+    assert got[3] == want[3]
+
+
+def test_graph_structure_cache_is_reused_only_for_the_same_edges():
+    """The native solvers reuse the structure of a recent edge set only when the node count and
+    every edge entry are equal: an edges array changed in place (same object, shape and node
+    count; one entry, anywhere, also in the last chunk of the comparison) gets the result of a
+    solve without any cache, and a changed entry that is invalid is still reported."""
+    from detectron2_cops import _C
+
+    a = synthetic_instance(20, 30, 6, 3, [1, 3, 8], seed=21, class_noise=1.5, edge_noise=1.5)
+    edges = np.ascontiguousarray(np.concatenate([a.edges] * 5), dtype=np.int64)  # 2E > 4096 entries
+    ec = np.concatenate([a.edge_costs] * 5) / 5
+    part = a.partitionable.astype(np.uint8)
+    N = a.node_costs.shape[0]
+    _C.clear_graph_structure_cache()
+    cold = _C.solve_amwc(a.node_costs, edges, ec, part)
+    _same_result(_C.solve_amwc(a.node_costs, edges, ec, part), cold)  # cached structure
+    rng = np.random.default_rng(3)
+    differs = 0
+    for trial in range(24):
+        row = [edges.shape[0] - 1, 0, int(rng.integers(edges.shape[0]))][trial % 3]
+        col = int(rng.integers(2))
+        other = edges[row, 1 - col]
+        new = int(rng.integers(N - 1))
+        edges[row, col] = new + (new >= other)  # a valid node, no self-loop
+        ec[row] = 50.0  # a strong join: a stale structure would put it on the old pair
+        got = _C.solve_amwc(a.node_costs, edges, ec, part)  # the cache holds the previous edges
+        _C.clear_graph_structure_cache()
+        want = _C.solve_amwc(a.node_costs, edges, ec, part)
+        _same_result(got, want)
+        differs += not np.array_equal(got[1], cold[1])
+    assert differs > 0
+    # invalid entries in a cached array's shape are still found (native path, no Python checks)
+    _C.solve_amwc(a.node_costs, edges, ec, part)
+    bad = edges.copy()
+    bad[-1, 0] = N
+    with pytest.raises(ValueError, match=rf"edges must hold node ids in \[0, {N}\); edge {edges.shape[0] - 1} is"):
+        _C.solve_amwc(a.node_costs, bad, ec, part)
+    bad = edges.copy()
+    bad[7, 1] = bad[7, 0]
+    with pytest.raises(ValueError, match="edges must not contain self-loops; edge 7"):
+        _C.solve_amwc(a.node_costs, bad, ec, part)
+    # the same edges with one node more are another graph
+    more = np.concatenate([a.node_costs, a.node_costs[:1]])
+    _same_result(_C.solve_amwc(more, edges, ec, part)[:4], _C.solve_amwc(more, edges.copy(), ec, part)[:4])
+    assert _C.solve_amwc(more, edges, ec, part)[0].shape == (N + 1,)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_batches_over_more_edge_sets_than_the_cache_holds_equal_uncached_solves(num_threads):
+    """Batches whose instances use three distinct edge sets (more than the cache keeps), solved
+    twice so that cached, evicted and rebuilt structures all occur, on one and two threads:
+    every result equals the instance's solve right after the cache was cleared."""
+    from detectron2_cops import _C
+
+    insts = [synthetic_instance(12 + 2 * g, 16, 5, 2, [1, 2 + g], seed=30 + g) for g in range(3)]
+    rng = np.random.default_rng(1)
+    batch = []
+    for b in range(7):
+        i = insts[b % 3]
+        nc = i.node_costs + rng.normal(0, 1.0, i.node_costs.shape)
+        batch.append((nc, i.edges, i.edge_costs, i.partitionable.astype(np.uint8)))
+    wants = []
+    for inst in batch:
+        _C.clear_graph_structure_cache()
+        wants.append(_C.solve_amwc(*inst))
+    for _ in range(2):
+        for got, want in zip(_C.solve_amwc_batch(batch, True, num_threads), wants):
+            _same_result(got, want)
+        for inst, want in zip(batch[::-1], wants[::-1]):
+            _same_result(_C.solve_amwc(*inst), want)
+
+
 # --------------------------------------------------------------------------- bad input
 def _ok():
     nc = np.zeros((4, 2), np.float32)

@@ -5,6 +5,7 @@ Pure NumPy + the native extension ``detectron2_cops._C``; imports neither PyTorc
 from .amwc import (
     AMWCResult,
     amwc_objective,
+    clear_graph_structure_cache,
     solve_amwc,
     solve_amwc_batch,
     solve_mwc,
@@ -16,6 +17,7 @@ __all__ = [
     "AMWCResult",
     "GridGraph",
     "amwc_objective",
+    "clear_graph_structure_cache",
     "edge_offsets",
     "solve_amwc",
     "solve_amwc_batch",

@@ -11,6 +11,13 @@ is solved by greedy additive edge contraction (GAEC) extended to AMWC, followed 
 local search (node and cluster moves) that never makes the objective worse. A positive edge cost
 favours joining its two nodes, a negative one favours cutting. Multiway cut (MWC) is the special
 case without partitionable classes.
+
+The native solvers keep the graph structure (duplicate edges merged, adjacency, summation plan)
+of the last two distinct edge sets they solved on, with a copy of those edges: a later solve whose
+node count and ``edges`` equal one of them entry by entry (one pass over the edges) reuses it
+instead of validating and building it again (~18 ms of a 256x512 Cityscapes-size solve, ~3 ms at
+COCO size). This costs about 40 bytes per input edge while cached;
+:func:`clear_graph_structure_cache` frees it.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ __all__ = [
     "solve_amwc_batch",
     "solve_mwc_batch",
     "amwc_objective",
+    "clear_graph_structure_cache",
 ]
 
 
@@ -216,6 +224,13 @@ def _check_perturbation(pert, nc: np.ndarray, where: str, cost_cache=None):
     if not isinstance(scale, numbers.Real) or not math.isfinite(float(scale)):
         raise ValueError(f"{where}the perturbation scale must be a finite real number, got {scale!r}")
     return d, float(scale), lc
+
+
+def clear_graph_structure_cache() -> None:
+    """Drop the graph structures the native solvers keep for the last two distinct edge sets
+    (see the module docstring); the next solve on those edges builds its structure again. Their
+    memory is freed once no running solve uses them. Results never depend on the cache."""
+    _C.clear_graph_structure_cache()
 
 
 def _wrap(raw) -> AMWCResult:
