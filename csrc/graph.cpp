@@ -1,5 +1,6 @@
 // Instance validation, simple-graph construction, objective, and the solve entry points.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -13,6 +14,11 @@
 #include "graph.h"
 #include "simd.h"
 #include "thread_pool.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define COPS_HAVE_GETPID 1
+#endif
 
 namespace cops {
 
@@ -203,11 +209,28 @@ namespace {
 struct StructureCache {
   std::mutex mutex;
   std::vector<std::shared_ptr<const GraphStructure>> entries;  // most recently used first
+#ifdef COPS_HAVE_GETPID
+  pid_t owner = getpid();
+#endif
 };
 
 StructureCache& structure_cache() {
-  static StructureCache* cache = new StructureCache;  // leaked, like the thread pool: no exit race
-  return *cache;
+  // Leaked, like the thread pool (no race with the process teardown). A child process after
+  // fork() starts its own cache: the parent's mutex may have been held by a thread the child
+  // does not have (the parent's entries stay unused in the child).
+  static std::atomic<StructureCache*> instance{nullptr};
+  StructureCache* c = instance.load(std::memory_order_acquire);
+#ifdef COPS_HAVE_GETPID
+  const bool stale = c == nullptr || c->owner != getpid();
+#else
+  const bool stale = c == nullptr;
+#endif
+  if (stale) {
+    StructureCache* fresh = new StructureCache;
+    if (instance.compare_exchange_strong(c, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;  // another thread installed one first: c is now that one
+  }
+  return *c;
 }
 
 // Whether `inst` has exactly the edges `s` was built from (entry by entry, as given).

@@ -636,6 +636,34 @@ def test_batches_over_more_edge_sets_than_the_cache_holds_equal_uncached_solves(
             _same_result(_C.solve_amwc(*inst), want)
 
 
+def _solve_in_child(inst):
+    from detectron2_cops import _C
+
+    return _C.solve_amwc(*inst)[:4], [r[:4] for r in _C.solve_amwc_batch([inst, inst], True, 2)]
+
+
+def test_solvers_work_in_a_forked_child_with_the_parents_cache_and_pool():
+    """A child process started by fork() (DataLoader workers, multiprocessing) after the parent
+    solved, and so filled the structure cache and started the thread pool, gets the parent's
+    results from single and 2-thread batch solves. (The child starts its own cache and pool
+    because the parent's locks may be held at the fork by threads the child lacks; that race
+    is not reproduced here.)"""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("fork() is not available on this platform")
+    from detectron2_cops import _C
+
+    a = synthetic_instance(16, 20, 5, 2, [1, 3], seed=41)
+    inst = (a.node_costs, a.edges, a.edge_costs, a.partitionable.astype(np.uint8))
+    want = _C.solve_amwc(*inst)
+    _C.solve_amwc_batch([inst, inst], True, 2)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        single, batch = pool.apply(_solve_in_child, (inst,))
+    for got in [single, *batch]:
+        _same_result(got, want)
+
+
 # --------------------------------------------------------------------------- bad input
 def _ok():
     nc = np.zeros((4, 2), np.float32)
