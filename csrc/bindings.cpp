@@ -328,6 +328,10 @@ py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle va
       fail("segment_edge_sums: edges must hold node ids in [0, " + std::to_string(n) + "); edge " + std::to_string(k) +
            " is (" + std::to_string(ep[2 * k]) + ", " + std::to_string(ep[2 * k + 1]) + ")");
   }
+  for (int64_t k = 0; k < E; ++k) {
+    if (!std::isfinite(vp[k]))
+      fail("segment_edge_sums: values must be finite; found " + std::to_string(vp[k]) + " at edge " + std::to_string(k));
+  }
   py::array_t<double> in_sum(S), out_sum(S);
   py::array_t<int64_t> in_cnt(S), out_cnt(S);
   double* is = in_sum.mutable_data();

@@ -824,7 +824,8 @@ def test_bad_initial_labelling_raises_value_error():
 # --------------------------------------------------------------------------- post-processing helper
 def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
     """``_C.segment_edge_sums`` (the edge term of the instance scores): per segment, sum and count
-    of the values on edges inside it and on edges leaving it (counted for both ends)."""
+    of the values on edges inside it and on edges leaving it (counted for both ends); bad ids,
+    shapes and non-finite values are named."""
     from detectron2_cops import _C
 
     rng = np.random.default_rng(3)
@@ -851,6 +852,11 @@ def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
         _C.segment_edge_sums(seg, grid.edges, values[:-1], 11)
     with pytest.raises(ValueError, match="edges must have shape"):
         _C.segment_edge_sums(seg, grid.edges[:, :1], values, 11)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        bad = values.copy()
+        bad[7] = bad_value
+        with pytest.raises(ValueError, match="values must be finite; found .* at edge 7"):
+            _C.segment_edge_sums(seg, grid.edges, bad, 11)
     empty = _C.segment_edge_sums(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0), 0)
     assert all(len(x) == 0 for x in empty)
 
