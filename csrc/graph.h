@@ -42,7 +42,7 @@ struct GraphStructure {
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
 
   // The input edges it was built from ([2 E], as given; valid node ids fit int32), for the
-  // exact comparison of the structure cache (structure_for). Empty outside the cache.
+  // exact comparison of the structure cache (find_structure). Empty outside the cache.
   std::vector<int32_t> input_edges;
 };
 
@@ -53,7 +53,7 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& s);
 // Process-wide cache of the structures of the last kStructureCacheSize distinct edge sets
 // (training and inference solve on one grid per image size, call after call). A structure is
 // reused only for an instance whose node count and edges array equal, entry by entry, the ones
-// it was built from (one vectorised pass over the edges, ~10x cheaper than a build); a cached
+// it was built from (one vectorised pass over the edges, a small part of a build); a cached
 // structure is never modified, so solves on several threads share it.
 constexpr size_t kStructureCacheSize = 2;
 
@@ -85,7 +85,6 @@ struct SimpleGraph {
 // onto its unique edges in the plan's order (so the sums are the same whichever way the
 // structure was obtained).
 void attach_structure(const GraphStructure& s, const InstanceView& inst, SimpleGraph& g);
-
 
 // Union-find with path halving; `merge_into(child, root)` makes `root` the representative.
 struct UnionFind {
