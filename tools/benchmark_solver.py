@@ -15,7 +15,8 @@ solvers' graph-structure cache cleared before every solve (the time of a first s
 the other rows repeat solves on one grid, as training and inference do, and reuse the cached
 structure), MWC (the same costs, no partitionable class: the problem the backward pass
 solves), a batch of 8 Cityscapes-size instances on 1 and 2 threads, and the peak memory of one
-Cityscapes-size solve (measured in a fresh subprocess). Times are medians over ``--repeats`` runs, single-threaded unless stated.
+Cityscapes-size solve (measured in a fresh subprocess). Times are medians over ``--repeats``
+runs, single-threaded unless stated.
 
 With ``--lpmp DRIVER`` (an executable built by ``tools/lpmp_gaec/build.sh`` from LPMP, the solver
 the original COPS code calls), LPMP's GAEC runs on the same instances, interleaved with ours in

@@ -16,8 +16,8 @@ The native solvers keep the graph structure (duplicate edges merged, adjacency, 
 of the last two distinct edge sets they solved on, with a copy of those edges: a later solve whose
 node count and ``edges`` equal one of them entry by entry (one pass over the edges) reuses it
 instead of validating and building it again (together ~18 ms of a 256x512 Cityscapes-size solve,
-~3 ms at COCO size; repeated solves measured ~10 % faster). This costs about 40 bytes per input edge while cached;
-:func:`clear_graph_structure_cache` frees it.
+~3 ms at COCO size; repeated solves measured ~10 % faster). This costs about 40 bytes per input
+edge while cached; :func:`clear_graph_structure_cache` frees it.
 """
 from __future__ import annotations
 
