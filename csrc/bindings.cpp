@@ -165,12 +165,8 @@ void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, cons
     }
     const py::ssize_t L = h.label_classes.ndim() == 1 ? h.label_classes.shape(0) : 0;
     if (h.label_classes.ndim() != 1 || L < 1) fail(where + "label_classes must have shape [L] with L >= 1");
+    // The class ids are checked by the solver (check_relabelling in graph.cpp) before any use.
     const int64_t* c = h.label_classes.data();
-    for (py::ssize_t l = 0; l < L; ++l) {
-      if (c[l] < 0 || c[l] >= h.node_costs.shape(1))
-        fail(where + "label_classes must hold class ids in [0, " + std::to_string(h.node_costs.shape(1)) +
-             "); label " + std::to_string(l) + " has " + std::to_string(c[l]));
-    }
     if (h.node_delta.ndim() != 2 || h.node_delta.shape(1) != h.node_costs.shape(0) || h.node_delta.shape(0) > L)
       fail(where + "node_delta must have shape [M, N] with M <= len(label_classes) when label_classes is given");
     h.view.label_classes = c;
