@@ -169,6 +169,32 @@ def test_converted_checkpoint_loads_strictly_into_our_model(dataset, tmp_path):
             assert torch.equal(state[our_name(k)], v), k
 
 
+def test_cli_uses_the_config_on_either_side_of_the_file_names(tmp_path, capsys):
+    cfg = _cfg("Cityscapes")
+    theirs = synthetic_checkpoint("Cityscapes", thing_ids=_thing_ids(cfg))
+    src = tmp_path / "theirs.pth"
+    torch.save({"model": theirs}, src)
+    yaml = str(REPO / "configs" / "Cityscapes-PanopticSegmentation" / "cops_R_52_fully_differentiable.yaml")
+    # An override makes a constant differ from the checkpoint's: the config checks must run (exit
+    # 1, nothing written) with --config-file after the file names (the README's order) or before.
+    override = ["MODEL.COPS.STUFF_AREA", "4096"]
+    for argv in (
+        [str(src), str(tmp_path / "a.pth"), "--config-file", yaml] + override,
+        ["--config-file", yaml, str(src), str(tmp_path / "b.pth")] + override,
+    ):
+        assert conv.main(argv) == 1
+        assert "STUFF_AREA" in capsys.readouterr().err
+    assert not (tmp_path / "a.pth").exists() and not (tmp_path / "b.pth").exists()
+    # Overrides without a config, or an unpaired key, are refused instead of being ignored.
+    for argv in ([str(src), str(tmp_path / "c.pth")] + override,
+                 [str(src), str(tmp_path / "c.pth"), "--config-file", yaml, override[0]]):
+        with pytest.raises(SystemExit) as e:
+            conv.main(argv)
+        assert e.value.code == 2
+    assert "KEY VALUE pairs" in capsys.readouterr().err
+    assert not (tmp_path / "c.pth").exists()
+
+
 def test_config_checks_name_the_problem(tmp_path):
     cfg = _cfg("Cityscapes")
     theirs = synthetic_checkpoint("Cityscapes", thing_ids=_thing_ids(cfg))

@@ -298,8 +298,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         "cops_R_52_fully_differentiable.yaml): build its model and load the result strictly",
     )
     parser.add_argument("--no-bn-counters", action="store_true", help="do not add num_batches_tracked")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "opts", nargs="*", default=[],
+        help="config overrides KEY VALUE ... (after the file names; need --config-file)",
+    )
+    # Intermixed: --config-file may come before or after the file names (a REMAINDER positional
+    # would swallow a later --config-file as an override and skip the config checks silently).
+    args = parser.parse_intermixed_args(argv)
+    if args.opts and not args.config_file:
+        parser.error(f"config overrides {args.opts} need --config-file")
+    if len(args.opts) % 2:
+        parser.error(f"config overrides come in KEY VALUE pairs, got {args.opts}")
     cfg = None
     if args.config_file:
         from detectron2.config import get_cfg
