@@ -234,7 +234,7 @@ def check_args(args, cfg) -> None:
             ``launch`` then picks NCCL, which cannot reduce CPU tensors).
         FileNotFoundError: a dataset of ``DATASETS.TRAIN`` (training) or ``DATASETS.TEST`` whose
             files are not there (names the folder it looked in;
-            :func:`detectron2_cops.data.check_dataset_files`).
+            :func:`detectron2_cops.data.datasets.check_dataset_files`).
         ValueError: a dataset name that is not registered.
     """
     if args.num_gpus < 1:
