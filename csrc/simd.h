@@ -26,92 +26,83 @@ inline bool cpu_has_avx2() {
 // 4 values of a row as doubles (float32 rows widened exactly).
 __attribute__((target("avx2"))) inline __m256d load4(const double* p) { return _mm256_loadu_pd(p); }
 __attribute__((target("avx2"))) inline __m256d load4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+#endif
 
-__attribute__((target("avx2"))) inline void row_min_absmax_avx2(const double* x, int32_t K, double* mn,
-                                                                   double* absmax) {
-  constexpr double inf = std::numeric_limits<double>::infinity();
-  const __m256d sign = _mm256_set1_pd(-0.0);
-  __m256d m = _mm256_set1_pd(inf), a = _mm256_setzero_pd();
-  int32_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    const __m256d v = _mm256_loadu_pd(x + k);
-    m = _mm256_min_pd(m, v);
-    a = _mm256_max_pd(a, _mm256_andnot_pd(sign, v));
+#if COPS_X86_DISPATCH
+// The AVX2 operations of row_min_absmax, for double (4 lanes) and float (8 lanes).
+template <class T>
+struct Avx2Ops;
+
+template <>
+struct Avx2Ops<double> {
+  using V = __m256d;
+  static constexpr int kLanes = 4;
+  __attribute__((target("avx2"))) static V load(const double* p) { return _mm256_loadu_pd(p); }
+  __attribute__((target("avx2"))) static V set1(double v) { return _mm256_set1_pd(v); }
+  __attribute__((target("avx2"))) static V min(V a, V b) { return _mm256_min_pd(a, b); }
+  __attribute__((target("avx2"))) static V max(V a, V b) { return _mm256_max_pd(a, b); }
+  __attribute__((target("avx2"))) static V abs(V v) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), v); }
+  __attribute__((target("avx2"))) static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+};
+
+template <>
+struct Avx2Ops<float> {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  __attribute__((target("avx2"))) static V load(const float* p) { return _mm256_loadu_ps(p); }
+  __attribute__((target("avx2"))) static V set1(float v) { return _mm256_set1_ps(v); }
+  __attribute__((target("avx2"))) static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  __attribute__((target("avx2"))) static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  __attribute__((target("avx2"))) static V abs(V v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+  __attribute__((target("avx2"))) static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+
+// Folds min_k x[k] into lo and max_k |x[k]| into hi, k in [k0, K).
+template <class T>
+inline void fold_min_absmax(const T* x, int32_t k0, int32_t K, T* lo, T* hi) {
+  for (int32_t k = k0; k < K; ++k) {
+    *lo = x[k] < *lo ? x[k] : *lo;
+    const T ax = std::fabs(x[k]);
+    *hi = ax > *hi ? ax : *hi;
   }
-  double bm[4], ba[4];
-  _mm256_storeu_pd(bm, m);
-  _mm256_storeu_pd(ba, a);
-  double lo = bm[0], hi = ba[0];
-  for (int i = 1; i < 4; ++i) {
+}
+
+#if COPS_X86_DISPATCH
+template <class T>
+__attribute__((target("avx2"))) inline void row_min_absmax_avx2(const T* x, int32_t K, double* mn, double* absmax) {
+  using O = Avx2Ops<T>;
+  constexpr int L = O::kLanes;
+  typename O::V m = O::set1(std::numeric_limits<T>::infinity()), a = O::set1(T(0));
+  int32_t k = 0;
+  for (; k + L <= K; k += L) {
+    const typename O::V v = O::load(x + k);
+    m = O::min(m, v);
+    a = O::max(a, O::abs(v));
+  }
+  T bm[L], ba[L];
+  O::store(bm, m);
+  O::store(ba, a);
+  T lo = bm[0], hi = ba[0];
+  for (int i = 1; i < L; ++i) {
     lo = bm[i] < lo ? bm[i] : lo;
     hi = ba[i] > hi ? ba[i] : hi;
   }
-  for (; k < K; ++k) {
-    lo = x[k] < lo ? x[k] : lo;
-    const double ax = std::fabs(x[k]);
-    hi = ax > hi ? ax : hi;
-  }
-  *mn = lo;
+  fold_min_absmax(x, k, K, &lo, &hi);
+  *mn = lo;  // exact: min / max of T values, widened
   *absmax = hi;
 }
 #endif
 
+// min_k x[k] and max_k |x[k]| of a row of K >= 1 finite values, T = float or double (exact, as
+// doubles); AVX2 from two vectors' worth of values on.
+template <class T>
+inline void row_min_absmax(const T* x, int32_t K, double* mn, double* absmax) {
 #if COPS_X86_DISPATCH
-__attribute__((target("avx2"))) inline void row_min_absmax_avx2(const float* x, int32_t K, double* mn,
-                                                                   double* absmax) {
-  constexpr float inf = std::numeric_limits<float>::infinity();
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 m = _mm256_set1_ps(inf), a = _mm256_setzero_ps();
-  int32_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 v = _mm256_loadu_ps(x + k);
-    m = _mm256_min_ps(m, v);
-    a = _mm256_max_ps(a, _mm256_andnot_ps(sign, v));
-  }
-  float bm[8], ba[8];
-  _mm256_storeu_ps(bm, m);
-  _mm256_storeu_ps(ba, a);
-  float lo = bm[0], hi = ba[0];
-  for (int i = 1; i < 8; ++i) {
-    lo = bm[i] < lo ? bm[i] : lo;
-    hi = ba[i] > hi ? ba[i] : hi;
-  }
-  for (; k < K; ++k) {
-    lo = x[k] < lo ? x[k] : lo;
-    const float ax = std::fabs(x[k]);
-    hi = ax > hi ? ax : hi;
-  }
-  *mn = lo;  // exact: min / max of floats, widened
-  *absmax = hi;
-}
+  if (K >= 2 * Avx2Ops<T>::kLanes && cpu_has_avx2()) return row_min_absmax_avx2(x, K, mn, absmax);
 #endif
-
-// min_k x[k] and max_k |x[k]| of a row of K >= 1 finite float32 values (exact, as doubles).
-inline void row_min_absmax(const float* x, int32_t K, double* mn, double* absmax) {
-#if COPS_X86_DISPATCH
-  if (K >= 16 && cpu_has_avx2()) return row_min_absmax_avx2(x, K, mn, absmax);
-#endif
-  float lo = std::numeric_limits<float>::infinity(), hi = 0.0f;
-  for (int32_t k = 0; k < K; ++k) {
-    lo = x[k] < lo ? x[k] : lo;
-    const float ax = std::fabs(x[k]);
-    hi = ax > hi ? ax : hi;
-  }
-  *mn = lo;
-  *absmax = hi;
-}
-
-// min_k x[k] and max_k |x[k]| of a row of K >= 1 finite values.
-inline void row_min_absmax(const double* x, int32_t K, double* mn, double* absmax) {
-#if COPS_X86_DISPATCH
-  if (K >= 8 && cpu_has_avx2()) return row_min_absmax_avx2(x, K, mn, absmax);
-#endif
-  double lo = std::numeric_limits<double>::infinity(), hi = 0.0;
-  for (int32_t k = 0; k < K; ++k) {
-    lo = x[k] < lo ? x[k] : lo;
-    const double ax = std::fabs(x[k]);
-    hi = ax > hi ? ax : hi;
-  }
+  T lo = std::numeric_limits<T>::infinity(), hi = T(0);
+  fold_min_absmax(x, 0, K, &lo, &hi);
   *mn = lo;
   *absmax = hi;
 }
