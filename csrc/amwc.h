@@ -99,7 +99,8 @@ struct InvalidInput {
   std::string message;
 };
 
-// Validates a float64 instance (ranges, self-loops, finiteness). Throws InvalidInput.
+// Validates a float64 instance (ranges, self-loops, finite costs with |c| < 2^960). Throws
+// InvalidInput.
 void validate_instance(const InstanceView& inst);
 
 // Validates and solves one AMWC instance with GAEC (+ optional local search), or, when

@@ -47,7 +47,25 @@ struct HeldInstance {
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
 
+// Refuses `obj` (an array, or what NumPy makes of a list or scalar) unless its dtype kind is one
+// of `kinds` ('f' float, 'i' / 'u' integer, 'b' bool): the forcecast conversions below would
+// otherwise truncate floats to integers, drop imaginary parts, parse strings or wrap integers
+// without an error. Empty arrays pass (nothing is converted).
+void require_kind(py::handle obj, const char* kinds, const std::string& what) {
+  py::array a = py::array::ensure(obj);
+  if (!a) {
+    PyErr_Clear();
+    fail(what + " must be convertible to a numeric array");
+  }
+  const char kind = a.dtype().kind();
+  if (a.size() > 0 && std::strchr(kinds, kind) == nullptr) {
+    const std::string want = std::strchr(kinds, 'f') != nullptr ? "a real (float or integer)" : "an integer";
+    fail(what + " must be " + want + " array, got dtype " + std::string(py::str(a.dtype())));
+  }
+}
+
 Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
+  require_kind(obj, "fiu", where + name);
   Costs c;
   if (py::isinstance<py::array>(obj)) {
     py::array a = py::reinterpret_borrow<py::array>(obj);
@@ -74,6 +92,8 @@ Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
 // length `partitionable` must have (default: K = node_costs.shape[1]).
 HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
                   const std::string& where, py::ssize_t num_labels = -1) {
+  require_kind(edges, "iu", where + "edges");
+  require_kind(partitionable, "biu", where + "partitionable");
   HeldInstance h{hold_costs(node_costs, where, "node_costs"), IArray::ensure(edges),
                  hold_costs(edge_costs, where, "edge_costs"), BArray::ensure(partitionable), {}};
   if (!h.edges || !h.partitionable) {
@@ -89,6 +109,14 @@ HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs
       fail(where + "partitionable must have shape [L] with L = len(label_classes)");
   } else if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != h.node_costs.shape(1)) {
     fail(where + "partitionable must have shape [K] with K = node_costs.shape[1]");
+  }
+  if (py::array::ensure(partitionable).dtype().kind() != 'b') {  // integers: 0 / 1 only (no wrap)
+    IArray flags = IArray::ensure(partitionable);
+    for (py::ssize_t k = 0; flags && k < flags.size(); ++k) {
+      if (flags.data()[k] != 0 && flags.data()[k] != 1)
+        fail(where + "partitionable must be a bool array (or integers 0 / 1); entry " + std::to_string(k) +
+             " is " + std::to_string(flags.data()[k]));
+    }
   }
   h.view.num_nodes = h.node_costs.shape(0);
   h.view.num_classes = h.node_costs.shape(1);
@@ -158,6 +186,7 @@ void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, cons
   if (h.node_delta.is_f32 != h.node_costs.is_f32)
     fail(where + "node_delta must have the dtype of node_costs (float32 or float64)");
   if (relabel) {
+    require_kind(label_classes, "iu", where + "label_classes");
     h.label_classes = IArray::ensure(label_classes);
     if (!h.label_classes) {
       PyErr_Clear();
@@ -276,8 +305,9 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads,
 double objective(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
                  py::handle node_labels, py::handle cluster_ids) {
   HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
-  using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-  I32 labels = I32::ensure(node_labels), clusters = I32::ensure(cluster_ids);
+  require_kind(node_labels, "iu", "node_labels");
+  require_kind(cluster_ids, "iu", "cluster_ids");
+  IArray labels = IArray::ensure(node_labels), clusters = IArray::ensure(cluster_ids);
   if (!labels || !clusters) {
     PyErr_Clear();
     fail("node_labels and cluster_ids must be integer arrays");
@@ -285,11 +315,20 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
   if (labels.ndim() != 1 || labels.shape(0) != h.view.num_nodes || clusters.ndim() != 1 ||
       clusters.shape(0) != h.view.num_nodes)
     fail("node_labels and cluster_ids must have shape [N]");
-  for (py::ssize_t i = 0; i < labels.shape(0); ++i) {
-    if (labels.data()[i] < 0 || labels.data()[i] >= h.view.num_classes) fail("node_labels out of range [0, K)");
+  // int64 values (an unsigned value > 2^63 wraps negative: refused), checked, then as int32.
+  const py::ssize_t n = labels.shape(0);
+  std::vector<int32_t> lab(static_cast<size_t>(n)), ids(static_cast<size_t>(n));
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const int64_t k = labels.data()[i], c = clusters.data()[i];
+    if (k < 0 || k >= h.view.num_classes) fail("node_labels out of range [0, K); node " + std::to_string(i) +
+                                               " has " + std::to_string(k));
+    if (c < INT32_MIN || c > INT32_MAX) fail("cluster_ids must hold int32 values; node " + std::to_string(i) +
+                                             " has " + std::to_string(c));
+    lab[static_cast<size_t>(i)] = static_cast<int32_t>(k);
+    ids[static_cast<size_t>(i)] = static_cast<int32_t>(c);
   }
   try {
-    return cops::labelling_objective(h.view, labels.data(), clusters.data());
+    return cops::labelling_objective(h.view, lab.data(), ids.data());
   } catch (const cops::InvalidInput& err) {
     fail(err.message);
   }
@@ -300,6 +339,9 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
 // (both ends in s) and over the edges leaving s (one end in s; such an edge counts for both of its
 // segments). One pass over the edges, GIL released.
 py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle values, int64_t num_segments) {
+  require_kind(segments, "iu", "segment_edge_sums: segments");
+  require_kind(edges, "iu", "segment_edge_sums: edges");
+  require_kind(values, "fiu", "segment_edge_sums: values");
   IArray seg = IArray::ensure(segments), e = IArray::ensure(edges);
   DArray v = DArray::ensure(values);
   if (!seg || !e || !v) {
@@ -325,8 +367,8 @@ py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle va
            " is (" + std::to_string(ep[2 * k]) + ", " + std::to_string(ep[2 * k + 1]) + ")");
   }
   for (int64_t k = 0; k < E; ++k) {
-    if (!std::isfinite(vp[k]))
-      fail("segment_edge_sums: values must be finite; found " + std::to_string(vp[k]) + " at edge " + std::to_string(k));
+    if (!(std::fabs(vp[k]) < 0x1p960))  // the solvers' bound on costs: the sums stay finite
+      fail("segment_edge_sums: values must be finite with |value| < 2^960; found " + std::to_string(vp[k]) + " at edge " + std::to_string(k));
   }
   py::array_t<double> in_sum(S), out_sum(S);
   py::array_t<int64_t> in_cnt(S), out_cnt(S);

@@ -29,15 +29,25 @@ inline double node_cost(const InstanceView& inst, int64_t idx) {
   return inst.node_costs != nullptr ? inst.node_costs[idx] : static_cast<double>(inst.node_costs_f32[idx]);
 }
 
-// True iff no value is NaN or +-inf (all exponent bits set). Branch-free integer OR-reduction,
-// so the compiler vectorises it.
-bool all_finite(const double* x, int64_t n) {
+// Costs must be finite with |c| < 2^960 (kCostBound): every sum the solvers form (a cluster's
+// summed class costs, merged edge costs, the objective, a gain as a difference of such sums) has
+// fewer than 2^34 terms, so it stays below 2^994 and cannot overflow to +-inf (which would give a
+// wrong labelling without an error). float32 costs are always within it.
+constexpr double kCostBound = 0x1p960;
+
+bool within_bound(double x) { return std::fabs(x) < kCostBound; }  // false for NaN
+
+// True iff every value is finite with |x| < kCostBound (biased exponent below 960 + 1023; NaN and
+// +-inf have all exponent bits set). Branch-free integer OR-reduction, so the compiler
+// vectorises it.
+bool all_within_bound(const double* x, int64_t n) {
   constexpr uint64_t kExp = 0x7ff0000000000000ull;
+  constexpr uint64_t kLimit = static_cast<uint64_t>(960 + 1023) << 52;
   uint64_t bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     uint64_t u;
     std::memcpy(&u, x + i, sizeof(u));
-    bad |= static_cast<uint64_t>((u & kExp) == kExp);
+    bad |= static_cast<uint64_t>((u & kExp) >= kLimit);
   }
   return bad == 0;
 }
@@ -69,10 +79,11 @@ void validate_instance(const InstanceView& inst) {
   }
   // Fast, vectorisable passes first; the slow loops below only run to name the offending entry.
   const int64_t nk = inst.num_nodes * inst.num_classes;
-  if (!inst.node_costs_known_finite && !all_finite(inst.node_costs, nk)) {
+  if (!inst.node_costs_known_finite && !all_within_bound(inst.node_costs, nk)) {
     for (int64_t i = 0; i < nk; ++i) {
-      if (!std::isfinite(inst.node_costs[i])) {
-        msg << "node_costs must be finite; found " << inst.node_costs[i] << " at node "
+      if (!within_bound(inst.node_costs[i])) {
+        msg << "node_costs must be finite with |value| < 2^960 (so that no sum of costs overflows); found "
+            << inst.node_costs[i] << " at node "
             << i / inst.num_classes << ", class " << i % inst.num_classes;
         throw InvalidInput{msg.str()};
       }
@@ -92,10 +103,11 @@ void validate_instance(const InstanceView& inst) {
       }
     }
   }
-  if (!inst.edge_costs_known_finite && !all_finite(inst.edge_costs, inst.num_edges)) {
+  if (!inst.edge_costs_known_finite && !all_within_bound(inst.edge_costs, inst.num_edges)) {
     for (int64_t e = 0; e < inst.num_edges; ++e) {
-      if (!std::isfinite(inst.edge_costs[e])) {
-        msg << "edge_costs must be finite; found " << inst.edge_costs[e] << " at edge " << e;
+      if (!within_bound(inst.edge_costs[e])) {
+        msg << "edge_costs must be finite with |value| < 2^960 (so that no sum of costs overflows); found "
+            << inst.edge_costs[e] << " at edge " << e;
         throw InvalidInput{msg.str()};
       }
     }
@@ -115,9 +127,7 @@ void validate_instance(const InstanceView& inst) {
 
 namespace detail {
 
-void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
-  const int32_t n = static_cast<int32_t>(inst.num_nodes);
-  const int64_t E = inst.num_edges;
+void build_graph_structure(const int32_t* edges, int64_t E, int32_t n, GraphStructure& g) {
   g.num_nodes = n;
   g.u.clear();
   g.v.clear();
@@ -128,7 +138,7 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   std::vector<int32_t> seen_row, uid_of;
   start.assign(static_cast<size_t>(n) + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    const int32_t a = edges[2 * e], b = edges[2 * e + 1];
     start[std::min(a, b) + 1]++;
   }
   for (int32_t i = 0; i < n; ++i) start[i + 1] += start[i];
@@ -137,7 +147,7 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   {
     fill.assign(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+      const int32_t a = edges[2 * e], b = edges[2 * e + 1];
       bucket[fill[std::min(a, b)]++] = static_cast<int32_t>(e);
     }
   }
@@ -149,8 +159,7 @@ void build_graph_structure(const InstanceView& inst, GraphStructure& g) {
   for (int32_t r = 0; r < n; ++r) {
     for (int64_t p = start[r]; p < start[r + 1]; ++p) {
       const int32_t e = bucket[p];
-      const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
-      const int32_t other = static_cast<int32_t>(std::max(a, b));
+      const int32_t other = std::max(edges[2 * e], edges[2 * e + 1]);
       if (seen_row[other] == r) {
         g.target[p] = uid_of[other];
       } else {
@@ -271,10 +280,28 @@ std::shared_ptr<const GraphStructure> find_structure(const InstanceView& inst) {
 
 std::shared_ptr<const GraphStructure> make_structure(const InstanceView& inst) {
   auto s = std::make_shared<GraphStructure>();
-  build_graph_structure(inst, *s);
-  if (inst.num_edges <= 0) return s;
-  s->input_edges.resize(2 * static_cast<size_t>(inst.num_edges));
-  for (size_t i = 0; i < s->input_edges.size(); ++i) s->input_edges[i] = static_cast<int32_t>(inst.edges[i]);
+  const int32_t n = static_cast<int32_t>(inst.num_nodes);
+  const int64_t E = std::max<int64_t>(inst.num_edges, 0);
+  // The edges are read once, into the int32 copy, which is checked again and is all the build
+  // reads: an array that another thread writes during the call can give a wrong graph or an
+  // error, never an out-of-range index.
+  s->input_edges.resize(2 * static_cast<size_t>(E));
+  int32_t* copy = s->input_edges.data();
+  int64_t lo = 0, hi = 0, loops = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t a = inst.edges[2 * e], b = inst.edges[2 * e + 1];
+    lo = std::min(lo, std::min(a, b));
+    hi = std::max(hi, std::max(a, b));
+    loops += a == b;
+    copy[2 * e] = static_cast<int32_t>(a);
+    copy[2 * e + 1] = static_cast<int32_t>(b);
+  }
+  if (lo < 0 || (E > 0 && hi >= inst.num_nodes) || loops > 0) {
+    throw InvalidInput{"edges changed while the solver read them (another thread wrote the array "
+                       "during the call) and now hold invalid node ids or self-loops"};
+  }
+  build_graph_structure(copy, E, n, *s);
+  if (E == 0) return s;
   StructureCache& cache = structure_cache();
   std::lock_guard<std::mutex> lock(cache.mutex);
   cache.entries.insert(cache.entries.begin(), s);
@@ -512,7 +539,11 @@ double labelling_objective(const InstanceView& input, const int32_t* node_labels
   double obj = 0.0;
   for (int64_t i = 0; i < inst.num_nodes; ++i) obj += inst.node_costs[i * K + node_labels[i]];
   for (int64_t e = 0; e < inst.num_edges; ++e) {
-    if (cluster_ids[inst.edges[2 * e]] != cluster_ids[inst.edges[2 * e + 1]]) obj += inst.edge_costs[e];
+    const int64_t u = inst.edges[2 * e], v = inst.edges[2 * e + 1];  // read once, checked again
+    if (u < 0 || v < 0 || u >= inst.num_nodes || v >= inst.num_nodes) {
+      throw InvalidInput{"edges changed while being read (another thread wrote the array during the call)"};
+    }
+    if (cluster_ids[u] != cluster_ids[v]) obj += inst.edge_costs[e];
   }
   return obj;
 }
@@ -594,8 +625,9 @@ Solution solve_one(const InstanceView& input, const SolveOptions& opts, const de
   for (int64_t i = 0; i < inst.num_nodes; ++i) obj += node_cost(inst, i * K + sol.node_labels[i]);
   sol.edge_labels.resize(inst.num_edges);
   const int32_t* ids = sol.instance_ids.data();
+  const int32_t* edges = (shared != nullptr ? *shared : *structure).input_edges.data();  // validated
   for (int64_t e = 0; e < inst.num_edges; ++e) {
-    const bool cut = ids[inst.edges[2 * e]] != ids[inst.edges[2 * e + 1]];
+    const bool cut = ids[edges[2 * e]] != ids[edges[2 * e + 1]];
     sol.edge_labels[e] = cut ? 1 : 0;
     if (cut) obj += inst.edge_costs[e];
   }

@@ -41,14 +41,14 @@ struct GraphStructure {
 
   int32_t num_edges() const { return static_cast<int32_t>(u.size()); }
 
-  // The input edges it was built from ([2 E], as given; valid node ids fit int32), for the
-  // exact comparison of the structure cache (find_structure). Empty outside the cache.
+  // The input edges it was built from ([2 E], as given; valid node ids fit int32): what the
+  // solve reads instead of the caller's array, and the cache's exact comparison (find_structure).
   std::vector<int32_t> input_edges;
 };
 
-// Builds the structure of `inst`'s edges into `s`. The edges must be valid (validate_instance).
-// O(N + E), deterministic.
-void build_graph_structure(const InstanceView& inst, GraphStructure& s);
+// Builds the structure of the `E` edges `edges` ([2 E], valid node ids in [0, n), no self-loops)
+// into `s`. O(N + E), deterministic.
+void build_graph_structure(const int32_t* edges, int64_t E, int32_t n, GraphStructure& s);
 
 // Process-wide cache of the structures of the last kStructureCacheSize distinct edge sets
 // (training and inference solve on one grid per image size, call after call). A structure is
@@ -61,8 +61,9 @@ constexpr size_t kStructureCacheSize = 2;
 // means they are the ones validated when the structure was built.
 std::shared_ptr<const GraphStructure> find_structure(const InstanceView& inst);
 
-// Builds the structure of `inst`'s edges (which must be valid) and caches it (evicting the
-// least recently used entry); instances without edges are not cached.
+// Builds the structure of `inst`'s edges (validated before; read once, into `input_edges`, and
+// checked again there, so a concurrent write to the caller's array cannot index out of range)
+// and caches it (evicting the least recently used entry); instances without edges are not cached.
 std::shared_ptr<const GraphStructure> make_structure(const InstanceView& inst);
 
 // Drops every cached structure (the memory goes once no running solve uses it).

@@ -6,6 +6,9 @@
 * local search never worse than plain GAEC; batch == single; GridGraph round trips; bad input.
 """
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from detectron2_cops.solvers import (
     solve_mwc,
     solve_mwc_batch,
 )
+from detectron2_cops.solvers import amwc as amwc_module
 from detectron2_cops.solvers.synthetic import iid_noise_instance, synthetic_instance
 
 
@@ -341,13 +345,13 @@ def test_batch_checks_shared_cost_arrays_once_and_still_names_bad_instances(monk
     base = (nc, inst.edges, ec, inst.partitionable)
     one = solve_amwc_batch([base], node_cost_perturbations=[(delta, 3.0)])[0]
     checked = []
-    real_isfinite = np.isfinite
+    real_check = amwc_module._within_cost_bound
 
-    def counting(x, *args, **kwargs):
+    def counting(x):
         checked.append(id(x))
-        return real_isfinite(x, *args, **kwargs)
+        return real_check(x)
 
-    monkeypatch.setattr(np, "isfinite", counting)
+    monkeypatch.setattr(amwc_module, "_within_cost_bound", counting)
     many = solve_amwc_batch([base] * 5, node_cost_perturbations=[(delta, float(s)) for s in range(5)])
     monkeypatch.undo()
     assert sorted(checked) == sorted([id(nc), id(ec), id(delta)])  # once each, not 5 times
@@ -557,6 +561,27 @@ def test_grid_graph_bad_input():
         g.maps_to_edge_values([np.zeros((2, 4, 5)), np.zeros((2, 4, 4))])
     with pytest.raises(ValueError, match="values must have shape"):
         g.edge_values_to_maps(np.zeros(g.num_edges + 1))
+    # A string is not split into digits, bools are not distances, offsets need a distance >= 1.
+    with pytest.raises(ValueError, match="edge_distances must be a sequence of positive integers, got the string"):
+        GridGraph(4, 4, "14")
+    with pytest.raises(ValueError, match="edge_distances must contain positive integers"):
+        GridGraph(4, 4, [True, 2])
+    with pytest.raises(ValueError, match="edge_distances must be a sequence"):
+        GridGraph(4, 4, ["a"])
+    for bad in (0, -3, 1.0, True):
+        with pytest.raises(ValueError, match="distance must be a positive integer"):
+            edge_offsets(bad)
+    # A fill that the values' dtype cannot hold is refused instead of wrapping or raising OverflowError.
+    for values, fill in ((np.zeros(g.num_edges, np.uint8), 300), (np.zeros(g.num_edges, np.uint8), -1),
+                         (np.zeros(g.num_edges, np.int64), 0.5), (np.zeros(g.num_edges, np.float32), 1e300),
+                         (np.zeros(g.num_edges, np.int64), "a")):
+        with pytest.raises(ValueError, match="cannot be stored in the values' dtype"):
+            g.edge_values_to_maps(values, fill=fill)
+    assert g.edge_values_to_maps(np.zeros(g.num_edges, np.uint8), fill=255)[0].max() == 255
+    assert np.isnan(g.edge_values_to_maps(np.zeros(g.num_edges), fill=np.nan)[1]).any()
+    # A batch of 0 images reads [0, E] values.
+    empty = g.maps_to_edge_values([np.zeros((0,) + s, np.float32) for s in g.map_shapes])
+    assert empty.shape == (0, g.num_edges) and empty.dtype == np.float32
 
 
 def _same_result(got, want):
@@ -692,6 +717,13 @@ def _ok():
         (lambda a: (*a[:3], np.array([True])), r"partitionable must have shape \[K\]"),
         (lambda a: (*a[:3], np.array([0.5, 1.0])), "partitionable must be a bool array"),
         (lambda a: (np.zeros((4, 0)), *a[1:3], np.zeros(0, bool)), "at least one class"),
+        # Empty edge arrays of another shape than [0, 2] (or the [0] of an empty list).
+        (lambda a: (a[0], np.zeros((0, 3), np.int64), np.zeros(0, np.float32), a[3]), r"edges must have shape \[E, 2\]"),
+        (lambda a: (a[0], np.zeros((3, 0), np.int64), a[2], a[3]), r"edges must have shape \[E, 2\]"),
+        # Finite float64 costs whose sums could overflow (the bound keeps every sum finite).
+        (lambda a: (np.full((4, 2), 2.0**960), *a[1:]), r"node_costs must be finite with \|value\| < 2\*\*960"),
+        (lambda a: (a[0].astype(np.float64), a[1], np.array([1.0, -1e300, 0.0]), a[3]),
+         r"edge_costs must be finite with \|value\| < 2\*\*960 .*; found -1e\+300 at index \[1\]"),
     ],
 )
 def test_bad_input_raises(mutate, match):
@@ -717,6 +749,91 @@ def test_native_bindings_reject_malformed_arrays():
         _C.solve_amwc(nc, edges + 10, ec, part)
     with pytest.raises(ValueError, match="finite"):
         _C.solve_amwc(np.full_like(nc, np.nan), edges, ec, part)
+    # The native bound on costs (the Python layer's COST_BOUND): a finite 1e300 is refused.
+    with pytest.raises(ValueError, match=r"edge_costs must be finite with \|value\| < 2\^960 .*; found 1e\+300 at edge 2"):
+        _C.solve_amwc(nc.astype(np.float64), edges, np.array([1.0, 1.0, 1e300]), part)
+    # dtypes that a forced conversion would change without an error: complex costs, float edges,
+    # partitionable flags other than 0 / 1 (256 would wrap to 0 in uint8), float label classes.
+    with pytest.raises(ValueError, match="node_costs must be a real .* got dtype complex"):
+        _C.solve_amwc(nc + 1j, edges, ec, part)
+    with pytest.raises(ValueError, match="edge_costs must be a real .* got dtype <U"):
+        _C.solve_amwc(nc, edges, ec.astype(str), part)
+    with pytest.raises(ValueError, match="edges must be an integer array, got dtype float64"):
+        _C.solve_amwc(nc, edges + 0.5, ec, part)
+    with pytest.raises(ValueError, match="partitionable must be a bool array .*entry 0 is 256"):
+        _C.solve_amwc(nc, edges, ec, np.array([256, 0]))
+    with pytest.raises(ValueError, match="partitionable must be a real|partitionable must be an integer"):
+        _C.solve_amwc(nc, edges, ec, np.array([0.7, 0.0]))
+    with pytest.raises(ValueError, match="label_classes must be an integer array"):
+        _C.solve_amwc_batch([(nc, edges, ec, np.zeros(2, bool), None, None, np.zeros((2, 4), np.float32), 1.0,
+                              np.array([1.9, 0.2]))], True, 1)
+    with pytest.raises(ValueError, match="segments must be an integer array"):
+        _C.segment_edge_sums(np.zeros(4), edges, ec.astype(np.float64), 1)
+    # Labels of the objective: int64 values checked before any narrowing (2**32 would wrap to 0).
+    with pytest.raises(ValueError, match="cluster_ids must hold int32 values; node 1"):
+        _C.labelling_objective(nc, edges, ec, part, np.zeros(4, np.int64), np.array([0, 2**32, 2**32, 0]))
+    with pytest.raises(ValueError, match="node_labels must be an integer array"):
+        _C.labelling_objective(nc, edges, ec, part, np.zeros(4), np.zeros(4, np.int64))
+
+
+def test_objective_checks_labels_and_ids():
+    nc, edges, ec, _ = _ok()
+    ids = np.array([0, 0, 1, 1])
+    assert amwc_objective(nc, edges, ec, np.zeros(4, np.int64), ids) == 1.0
+    with pytest.raises(ValueError, match=r"instance_ids must hold values in \[-2147483648, 2147483648\); node 2"):
+        amwc_objective(nc, edges, ec, np.zeros(4, np.int64), np.array([0, 0, 2**32, 2**32]))
+    with pytest.raises(ValueError, match=r"node_labels must hold values in \[0, 2\); node 3"):
+        amwc_objective(nc, edges, ec, np.array([0, 1, 1, 2]), ids)
+    with pytest.raises(ValueError, match="node_labels must be an integer array, got dtype float64"):
+        amwc_objective(nc, edges, ec, np.array([0.9, 1.7, 0.2, 0.0]), ids)
+    with pytest.raises(ValueError, match="instance_ids must have shape"):
+        amwc_objective(nc, edges, ec, np.zeros(4, np.int64), ids[:3])
+
+
+@pytest.mark.parametrize("bad", [2**31, -1, 1.5, float("nan"), None, True, "2"])
+def test_num_threads_is_checked(bad):
+    nc, edges, ec, part = _ok()
+    with pytest.raises(ValueError, match="num_threads must be"):
+        solve_amwc_batch([(nc, edges, ec, part)], num_threads=bad)
+
+
+def test_edges_written_by_another_thread_during_solves_never_crash():
+    """The native code reads the edges once, into its checked int32 copy: a thread that writes
+    invalid ids into the array while solves run gives errors or results, never an out-of-range
+    index (the build read the array again after validating it and crashed, 3 runs of 3). Run in
+    a child process, so that a crash fails this test instead of ending the session."""
+    code = textwrap.dedent("""
+        import threading
+        import numpy as np
+        from detectron2_cops.solvers import clear_graph_structure_cache, solve_amwc
+        from detectron2_cops.solvers.synthetic import synthetic_instance
+        inst = synthetic_instance(48, 48, 5, 2, [1, 4, 16], seed=1)
+        E = np.ascontiguousarray(inst.edges, dtype=np.int64)
+        orig = E.copy()
+        stop = False
+        def write():
+            while not stop:
+                E[::7, 1] = 2**40
+                E[:] = orig
+        t = threading.Thread(target=write)
+        t.start()
+        outcomes = {"solved": 0, "ValueError": 0}
+        try:
+            for _ in range(200):
+                clear_graph_structure_cache()
+                try:
+                    solve_amwc(inst.node_costs, E, inst.edge_costs, inst.partitionable)
+                    outcomes["solved"] += 1
+                except ValueError:
+                    outcomes["ValueError"] += 1
+        finally:
+            stop = True
+            t.join()
+        print(outcomes)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "'solved'" in proc.stdout and sum(eval(proc.stdout.strip().splitlines()[-1]).values()) == 200
 
 
 # --------------------------------------------------------------------------- warm start
@@ -852,10 +969,10 @@ def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
         _C.segment_edge_sums(seg, grid.edges, values[:-1], 11)
     with pytest.raises(ValueError, match="edges must have shape"):
         _C.segment_edge_sums(seg, grid.edges[:, :1], values, 11)
-    for bad_value in (np.nan, np.inf, -np.inf):
-        bad = values.copy()
+    for bad_value in (np.nan, np.inf, -np.inf, 1e300, -2.0**960):  # the last two: sums could overflow
+        bad = values.astype(np.float64)
         bad[7] = bad_value
-        with pytest.raises(ValueError, match="values must be finite; found .* at edge 7"):
+        with pytest.raises(ValueError, match=r"values must be finite with \|value\| < 2\^960; found .* at edge 7"):
             _C.segment_edge_sums(seg, grid.edges, bad, 11)
     empty = _C.segment_edge_sums(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0), 0)
     assert all(len(x) == 0 for x in empty)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -66,6 +67,40 @@ class AMWCResult(NamedTuple):
 
 _FLOATS = (np.float32, np.float64)
 
+#: Costs must be finite with ``|c| < COST_BOUND = 2**960`` (any float32 is): every sum the solvers
+#: form (a cluster's summed class costs, merged edge costs, the objective, gains as differences of
+#: such sums) has fewer than 2**34 terms, so it stays below 2**994 and cannot overflow to +-inf,
+#: which would give a wrong labelling without an error. The native code checks the same bound.
+COST_BOUND = 2.0**960
+
+
+def _within_cost_bound(a: np.ndarray) -> bool:
+    """Whether every entry of the non-empty float array ``a`` is finite with ``|x| < COST_BOUND``:
+    one max and one min reduction (NaN propagates through both)."""
+    return max(float(a.max()), -float(a.min())) < COST_BOUND
+
+
+def check_int(value, name: str, minimum: int, maximum: Optional[int] = None) -> int:
+    """``value`` as an int after checking that it is an integer (``operator.index``; not a bool)
+    in ``[minimum, maximum]``. Raises ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_num_threads(num_threads) -> int:
+    """``num_threads`` of the batch solvers: an integer in ``[0, 2**31 - 1]`` (0: one thread per
+    instance, at most the CPU count). Raises ValueError."""
+    return check_int(num_threads, "num_threads", 0, 2**31 - 1)
+
 
 def _check_costs(arr, name: str, ndim: int, shape_desc: str, cache=None) -> np.ndarray:
     """Checked cost array (float32 or float64, ``ndim`` dims, finite), C-contiguous.
@@ -82,9 +117,13 @@ def _check_costs(arr, name: str, ndim: int, shape_desc: str, cache=None) -> np.n
         raise ValueError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name} must have shape {shape_desc}, got {list(a.shape)}")
-    if a.size and not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0].tolist()
-        raise ValueError(f"{name} must be finite; found {a[tuple(bad)]} at index {bad}")
+    if a.size and not _within_cost_bound(a):
+        ok = np.isfinite(a) if a.dtype == np.float32 else np.abs(a) < COST_BOUND  # float32 < bound
+        bad = np.argwhere(~ok)[0].tolist()
+        raise ValueError(
+            f"{name} must be finite with |value| < 2**960 (so that no sum of costs overflows); "
+            f"found {a[tuple(bad)]} at index {bad}"
+        )
     # float32 stays float32 (the native code reads it as it is, on its worker thread; no copy here)
     a = np.ascontiguousarray(a)
     if cache is not None:
@@ -109,8 +148,8 @@ def _prepare(node_costs, edges, edge_costs, partitionable, where: str = "", edge
                 raise ValueError(f"edge_costs must have shape [{e.shape[0]}] (one cost per edge), got {list(ec.shape)}")
             return nc, e, ec, _check_partitionable(partitionable, K)
         e = np.asarray(edges)
-        if e.size == 0 and e.ndim in (1, 2):
-            e = e.reshape(0, 2)
+        if e.shape == (0,):  # e.g. [] (float64 to NumPy): no edges
+            e = np.zeros((0, 2), dtype=np.int64)
         if e.ndim != 2 or e.shape[1] != 2:
             raise ValueError(f"edges must have shape [E, 2], got {list(e.shape)}")
         if e.dtype.kind not in "iu":
@@ -162,22 +201,24 @@ def _check_initial(initial_labels, initial_clusters, N: int, K: int, where: str 
         if initial_clusters is not None:
             raise ValueError(where + "initial_clusters given without initial_labels")
         return None, None
-    out = []
-    for arr, name, lo, hi in ((initial_labels, "initial_labels", 0, K),
-                              (initial_clusters, "initial_clusters", -2 ** 31, 2 ** 31)):
-        if arr is None:
-            out.append(None)
-            continue
-        a = np.asarray(arr)
-        if a.dtype.kind not in "iu":
-            raise ValueError(f"{where}{name} must be an integer array, got dtype {a.dtype}")
-        if a.shape != (N,):
-            raise ValueError(f"{where}{name} must have shape [N] = [{N}], got {list(a.shape)}")
-        if N and (a.min() < lo or a.max() >= hi):
-            bad = int(np.argmax((a < lo) | (a >= hi)))
-            raise ValueError(f"{where}{name} must hold values in [{lo}, {hi}); node {bad} has {a[bad]}")
-        out.append(np.ascontiguousarray(a, dtype=np.int32))
-    return out[0], out[1]
+    labels = _check_node_ints(initial_labels, "initial_labels", N, 0, K, where)
+    if initial_clusters is None:
+        return labels, None
+    return labels, _check_node_ints(initial_clusters, "initial_clusters", N, -2 ** 31, 2 ** 31, where)
+
+
+def _check_node_ints(arr, name: str, N: int, lo: int, hi: int, where: str = "") -> np.ndarray:
+    """``arr`` as a C-contiguous int32 ``[N]`` array after checking that it is an integer array
+    of that shape with values in ``[lo, hi)`` (``hi - lo <= 2**32``). Raises ValueError."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{where}{name} must be an integer array, got dtype {a.dtype}")
+    if a.shape != (N,):
+        raise ValueError(f"{where}{name} must have shape [N] = [{N}], got {list(a.shape)}")
+    if N and (a.min() < lo or a.max() >= hi):
+        bad = int(np.argmax((a < lo) | (a >= hi)))
+        raise ValueError(f"{where}{name} must hold values in [{lo}, {hi}); node {bad} has {a[bad]}")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _check_perturbation(pert, nc: np.ndarray, where: str, cost_cache=None):
@@ -273,7 +314,8 @@ def solve_amwc(
         :class:`AMWCResult`. ``N = 0`` and ``E = 0`` are valid.
 
     Raises:
-        ValueError: wrong ranks or lengths, non-float costs, non-finite costs, non-integer edges,
+        ValueError: wrong ranks or lengths, non-float costs, costs not finite or with
+            ``|c| >= COST_BOUND`` (``2**960``, so that no sum overflows), non-integer edges,
             edge ids out of range or negative, self-loops; ``initial_labels`` /
             ``initial_clusters`` not integer arrays of shape ``[N]``, labels outside ``[0, K)``,
             cluster ids outside the int32 range, clusters without labels.
@@ -352,8 +394,7 @@ def solve_amwc_batch(
             ids in ``[0, K)`` or given with a ``partitionable``; perturbed costs that overflow
             (not finite).
     """
-    if int(num_threads) != num_threads or num_threads < 0:
-        raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+    num_threads = check_num_threads(num_threads)
     if node_cost_perturbations is not None and len(node_cost_perturbations) != len(instances):
         raise ValueError(
             f"node_cost_perturbations must hold one entry per instance ({len(instances)}), "
@@ -386,7 +427,7 @@ def solve_amwc_batch(
         else:
             entry = (nc, e, ec, p, il, ic, d, scale, lc)
         prepared.append(entry)
-    return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), int(num_threads))]
+    return [_wrap(r) for r in _C.solve_amwc_batch(prepared, bool(local_search), num_threads)]
 
 
 def solve_mwc_batch(
@@ -418,7 +459,13 @@ def amwc_objective(
 ) -> float:
     """AMWC objective ``sum_i c_V(i, x(i)) + sum_ij c_E(ij) [instance_ids differ]`` (native, float64).
 
-    Does not check feasibility. Raises ValueError on malformed inputs or labels out of ``[0, K)``.
+    ``node_labels`` ``[N]`` integer classes in ``[0, K)``, ``instance_ids`` ``[N]`` integer ids in
+    the int32 range. Does not check feasibility. Raises ValueError on malformed inputs (as
+    :func:`solve_amwc`), labels or ids that are not integer arrays of shape ``[N]`` or out of those
+    ranges.
     """
     nc, e, ec, p = _prepare(node_costs, edges, edge_costs, None)
-    return float(_C.labelling_objective(nc, e, ec, p, node_labels, instance_ids))
+    N, K = nc.shape
+    labels = _check_node_ints(node_labels, "node_labels", N, 0, K)
+    ids = _check_node_ints(instance_ids, "instance_ids", N, -2 ** 31, 2 ** 31)
+    return float(_C.labelling_objective(nc, e, ec, p, labels, ids))

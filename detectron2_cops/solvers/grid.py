@@ -22,6 +22,7 @@ channel 0 before channel 1, valid map positions in row-major order.
 """
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,22 +32,50 @@ __all__ = ["GridGraph", "as_positive_int_list", "edge_offsets"]
 
 def edge_offsets(distance: int) -> Tuple[int, int]:
     """Return ``(lo, hi)`` with ``lo + hi == distance``: how far the two endpoints of an edge of
-    this distance lie before and after its anchor pixel (see the module docstring)."""
+    this distance lie before and after its anchor pixel (see the module docstring). Raises
+    ValueError unless ``distance`` is a positive integer."""
+    if isinstance(distance, (bool, np.bool_)) or not isinstance(distance, (numbers.Integral, np.integer)) or distance <= 0:
+        raise ValueError(f"distance must be a positive integer, got {distance!r}")
     d = int(distance)
     lo = 0 if d == 1 else d // 2
     return lo, d - lo
 
 
 def as_positive_int_list(values, name: str) -> List[int]:
-    """``values`` as a list of ints; ValueError naming ``name`` unless all are positive integers."""
+    """``values`` as a list of ints; ValueError naming ``name`` unless it is a sequence (not a
+    string) of positive integers (integral floats such as ``4.0`` are accepted)."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{name} must be a sequence of positive integers, got the string {values!r}")
     try:
         out = [int(v) for v in values]
-    except TypeError as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from e
     for v, orig in zip(out, values):
-        if v <= 0 or float(orig) != v:
+        if isinstance(orig, (bool, np.bool_)) or v <= 0 or float(orig) != v:
             raise ValueError(f"{name} must contain positive integers, got {list(values)!r}")
     return out
+
+
+def _fill_value(fill, dtype: np.dtype) -> np.ndarray:
+    """``fill`` as a 0-d array of ``dtype``; ValueError if it is not a scalar or does not fit
+    (an integer or bool dtype must hold it exactly, a float dtype without overflow)."""
+    f = np.asarray(fill)
+    if f.ndim != 0:
+        raise ValueError(f"fill must be a scalar, got {fill!r}")
+    try:
+        with np.errstate(all="ignore"):
+            v = f.astype(dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"fill {fill!r} cannot be stored in the values' dtype {dtype}") from None
+    if np.dtype(dtype).kind in "iub":
+        fits = f.dtype.kind in "iubf" and bool(v == f)
+    elif np.dtype(dtype).kind in "fc":
+        fits = f.dtype.kind in "iubf" and not (np.isfinite(f) and not np.isfinite(v))
+    else:
+        fits = True
+    if not fits:  # e.g. 300 or -1 in uint8, 0.5 in int64, 1e300 in float32
+        raise ValueError(f"fill {fill!r} cannot be stored in the values' dtype {dtype}")
+    return v
 
 
 class GridGraph:
@@ -186,7 +215,7 @@ class GridGraph:
         """
         if len(maps) > 0 and np.asarray(maps[0]).ndim == 4:
             ms = self._check_maps(maps, "maps", batch=True)
-            flat = np.concatenate([m.reshape(m.shape[0], -1) for m in ms], 1)
+            flat = np.concatenate([m.reshape(m.shape[0], int(np.prod(m.shape[1:]))) for m in ms], 1)  # B = 0 too
             return flat[:, self.map_index]
         ms = self._check_maps(maps, "maps", batch=False)
         if not ms:
@@ -203,7 +232,8 @@ class GridGraph:
         Returns:
             one array ``[2, H_d, W_d]`` (or ``[B, 2, H_d, W_d]``) per distance, dtype of ``values``.
         Raises:
-            ValueError: ``values`` does not have ``E`` entries in its last dimension.
+            ValueError: ``values`` does not have ``E`` entries in its last dimension, or ``fill``
+                does not fit its dtype.
         """
         values = np.asarray(values)
         if values.ndim not in (1, 2) or values.shape[-1] != self.num_edges:
@@ -212,7 +242,8 @@ class GridGraph:
                 f"got {list(values.shape)}"
             )
         lead = values.shape[:-1]
-        flat = np.full(lead + (self._total_map_size,), fill, dtype=values.dtype)
+        fill_value = _fill_value(fill, values.dtype)
+        flat = np.full(lead + (self._total_map_size,), fill_value, dtype=values.dtype)
         flat[..., self.map_index] = values
         out, offset = [], 0
         for shape in self.map_shapes:
