@@ -504,6 +504,8 @@ def test_bad_forward_input_raises_value_error(mutate, match):
         ({"lambda_min": 10.0, "lambda_max": 5.0}, "lambda_min <= lambda_max"),
         ({"lambda_max": float("inf")}, "finite"),
         ({"num_threads": -1}, "num_threads"),
+        ({"num_threads": 2**31}, "num_threads must be <= 2147483647"),
+        ({"num_threads": 2.0}, "num_threads must be an integer"),
         ({"min_thing_cluster_size": 0}, "min_thing_cluster_size"),
     ],
 )
@@ -512,6 +514,34 @@ def test_bad_constructor_arguments_raise_value_error(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         AMWCLayer(**args)
+
+
+def test_half_precision_incoming_gradients_are_read_in_float32():
+    """bfloat16 / float16 costs: the forward solves them, and the backward reads their incoming
+    gradients (which NumPy cannot hold as bfloat16) in float32; the gradients come back in the
+    costs' dtype and equal those of the same costs in float32 up to that dtype's rounding."""
+    sc, ec, _ = synthetic_costs([1], H=6, W=7, distances=(1, 2))
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        s = sc.detach().to(dtype).requires_grad_()
+        e = [m.detach().to(dtype).requires_grad_() for m in ec]
+        out = make_layer(distances=(1, 2))(s, e, generator=torch.Generator().manual_seed(0))[0]
+        (out.masks * torch.linspace(-1, 1, out.masks.numel()).reshape(out.masks.shape).to(dtype)).sum().backward()
+        assert s.grad.dtype == dtype and all(m.grad.dtype == dtype for m in e)
+        grads[dtype] = s.grad.float()
+    assert grads[torch.float32].abs().sum() > 0
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.testing.assert_close(grads[dtype], grads[torch.float32], rtol=2e-2, atol=2e-2)
+
+
+def test_backward_errors_name_the_perturbed_costs():
+    """float64 costs beyond the float32 range solve in the forward (float64) but cannot be
+    perturbed in float32 (``backward_float32``): the error says where it comes from."""
+    sc, ec, _ = synthetic_costs([1], H=6, W=7, distances=(1, 2))
+    s = (sc.detach() * 1e39).requires_grad_()
+    out = make_layer(distances=(1, 2))(s, [m.detach() for m in ec])[0]
+    with pytest.raises(ValueError, match=r"AMWCFunction.backward: the perturbed costs .*backward_float32=True.*finite"):
+        out.masks.sum().backward()
 
 
 def test_nan_incoming_gradient_raises_value_error():

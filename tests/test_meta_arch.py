@@ -407,6 +407,25 @@ def test_post_processor_bad_input():
         _pp(thing_ids=[3])
     with pytest.raises(ValueError, match="edge_distances"):
         _pp(edge_distances=[0])
+    # Values that a conversion would change silently, or that failed later with a raw error.
+    with pytest.raises(ValueError, match="edge_distances must be a sequence of positive integers, got the string"):
+        _pp(edge_distances="1")
+    with pytest.raises(ValueError, match="thing_ids entry must be an integer"):
+        _pp(thing_ids=[1.7])
+    for bad in (2**31, None, float("nan")):
+        with pytest.raises(ValueError, match="num_threads must be"):
+            _pp(num_threads=bad)
+    with pytest.raises(ValueError, match=r"image_sizes\[0\] must be a pair of positive integers"):
+        pp(sem, cut, [(True, True)])
+    with pytest.raises(ValueError, match=r"image_sizes\[0\] must be a pair of positive integers"):
+        pp(sem, cut, [(24.5, 32)])
+    with pytest.raises(ValueError, match="cut_logits for edge distance 1 must be floating point"):
+        pp(sem, [c.to(torch.int32) for c in cut], [(24, 32)])
+    # float64 logits beyond the float32 range that the solve reads: named as such.
+    with pytest.raises(ValueError, match=r"AMWCPostProcessor: the costs .*float32.*node_costs must be finite"):
+        pp(sem.double() * 1e39, cut, [(24, 32)])
+    (ok,) = pp(sem, cut, [(torch.tensor(24), np.int64(32))])  # integer scalars of any kind
+    assert ok["panoptic_seg"][0].shape == (24, 32)
 
 
 def test_build_post_processor_from_config(synth_dataset):

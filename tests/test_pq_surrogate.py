@@ -647,3 +647,30 @@ def test_padded_masks_are_paired_with_their_ground_truth_and_get_a_gradient():
         module([padded.detach()], [torch.tensor([0, 1])], [gt], gc, padded_gt=[[1]])
     with pytest.raises(ValueError, match="rule"):
         PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0, rule="other")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_masks_are_computed_in_float32(dtype):
+    """Sums over pixels overflow float16 from 65504: a 256 x 256 mask with pixel weight 2 does.
+    Half-precision masks are computed in float32 (differentiably): loss and gradient are finite
+    and equal those of the float32 masks the half ones round to."""
+    g = torch.Generator().manual_seed(0)
+    H = W = 256
+    gt = torch.zeros(2, H, W)
+    gt[0, :, : W // 2] = 1
+    gt[1, :, W // 2:] = 1
+    half = torch.rand(3, H, W, generator=g).to(dtype)
+    weights = [torch.full((H, W), 2.0)]
+    module = PanopticQualitySurrogate([1], stuff_area=10.0, instance_area=10.0)
+    results = {}
+    for masks in (half, half.float()):
+        p = masks.clone().requires_grad_()
+        out = module([p], [torch.tensor([0, 1, 1])], [gt], [torch.tensor([0, 1])], pixel_weights=weights)
+        out.loss.backward()
+        assert p.grad.dtype == masks.dtype
+        results[masks.dtype] = (out.loss.detach(), p.grad.float())
+    loss_h, grad_h = results[dtype]
+    loss_f, grad_f = results[torch.float32]
+    assert torch.isfinite(loss_h) and torch.isfinite(grad_h).all()
+    assert loss_h.dtype == torch.float32 and loss_h == loss_f
+    torch.testing.assert_close(grad_h, grad_f.to(dtype).float(), rtol=0, atol=0)

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..solvers import GridGraph, solve_amwc_batch
+from ..solvers.amwc import check_int as _check_int, check_num_threads
 
 __all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "PadFn"]
 
@@ -541,6 +542,8 @@ class AMWCFunction(torch.autograd.Function):
 
         def cpu_grad(g: Tensor, name: str) -> Tensor:
             g = g.detach().to("cpu")
+            if g.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16: NumPy-readable
+                g = g.float()
             if not _all_finite(g):
                 raise ValueError(f"AMWCFunction.backward: the incoming gradient of {name} contains NaN or inf")
             return g
@@ -621,9 +624,16 @@ class AMWCFunction(torch.autograd.Function):
             plan.append((b, label_class))
 
         t0 = time.perf_counter()
-        results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads,
-                                    node_cost_perturbations=perturbations)
-                   if instances else [])
+        try:
+            results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads,
+                                        node_cost_perturbations=perturbations)
+                       if instances else [])
+        except ValueError as err:  # e.g. c + lambda * gradient beyond the float32 range
+            raise ValueError(
+                "AMWCFunction.backward: the perturbed costs c + lambda * (incoming gradient) "
+                f"(lambda <= {spec.lambda_max:g}, {'float32' if spec.float32 else 'float64'}: "
+                f"backward_float32={spec.float32}) are not valid solver input: {err}"
+            ) from None
         t_solver = time.perf_counter() - t0
 
         grad_node = np.zeros((B, N, K), dtype=np.float64)
@@ -657,18 +667,6 @@ class AMWCFunction(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {v}")
-    return v
-
-
 def _check_float(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a real number, got {value!r}")
@@ -797,7 +795,7 @@ class AMWCLayer(nn.Module):
         if not isinstance(local_search, (bool, np.bool_)):
             raise ValueError(f"local_search must be a bool, got {local_search!r}")
         self.local_search = bool(local_search)
-        self.num_threads = _check_int(num_threads, "num_threads", 0)
+        self.num_threads = check_num_threads(num_threads)
         self.min_thing_cluster_size = _check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
         for name, v in (("backward_warm_start", backward_warm_start), ("backward_float32", backward_float32)):
             if not isinstance(v, (bool, np.bool_)):

@@ -66,6 +66,8 @@ def _crowd_array(ids: Iterable[Any], name: str, void_id: int) -> np.ndarray:
         v = _to_index(v, f"{name}[{i}]")
         if v == void_id:
             raise ValueError(f"{name}[{i}] = {v} equals void_id; void cannot be a crowd segment")
+        if not -(2**63) <= v < 2**63:
+            raise ValueError(f"{name}[{i}] = {v} is not an int64 panoptic id")
         out.append(v)
     return np.asarray(out, dtype=np.int64)
 
@@ -221,9 +223,11 @@ def panoptic_quality(
             that decode to a negative class; a crowd id equal to ``void_id``.
     """
     label_divisor = _to_index(label_divisor, "label_divisor")
-    if label_divisor <= 0:
-        raise ValueError(f"label_divisor must be a positive integer, got {label_divisor}")
+    if not 0 < label_divisor < 2**63:  # ids are int64
+        raise ValueError(f"label_divisor must be a positive integer below 2**63 (ids are int64), got {label_divisor}")
     void_id = _to_index(void_id, "void_id")
+    if not -(2**63) <= void_id < 2**63:
+        raise ValueError(f"void_id must be an int64 value, got {void_id}")
     things = set()
     for i, c in enumerate(thing_classes):
         c = _to_index(c, f"thing_classes[{i}]")

@@ -419,7 +419,8 @@ class PanopticQualitySurrogate(nn.Module):
         """Compute the surrogate PQ and the loss ``1 - PQ~`` for a batch of images.
 
         Args:
-            pred_masks: per image ``[M_b, H_b, W_b]`` float (float32/float64) in [0, 1],
+            pred_masks: per image ``[M_b, H_b, W_b]`` float (float32/float64; float16 and
+                bfloat16 are computed in float32) in [0, 1],
                 typically hard 0/1 masks from the AMWC layer with ``requires_grad``; ``M_b`` may
                 be 0. Units: pixels of the grid the masks live on (stride-4 grid in training).
             pred_classes: per image ``[M_b]`` int64 contiguous class ids (>= 0).
@@ -436,9 +437,9 @@ class PanopticQualitySurrogate(nn.Module):
                 masks, precomputed with :meth:`match` (e.g. by the ``pad_fn`` that chose the
                 padded masks, so that both use one matching); default: computed here.
 
-        All images' ``pred_masks`` must share one dtype and device; all computation runs there
-        (ground truth, classes and weights are moved there); only the no-grad ``[M_b, G_b]``
-        overlap matrices go to the CPU for the assignment.
+        All images' ``pred_masks`` must share one dtype and device; all computation runs there,
+        in that dtype (float32 for half precision; ground truth, classes and weights are moved
+        there); only the no-grad ``[M_b, G_b]`` overlap matrices go to the CPU for the assignment.
 
         Returns:
             :class:`SurrogateOutput` ``(loss, pq, per_class, matches)``; ``matches`` includes
@@ -483,6 +484,10 @@ class PanopticQualitySurrogate(nn.Module):
                     f"pred_masks{where} is {p.dtype} on {p.device} but pred_masks[0] is {ref.dtype} on "
                     f"{ref.device}; all predicted masks of a batch must share dtype and device"
                 )
+            if p.dtype in (torch.float16, torch.bfloat16):
+                # Sums over pixels (areas, overlaps) overflow float16 from 65504 (a 256x256 mask
+                # with weight 1): half-precision masks are computed in float32 (differentiably).
+                p = p.float()
             g = gt_masks[b].to(device=p.device, dtype=p.dtype)
             if w_b is None:
                 w = torch.ones(p.shape[1:], dtype=p.dtype, device=p.device)
@@ -520,7 +525,7 @@ class PanopticQualitySurrogate(nn.Module):
         num_classes = len(classes)
 
         # Pass 2: soft TP / FP / FN per class, summed over the batch.
-        sums = [ref.new_zeros(num_classes) for _ in range(4)]  # numerator, TP, FP, FN
+        sums = [ref.new_zeros(num_classes, dtype=per_image[0][0].dtype) for _ in range(4)]  # numerator, TP, FP, FN
         for p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs in per_image:
             if self.rule == "original":
                 self._accumulate_original(sums, index_of, p, inter, union, area_p, area_g, g_nonzero,

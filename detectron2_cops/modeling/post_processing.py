@@ -19,6 +19,8 @@ Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +34,7 @@ from detectron2.utils.registry import Registry
 from detectron2_cops import _C
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
+from detectron2_cops.solvers.amwc import check_int, check_num_threads
 
 __all__ = [
     "POST_PROCESSOR_REGISTRY",
@@ -88,6 +91,16 @@ def build_post_processor(cfg):
     """Build the post-processor named by ``cfg.MODEL.COPS.POST_PROCESSOR`` from
     :data:`POST_PROCESSOR_REGISTRY` (Detectron2 raises ``KeyError`` for an unknown name)."""
     return POST_PROCESSOR_REGISTRY.get(cfg.MODEL.COPS.POST_PROCESSOR)(cfg)
+
+
+def _is_positive_int(v) -> bool:
+    """Whether ``v`` is an integer > 0 (Python, NumPy or a 0-d integer tensor; not a bool)."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        return operator.index(v) > 0
+    except TypeError:
+        return False
 
 
 def _grid_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
@@ -229,17 +242,14 @@ class AMWCPostProcessor:
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
     ):
-        if int(num_classes) != num_classes or num_classes <= 0:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if int(common_stride) != common_stride or common_stride <= 0:
-            raise ValueError(f"common_stride must be a positive integer, got {common_stride!r}")
+        num_classes = check_int(num_classes, "num_classes", 1)
+        common_stride = check_int(common_stride, "common_stride", 1)
         for name, value in (("stuff_area", stuff_area), ("instance_area", instance_area)):
-            if not math.isfinite(float(value)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if int(num_threads) != num_threads or num_threads < 0:
-            raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
-        self.num_classes = int(num_classes)
-        things = sorted({int(t) for t in thing_ids})
+        num_threads = check_num_threads(num_threads)
+        self.num_classes = num_classes
+        things = sorted({check_int(t, "thing_ids entry", 0) for t in thing_ids})
         bad = [t for t in things if not 0 <= t < self.num_classes]
         if bad:
             raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {bad}")
@@ -261,8 +271,7 @@ class AMWCPostProcessor:
         self._band_cache: Dict[tuple, tuple] = {}
         self.local_search = bool(local_search)
         self.num_threads = int(num_threads)
-        if int(min_thing_cluster_size) != min_thing_cluster_size or min_thing_cluster_size < 1:
-            raise ValueError(f"min_thing_cluster_size must be a positive integer, got {min_thing_cluster_size!r}")
+        min_thing_cluster_size = check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
         self.min_thing_cluster_size = int(min_thing_cluster_size)
         self._graphs: Dict[Tuple[int, int], GridGraph] = {}
 
@@ -342,11 +351,13 @@ class AMWCPostProcessor:
                     f"cut_logits for edge distance {d} (sampling interval {s}) must have shape "
                     f"{list(want)} for sem_seg_logits of shape {list(sem_seg_logits.shape)}, got {got}"
                 )
+            if not m.is_floating_point():
+                raise ValueError(f"cut_logits for edge distance {d} must be floating point, got {m.dtype}")
         for name, sizes in (("image_sizes", image_sizes), ("output_sizes", output_sizes)):
             if len(sizes) != B:
                 raise ValueError(f"{name} must hold one (height, width) per image ({B}), got {len(sizes)}")
             for i, sz in enumerate(sizes):
-                if len(sz) != 2 or int(sz[0]) != sz[0] or int(sz[1]) != sz[1] or sz[0] <= 0 or sz[1] <= 0:
+                if len(sz) != 2 or not all(_is_positive_int(v) for v in sz):
                     raise ValueError(f"{name}[{i}] must be a pair of positive integers, got {sz!r}")
         for i, (H, W) in enumerate(image_sizes):
             if H > h * self.common_stride or W > w * self.common_stride:
@@ -417,9 +428,15 @@ class AMWCPostProcessor:
                 )
             )
             crops.append((hc, wc, graph))
-        results = solve_amwc_batch(
-            instances, local_search=self.local_search, num_threads=self.num_threads
-        )
+        try:
+            results = solve_amwc_batch(
+                instances, local_search=self.local_search, num_threads=self.num_threads
+            )
+        except ValueError as err:  # e.g. float64 logits beyond the float32 range the solve reads
+            raise ValueError(
+                f"AMWCPostProcessor: the costs from sem_seg_logits and cut_logits (solved as "
+                f"float32) are not valid AMWC costs: {err}"
+            ) from None
 
         outputs = []
         for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
