@@ -502,6 +502,7 @@ def test_bad_forward_input_raises_value_error(mutate, match):
         ({"num_samples": 0}, "num_samples"),
         ({"lambda_min": 0.0}, "lambda_min"),
         ({"lambda_min": 10.0, "lambda_max": 5.0}, "lambda_min <= lambda_max"),
+        ({"lambda_min": 1e-310, "lambda_max": 1e-310}, "lambda_min must be >= 1e-300"),
         ({"lambda_max": float("inf")}, "finite"),
         ({"num_threads": -1}, "num_threads"),
         ({"num_threads": 2**31}, "num_threads must be <= 2147483647"),

@@ -640,9 +640,21 @@ def test_padded_masks_are_paired_with_their_ground_truth_and_get_a_gradient():
     out.loss.backward()
     g = padded.grad[1]
     assert (g[3:] < 0).all() and (g[:3] > 0).all()  # grow on its gt, stay off the other one
-    for bad, message in (([[0]], "already matches"), ([[2]], "out of range"), ([[1, 1]], "repeats")):
+    for bad, message in (([[0]], "already matches"), ([[2]], "out of range"), ([[1, 1]], "repeats"),
+                         ([None], r"padded_gt\[0\] must be a sequence"), ([[True]], "integer ground-truth index")):
         with pytest.raises(ValueError, match=message):
             module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=bad)
+    # Given matches and the pairs of unmatched_gt are checked like padded_gt.
+    assert module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=[np.array([1])],
+                  matches=[[(0, 0)]]).matches == [[(0, 0), (1, 1)]]
+    for bad, message in (([None], r"matches\[0\] must be a sequence"), ([[(True, True)]], "pair of integers"),
+                         ([[(0,)]], "pair of integers"), ([[(0, 5)]], "out of range")):
+        with pytest.raises(ValueError, match=message):
+            module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=[[1]], matches=bad)
+    assert module.unmatched_gt(padded[:1].detach(), torch.tensor([0]), gt, gc[0], pairs=[(0, 0)]) == [1]
+    for bad, message in ([(0, 99)], "out of range"), ([(0, 1.5)], "pair of integers"), (5, "sequence of"):
+        with pytest.raises(ValueError, match=message):
+            module.unmatched_gt(padded[:1].detach(), torch.tensor([0]), gt, gc[0], pairs=bad)
     with pytest.raises(ValueError, match="class"):
         module([padded.detach()], [torch.tensor([0, 1])], [gt], gc, padded_gt=[[1]])
     with pytest.raises(ValueError, match="rule"):

@@ -703,7 +703,7 @@ class AMWCLayer(nn.Module):
         edge_sampling_intervals: one sampling interval per distance (default all 1); see
             :class:`~detectron2_cops.solvers.GridGraph` for the edge-map convention.
         num_samples: ``N >= 1``, number of perturbation magnitudes averaged in backward (COPS: 5).
-        lambda_min, lambda_max: ``0 < lambda_min <= lambda_max``, the range of
+        lambda_min, lambda_max: ``1e-300 <= lambda_min <= lambda_max``, the range of
             ``lambda ~ U(lambda_min, lambda_max)`` (COPS: 1 and 5000).
         local_search: run the solver's local search after GAEC (forward and backward).
         num_threads: solver threads, ``0`` = one per instance up to the core count.
@@ -792,6 +792,8 @@ class AMWCLayer(nn.Module):
                 f"need 0 < lambda_min <= lambda_max, got lambda_min={self.lambda_min}, "
                 f"lambda_max={self.lambda_max}"
             )
+        if self.lambda_min < 1e-300:  # the estimate divides by lambda (Vlastelica et al. eq. (6)); 1 / lambda finite
+            raise ValueError(f"lambda_min must be >= 1e-300 (the gradient is divided by it), got {self.lambda_min}")
         if not isinstance(local_search, (bool, np.bool_)):
             raise ValueError(f"local_search must be a bool, got {local_search!r}")
         self.local_search = bool(local_search)

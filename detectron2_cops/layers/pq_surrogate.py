@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from collections import abc
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy as np
@@ -57,12 +58,22 @@ def _check_number(value, name: str, *, positive: bool = False, non_negative: boo
 def _as_index(value, name: str, what: str) -> int:
     """``value`` as a Python int (``operator.index``); ``ValueError`` "``name`` must be ``what``"
     for bools and non-integers."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     try:
         return operator.index(value)
     except TypeError:
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _as_sequence(value, name: str, what: str):
+    """``value`` as a sequence: a list, tuple or other non-string sequence as it is, a tensor or
+    array as its ``tolist()``; ValueError for anything else (e.g. None)."""
+    if isinstance(value, (Tensor, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (str, bytes)) or not isinstance(value, abc.Sequence):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return value
 
 
 def _thing_set(thing_classes: Iterable[int]) -> Set[int]:
@@ -403,7 +414,18 @@ class PanopticQualitySurrogate(nn.Module):
         code pads an empty prediction (``ComputeBestGroundTruth``, ``utils.py`` ~163-213)."""
         if pairs is None:
             pairs = self.match(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights)
-        matched = {j for _, j in pairs}
+        G = gt_masks.shape[0]
+        matched = set()
+        for k, pair in enumerate(_as_sequence(pairs, "pairs", "a sequence of (pred_index, gt_index) pairs")):
+            what = "a (pred_index, gt_index) pair of integers"
+            try:
+                _, j = pair
+            except (TypeError, ValueError):
+                raise ValueError(f"pairs[{k}] must be {what}, got {pair!r}") from None
+            j = _as_index(j, f"pairs[{k}]", what)
+            if not 0 <= j < G:
+                raise ValueError(f"pairs[{k}] names ground truth {j}, out of range [0, {G})")
+            matched.add(j)
         return [j for j in range(gt_masks.shape[0]) if j not in matched]
 
     def forward(
@@ -549,11 +571,13 @@ class PanopticQualitySurrogate(nn.Module):
     def _check_matches(raw, b: int, pred_cls: List[int], gt_cls: List[int]) -> List[Tuple[int, int]]:
         where = f"matches[{b}]"
         pairs = []
-        for k, pair in enumerate(raw):
+        for k, pair in enumerate(_as_sequence(raw, where, "a sequence of (pred_index, gt_index) pairs")):
+            what = "a (pred_index, gt_index) pair of integers"
             try:
-                i, j = (operator.index(v) for v in pair)
+                i, j = pair
             except (TypeError, ValueError):
-                raise ValueError(f"{where}[{k}] must be a (pred_index, gt_index) pair of integers, got {pair!r}") from None
+                raise ValueError(f"{where}[{k}] must be {what}, got {pair!r}") from None
+            i, j = _as_index(i, f"{where}[{k}]", what), _as_index(j, f"{where}[{k}]", what)
             if not (0 <= i < len(pred_cls) and 0 <= j < len(gt_cls)):
                 raise ValueError(
                     f"{where}[{k}] = {(i, j)} is out of range ({len(pred_cls)} non-padded predictions, "
@@ -575,7 +599,7 @@ class PanopticQualitySurrogate(nn.Module):
         if isinstance(raw, Tensor):
             raw = raw.tolist()
         pads = []
-        for k, j in enumerate(raw):
+        for k, j in enumerate(_as_sequence(raw, where, "a sequence of ground-truth indices")):
             j = _as_index(j, f"{where}[{k}]", "an integer ground-truth index")
             if not 0 <= j < len(gt_cls):
                 raise ValueError(f"{where}[{k}] = {j} is out of range [0, {len(gt_cls)}) (ground-truth segments)")
