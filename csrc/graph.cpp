@@ -37,19 +37,20 @@ constexpr double kCostBound = 0x1p960;
 
 bool within_bound(double x) { return std::fabs(x) < kCostBound; }  // false for NaN
 
-// True iff every value is finite with |x| < kCostBound (biased exponent below 960 + 1023; NaN and
-// +-inf have all exponent bits set). Branch-free integer OR-reduction, so the compiler
-// vectorises it.
+// True iff every value is finite with |x| < kCostBound, i.e. its biased exponent e (bits 52-62)
+// is below 960 + 1023 = 1983 (NaN and +-inf have e = 2047). Adding 2048 - 1983 = 65 to e carries
+// into bit 63 exactly when e >= 1983: a branch-free add-and-OR reduction that the compiler
+// vectorises (AVX2 has no unsigned 64-bit compare).
 bool all_within_bound(const double* x, int64_t n) {
   constexpr uint64_t kExp = 0x7ff0000000000000ull;
-  constexpr uint64_t kLimit = static_cast<uint64_t>(960 + 1023) << 52;
+  constexpr uint64_t kCarry = static_cast<uint64_t>(2048 - (960 + 1023)) << 52;
   uint64_t bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     uint64_t u;
     std::memcpy(&u, x + i, sizeof(u));
-    bad |= static_cast<uint64_t>((u & kExp) >= kLimit);
+    bad |= (u & kExp) + kCarry;
   }
-  return bad == 0;
+  return (bad >> 63) == 0;
 }
 
 // True iff every edge holds node ids in [0, N) and no edge is a self-loop (one vectorisable pass).
