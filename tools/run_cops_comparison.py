@@ -337,7 +337,6 @@ def evaluate_checkpoint(
     import torch
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
-    from detectron2.utils.logger import setup_logger
 
     from detectron2_cops.config import add_cops_config
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager

@@ -25,7 +25,6 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n
 
 from detectron2_cops.layers.amwc_layer import AMWCLayer
 from detectron2_cops.layers.calibration import CostCalibration, EdgeDropout, PixelDropout

@@ -103,7 +103,8 @@ def check_num_threads(num_threads) -> int:
 
 
 def _check_costs(arr, name: str, ndim: int, shape_desc: str, cache=None) -> np.ndarray:
-    """Checked cost array (float32 or float64, ``ndim`` dims, finite), C-contiguous.
+    """Checked cost array (float32 or float64, ``ndim`` dims, finite with ``|c| < COST_BOUND``),
+    C-contiguous.
 
     ``cache`` (a dict, one per batch call): an array object already checked with the same
     ``ndim`` is not checked again (the backward of the AMWC layer passes one base, delta and
@@ -391,8 +392,8 @@ def solve_amwc_batch(
             ``num_threads < 0``; ``node_cost_perturbations`` not one entry per instance, a
             ``delta`` of another shape or dtype than described or not finite, a scale that is
             not a finite real number, ``label_classes`` not a non-empty vector of integer class
-            ids in ``[0, K)`` or given with a ``partitionable``; perturbed costs that overflow
-            (not finite).
+            ids in ``[0, K)`` or given with a ``partitionable``; perturbed costs that are not
+            finite or reach ``COST_BOUND``.
     """
     num_threads = check_num_threads(num_threads)
     if node_cost_perturbations is not None and len(node_cost_perturbations) != len(instances):
