@@ -1,8 +1,9 @@
 // pybind11 bindings of the AMWC/MWC solvers: `detectron2_cops._C`.
 //
 // The Python layer (detectron2_cops/solvers) converts inputs to C-contiguous float64 / int64 /
-// uint8 arrays and gives friendly errors; these bindings re-check every shape so that no input
-// can make the native code read out of bounds, and release the GIL while solving.
+// uint8 arrays and gives friendly errors; these bindings re-check every shape, and refuse dtypes
+// that a forced conversion would change (require_kind), so that no input can make the native code
+// read out of bounds or solve something else than given; they release the GIL while solving.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -376,6 +377,7 @@ py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle va
   double* os = out_sum.mutable_data();
   int64_t* ic = in_cnt.mutable_data();
   int64_t* oc = out_cnt.mutable_data();
+  bool changed = false;
   {
     py::gil_scoped_release release;
     std::fill(is, is + S, 0.0);
@@ -383,7 +385,18 @@ py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle va
     std::fill(ic, ic + S, int64_t{0});
     std::fill(oc, oc + S, int64_t{0});
     for (int64_t k = 0; k < E; ++k) {
-      const int64_t a = sp[ep[2 * k]], b = sp[ep[2 * k + 1]];
+      // Every index is read once and range-checked where it is used (the arrays were checked
+      // above, but another thread may write them while the GIL is released).
+      const int64_t u = ep[2 * k], v = ep[2 * k + 1];
+      if (u < 0 || v < 0 || u >= n || v >= n) {
+        changed = true;
+        break;
+      }
+      const int64_t a = sp[u], b = sp[v];
+      if (a < 0 || b < 0 || a >= S || b >= S) {
+        changed = true;
+        break;
+      }
       const double x = vp[k];
       if (a == b) {
         is[a] += x;
@@ -396,6 +409,7 @@ py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle va
       }
     }
   }
+  if (changed) fail("segment_edge_sums: segments or edges changed during the call (another thread wrote them)");
   return py::make_tuple(in_sum, in_cnt, out_sum, out_cnt);
 }
 

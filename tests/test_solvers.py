@@ -8,7 +8,6 @@
 import itertools
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -797,43 +796,55 @@ def test_num_threads_is_checked(bad):
         solve_amwc_batch([(nc, edges, ec, part)], num_threads=bad)
 
 
-def test_edges_written_by_another_thread_during_solves_never_crash():
-    """The native code reads the edges once, into its checked int32 copy: a thread that writes
-    invalid ids into the array while solves run gives errors or results, never an out-of-range
-    index (the build read the array again after validating it and crashed, 3 runs of 3). Run in
-    a child process, so that a crash fails this test instead of ending the session."""
-    code = textwrap.dedent("""
-        import threading
-        import numpy as np
-        from detectron2_cops.solvers import clear_graph_structure_cache, solve_amwc
-        from detectron2_cops.solvers.synthetic import synthetic_instance
-        inst = synthetic_instance(48, 48, 5, 2, [1, 4, 16], seed=1)
-        E = np.ascontiguousarray(inst.edges, dtype=np.int64)
-        orig = E.copy()
-        stop = False
-        def write():
-            while not stop:
-                E[::7, 1] = 2**40
-                E[:] = orig
-        t = threading.Thread(target=write)
-        t.start()
-        outcomes = {"solved": 0, "ValueError": 0}
+_RACE_CHILD = """
+import threading
+import numpy as np
+from detectron2_cops import _C
+from detectron2_cops.solvers import clear_graph_structure_cache, solve_amwc
+from detectron2_cops.solvers.synthetic import synthetic_instance
+inst = synthetic_instance(48, 48, 5, 2, [1, 4, 16], seed=1)
+E = np.ascontiguousarray(inst.edges, dtype=np.int64)
+segments = np.arange(inst.node_costs.shape[0], dtype=np.int64) % 7
+values = inst.edge_costs.astype(np.float64)
+TARGET, orig = (E, E.copy()) if MODE == "solve" else (segments, segments.copy())
+stop = False
+def write():
+    while not stop:
+        TARGET[::7] = 2**40
+        TARGET[:] = orig
+t = threading.Thread(target=write)
+t.start()
+outcomes = {"done": 0, "ValueError": 0}
+try:
+    for _ in range(200):
+        clear_graph_structure_cache()
         try:
-            for _ in range(200):
-                clear_graph_structure_cache()
-                try:
-                    solve_amwc(inst.node_costs, E, inst.edge_costs, inst.partitionable)
-                    outcomes["solved"] += 1
-                except ValueError:
-                    outcomes["ValueError"] += 1
-        finally:
-            stop = True
-            t.join()
-        print(outcomes)
-    """)
+            if MODE == "solve":
+                solve_amwc(inst.node_costs, E, inst.edge_costs, inst.partitionable)
+            else:
+                _C.segment_edge_sums(segments, E, values, 7)
+            outcomes["done"] += 1
+        except ValueError:
+            outcomes["ValueError"] += 1
+finally:
+    stop = True
+    t.join()
+print(outcomes)
+"""
+
+
+@pytest.mark.parametrize("mode", ["solve", "segment_edge_sums"])
+def test_arrays_written_by_another_thread_during_native_calls_never_crash(mode):
+    """The native code reads the edges once, into its checked int32 copy, and segment_edge_sums
+    range-checks every index where it uses it: a thread that writes invalid ids into the arrays
+    while the calls run (GIL released) gives errors or results, never an out-of-range index (the
+    build read the edges again after validating them and crashed, 3 runs of 3). Run in a child
+    process, so that a crash fails this test instead of ending the session."""
+    code = f"MODE = {mode!r}\n" + _RACE_CHILD
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-    assert "'solved'" in proc.stdout and sum(eval(proc.stdout.strip().splitlines()[-1]).values()) == 200
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("{'done': ") and sum(eval(last).values()) == 200
 
 
 # --------------------------------------------------------------------------- warm start
