@@ -43,7 +43,7 @@ struct HeldInstance {
   cops::InstanceView view;
   std::vector<int32_t> initial_labels, initial_clusters;  // warm start (empty: none)
   Costs node_delta;  // node-cost perturbation (see hold_perturbation)
-  IArray label_classes;  // relabelled perturbation (see hold_perturbation)
+  std::vector<int64_t> label_classes;  // relabelled perturbation (see hold_perturbation), a copy
 };
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
@@ -188,14 +188,17 @@ void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, cons
     fail(where + "node_delta must have the dtype of node_costs (float32 or float64)");
   if (relabel) {
     require_kind(label_classes, "iu", where + "label_classes");
-    h.label_classes = IArray::ensure(label_classes);
-    if (!h.label_classes) {
+    IArray classes = IArray::ensure(label_classes);
+    if (!classes) {
       PyErr_Clear();
       fail(where + "label_classes must be convertible to an integer array");
     }
-    const py::ssize_t L = h.label_classes.ndim() == 1 ? h.label_classes.shape(0) : 0;
-    if (h.label_classes.ndim() != 1 || L < 1) fail(where + "label_classes must have shape [L] with L >= 1");
+    const py::ssize_t L = classes.ndim() == 1 ? classes.shape(0) : 0;
+    if (classes.ndim() != 1 || L < 1) fail(where + "label_classes must have shape [L] with L >= 1");
     // The class ids are checked by the solver (check_relabelling in graph.cpp) before any use.
+    // Copied (L is small): the solver checks the ids and then indexes with them, on its own
+    // thread, while another Python thread could write the caller's array.
+    h.label_classes.assign(classes.data(), classes.data() + L);
     const int64_t* c = h.label_classes.data();
     if (h.node_delta.ndim() != 2 || h.node_delta.shape(1) != h.node_costs.shape(0) || h.node_delta.shape(0) > L)
       fail(where + "node_delta must have shape [M, N] with M <= len(label_classes) when label_classes is given");
