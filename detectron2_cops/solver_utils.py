@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -79,7 +80,7 @@ def build_param_groups(
 
     Args:
         model: the model (``named_modules`` / ``named_parameters`` are searched).
-        base_lr: ``SOLVER.BASE_LR`` (> 0).
+        base_lr: ``SOLVER.BASE_LR`` (finite, > 0).
         patterns: parameter-name patterns (``SOLVER.LR_GROUP_PATTERNS``).
         stages: one stage count ``>= 0`` per pattern (``SOLVER.LR_GROUP_STAGES``).
         reduction_per_stage: ``> 0`` (``SOLVER.LR_REDUCTION_PER_STAGE``, authors: 20).
@@ -106,15 +107,15 @@ def build_param_groups(
             f"SOLVER.LR_GROUP_PATTERNS ({len(patterns)} entries) and SOLVER.LR_GROUP_STAGES "
             f"({len(stages)} entries) must have the same length"
         )
-    if not base_lr > 0:
-        raise ValueError(f"SOLVER.BASE_LR must be > 0, got {base_lr}")
-    if not reduction_per_stage > 0:
-        raise ValueError(f"SOLVER.LR_REDUCTION_PER_STAGE must be > 0, got {reduction_per_stage}")
+    if not 0 < base_lr < math.inf:  # also refuses NaN
+        raise ValueError(f"SOLVER.BASE_LR must be finite and > 0, got {base_lr}")
+    if not 0 < reduction_per_stage < math.inf:
+        raise ValueError(f"SOLVER.LR_REDUCTION_PER_STAGE must be finite and > 0, got {reduction_per_stage}")
     for p, k in zip(patterns, stages):
         if not p.rstrip("."):
             raise ValueError(f"SOLVER.LR_GROUP_PATTERNS contains an empty pattern: {patterns}")
-        if k < 0:
-            raise ValueError(f"SOLVER.LR_GROUP_STAGES must be >= 0, got {k} for pattern {p!r}")
+        if not 0 <= k < math.inf:  # also refuses NaN (which trained at BASE_LR)
+            raise ValueError(f"SOLVER.LR_GROUP_STAGES must be finite and >= 0, got {k} for pattern {p!r}")
 
     if weight_decay_bias is None:
         weight_decay_bias = weight_decay

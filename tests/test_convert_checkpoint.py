@@ -119,6 +119,24 @@ def test_unmapped_missing_and_malformed_tensors_are_errors():
         conv.convert_state_dict(dict(theirs, iteration=3))
     with pytest.raises(conv.ConversionError, match="empty"):
         conv.convert_state_dict({})
+    # A network weight with NaN (a corrupt or diverged checkpoint) is named, not converted.
+    key = next(k for k in theirs if k.startswith("backbone.") and theirs[k].is_floating_point())
+    nan = theirs[key].clone()
+    nan.view(-1)[0] = float("nan")
+    with pytest.raises(conv.ConversionError, match=rf"(?s)not finite \(NaN or inf\):.*{key}"):
+        conv.convert_state_dict(dict(theirs, **{key: nan}))
+
+
+def test_unreadable_input_is_a_conversion_error(tmp_path, capsys):
+    with pytest.raises(conv.ConversionError, match="no such file"):
+        conv.load_their_state_dict(str(tmp_path / "missing.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(conv.ConversionError, match="not a readable PyTorch checkpoint"):
+        conv.load_their_state_dict(str(junk))
+    assert conv.main([str(junk), str(tmp_path / "out.pth")]) == 1  # the CLI reports it, exit 1
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
 
 
 # ---------------------------------------------------------------------------- with Detectron2

@@ -216,6 +216,17 @@ def test_num_gpus_must_divide_the_batch_before_any_process_starts():
     assert "--num-gpus 2 x --num-machines 2" in res.stderr
 
 
+def test_unreadable_config_exits_with_status_2():
+    """No --config-file, or an override of a key that does not exist: exit status 2 and the
+    reason (argparse's usage error), not a traceback."""
+    _need_detectron2()
+    res, _ = _run([], script=TOOLS / "train_net.py")
+    assert res.returncode == 2 and "--config-file is required" in res.stderr, res.stderr[-2000:]
+    res, _ = _run(["--config-file", PRETRAIN_YAML, "MODEL.NO_SUCH_KEY", 1], script=TOOLS / "train_net.py")
+    assert res.returncode == 2 and "Non-existent key: MODEL.NO_SUCH_KEY" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
 def test_check_args_rejects_bad_layouts_and_missing_datasets(tmp_path, monkeypatch):
     _need_detectron2()
     sys.path.insert(0, str(TOOLS))
@@ -242,6 +253,9 @@ def test_check_args_rejects_bad_layouts_and_missing_datasets(tmp_path, monkeypat
          "works on one machine only"),
         (("--num-gpus", "2", "SOLVER.IMS_PER_BATCH", "3"), "not divisible"),
         (("--num-gpus", "2", "MODEL.DEVICE", "cuda"), "CUDA device"),
+        (("SOLVER.IMS_PER_BATCH", "0"), "IMS_PER_BATCH must be >= 1"),
+        (("SOLVER.IMS_PER_BATCH", "-2"), "IMS_PER_BATCH must be >= 1"),
+        (("MODEL.DEVICE", "gpu"), "MODEL.DEVICE 'gpu' is not a device"),
     ]:
         if "cuda" in argv and __import__("torch").cuda.is_available():
             continue

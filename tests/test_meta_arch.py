@@ -441,6 +441,11 @@ def test_build_post_processor_from_config(synth_dataset):
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 4
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         build_post_processor(cfg)
+    # More channels than the dataset has classes: the head would predict classes the evaluators
+    # do not know (that failed only at evaluation).
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES + 1
+    with pytest.raises(ValueError, match=rf"0..{NUM_CLASSES - 1} \({NUM_CLASSES} classes\).*set it to {NUM_CLASSES}"):
+        build_post_processor(cfg)
 
 
 # ----------------------------------------------------------------------------- model
@@ -674,6 +679,17 @@ def test_empty_ground_truth_and_grayscale_train_without_nan(synth_dataset):
     assert tuple(out["panoptic_seg"][0].shape) == (40, 52)
 
 
+def test_model_config_values_are_checked(synth_dataset):
+    for key, value, match in (("SIZE_DIVISIBILITY", -5, "SIZE_DIVISIBILITY must be -1"),
+                              ("SURROGATE_STUFF_AREA_DIVISOR", 0.0, "SURROGATE_STUFF_AREA_DIVISOR must be finite and > 0"),
+                              ("SURROGATE_INSTANCE_AREA_DIVISOR", float("inf"), "SURROGATE_INSTANCE_AREA_DIVISOR")):
+        cfg = tiny_cfg(synth_dataset)
+        cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = True
+        cfg.MODEL.COPS[key] = value
+        with pytest.raises(ValueError, match=match):
+            build_model(cfg)
+
+
 def test_model_bad_input(synth_dataset):
     model = build_model(tiny_cfg(synth_dataset))
     model.eval()
@@ -683,6 +699,17 @@ def test_model_bad_input(synth_dataset):
         model([{"image": torch.zeros(2, 32, 32, dtype=torch.uint8)}])
     with pytest.raises(ValueError, match="'image'"):
         model([{"img": torch.zeros(3, 32, 32)}])
+    # dtypes: float64 (and int) images are read as float32, bool and NaN are refused
+    for image in (torch.zeros(3, 32, 32, dtype=torch.float64), torch.zeros(3, 32, 32, dtype=torch.int16)):
+        (out,) = model([{"image": image}])
+        assert out["panoptic_seg"][0].shape == (32, 32)
+    with pytest.raises(ValueError, match="integer or float dtype, got torch.bool"):
+        model([{"image": torch.zeros(3, 32, 32, dtype=torch.bool)}])
+    with pytest.raises(ValueError, match=r"batched_inputs\[1\]\['image'\] contains NaN or inf"):
+        model([{"image": torch.zeros(3, 32, 32)}, {"image": torch.full((3, 32, 32), float("nan"))}])
+    for bad in (2.7, None, 0, True):
+        with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['height'\] must be a positive integer"):
+            model([{"image": torch.zeros(3, 32, 32), "height": bad, "width": 32}])
     model.train()
     with pytest.raises(ValueError, match="lacks"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])

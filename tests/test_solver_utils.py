@@ -110,6 +110,13 @@ def test_param_groups_rules_and_errors():
         (dict(patterns=["a", "a.0"], stages=[1, 2]), "two SOLVER.LR_GROUP_PATTERNS"),
         (dict(patterns=["a"], stages=[-1]), ">= 0"),
         (dict(patterns=[""], stages=[1]), "empty pattern"),
+        (dict(patterns=["a"], stages=[float("nan")]), "LR_GROUP_STAGES must be finite"),  # trained at BASE_LR
+        (dict(patterns=["a"], stages=[float("inf")]), "LR_GROUP_STAGES must be finite"),  # lr 0
     ):
         with pytest.raises(ValueError, match=match):
             build_param_groups(_Toy(), base_lr=1.0, reduction_per_stage=20.0, **kwargs)
+    for base_lr, reduction, match in ((float("inf"), 20.0, "BASE_LR must be finite"),
+                                      (float("nan"), 20.0, "BASE_LR must be finite"),
+                                      (1.0, float("inf"), "LR_REDUCTION_PER_STAGE must be finite")):
+        with pytest.raises(ValueError, match=match):
+            build_param_groups(_Toy(), base_lr=base_lr, patterns=["a"], stages=[1], reduction_per_stage=reduction)

@@ -37,8 +37,9 @@ the ``FrozenBatchNorm2d`` of current Detectron2 keeps; for every BatchNorm whose
 were mapped and that has no counter, a counter 0 is added (it is never read by a frozen or an
 eval-mode BatchNorm) and the number added is printed (``--no-bn-counters`` skips this).
 
-Every other tensor must match one rule; anything unmapped, duplicated or missing is an error that
-lists the keys. The output is ``{"model": state_dict, "__author__": ..., "cops_constants": ...}``.
+Every other tensor must match one rule; anything unmapped or duplicated (and, with
+``--config-file``, anything the model lacks or expects) is an error that lists the keys, as is a
+file that is not a readable checkpoint or a tensor with NaN or inf. The output is ``{"model": state_dict, "__author__": ..., "cops_constants": ...}``.
 
 Usage::
 
@@ -112,13 +113,17 @@ def convert_state_dict(
     Raises:
         ConversionError: unmapped keys, missing calibration scalars, a calibration tensor that is
             not a finite ``[1]`` scalar, an edge calibration count that is odd or does not match
-            the number of per-distance classifiers, two keys mapped to one name, non-tensors.
+            the number of per-distance classifiers, two keys mapped to one name, non-tensors,
+            floating-point tensors with NaN or inf.
     """
     if not isinstance(theirs, dict) or not theirs:
         raise ConversionError("the checkpoint's model state dict is empty or not a dict")
     bad = [k for k, v in theirs.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"entries that are not tensors:{_fmt(bad)}")
+    bad = [k for k, v in theirs.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # a corrupt or diverged checkpoint: its network would output NaN
+        raise ConversionError(f"tensors that are not finite (NaN or inf):{_fmt(bad)}")
     ours: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     source: Dict[str, str] = {}
     seg: Dict[int, torch.Tensor] = {}
@@ -198,8 +203,14 @@ def load_their_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], List[str]
     """Read a Detectron2 checkpoint (``{"model": state_dict, ...}``) or a plain state dict.
 
     Returns ``(state_dict, other_keys)``; ``other_keys`` (optimizer, scheduler, iteration ...)
-    are not converted. Raises ``ConversionError`` if there is no state dict of tensors."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    are not converted. Raises ``ConversionError`` if the file cannot be read as a checkpoint or
+    holds no state dict of tensors."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: no such file") from None
+    except Exception as e:  # torch.load's errors of a corrupt / non-checkpoint file vary
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if isinstance(ckpt, dict) and "model" in ckpt:
         return ckpt["model"], [k for k in ckpt if k != "model"]
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

@@ -226,8 +226,9 @@ def check_args(args, cfg) -> None:
 
     Raises:
         ValueError: ``--num-gpus`` or ``--num-machines`` below 1, ``--machine-rank`` outside
-            ``[0, num_machines)``, ``--dist-url auto`` with several machines; for training,
-            ``SOLVER.IMS_PER_BATCH`` not divisible by the number of processes
+            ``[0, num_machines)``, ``--dist-url auto`` with several machines, a ``MODEL.DEVICE``
+            that is not a device; for training, ``SOLVER.IMS_PER_BATCH`` below 1 or not
+            divisible by the number of processes
             ``num_gpus * num_machines`` (each process takes ``IMS_PER_BATCH / processes``
             images per iteration); several processes with ``MODEL.DEVICE`` on CUDA but fewer
             GPUs than ``--num-gpus``, or on the CPU while CUDA is available (Detectron2's
@@ -253,6 +254,8 @@ def check_args(args, cfg) -> None:
             "address of machine 0, e.g. --dist-url tcp://HOST:PORT, on every machine"
         )
     batch = int(cfg.SOLVER.IMS_PER_BATCH)
+    if not args.eval_only and batch < 1:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH must be >= 1, got {batch}")
     if not args.eval_only and batch % world_size != 0:
         divisors = [d for d in range(1, batch + 1) if batch % d == 0]
         raise ValueError(
@@ -262,7 +265,10 @@ def check_args(args, cfg) -> None:
             f"number of processes in {divisors}, or set SOLVER.IMS_PER_BATCH to a multiple of "
             f"{world_size}."
         )
-    device = torch.device(cfg.MODEL.DEVICE)
+    try:
+        device = torch.device(cfg.MODEL.DEVICE)
+    except RuntimeError as e:
+        raise ValueError(f"MODEL.DEVICE {cfg.MODEL.DEVICE!r} is not a device (e.g. cpu, cuda, cuda:1): {e}") from None
     if world_size > 1 and device.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if args.num_gpus > available:
@@ -334,8 +340,14 @@ def invoke_main(argv=None, main_func=main) -> None:
     parser = argument_parser()
     args = parser.parse_args(argv)
     print("Command Line Args:", args)
+    if not args.config_file:
+        parser.error("--config-file is required (e.g. configs/sample/cops_R_18_pretrain.yaml)")
     try:
-        check_args(args, build_config(args))
+        cfg = build_config(args)
+    except (AssertionError, KeyError, ValueError, TypeError, FileNotFoundError) as e:  # yacs' errors
+        parser.error(f"the config ({args.config_file} with the overrides) cannot be read: {type(e).__name__}: {e}")
+    try:
+        check_args(args, cfg)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     launch(

@@ -11,6 +11,7 @@ structure and the output format follow Detectron2's ``projects/Panoptic-DeepLab`
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -32,7 +33,7 @@ from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import PanopticQualitySurrogate
 
 from .affinity_head import build_affinity_head
-from .post_processing import build_post_processor, cops_dataset_metadata
+from .post_processing import _is_positive_int, build_post_processor, cops_dataset_metadata
 
 __all__ = ["COPS", "freeze_parameters"]
 
@@ -307,6 +308,13 @@ class COPS(nn.Module):
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         distances = list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES)
         intervals = list(cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS)
+        if cops.SIZE_DIVISIBILITY < -1:
+            raise ValueError(
+                f"MODEL.COPS.SIZE_DIVISIBILITY must be -1 (the backbone's) or >= 0, got {cops.SIZE_DIVISIBILITY}"
+            )
+        for key in ("SURROGATE_STUFF_AREA_DIVISOR", "SURROGATE_INSTANCE_AREA_DIVISOR"):
+            if not 0 < cops[key] < math.inf:
+                raise ValueError(f"MODEL.COPS.{key} must be finite and > 0, got {cops[key]}")
         size_divisibility = (
             cops.SIZE_DIVISIBILITY if cops.SIZE_DIVISIBILITY >= 0 else backbone.size_divisibility
         )
@@ -370,7 +378,14 @@ class COPS(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
-        """Normalise and pad the images (``[C, H, W]`` each) into an ``ImageList``."""
+        """Normalise and pad the images (``[C, H, W]`` each; uint8 or another integer or float
+        dtype, read as ``pixel_mean``'s dtype) into an ``ImageList``.
+
+        Raises:
+            ValueError: not a non-empty list of dicts with an ``image``; an image that is not a
+                ``[C, H, W]`` tensor with ``C`` = the channels of ``MODEL.PIXEL_MEAN`` (or 1), is
+                empty, bool or complex, or (float) holds NaN or inf.
+        """
         if not isinstance(batched_inputs, (list, tuple)) or len(batched_inputs) == 0:
             raise ValueError("batched_inputs must be a non-empty list of dicts with an 'image'")
         channels = self.pixel_mean.shape[0]
@@ -387,7 +402,11 @@ class COPS(nn.Module):
                 )
             if img.shape[1] == 0 or img.shape[2] == 0:
                 raise ValueError(f"batched_inputs[{i}]['image'] is empty: shape {list(img.shape)}")
-            img = img.to(self.device)
+            if img.dtype == torch.bool or img.is_complex():
+                raise ValueError(f"batched_inputs[{i}]['image'] must have an integer or float dtype, got {img.dtype}")
+            if img.is_floating_point() and not bool(torch.isfinite(img).all()):
+                raise ValueError(f"batched_inputs[{i}]['image'] contains NaN or inf")
+            img = img.to(self.device, self.pixel_mean.dtype)
             if img.shape[0] == 1 and channels != 1:
                 img = img.expand(channels, -1, -1)
             images.append((img - self.pixel_mean) / self.pixel_std)
@@ -422,10 +441,15 @@ class COPS(nn.Module):
         if self.training:
             return self.losses(batched_inputs, sem_seg_logits, cut_logits)
 
-        output_sizes = [
-            (int(x.get("height", size[0])), int(x.get("width", size[1])))
-            for x, size in zip(batched_inputs, images.image_sizes)
-        ]
+        output_sizes = []
+        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            out = []
+            for key, default in (("height", size[0]), ("width", size[1])):
+                v = x.get(key, default)
+                if not _is_positive_int(v):
+                    raise ValueError(f"batched_inputs[{i}]['{key}'] must be a positive integer (the output size), got {v!r}")
+                out.append(int(v))
+            output_sizes.append(tuple(out))
         return self.post_processor(
             sem_seg_logits,
             cut_logits,

@@ -67,8 +67,9 @@ def cops_dataset_metadata(cfg) -> dict:
         ``thing_dataset_id_to_contiguous_id``), ``class_ids``, ``label_divisor`` (default 1000),
         ``ignore_label``, ``metadata``.
     Raises:
-        ValueError: no dataset named in the config, an unregistered or non-panoptic dataset, or a
-            class id ``>= MODEL.SEM_SEG_HEAD.NUM_CLASSES``.
+        ValueError: no dataset named in the config, an unregistered or non-panoptic dataset, or
+            ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` other than the dataset's class count (its largest
+            contiguous class id + 1).
     """
     names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
     if not names:
@@ -79,10 +80,13 @@ def cops_dataset_metadata(cfg) -> dict:
     info = dict(get_panoptic_metadata(names[0]))
     info["dataset_name"] = names[0]
     num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    if info["class_ids"] and max(info["class_ids"]) >= num_classes:
+    top = max(info["class_ids"]) if info["class_ids"] else -1
+    if top + 1 != num_classes:
+        # Larger: the head would predict classes the dataset does not have (an error only at
+        # evaluation, "unknown to dataset"); smaller: classes without a channel.
         raise ValueError(
-            f"dataset '{names[0]}' has contiguous class ids up to {max(info['class_ids'])}, but "
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}"
+            f"dataset '{names[0]}' has contiguous class ids 0..{top} ({top + 1} classes), but "
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}; set it to {top + 1}"
         )
     return info
 
@@ -94,7 +98,8 @@ def build_post_processor(cfg):
 
 
 def _is_positive_int(v) -> bool:
-    """Whether ``v`` is an integer > 0 (Python, NumPy or a 0-d integer tensor; not a bool)."""
+    """Whether ``v`` is an integer > 0 (Python, NumPy or a 0-d integer tensor; not a bool; also
+    used by the meta-architecture for the inputs' ``height`` / ``width``)."""
     if isinstance(v, (bool, np.bool_)):
         return False
     try:
