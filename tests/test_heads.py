@@ -668,3 +668,21 @@ def test_demo_input_expansion(tmp_path):
     assert demo.output_names(["p/x.jpg", "q/x.png", "y.jpg", "r/x.jpg"]) == [
         "x_panoptic.png", "x_1_panoptic.png", "y_panoptic.png", "x_2_panoptic.png"
     ]
+
+
+def test_demo_bad_arguments_exit_with_status_2(tmp_path):
+    """An --output that is a file, a config that cannot be read or names no dataset: exit status
+    2 with the reason logged, before a model is built (not a traceback, not status 1)."""
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    demo = load_demo()
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    blocker = tmp_path / "out.png"
+    blocker.write_bytes(b"")
+    yaml = str(REPO / "configs" / "sample" / "cops_R_18_pretrain.yaml")
+    assert demo.main(["--config-file", yaml, "--input", str(image), "--output", str(blocker)]) == 2
+    assert demo.main(["--config-file", yaml, "--input", str(image), "--output", str(tmp_path / "o"),
+                      "--opts", "MODEL.NO_SUCH_KEY", "1"]) == 2
+    assert demo.main(["--config-file", yaml, "--input", str(image), "--output", str(tmp_path / "o"),
+                      "--opts", "DATASETS.TEST", "()", "DATASETS.TRAIN", "()"]) == 2
+    assert not (tmp_path / "o").exists()

@@ -118,7 +118,9 @@ def setup_cfg(args):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the demo; returns the exit status (0 = every image written, 1 = some skipped)."""
+    """Run the demo; returns the exit status (0 = every image written, 1 = some skipped, 2 = bad
+    arguments: no input image, an --output that is not a folder, a config that cannot be read or
+    names no dataset)."""
     args = get_parser().parse_args(argv)
     from detectron2.utils.logger import setup_logger
 
@@ -128,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = expand_inputs(args.input)
     except ValueError as e:
         logger.error(str(e))
+        return 2
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        logger.error(f"--output {args.output!r} exists and is not a folder")
         return 2
 
     import numpy as np
@@ -141,10 +146,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import detectron2_cops  # noqa: F401  (importing registers the COPS components and datasets)
 
-    cfg = setup_cfg(args)
+    try:
+        cfg = setup_cfg(args)
+    except (AssertionError, KeyError, ValueError, TypeError, FileNotFoundError) as e:  # yacs' errors
+        logger.error(f"the config ({args.config_file} with the overrides) cannot be read: {type(e).__name__}: {e}")
+        return 2
     dataset_names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     if not dataset_names:
-        raise ValueError("the config names no dataset (DATASETS.TEST / TRAIN) to take metadata from")
+        logger.error("the config names no dataset (DATASETS.TEST / TRAIN) to take metadata from")
+        return 2
     metadata = MetadataCatalog.get(dataset_names[0])
     predictor = DefaultPredictor(cfg)
 
