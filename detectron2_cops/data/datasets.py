@@ -176,6 +176,35 @@ def _ensure_folder_metadata(name: str) -> None:
     meta.set(**_metadata_from_categories(categories, source))
 
 
+def _check_annotation(json_file: str, index: int, ann) -> None:
+    """ValueError naming ``json_file`` and the annotation when ``annotations[index]`` lacks a key
+    the loader reads (``image_id``, ``file_name``, a ``segments_info`` list of dicts with ``id``
+    and ``category_id``)."""
+    if not isinstance(ann, dict):
+        raise ValueError(
+            f"'{json_file}': annotations[{index}] must be a dict, got {type(ann).__name__}"
+        )
+    where = (
+        f"'{json_file}': annotations[{index}] (image_id {ann.get('image_id', '?')!r}, "
+        f"file_name {ann.get('file_name', '?')!r})"
+    )
+    missing = [k for k in ("image_id", "file_name", "segments_info") if k not in ann]
+    if missing:
+        raise ValueError(f"{where} has no {', '.join(repr(k) for k in missing)}")
+    if not isinstance(ann["file_name"], str):
+        raise ValueError(f"{where}: 'file_name' must be a string")
+    if not isinstance(ann["segments_info"], list):
+        raise ValueError(
+            f"{where}: 'segments_info' must be a list, got {type(ann['segments_info']).__name__}"
+        )
+    for k, seg in enumerate(ann["segments_info"]):
+        if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+            raise ValueError(
+                f"{where}: segments_info[{k}] must be a dict with 'id' and 'category_id', "
+                f"got {seg!r}"[:500]
+            )
+
+
 def load_coco_panoptic_folder(
     json_file: str, image_root: str, panoptic_root: str, metadata: dict
 ) -> List[dict]:
@@ -196,8 +225,11 @@ def load_coco_panoptic_folder(
         list of dataset dicts, one per annotation, in json order.
     Raises:
         FileNotFoundError: the json, a folder or the first image/PNG is missing (names the path).
-        ValueError: no annotations, or a segment whose ``category_id`` is not a category of the
-            dataset (names the json file, the image and the id).
+        ValueError: no annotations; an annotation that is not a dict or lacks ``image_id``,
+            ``file_name`` or a ``segments_info`` list, or a segment that is not a dict with
+            ``id`` and ``category_id`` (names the json file and the annotation); or a segment
+            whose ``category_id`` is not a category of the dataset (names the json file, the
+            image and the id).
     """
     for path, what in [(image_root, "image folder"), (panoptic_root, "panoptic PNG folder")]:
         if not PathManager.isdir(path):
@@ -209,8 +241,14 @@ def load_coco_panoptic_folder(
     annotations = data.get("annotations", [])
     if not annotations:
         raise ValueError(f"panoptic annotation file '{json_file}' has no annotations")
+    if not isinstance(annotations, list):
+        raise ValueError(
+            f"panoptic annotation file '{json_file}': 'annotations' must be a list, got "
+            f"{type(annotations).__name__}"
+        )
     ret = []
-    for ann in annotations:
+    for index, ann in enumerate(annotations):
+        _check_annotation(json_file, index, ann)
         image_id = ann["image_id"]
         info = images.get(image_id, {})
         image_name = info.get("file_name", os.path.splitext(ann["file_name"])[0] + ".jpg")

@@ -9,7 +9,13 @@ registers a subset as a dataset of its own, with its own ground-truth files:
   (and ``images``); ``panoptic_root`` stays the base one (PNGs are looked up by file name);
 * for Cityscapes datasets (metadata ``gt_dir``): ``<folder>/gt/<city>/`` with symbolic links
   to the chosen frames' ``*_gtFine_instanceIds.png`` (and ``_labelIds``), so that
-  :class:`~detectron2_cops.evaluation.CityscapesInstanceEvaluator` sees only those frames.
+  :class:`~detectron2_cops.evaluation.CityscapesInstanceEvaluator` sees only those frames, and
+  the marker file ``<folder>/gt/.cops_panoptic_subset`` that identifies the folder as this
+  module's output (only a marked ``gt`` folder is ever deleted, to be rewritten).
+
+Nothing is written before every argument has been checked; a ``folder`` that is, contains or
+lies inside the base dataset's image, panoptic or ground-truth folders or its json is refused,
+so the base dataset's files are never touched.
 
 The subset's metadata is the base's with ``panoptic_json`` / ``gt_dir`` replaced and
 ``subset_of`` added; its dicts are the base's dicts of the chosen images, in the base order.
@@ -20,12 +26,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import List, Sequence
+import tempfile
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
+
+#: Name of the file that marks ``<folder>/gt`` as written by :func:`register_panoptic_subset`.
+GT_MARKER = ".cops_panoptic_subset"
+
+#: name -> (base_name, sorted indices, real path of folder) of the subsets registered here.
+_SUBSETS: Dict[str, Tuple[str, Tuple[int, ...], str]] = {}
 
 
 def evenly_spaced(total: int, count: int) -> List[int]:
@@ -45,6 +60,107 @@ def evenly_spaced(total: int, count: int) -> List[int]:
     return [(i * total) // count for i in range(count)]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_indices(indices, base_name: str, total: int) -> List[int]:
+    try:
+        if isinstance(indices, (str, bytes)):
+            raise TypeError
+        indices = list(indices)
+    except TypeError:
+        raise ValueError(
+            f"indices must be a sequence of integer positions into '{base_name}', got "
+            f"{indices!r}"[:300]
+        ) from None
+    if not indices:
+        raise ValueError(f"indices must not be empty (positions into '{base_name}')")
+    bad = [i for i in indices if not _is_int(i)]
+    if bad:
+        raise ValueError(
+            f"indices must be integers (int or NumPy integer, not bool/float/str), got "
+            f"{bad[:5]!r} for '{base_name}'"
+        )
+    indices = [int(i) for i in indices]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"indices must be distinct, got repeated positions into '{base_name}'")
+    out = [i for i in indices if not 0 <= i < total]
+    if out:
+        raise ValueError(f"indices {out[:10]} out of range for {total} images of '{base_name}'")
+    return indices
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Real paths ``a`` and ``b`` are equal or one lies inside the other."""
+    a_dir, b_dir = a.rstrip(os.sep) + os.sep, b.rstrip(os.sep) + os.sep
+    return a == b or a.startswith(b_dir) or b.startswith(a_dir)
+
+
+def _check_folder(folder, base_name: str, name: str, meta) -> Tuple[str, str, str]:
+    """``(folder, json_path, gt_dir)`` if ``folder`` may receive the subset's files, else
+    ValueError."""
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
+        raise ValueError(f"folder must be a non-empty path, got {folder!r}")
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"folder '{folder}' of subset '{name}' exists and is not a directory")
+    json_path = os.path.join(folder, "panoptic.json")
+    gt_dir = os.path.join(folder, "gt")
+    if os.path.isdir(json_path):
+        raise ValueError(f"'{json_path}' (the json of subset '{name}') exists and is a directory")
+    targets = [(p, os.path.realpath(p)) for p in (folder, json_path, gt_dir)]
+    protected = (
+        "dataset_folder", "image_root", "panoptic_root", "panoptic_json", "gt_dir", "sem_seg_root"
+    )
+    for key in protected:
+        path = meta.get(key, None)
+        if not isinstance(path, str) or not path or "://" in path:
+            continue
+        real = os.path.realpath(path)
+        for target, real_target in targets:
+            if _overlaps(real_target, real):
+                what = f"folder '{folder}'" if target == folder else f"'{target}'"
+                raise ValueError(
+                    f"{what} of subset '{name}' is, contains or lies inside {key} '{path}' of "
+                    f"the base dataset '{base_name}' (real paths '{real_target}', '{real}'); "
+                    "writing there could overwrite the base dataset's files. Give a separate "
+                    "folder"
+                )
+    # the json of another registered dataset (e.g. another subset written to this folder)
+    real_json = targets[1][1]
+    for other in MetadataCatalog.list():
+        if other == name:
+            continue
+        other_json = MetadataCatalog.get(other).get("panoptic_json", None)
+        if isinstance(other_json, str) and other_json and "://" not in other_json:
+            if os.path.realpath(other_json) == real_json:
+                raise ValueError(
+                    f"folder '{folder}' of subset '{name}' holds '{other_json}', the panoptic "
+                    f"json of the registered dataset '{other}'; give another folder"
+                )
+    return folder, json_path, gt_dir
+
+
+def _check_gt_dir(gt_dir: str, name: str) -> bool:
+    """Whether ``gt_dir`` exists (then it must be a marked folder of an earlier subset)."""
+    if not os.path.lexists(gt_dir):
+        return False
+    if os.path.islink(gt_dir) or not os.path.isdir(gt_dir):
+        raise ValueError(
+            f"'{gt_dir}' (the Cityscapes ground-truth folder of subset '{name}') exists and is "
+            "not a folder written by register_panoptic_subset (a link or a file); remove it or "
+            "give another folder"
+        )
+    if not os.path.isfile(os.path.join(gt_dir, GT_MARKER)):
+        raise ValueError(
+            f"'{gt_dir}' (the Cityscapes ground-truth folder of subset '{name}') already exists "
+            f"and was not written by register_panoptic_subset (no '{GT_MARKER}' marker in it); "
+            "it is not deleted: remove it yourself or give another folder"
+        )
+    return True
+
+
 def register_panoptic_subset(
     base_name: str,
     name: str,
@@ -53,35 +169,62 @@ def register_panoptic_subset(
 ) -> str:
     """Register ``name``: the images ``indices`` (positions in ``DatasetCatalog.get(base_name)``)
     of the panoptic dataset ``base_name``, with ground-truth files written under ``folder``
-    (see the module docstring). Re-registering the same ``name`` replaces it.
+    (see the module docstring). Re-registering a ``name`` registered by this function replaces
+    it. Every check below happens before anything is written to disk.
 
     Args:
         base_name: a registered panoptic dataset with ``panoptic_json`` in its metadata.
-        name: the new dataset's name.
-        indices: distinct positions into the base dataset's dicts.
-        folder: where the subset's json (and Cityscapes ``gt`` links) are written; an existing
-            ``<folder>/gt`` (of an earlier subset) is replaced.
+        name: the new dataset's name: not ``base_name``, and not a dataset registered by
+            anything else than this function.
+        indices: distinct integer positions (``int`` or NumPy integers; not bools or floats)
+            into the base dataset's dicts.
+        folder: where the subset's json (and Cityscapes ``gt`` links) are written; it must not
+            be, contain or lie inside the base dataset's ``dataset_folder``, ``image_root``,
+            ``panoptic_root``, ``panoptic_json``, ``gt_dir`` or ``sem_seg_root`` (real paths,
+            links resolved), nor hold another registered dataset's ``panoptic_json``. An
+            existing ``<folder>/gt`` is replaced only if it holds the marker file written by
+            this function (an earlier subset's links); ``<folder>/panoptic.json`` is replaced.
     Returns:
         ``name``.
     Raises:
-        ValueError: ``base_name`` unregistered or without ``panoptic_json``; empty, repeated or
-            out-of-range ``indices``; a chosen image missing from the base json.
+        ValueError: ``base_name`` unregistered or without ``panoptic_json``; ``name`` empty,
+            equal to ``base_name``, registered by something else, or the base of another
+            subset registered here (unless the call repeats that subset's registration
+            exactly); empty, non-integer, repeated or out-of-range ``indices``; a ``folder``
+            as described above, an existing ``<folder>/gt`` without the marker (it is not
+            deleted) or a ``folder`` that is a file; a chosen image missing from the base json.
         FileNotFoundError: a Cityscapes ``*_gtFine_instanceIds.png`` of a chosen frame is missing.
     """
-    if base_name not in DatasetCatalog.list():
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not isinstance(base_name, str) or base_name not in DatasetCatalog.list():
         raise ValueError(f"dataset '{base_name}' is not registered")
+    if name == base_name:
+        raise ValueError(
+            f"the subset name '{name}' is the base dataset's name; registering it would replace "
+            "the base dataset"
+        )
     meta = MetadataCatalog.get(base_name)
     if not meta.get("panoptic_json"):
         raise ValueError(f"dataset '{base_name}' has no 'panoptic_json' in its metadata")
     records = DatasetCatalog.get(base_name)
-    indices = [int(i) for i in indices]
-    if not indices:
-        raise ValueError("indices must not be empty")
-    if len(set(indices)) != len(indices):
-        raise ValueError("indices must be distinct")
-    bad = [i for i in indices if not 0 <= i < len(records)]
-    if bad:
-        raise ValueError(f"indices {bad[:10]} out of range for {len(records)} images of '{base_name}'")
+    indices = _check_indices(indices, base_name, len(records))
+    folder, json_path, gt_dir = _check_folder(folder, base_name, name, meta)
+
+    spec = (base_name, tuple(sorted(indices)), os.path.realpath(folder))
+    registered = DatasetCatalog.list()
+    if name in registered:
+        if name not in _SUBSETS or MetadataCatalog.get(name).get("subset_of") != _SUBSETS[name][0]:
+            raise ValueError(
+                f"dataset '{name}' is already registered (not as a subset by "
+                "register_panoptic_subset); choose another name"
+            )
+        users = sorted(n for n, s in _SUBSETS.items() if s[0] == name and n in registered)
+        if users and _SUBSETS[name] != spec:
+            raise ValueError(
+                f"subset '{name}' is the base dataset of the subsets {users}; it cannot be "
+                "replaced by a different subset"
+            )
     chosen = [records[i] for i in sorted(indices)]
 
     with PathManager.open(meta.panoptic_json, "r") as f:
@@ -97,16 +240,10 @@ def register_panoptic_subset(
     gt["annotations"] = annotations
     if "images" in gt:
         gt["images"] = [im for im in gt["images"] if im.get("id") in ann_ids]
-    os.makedirs(folder, exist_ok=True)
-    json_path = os.path.join(folder, "panoptic.json")
-    with open(json_path, "w") as f:
-        json.dump(gt, f)
 
-    extra = {}
+    links = []  # (source, city, link name) of the Cityscapes ground truth
+    replace_gt = False
     if meta.get("gt_dir"):  # Cityscapes: instance AP reads every frame under gt_dir
-        gt_dir = os.path.join(folder, "gt")
-        if os.path.isdir(gt_dir):  # links of an earlier subset written to the same folder
-            shutil.rmtree(gt_dir)
         for r in chosen:
             stem = os.path.basename(r["file_name"])
             if stem.endswith("_leftImg8bit.png"):
@@ -114,17 +251,40 @@ def register_panoptic_subset(
             else:
                 stem = os.path.splitext(stem)[0]
             city = stem.split("_")[0]
-            os.makedirs(os.path.join(gt_dir, city), exist_ok=True)
             for suffix in ("_gtFine_instanceIds.png", "_gtFine_labelIds.png"):
                 src = os.path.join(meta.gt_dir, city, stem + suffix)
                 if not os.path.isfile(src):
                     if suffix == "_gtFine_instanceIds.png":
                         raise FileNotFoundError(f"Cityscapes ground truth '{src}' does not exist")
                     continue
-                dst = os.path.join(gt_dir, city, stem + suffix)
-                if os.path.lexists(dst):
-                    os.remove(dst)
-                os.symlink(os.path.abspath(src), dst)
+                links.append((src, city, stem + suffix))
+        replace_gt = _check_gt_dir(gt_dir, name)
+
+    # ---- every check passed: write
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".panoptic.", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(gt, f)
+        os.replace(tmp, json_path)  # replaces a link at json_path, never its target
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+    extra = {}
+    if meta.get("gt_dir"):
+        if replace_gt:  # links of an earlier subset written to the same folder (marked)
+            shutil.rmtree(gt_dir)
+        os.makedirs(gt_dir)
+        with open(os.path.join(gt_dir, GT_MARKER), "w") as f:
+            f.write(f"written by register_panoptic_subset('{base_name}', '{name}')\n")
+        for src, city, link in links:
+            os.makedirs(os.path.join(gt_dir, city), exist_ok=True)
+            dst = os.path.join(gt_dir, city, link)
+            if os.path.lexists(dst):
+                os.remove(dst)
+            os.symlink(os.path.abspath(src), dst)
         extra["gt_dir"] = gt_dir
 
     if name in DatasetCatalog.list():
@@ -143,4 +303,5 @@ def register_panoptic_subset(
     base_meta = {k: v for k, v in meta.as_dict().items() if k != "name"}
     base_meta.update(panoptic_json=json_path, subset_of=base_name, **extra)
     MetadataCatalog.get(name).set(**base_meta)
+    _SUBSETS[name] = spec
     return name

@@ -66,14 +66,38 @@ def grid_sample_coordinates(
     return rows, cols
 
 
+def _is_int(value) -> bool:
+    """A Python or NumPy integer (not a bool, float or string)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _int_ids(values: Iterable[int], what: str) -> frozenset:
+    """``values`` as a set of Python ints; ValueError naming ``what`` on a non-integer."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{what} must be an iterable of integer class ids, got {values!r}")
+    try:
+        items = list(values)
+    except TypeError:
+        raise ValueError(
+            f"{what} must be an iterable of integer class ids, got {type(values).__name__}"
+        ) from None
+    bad = [v for v in items if not _is_int(v)]
+    if bad:
+        raise ValueError(
+            f"{what} must be integer class ids (int or NumPy integer, not bool/float/str), got "
+            f"{bad[:5]!r}"
+        )
+    return frozenset(int(v) for v in items)
+
+
 class COPSTargetGenerator:
     """Semantic, panoptic and affinity training targets of COPS for one image.
 
     Args:
-        thing_ids: contiguous class ids of the *thing* (partitionable) classes.
-        class_ids: all contiguous class ids (things and stuff); a segment with another
-            ``category_id`` is an error. ``None``: any id in ``[0, label_divisor)`` other than
-            ``ignore_label``.
+        thing_ids: contiguous class ids of the *thing* (partitionable) classes (integers).
+        class_ids: all contiguous class ids (things and stuff; integers >= 0, not
+            ``ignore_label``); a segment with another ``category_id`` is an error. ``None``:
+            any id in ``[0, label_divisor)`` other than ``ignore_label``.
         ignore_label: semantic label of void pixels (Detectron2: 255).
         label_divisor: panoptic id = ``class * label_divisor + instance index``.
         edge_distances: edge distances ``d`` in pixels of the stride grid
@@ -109,7 +133,9 @@ class COPSTargetGenerator:
     (0 on void); an edge weighs ``max(w_u, w_v)`` if both ``w_u > 0`` and ``w_v > 0``, else 0.
 
     Raises:
-        ValueError: on invalid arguments (negative weights, non-positive stride, ...).
+        ValueError: on invalid arguments (negative weights, non-positive stride, ...); a
+            ``thing_ids``/``class_ids`` entry that is not an integer (bool, float, str), is
+            negative, or equals ``ignore_label``; a non-integer ``ignore_label``.
 
     ``__call__(panoptic, segments_info)`` returns a dict of tensors (``H, W``: image size;
     ``h, w = ceil(H/stride), ceil(W/stride)``: grid size; ``H_d, W_d``: map size of distance ``d``
@@ -168,14 +194,28 @@ class COPSTargetGenerator:
         ]:
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.thing_ids = frozenset(int(c) for c in thing_ids)
-        self.class_ids = None if class_ids is None else frozenset(int(c) for c in class_ids)
+        if not _is_int(ignore_label):
+            raise ValueError(f"ignore_label must be an integer, got {ignore_label!r}")
+        self.ignore_label = int(ignore_label)
+        self.thing_ids = _int_ids(thing_ids, "thing_ids")
+        self.class_ids = None if class_ids is None else _int_ids(class_ids, "class_ids")
+        for what, ids in [("thing_ids", self.thing_ids), ("class_ids", self.class_ids)]:
+            if ids is None:
+                continue
+            if self.ignore_label in ids:
+                raise ValueError(
+                    f"{what} contains ignore_label {self.ignore_label}: void pixels and that class "
+                    "could not be told apart"
+                )
+            if any(c < 0 for c in ids):
+                raise ValueError(
+                    f"{what} must be >= 0, got {sorted(c for c in ids if c < 0)[:5]}"
+                )
         if self.class_ids is not None and not self.thing_ids <= self.class_ids:
             raise ValueError(
                 f"thing_ids must be a subset of class_ids; not in class_ids: "
                 f"{sorted(self.thing_ids - self.class_ids)}"
             )
-        self.ignore_label = int(ignore_label)
         self.label_divisor = int(label_divisor)
         self.stride = int(stride)
         # GridGraph validates distances and intervals (raises ValueError on bad ones).
@@ -219,7 +259,22 @@ class COPSTargetGenerator:
                 raise ValueError(
                     f"segments_info[{k}] must be a dict with keys 'id' and 'category_id', got {seg!r}"
                 )
+            for key in ("id", "category_id"):
+                if not _is_int(seg[key]):
+                    raise ValueError(
+                        f"segments_info[{k}] (segment id {seg['id']!r}) has {key} {seg[key]!r} "
+                        f"of type {type(seg[key]).__name__}; expected an integer (int or NumPy "
+                        "integer, not bool/float/str)"
+                    )
             sid, cat = int(seg["id"]), int(seg["category_id"])
+            crowd = seg.get("iscrowd", 0)
+            if not (
+                isinstance(crowd, (bool, np.bool_)) or (_is_int(crowd) and int(crowd) in (0, 1))
+            ):
+                raise ValueError(
+                    f"segments_info[{k}] (segment id {sid}) has iscrowd {crowd!r} of type "
+                    f"{type(crowd).__name__}; expected 0 or 1 (or a bool)"
+                )
             if sid <= 0:
                 raise ValueError(
                     f"segments_info[{k}] has id {sid}; segment ids must be > 0 (0 is void)"
@@ -234,7 +289,7 @@ class COPSTargetGenerator:
                     "contiguous class id of the dataset"
                 )
             ids[k], classes[k] = sid, cat
-            is_crowd[k] = bool(seg.get("iscrowd", 0))
+            is_crowd[k] = bool(crowd)
         if len(np.unique(ids)) != n:
             uniq, counts = np.unique(ids, return_counts=True)
             raise ValueError(f"segments_info has duplicate segment ids {uniq[counts > 1].tolist()}")
@@ -260,11 +315,14 @@ class COPSTargetGenerator:
         Args:
             panoptic: ``[H, W]`` integer array of segment ids (dataset ids decoded from the
                 RGB PNG with :func:`~detectron2_cops.data.panoptic_utils.rgb2id`; 0 = void).
-            segments_info: Detectron2 dataset-dict format: dicts with ``id``, contiguous
-                ``category_id`` and ``iscrowd``.
+            segments_info: Detectron2 dataset-dict format: dicts with integer ``id`` and
+                contiguous ``category_id`` (Python or NumPy ints) and ``iscrowd`` (0/1 or a
+                bool; 0 when absent).
         Raises:
             ValueError: ``panoptic`` not a 2-D integer array; a segment without id/category, with
-                id <= 0, a duplicate id or an unknown ``category_id``; a non-zero id in
+                an ``id`` or ``category_id`` that is not an integer (bool, float, str), with
+                id <= 0, a duplicate id or an unknown ``category_id``; an ``iscrowd`` other than
+                0, 1 or a bool (e.g. ``"0"``, ``"false"``, ``0.5``); a non-zero id in
                 ``panoptic`` that is not in ``segments_info``.
         """
         panoptic = np.asarray(panoptic)
