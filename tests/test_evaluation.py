@@ -587,3 +587,260 @@ def test_cityscapes_instance_evaluator_missing_gt(tmp_path):
     ev.reset()
     with pytest.raises(ValueError, match="no ground truth"):
         ev.evaluate()
+
+
+# ----------------------------------------------------------------------------- bad input
+def _inputs(records, with_size=True):
+    keys = ("file_name", "image_id", "height", "width") if with_size else ("file_name", "image_id")
+    return [{k: r[k] for k in keys} for r in records]
+
+
+def _perfect_preds(sample):
+    name, info, records, gts = sample
+    return [gt_to_label_divisor(g, r["segments_info"], info["thing_ids"]) for g, r in zip(gts, records)]
+
+
+def _process_all(ev, inputs, preds, segments=None):
+    ev.reset()
+    for k, (inp, p) in enumerate(zip(inputs, preds)):
+        ev.process([inp], [{"panoptic_seg": (torch.from_numpy(p), None if segments is None else segments[k])}])
+
+
+@pytest.mark.parametrize("shape_of", ["1xW", "Hx1", "half", "transposed"])
+def test_panoptic_prediction_of_wrong_size_is_refused_in_process(sample, shape_of):
+    name, info, records, gts = sample
+    p = _perfect_preds(sample)[0]
+    bad = {"1xW": p[:1], "Hx1": p[:, :1], "half": p[::2, ::2], "transposed": p.T}[shape_of]
+    ev = PanopticEvaluator(name)
+    ev.reset()
+    with pytest.raises(ValueError, match=r"000000142238.*has shape .*expected the input's \[height, width\] = \[427, 640\]"):
+        ev.process(_inputs(records[:1]), [{"panoptic_seg": (torch.from_numpy(np.ascontiguousarray(bad)), None)}])
+
+
+def test_panoptic_prediction_of_wrong_size_without_input_size_is_refused_at_evaluate(sample):
+    name, info, records, gts = sample
+    preds = _perfect_preds(sample)
+    preds[1] = preds[1][:1]  # 1 x W: cityscapesscripts would broadcast it (PQ > 100)
+    ev = PanopticEvaluator(name)
+    _process_all(ev, _inputs(records, with_size=False), preds)
+    with pytest.raises(ValueError, match=r"image 439180.*size \(height, width\) \(1, 640\).*\(360, 640\)"):
+        ev.evaluate()
+
+
+def _segments_preds(sample):
+    """Perfect predictions as (id map, segments_info with contiguous ids and isthing)."""
+    name, info, records, gts = sample
+    maps, infos = [], []
+    for g, r in zip(gts, records):
+        ids = np.zeros(g.shape, np.int64)
+        segs = []
+        for k, s in enumerate(r["segments_info"]):
+            ids[g == s["id"]] = k + 1
+            segs.append({"id": k + 1, "category_id": s["category_id"], "isthing": s["isthing"]})
+        maps.append(ids)
+        infos.append(segs)
+    return maps, infos
+
+
+def test_panoptic_segments_info_is_checked(sample):
+    name, info, records, gts = sample
+    maps, infos = _segments_preds(sample)
+    inp = _inputs(records[:1])
+    ev = PanopticEvaluator(name)
+    ev.reset()
+
+    def process(segs, img=maps[0]):
+        ev.process(inp, [{"panoptic_seg": (torch.from_numpy(img), segs)}])
+
+    dup = [dict(s) for s in infos[0]]
+    dup[1]["id"] = dup[0]["id"]  # two segments with one id (gave PQ 0.0)
+    img = np.where(maps[0] == 2, 1, maps[0])
+    with pytest.raises(ValueError, match=r"000000142238.*ids must be unique, ids \[1\]"):
+        process(dup, img)
+    with pytest.raises(ValueError, match=r"ids \[99\] are not in the map"):
+        process(infos[0] + [{"id": 99, "category_id": 1, "isthing": True}])
+    with pytest.raises(ValueError, match=r"map values \[1\] are not in segments_info"):
+        process(infos[0][1:])
+    with pytest.raises(ValueError, match=r"segments_info\[0\]\['id'\] must be an int, got 1.0"):
+        process([dict(infos[0][0], id=1.0)] + infos[0][1:])
+    with pytest.raises(ValueError, match=r"must lie in \[1, 16777215\] \(0 is void\), got 0"):
+        process([dict(infos[0][0], id=0)] + infos[0][1:])
+    with pytest.raises(ValueError, match=r"segments_info\[0\] must be a dict"):
+        process(["not a dict"])
+    with pytest.raises(ValueError, match="is empty"):
+        ev.process(_inputs(records[:1], with_size=False),
+                   [{"panoptic_seg": (torch.zeros(0, 5, dtype=torch.int64), None)}])
+    assert ev._predictions == []  # nothing half-recorded
+
+    # NumPy integer ids (json could not write them before) are valid and score like ints
+    np_infos = [[dict(s, id=np.int64(s["id"]), category_id=np.int32(s["category_id"])) for s in i]
+                for i in infos]
+    _process_all(ev, _inputs(records), maps, np_infos)
+    res = ev.evaluate()["panoptic_seg"]
+    for k in PQ_KEYS:
+        assert res[k] == pytest.approx(100.0), k
+
+
+def test_panoptic_prediction_for_unknown_image_is_refused(sample):
+    name, info, records, gts = sample
+    preds = _perfect_preds(sample)
+    inputs = _inputs(records) + [dict(_inputs(records[:1])[0], image_id=123, file_name="other.jpg")]
+    ev = PanopticEvaluator(name)
+    _process_all(ev, inputs, preds + preds[:1])
+    with pytest.raises(ValueError, match=r"1 predictions are for images not in the ground truth.*\[123\]"):
+        ev.evaluate()
+
+
+def test_panoptic_images_with_the_same_basename_do_not_overwrite_each_other(sample, tmp_path):
+    name, info, records, gts = sample
+    preds = _perfect_preds(sample)
+    inputs = _inputs(records)
+    inputs[0]["file_name"] = "/data/a/frame.jpg"
+    inputs[1]["file_name"] = "/data/b/frame.jpg"
+    for order in ([0, 1], [1, 0]):
+        out = tmp_path / f"o{order[0]}"
+        ev = PanopticEvaluator(name, str(out))
+        _process_all(ev, [inputs[i] for i in order], [preds[i] for i in order])
+        res = ev.evaluate()["panoptic_seg"]
+        for k in PQ_KEYS:
+            assert res[k] == pytest.approx(100.0), (order, k)
+        names = {a["image_id"]: a["file_name"] for a in json.loads((out / "predictions.json").read_text())["annotations"]}
+        assert names == {142238: "frame_id142238.png", 439180: "frame_id439180.png"}
+
+
+def _sample_copy_without(tmp_path, drop_keys, set_values=None):
+    """The bundled sample, registered from a copy of its json whose segments lack drop_keys
+    (and get set_values)."""
+    name = _unique("cops_eval_noarea")
+    folder = tmp_path / name
+    folder.mkdir()
+    for sub in ("images", "panoptic", "panoptic_coco_categories.json"):
+        os.symlink(SAMPLE / sub, folder / sub)
+    gt = json.loads((SAMPLE / "panoptic.json").read_text())
+    for a in gt["annotations"]:
+        for s in a["segments_info"]:
+            for key in drop_keys:
+                s.pop(key, None)
+            s.update(set_values or {})
+    (folder / "panoptic.json").write_text(json.dumps(gt))
+    register_coco_panoptic_folder(name, str(tmp_path))
+    return name, folder
+
+
+def test_ground_truth_without_area_is_scored_from_the_png(sample, tmp_path):
+    name, info, records, gts = sample
+    preds = perturbed_predictions(sample, seed=3)
+    expected = run_evaluator(PanopticEvaluator(name), records, preds)["panoptic_seg"]
+    assert 20 < expected["PQ"] < 95
+    no_area, folder = _sample_copy_without(tmp_path, ["area"])
+    res = run_evaluator(PanopticEvaluator(no_area), records, preds)["panoptic_seg"]
+    assert res == expected  # the json's areas are the PNG's pixel counts: bit-for-bit the same
+    # pq_compute itself, on the json without areas (iscrowd missing too: counts as 0)
+    out = tmp_path / "out"
+    run_evaluator(PanopticEvaluator(name, str(out)), records, preds)
+    args = (str(SAMPLE / "panoptic.json"), str(out / "predictions.json"), str(SAMPLE / "panoptic"), str(out / "predictions"))
+    with_area = pq_compute(*args)
+    assert pq_compute(str(folder / "panoptic.json"), *args[1:]) == with_area
+    _, folder2 = _sample_copy_without(tmp_path, ["area", "iscrowd"])
+    _, folder3 = _sample_copy_without(tmp_path, [], {"iscrowd": 0})
+    no_crowd = pq_compute(str(folder2 / "panoptic.json"), *args[1:])
+    assert no_crowd == pq_compute(str(folder3 / "panoptic.json"), *args[1:])
+    assert no_crowd["All"]["pq"] != with_area["All"]["pq"]  # the sample has crowd segments
+
+
+def test_pq_compute_refuses_inconsistent_prediction_json(sample, tmp_path):
+    name, info, records, gts = sample
+    out = tmp_path / "out"
+    run_evaluator(PanopticEvaluator(name, str(out)), records, _perfect_preds(sample))
+    pred_json = json.loads((out / "predictions.json").read_text())
+
+    def run(modify):
+        pj = json.loads(json.dumps(pred_json))
+        modify(pj)
+        path = tmp_path / f"p_{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps(pj))
+        return pq_compute(str(SAMPLE / "panoptic.json"), str(path), str(SAMPLE / "panoptic"), str(out / "predictions"))
+
+    with pytest.raises(ValueError, match=r"more than one prediction for image ids \[142238\]"):
+        run(lambda pj: pj["annotations"].append(dict(pj["annotations"][0])))
+    with pytest.raises(ValueError, match=r"images not in the ground truth.*\[7\]"):
+        run(lambda pj: pj["annotations"].append(dict(pj["annotations"][0], image_id=7)))
+    with pytest.raises(ValueError, match=r"image 142238: segment ids \[\d+\] appear more than once"):
+        run(lambda pj: pj["annotations"][0]["segments_info"].append(dict(pj["annotations"][0]["segments_info"][0])))
+    with pytest.raises(ValueError, match=r"image 439180: segment \d+ has category_id 999"):
+        run(lambda pj: pj["annotations"][1]["segments_info"][0].update(category_id=999))
+    with pytest.raises(ValueError, match=r"image 142238.*size \(height, width\) \(360, 640\).*\(427, 640\)"):
+        run(lambda pj: pj["annotations"][0].update(file_name=pj["annotations"][1]["file_name"]))
+
+
+def test_cityscapes_instance_evaluator_refuses_bad_instances(cityscapes_like):
+    name, inst, boxes = cityscapes_like
+    record = DatasetCatalog.get(name)[0]
+    H, W = inst.shape
+    inp = {"file_name": record["file_name"], "image_id": record["image_id"], "height": H, "width": W}
+    ev = CityscapesInstanceEvaluator(name)
+    ev.reset()
+
+    def process(change, input=inp):
+        out = _cityscapes_outputs(inst, boxes)
+        change(out["instances"])
+        ev.process([input], [out])
+
+    def set_(key, value):
+        return lambda i: i.set(key, value)
+
+    masks = _cityscapes_outputs(inst, boxes)["instances"].pred_masks
+    with pytest.raises(ValueError, match=r"leftImg8bit.*pred_masks must have shape \[N, H, W\] = \[3, 96, 160\].*got \[3, 1, 160\]"):
+        process(set_("pred_masks", masks[:, :1]))  # was AP 50 instead of 100
+    with pytest.raises(ValueError, match=r"got \[3, 10, 10\]"):
+        process(set_("pred_masks", masks[:, :10, :10]))
+    with pytest.raises(ValueError, match="must be binary"):
+        process(set_("pred_masks", masks.float() * 0.7))
+    with pytest.raises(ValueError, match=r"pred_classes must lie in \[0, 19\).*got \[-1\]"):
+        process(set_("pred_classes", torch.tensor([13, -1, 11])))  # was thing_classes[-1]
+    with pytest.raises(ValueError, match=r"pred_classes must lie in \[0, 19\).*got \[99\]"):
+        process(set_("pred_classes", torch.tensor([13, 99, 11])))  # was a bare IndexError
+    with pytest.raises(ValueError, match="pred_classes must be an \\[N\\] integer tensor"):
+        process(set_("pred_classes", torch.tensor([13.0, 13.0, 11.0])))
+    with pytest.raises(ValueError, match=r"scores must be finite, not at indices \[1\]"):
+        process(set_("scores", torch.tensor([0.9, float("nan"), 0.5])))
+    # without height/width in the input: the Instances' image_size, and the ground truth at evaluate
+    no_size = {"file_name": inp["file_name"], "image_id": inp["image_id"]}
+    with pytest.raises(ValueError, match=r"image_size\), got \[3, 1, 160\]"):
+        process(set_("pred_masks", masks[:, :1]), no_size)
+    ev.reset()
+    out = _cityscapes_outputs(inst, boxes)
+    out["instances"] = Instances((1, W), pred_masks=masks[:, :1], pred_classes=out["instances"].pred_classes,
+                                 scores=out["instances"].scores)
+    ev.process([no_size], [out])
+    with pytest.raises(ValueError, match=r"has \(height, width\) \(1, 160\).*instanceIds.png' \(96, 160\)"):
+        ev.evaluate()
+    # 0/1 uint8 masks are valid and score like bool masks
+    ev.reset()
+    process(set_("pred_masks", masks.to(torch.uint8)))
+    assert ev.evaluate()["segm"]["AP"] == pytest.approx(100.0)
+
+
+def test_sem_seg_evaluator_refuses_bad_predictions(sample):
+    name, info, records, gts = sample
+    H, W = gts[0].shape
+    ev = PanopticSemSegEvaluator(name)
+    ev.reset()
+    inp = _inputs(records[:1])
+
+    def process(pred, input=inp):
+        ev.process(input, [{"sem_seg": pred}])
+
+    with pytest.raises(ValueError, match=r"'sem_seg'.*000000142238.*K = 133 classes.*got \[2, 427, 640\]"):
+        process(torch.zeros(2, H, W))  # was scored silently
+    with pytest.raises(ValueError, match="has NaN or infinite values"):
+        process(torch.tensor(float("nan")).expand(133, H, W))  # was class 0 everywhere
+    with pytest.raises(ValueError, match=r"spatial size \[H, W\] = \[1, 1\], the input \[427, 640\]"):
+        process(torch.zeros(133, 1, 1))  # was broadcast silently
+    with pytest.raises(ValueError, match=r"spatial size \[H, W\] = \[10, 12\], the ground truth .*\[427, 640\]"):
+        process(torch.zeros(133, 10, 12), _inputs(records[:1], with_size=False))
+    with pytest.raises(ValueError, match=r"must be a torch.Tensor \[K, H, W\], got numpy.ndarray"):
+        process(np.zeros((133, H, W), np.float32))
+    with pytest.raises(ValueError, match="not an image of dataset"):
+        process(torch.zeros(133, H, W), [{"file_name": "elsewhere.jpg"}])
+    assert ev._conf_matrix.sum() == 0  # nothing was counted

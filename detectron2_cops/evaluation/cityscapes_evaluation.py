@@ -59,6 +59,23 @@ def _numpy_compat(module):
         module.np = real
 
 
+def _check_mask_sizes(gt_file: str, pred_txt: str) -> None:
+    """Raise ValueError when a mask PNG listed in ``pred_txt`` differs in size from the
+    ground-truth PNG ``gt_file`` (cityscapesscripts would broadcast it or fail obscurely)."""
+    with Image.open(gt_file) as img:
+        gt_size = img.size
+    folder = os.path.dirname(pred_txt)
+    with open(pred_txt) as f:
+        names = [ln.split()[0] for ln in f if ln.strip()]
+    for name in names:
+        with Image.open(os.path.join(folder, name)) as img:
+            if img.size != gt_size:
+                raise ValueError(
+                    f"mask '{name}' of '{pred_txt}' has (height, width) "
+                    f"{img.size[::-1]}, its ground truth '{gt_file}' {gt_size[::-1]}"
+                )
+
+
 class CityscapesInstanceEvaluator(DatasetEvaluator):
     """Cityscapes instance AP (``{"segm": {"AP", "AP50"}}`` in percent) with cityscapesscripts.
 
@@ -67,9 +84,13 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
     ids of ``pred_classes`` (Cityscapes names, mapped to label ids with
     ``cityscapesscripts.helpers.labels.name2label``).
 
-    ``process`` takes ``outputs[i]["instances"]`` (``pred_classes [N] int64``,
-    ``scores [N] float``, ``pred_masks [N, H, W] bool`` at the original image size); an output
-    without ``instances`` writes an empty prediction file (Cityscapes needs one per image).
+    ``process`` takes ``inputs[i]`` (``file_name``, optional ``height``/``width``) and
+    ``outputs[i]["instances"]`` (an ``Instances`` with ``pred_classes [N]`` integer in
+    ``[0, len(thing_classes))``, ``scores [N]`` finite, ``pred_masks [N, H, W]`` bool (or 0/1
+    integer/float) tensors, at the original image size: ``(H, W)`` is the input's
+    ``(height, width)`` when given, else the ``Instances``' ``image_size``; ``evaluate`` also
+    checks the masks against the ground-truth PNG size); an output without ``instances``
+    writes an empty prediction file (Cityscapes needs one per image).
 
     Notes (as Detectron2's): does not work across several machines; contains a synchronisation
     and must be called on all ranks; only the main process evaluates.
@@ -77,8 +98,12 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
     Args:
         dataset_name: a registered Cityscapes dataset.
     Raises:
-        ValueError: (``process``) a class name that is not a Cityscapes label;
-            (``evaluate``) no ground-truth ``*_gtFine_instanceIds.png`` under ``gt_dir``.
+        ValueError: (``process``, naming the image) a class name that is not a Cityscapes
+            label; missing fields, a field that is not a tensor or whose length differs from
+            the number of instances; masks that are not ``[N, H, W]`` of the expected size or
+            not binary; classes that are not integers in ``[0, len(thing_classes))``;
+            non-finite scores. (``evaluate``) no ground-truth ``*_gtFine_instanceIds.png``
+            under ``gt_dir``; a mask PNG whose size differs from its ground truth.
         RuntimeError: (``evaluate``) cityscapesscripts rejects the files (e.g. no prediction
             file for a ground-truth image); carries its message.
     """
@@ -108,15 +133,75 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         """Folder of the prediction files of the current evaluation round."""
         return self._temp_dir
 
+    def _check_instances(self, instances, input: dict, context: str) -> None:
+        """Raise ValueError unless ``instances`` holds valid predictions for ``input``."""
+        n = len(instances)
+        if n == 0:
+            return
+        for key in ("pred_classes", "scores", "pred_masks"):
+            if not instances.has(key):
+                raise ValueError(f"{context}: instances have no '{key}'")
+            v = instances.get(key)
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(
+                    f"{context}: instances.{key} must be a torch.Tensor, got {type(v).__name__}"
+                )
+        classes, scores, masks = instances.pred_classes, instances.scores, instances.pred_masks
+        if "height" in input and "width" in input:
+            size, what = (int(input["height"]), int(input["width"])), "the input's (height, width)"
+        else:
+            size, what = tuple(int(x) for x in instances.image_size), "the instances' image_size"
+        if masks.dim() != 3 or tuple(masks.shape) != (n, *size):
+            raise ValueError(
+                f"{context}: instances.pred_masks must have shape [N, H, W] = {[n, *size]} "
+                f"(N instances, {what}), got {list(masks.shape)}"
+            )
+        if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+            raise ValueError(
+                f"{context}: instances.pred_masks must be binary (bool, or 0/1), got dtype "
+                f"{masks.dtype} with other values"
+            )
+        if classes.dim() != 1 or classes.dtype == torch.bool or classes.is_floating_point() \
+                or classes.is_complex():
+            raise ValueError(
+                f"{context}: instances.pred_classes must be an [N] integer tensor, got shape "
+                f"{list(classes.shape)} and dtype {classes.dtype}"
+            )
+        num = len(self._metadata.thing_classes)
+        bad = classes[(classes < 0) | (classes >= num)]
+        if bad.numel():
+            raise ValueError(
+                f"{context}: instances.pred_classes must lie in [0, {num}) (thing_classes of "
+                f"dataset '{self._dataset_name}'), got {bad[:10].tolist()}"
+            )
+        if scores.dim() != 1 or scores.dtype == torch.bool or scores.is_complex():
+            raise ValueError(
+                f"{context}: instances.scores must be an [N] real tensor, got shape "
+                f"{list(scores.shape)} and dtype {scores.dtype}"
+            )
+        if not bool(torch.isfinite(scores).all()):
+            bad = torch.nonzero(~torch.isfinite(scores)).flatten()[:10].tolist()
+            raise ValueError(f"{context}: instances.scores must be finite, not at indices {bad}")
+
     def process(self, inputs, outputs):
+        """Write one ``<image>_pred.txt`` and one mask PNG per instance (see the class
+        docstring).
+
+        Raises:
+            ValueError: invalid instances (see the class docstring); names the image.
+        """
         from cityscapesscripts.helpers.labels import name2label
 
         for input, output in zip(inputs, outputs):
+            if "file_name" not in input:
+                raise ValueError(f"an input has no 'file_name' (keys: {sorted(input)})")
+            context = f"image '{input['file_name']}'"
             basename = os.path.splitext(os.path.basename(input["file_name"]))[0]
             pred_txt = os.path.join(self._temp_dir, basename + "_pred.txt")
             lines = []
             if "instances" in output:
                 instances = output["instances"].to(self._cpu_device)
+                self._check_instances(instances, input, context)
                 for i in range(len(instances)):
                     pred_class = int(instances.pred_classes[i])
                     class_name = self._metadata.thing_classes[pred_class]
@@ -139,6 +224,10 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
 
         Returns:
             ``OrderedDict({"segm": {"AP": ..., "AP50": ...}})`` in percent (main process only).
+        Raises:
+            ValueError: no ground truth under ``gt_dir``; a mask PNG whose size differs from
+                its ground-truth PNG (names both files).
+            RuntimeError: cityscapesscripts rejects the files (carries its message).
         """
         comm.synchronize()
         if comm.get_rank() > 0:
@@ -170,6 +259,8 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         try:
             with contextlib.redirect_stdout(log), _numpy_compat(cityscapes_eval):
                 pred_list = [cityscapes_eval.getPrediction(gt, args) for gt in gt_list]
+                for gt, pred in zip(gt_list, pred_list):
+                    _check_mask_sizes(gt, pred)
                 cityscapes_eval.setInstanceLabels(args)
                 gt_instances = cityscapes_eval.getGtInstances(gt_list, args)
                 matches = cityscapes_eval.matchGtWithPreds(pred_list, gt_list, gt_instances, args)

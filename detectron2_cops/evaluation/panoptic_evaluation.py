@@ -22,7 +22,9 @@ import json
 import logging
 import math
 import multiprocessing
+import numbers
 import os
+import re
 import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional
@@ -54,6 +56,71 @@ def _pq_chunk(args):
         return pq_compute_single_core(proc_id, pairs, gt_folder, pred_folder, categories)
 
 
+def _check_known_images(gt_ids, pred_ids, pred_what: str, gt_what: str) -> None:
+    """Raise when predictions name images that are not in the ground truth."""
+    known = set(gt_ids)
+    unknown = [i for i in pred_ids if i not in known]
+    if unknown:
+        raise ValueError(
+            f"{pred_what}: {len(unknown)} predictions are for images not in the ground truth "
+            f"{gt_what}, e.g. image ids {unknown[:10]}"
+        )
+
+
+def _png_size(folder: str, file_name: str):
+    """(height, width) of a PNG, from its header."""
+    with Image.open(os.path.join(folder, file_name)) as img:
+        return img.size[1], img.size[0]
+
+
+def _check_pair(gt_ann, pred_ann, gt_json_file, gt_folder, pred_folder, categories) -> None:
+    """Validate one (ground truth, prediction) pair before cityscapesscripts sees it; fill in
+    the ground truth's missing ``area`` (pixel counts of the PNG) and ``iscrowd`` (0)."""
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import rgb2id as cs_rgb2id
+
+    image = f"image {gt_ann['image_id']!r}"
+    where = f"'{gt_json_file}', {image} ('{gt_ann['file_name']}')"
+    for k, seg in enumerate(gt_ann["segments_info"]):
+        if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+            raise ValueError(
+                f"{where}: ground-truth segments_info[{k}] must be a dict with 'id' and "
+                f"'category_id', got {seg!r}"[:500]
+            )
+    gt_size = _png_size(gt_folder, gt_ann["file_name"])
+    pred_size = _png_size(pred_folder, pred_ann["file_name"])
+    if pred_size != gt_size:
+        raise ValueError(
+            f"{image}: the prediction '{os.path.join(pred_folder, pred_ann['file_name'])}' has "
+            f"size (height, width) {pred_size}, the ground truth "
+            f"'{os.path.join(gt_folder, gt_ann['file_name'])}' {gt_size}"
+        )
+    ids = [s.get("id") for s in pred_ann["segments_info"]]
+    repeated = [i for i, n in collections.Counter(ids).items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"prediction of {image}: segment ids {repeated[:10]} appear more than once"
+        )
+    for seg in pred_ann["segments_info"]:
+        if seg.get("category_id") not in categories:
+            raise ValueError(
+                f"prediction of {image}: segment {seg.get('id')} has category_id "
+                f"{seg.get('category_id')!r}, not a category id of the ground truth "
+                f"(e.g. {sorted(categories)[:10]})"
+            )
+    if any("area" not in s for s in gt_ann["segments_info"]):
+        with Image.open(os.path.join(gt_folder, gt_ann["file_name"])) as img:
+            pan_gt = cs_rgb2id(np.array(img, dtype=np.uint32))
+        labels, counts = np.unique(pan_gt, return_counts=True)
+        area = dict(zip(labels.tolist(), counts.tolist()))
+        missing = [s["id"] for s in gt_ann["segments_info"] if "area" not in s]
+        logger.info(f"{where}: computing 'area' of segments {missing[:10]} from the PNG")
+        for s in gt_ann["segments_info"]:
+            if "area" not in s:
+                s["area"] = int(area.get(s["id"], 0))
+    for s in gt_ann["segments_info"]:
+        s.setdefault("iscrowd", 0)
+
+
 def pq_compute(
     gt_json_file: str,
     pred_json_file: str,
@@ -81,10 +148,19 @@ def pq_compute(
         ``{"All"|"Things"|"Stuff": {"pq", "sq", "rq" (fractions in [0, 1]), "n" (number of
         categories averaged)}, "per_class": {category_id: {"pq", "sq", "rq"}}}``; a group with no
         category (``n == 0``) has NaN scores.
+    Ground-truth segments without ``area`` get it computed from the ground-truth PNG (the pixel
+    count of their id, which is all cityscapesscripts uses it for); without ``iscrowd`` they
+    count as not crowd (``iscrowd=0``, as the dataset loaders read them).
+
     Raises:
-        ValueError: no categories, or ground-truth images without a prediction (names them).
+        ValueError: no categories; ground-truth images without a prediction, predictions for
+            images not in the ground truth, or an image predicted twice (names the image ids);
+            a ground-truth segment without ``id``/``category_id``; a prediction with duplicate
+            segment ids or a ``category_id`` not in ``categories``; a prediction PNG whose size
+            differs from the ground-truth PNG (names the image and both files and sizes).
+        FileNotFoundError: a ground-truth or prediction PNG is missing.
         KeyError: inconsistent prediction files (raised by cityscapesscripts: a segment id in a
-            PNG missing from the json or vice versa, or an unknown category id).
+            PNG missing from the json or vice versa).
     """
     from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import PQStat
 
@@ -97,6 +173,12 @@ def pq_compute(
     if not categories:
         raise ValueError(f"no categories: '{gt_json_file}' has none and none were given")
     categories = {c["id"]: c for c in categories}
+    pred_counts = collections.Counter(a["image_id"] for a in pred_json["annotations"])
+    repeated = [i for i, n in pred_counts.items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"'{pred_json_file}' has more than one prediction for image ids {repeated[:10]}"
+        )
     pred_by_image = {a["image_id"]: a for a in pred_json["annotations"]}
     missing = [a["image_id"] for a in gt_json["annotations"] if a["image_id"] not in pred_by_image]
     if missing:
@@ -104,7 +186,15 @@ def pq_compute(
             f"{len(missing)} ground-truth images of '{gt_json_file}' have no prediction in "
             f"'{pred_json_file}', e.g. image ids {missing[:10]}"
         )
+    _check_known_images(
+        [a["image_id"] for a in gt_json["annotations"]],
+        [a["image_id"] for a in pred_json["annotations"]],
+        f"'{pred_json_file}'",
+        f"'{gt_json_file}'",
+    )
     pairs = [(a, pred_by_image[a["image_id"]]) for a in gt_json["annotations"]]
+    for gt_ann, pred_ann in pairs:
+        _check_pair(gt_ann, pred_ann, gt_json_file, gt_folder, pred_folder, categories)
 
     num_processes = max(1, min(int(num_processes), len(pairs)))
     chunks = [pairs[i::num_processes] for i in range(num_processes)]
@@ -144,6 +234,26 @@ def print_panoptic_results(pq_res: Dict[str, dict]) -> str:
     return table
 
 
+def _unique_png_names(predictions: List[dict]) -> List[dict]:
+    """Rename the PNGs of images whose basenames coincide to ``<stem>_id<image_id>.png``."""
+    counts = collections.Counter(p["file_name"] for p in predictions)
+    if all(n == 1 for n in counts.values()):
+        return predictions
+    renamed = []
+    for p in predictions:
+        if counts[p["file_name"]] > 1:
+            tag = re.sub(r"[^A-Za-z0-9_.-]", "_", str(p["image_id"]))
+            p = dict(p, file_name=f"{os.path.splitext(p['file_name'])[0]}_id{tag}.png")
+        renamed.append(p)
+    clash = [n for n, c in collections.Counter(p["file_name"] for p in renamed).items() if c > 1]
+    if clash:
+        raise ValueError(
+            f"prediction PNG names {clash[:10]} are not unique even with the image id appended; "
+            "give the images distinct file names or image ids"
+        )
+    return renamed
+
+
 class PanopticEvaluator(DatasetEvaluator):
     """Evaluate PQ/SQ/RQ like Detectron2's ``COCOPanopticEvaluator``, with cityscapesscripts.
 
@@ -153,12 +263,16 @@ class PanopticEvaluator(DatasetEvaluator):
     folders. It contains a synchronisation and must be called from all workers; only the main
     process scores.
 
-    ``process`` takes ``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``:
+    ``process`` takes ``inputs[i]`` with ``file_name``, ``image_id`` and optionally ``height``,
+    ``width``, and ``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``:
 
-    * ``panoptic_img`` ``[H, W]`` integer tensor at the input image's original size;
-    * ``segments_info`` a list of dicts (``id``, ``category_id``, optional ``isthing``: the
-      contiguous id is mapped back to the dataset id when ``isthing`` is given, as in
-      Detectron2), with id 0 = void; or ``None``: then ``panoptic_img`` holds
+    * ``panoptic_img`` non-empty ``[H, W]`` integer tensor (or array) at the input image's
+      original size: ``(H, W) == (height, width)`` of the input when it has them, else the size
+      of the ground-truth PNG (checked by ``evaluate``);
+    * ``segments_info`` a list of dicts (``id``, ``category_id`` ints, optional ``isthing``:
+      the contiguous id is mapped back to the dataset id when ``isthing`` is given, as in
+      Detectron2), with id 0 = void: the ids are unique, in ``[1, 256**3 - 1]``, and exactly the
+      non-zero values of ``panoptic_img``; or ``None``: then ``panoptic_img`` holds
       ``class * label_divisor + instance`` with -1 = void (Panoptic-DeepLab / COPS convention),
       and segments are derived from its unique values.
 
@@ -166,7 +280,10 @@ class PanopticEvaluator(DatasetEvaluator):
     ``annotations``) and the PNGs: into ``output_dir`` (PNGs under
     ``output_dir/predictions/``) when given, else into a temporary directory; then returns
     ``OrderedDict({"panoptic_seg": {"PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st",
-    "SQ_st", "RQ_st"}})`` in percent.
+    "SQ_st", "RQ_st"}})`` in percent. PNGs are named after the basename of ``file_name`` (as
+    Detectron2 does); images whose basenames coincide get ``_id<image_id>`` appended instead.
+    Ground-truth segments without ``area`` get it from the ground-truth PNG (see
+    :func:`pq_compute`).
 
     Args:
         dataset_name: a registered panoptic dataset.
@@ -174,8 +291,13 @@ class PanopticEvaluator(DatasetEvaluator):
         num_processes: processes of the PQ computation (keyword only; default 1).
     Raises:
         ValueError: (constructor) not a panoptic dataset or no ``panoptic_json``/``panoptic_root``;
-            (``process``) a ``panoptic_seg`` that is not ``[H, W]`` integer, ids outside the
-            PNG range, or classes unknown to the dataset.
+            (``process``, naming the image) an input without ``file_name``/``image_id``, an
+            output without a ``(panoptic_img, segments_info)`` pair under ``panoptic_seg``, a
+            ``panoptic_img`` that is not a non-empty ``[H, W]`` integer map or not of the input's
+            ``(height, width)``, ids outside the PNG range, classes unknown to the dataset, or
+            a ``segments_info`` with non-dict entries, non-integer, duplicate or zero ids, or
+            ids that are not exactly the non-zero values of ``panoptic_img``; (``evaluate``)
+            see :meth:`evaluate`.
     """
 
     def __init__(
@@ -248,10 +370,75 @@ class PanopticEvaluator(DatasetEvaluator):
             segments_info.append({"id": label + 1, "category_id": pred_class, "isthing": isthing})
         return panoptic_img + 1, segments_info
 
+    @staticmethod
+    def _check_segments_info(segments_info, panoptic_img: np.ndarray, context: str) -> list:
+        """Validate a given ``segments_info`` against ``panoptic_img``; returns copies with
+        ``id``/``category_id`` as Python ints."""
+        if isinstance(segments_info, (str, bytes, dict)) or not hasattr(
+            segments_info, "__iter__"
+        ):
+            raise ValueError(
+                f"{context}: panoptic_seg[1] (segments_info) must be a list of dicts or None, "
+                f"got {type(segments_info).__name__}"
+            )
+        checked = []
+        for k, seg in enumerate(segments_info):
+            if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
+                raise ValueError(
+                    f"{context}: segments_info[{k}] must be a dict with 'id' and 'category_id', "
+                    f"got {seg!r}"[:500]
+                )
+            seg = dict(seg)
+            for key in ("id", "category_id"):
+                v = seg[key]
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise ValueError(
+                        f"{context}: segments_info[{k}]['{key}'] must be an int, got {v!r} "
+                        f"({type(v).__name__})"
+                    )
+                seg[key] = int(v)
+            if not 1 <= seg["id"] <= MAX_PANOPTIC_ID:
+                raise ValueError(
+                    f"{context}: segments_info[{k}]['id'] must lie in [1, {MAX_PANOPTIC_ID}] "
+                    f"(0 is void), got {seg['id']}"
+                )
+            checked.append(seg)
+        ids = [s["id"] for s in checked]
+        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+        if repeated:
+            raise ValueError(
+                f"{context}: segments_info ids must be unique, ids {repeated[:10]} appear more "
+                "than once"
+            )
+        in_img = set(np.unique(panoptic_img).tolist()) - {0}
+        not_in_img = sorted(set(ids) - in_img)
+        not_listed = sorted(in_img - set(ids))
+        if not_in_img or not_listed:
+            raise ValueError(
+                f"{context}: segments_info ids must be the non-zero values of panoptic_seg[0]: "
+                f"ids {not_in_img[:10]} are not in the map, map values {not_listed[:10]} are "
+                "not in segments_info"
+            )
+        return checked
+
     def process(self, inputs, outputs):
+        """Check and encode the ``panoptic_seg`` of each output (see the class docstring).
+
+        Raises:
+            ValueError: invalid input or output (see the class docstring); names the image.
+        """
         for input, output in zip(inputs, outputs):
             context = f"image '{input.get('file_name', input.get('image_id'))}'"
-            panoptic_img, segments_info = output["panoptic_seg"]
+            for key in ("file_name", "image_id"):
+                if key not in input:
+                    raise ValueError(f"{context}: the input has no '{key}' (keys: {sorted(input)})")
+            pan = output.get("panoptic_seg") if isinstance(output, dict) else None
+            if not isinstance(pan, (tuple, list)) or len(pan) != 2:
+                raise ValueError(
+                    f"{context}: outputs must hold 'panoptic_seg' = (panoptic_img, segments_info), "
+                    f"got {type(pan).__name__}"
+                )
+            panoptic_img, segments_info = pan
             panoptic_img = np.asarray(
                 panoptic_img.cpu().numpy() if hasattr(panoptic_img, "cpu") else panoptic_img
             )
@@ -260,11 +447,24 @@ class PanopticEvaluator(DatasetEvaluator):
                     f"{context}: panoptic_seg[0] must be an [H, W] integer tensor, got shape "
                     f"{list(panoptic_img.shape)} and dtype {panoptic_img.dtype}"
                 )
+            if panoptic_img.size == 0:
+                raise ValueError(
+                    f"{context}: panoptic_seg[0] is empty (shape {list(panoptic_img.shape)})"
+                )
+            if "height" in input and "width" in input:
+                expected = (int(input["height"]), int(input["width"]))
+                if panoptic_img.shape != expected:
+                    raise ValueError(
+                        f"{context}: panoptic_seg[0] has shape {list(panoptic_img.shape)}, "
+                        f"expected the input's [height, width] = {list(expected)}"
+                    )
             panoptic_img = panoptic_img.astype(np.int64)
             if segments_info is None:
                 panoptic_img, segments_info = self._segments_from_label_divisor(
                     panoptic_img, context
                 )
+            else:
+                segments_info = self._check_segments_info(segments_info, panoptic_img, context)
             if panoptic_img.size and (
                 panoptic_img.min() < 0 or panoptic_img.max() > MAX_PANOPTIC_ID
             ):
@@ -293,7 +493,10 @@ class PanopticEvaluator(DatasetEvaluator):
         Raises:
             ValueError: (rank 0) an image predicted more than once over all processes (an
                 inference sampler that does not split the images into disjoint shards, e.g. a
-                training sampler, would count it twice).
+                training sampler, would count it twice); predictions for image ids that are not
+                in the ground-truth json, or ground-truth images without a prediction (names
+                the ids); a prediction whose size differs from its ground-truth PNG, or the
+                other errors of :func:`pq_compute` (names the image).
         """
         comm.synchronize()
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
@@ -320,6 +523,14 @@ class PanopticEvaluator(DatasetEvaluator):
         if not categories and self._metadata.get("categories_file"):
             with open(self._metadata.categories_file, "r") as f:
                 categories = json.load(f)
+
+        _check_known_images(
+            [a["image_id"] for a in json_data.get("annotations", [])],
+            [p["image_id"] for p in predictions],
+            f"dataset '{self._dataset_name}'",
+            f"'{gt_json}'",
+        )
+        predictions = _unique_png_names(predictions)
 
         with contextlib.ExitStack() as stack:
             if self._output_dir is not None:

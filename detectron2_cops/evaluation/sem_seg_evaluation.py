@@ -60,9 +60,12 @@ OUTPUT_KEY_DESCRIPTIONS = {
 class PanopticSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` with the ground truth taken from the panoptic PNGs.
 
-    ``process`` takes ``outputs[i][output_key]`` ``[K, H, W]`` scores (any dtype ``argmax``
-    supports) at the original image size, with ``K = len(stuff_classes)`` (Detectron2's
-    panoptic metadata lists all classes there). ``evaluate`` returns Detectron2's
+    ``process`` takes ``inputs[i]`` (``file_name`` of a dataset image, optional
+    ``height``/``width``) and ``outputs[i][output_key]``: a ``[K, H, W]`` ``torch.Tensor`` of
+    finite scores (real dtype; bool is read as 0/1) at the original image size, with
+    ``K = len(stuff_classes)`` (Detectron2's panoptic metadata lists all classes there) and
+    ``(H, W)`` the input's ``(height, width)`` when given and always the ground-truth PNG's
+    size. ``evaluate`` returns Detectron2's
     ``{output_key: {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent: the
     result key names the output that was scored. COPS models output ``"sem_seg"`` (one-hot
     AMWC node labels, what the paper's mIoU measures) and ``"sem_seg_head"`` (the semantic
@@ -77,7 +80,10 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         output_key: the model output to score (default ``"sem_seg"``).
     Raises:
         ValueError: not a panoptic dataset, or dataset dicts without ``pan_seg_file_name``;
-            (``process``) an output without ``output_key``.
+            (``process``, naming the image and ``output_key``) an output without
+            ``output_key``, an input whose ``file_name`` is not in the dataset, a prediction
+            that is not a ``torch.Tensor``, not ``[K, H, W]`` with ``K = len(stuff_classes)``,
+            not of the expected size, of a complex dtype, or with NaN/inf values.
     """
 
     def __init__(
@@ -136,7 +142,50 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         """The model output this evaluator scores (also its result key)."""
         return self._output_key
 
+    def _check_prediction(self, input: dict, pred) -> torch.Tensor:
+        """Raise ValueError unless ``pred`` is valid ``[K, H, W]`` scores for ``input``."""
+        context = f"outputs['{self._output_key}'] of image '{input.get('file_name')}'"
+        if input.get("file_name") not in self.input_file_to_gt_file:
+            raise ValueError(
+                f"{context}: file_name is not an image of dataset '{self._dataset_name}'"
+            )
+        if not isinstance(pred, torch.Tensor):
+            raise ValueError(
+                f"{context} must be a torch.Tensor [K, H, W], got {type(pred).__module__}."
+                f"{type(pred).__name__}"
+            )
+        if pred.dim() != 3 or pred.shape[0] != self._num_classes:
+            raise ValueError(
+                f"{context} must have shape [K, H, W] with K = {self._num_classes} classes "
+                f"(stuff_classes of dataset '{self._dataset_name}'), got {list(pred.shape)}"
+            )
+        if pred.is_complex():
+            raise ValueError(f"{context} must have a real dtype, got {pred.dtype}")
+        if pred.dtype == torch.bool:
+            pred = pred.to(torch.uint8)
+        if pred.is_floating_point() and not bool(torch.isfinite(pred).all()):
+            raise ValueError(f"{context} has NaN or infinite values")
+        gt_file = self.input_file_to_gt_file[input["file_name"]]
+        with PathManager.open(gt_file, "rb") as f:
+            with Image.open(f) as img:
+                gt_size = (img.size[1], img.size[0])
+        sizes = [(gt_size, f"the ground truth '{gt_file}'")]
+        if "height" in input and "width" in input:
+            sizes.insert(0, ((int(input["height"]), int(input["width"])), "the input"))
+        for size, what in sizes:
+            if tuple(pred.shape[1:]) != size:
+                raise ValueError(
+                    f"{context} has spatial size [H, W] = {list(pred.shape[1:])}, {what} "
+                    f"{list(size)}"
+                )
+        return pred
+
     def process(self, inputs, outputs):
+        """Accumulate the confusion matrix (Detectron2's ``SemSegEvaluator.process``).
+
+        Raises:
+            ValueError: invalid prediction (see the class docstring); names the image.
+        """
         selected = []
         for input, output in zip(inputs, outputs):
             if self._output_key not in output:
@@ -144,7 +193,7 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
                     f"output of '{input.get('file_name')}' has no '{self._output_key}' "
                     f"(keys: {sorted(output)})"
                 )
-            selected.append({"sem_seg": output[self._output_key]})
+            selected.append({"sem_seg": self._check_prediction(input, output[self._output_key])})
         super().process(inputs, selected)
 
     def evaluate(self):
