@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -19,9 +18,7 @@ import torch
 
 from detectron2_cops.data.target_generator import COPSTargetGenerator
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
-SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
+from test_data import SAMPLE, _copy_sample  # noqa: E402  (the sample copy shared with test_data)
 
 
 def _unique(prefix="cops_bad"):
@@ -169,20 +166,6 @@ def d2():
     return DatasetCatalog, MetadataCatalog, cops_datasets, subsets
 
 
-def _copy_sample(tmp_path, name, edit=None):
-    """Copy of the sample at tmp_path/name (writable); ``edit(data)`` may change its json."""
-    folder = tmp_path / name
-    shutil.copytree(SAMPLE, folder)
-    for p in folder.rglob("*"):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    os.chmod(folder, 0o755)
-    if edit is not None:
-        data = json.loads((folder / "panoptic.json").read_text())
-        edit(data)
-        (folder / "panoptic.json").write_text(json.dumps(data))
-    return folder
-
-
 @pytest.fixture
 def coco_base(d2, tmp_path):
     """A registered copy of the sample: (name, folder)."""
@@ -206,7 +189,7 @@ def coco_base(d2, tmp_path):
 def test_loader_malformed_annotation_names_json_and_image(d2, tmp_path, edit, match):
     DatasetCatalog, _, cops_datasets, _ = d2
     name = _unique()
-    folder = _copy_sample(tmp_path, name, lambda data: edit(data["annotations"][1]))
+    folder = _copy_sample(tmp_path, name, lambda _, data: edit(data["annotations"][1]))
     cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
     with pytest.raises(ValueError, match=match) as e:
         DatasetCatalog.get(name)
@@ -217,7 +200,7 @@ def test_loader_malformed_annotation_names_json_and_image(d2, tmp_path, edit, ma
 def test_loader_annotation_not_a_dict(d2, tmp_path):
     DatasetCatalog, _, cops_datasets, _ = d2
     name = _unique()
-    folder = _copy_sample(tmp_path, name, lambda data: data["annotations"].append([1, 2]))
+    folder = _copy_sample(tmp_path, name, lambda _, data: data["annotations"].append([1, 2]))
     cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
     with pytest.raises(ValueError, match=r"annotations\[2\] must be a dict") as e:
         DatasetCatalog.get(name)

@@ -29,10 +29,10 @@ import shutil
 import tempfile
 from typing import Dict, List, Sequence, Tuple
 
-import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
+
+from .target_generator import _is_int
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
 
@@ -58,10 +58,6 @@ def evenly_spaced(total: int, count: int) -> List[int]:
     if count >= total:
         return list(range(total))
     return [(i * total) // count for i in range(count)]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_indices(indices, base_name: str, total: int) -> List[int]:
