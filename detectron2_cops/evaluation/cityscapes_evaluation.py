@@ -32,6 +32,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from .panoptic_evaluation import png_size
+
 __all__ = ["CityscapesInstanceEvaluator"]
 
 
@@ -62,18 +64,17 @@ def _numpy_compat(module):
 def _check_mask_sizes(gt_file: str, pred_txt: str) -> None:
     """Raise ValueError when a mask PNG listed in ``pred_txt`` differs in size from the
     ground-truth PNG ``gt_file`` (cityscapesscripts would broadcast it or fail obscurely)."""
-    with Image.open(gt_file) as img:
-        gt_size = img.size
+    gt_size = png_size(gt_file)
     folder = os.path.dirname(pred_txt)
     with open(pred_txt) as f:
         names = [ln.split()[0] for ln in f if ln.strip()]
     for name in names:
-        with Image.open(os.path.join(folder, name)) as img:
-            if img.size != gt_size:
-                raise ValueError(
-                    f"mask '{name}' of '{pred_txt}' has (height, width) "
-                    f"{img.size[::-1]}, its ground truth '{gt_file}' {gt_size[::-1]}"
-                )
+        size = png_size(os.path.join(folder, name))
+        if size != gt_size:
+            raise ValueError(
+                f"mask '{name}' of '{pred_txt}' has (height, width) {size}, its ground truth "
+                f"'{gt_file}' {gt_size}"
+            )
 
 
 class CityscapesInstanceEvaluator(DatasetEvaluator):

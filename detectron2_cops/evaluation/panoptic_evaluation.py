@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -67,9 +67,10 @@ def _check_known_images(gt_ids, pred_ids, pred_what: str, gt_what: str) -> None:
         )
 
 
-def _png_size(folder: str, file_name: str):
-    """(height, width) of a PNG, from its header."""
-    with Image.open(os.path.join(folder, file_name)) as img:
+def png_size(path: str) -> Tuple[int, int]:
+    """``(height, width)`` of the image file at ``path`` (any ``PathManager`` path), read from
+    its header (the evaluators compare predictions with ground-truth PNGs by it)."""
+    with PathManager.open(path, "rb") as f, Image.open(f) as img:
         return img.size[1], img.size[0]
 
 
@@ -86,8 +87,8 @@ def _check_pair(gt_ann, pred_ann, gt_json_file, gt_folder, pred_folder, categori
                 f"{where}: ground-truth segments_info[{k}] must be a dict with 'id' and "
                 f"'category_id', got {seg!r}"[:500]
             )
-    gt_size = _png_size(gt_folder, gt_ann["file_name"])
-    pred_size = _png_size(pred_folder, pred_ann["file_name"])
+    gt_size = png_size(os.path.join(gt_folder, gt_ann["file_name"]))
+    pred_size = png_size(os.path.join(pred_folder, pred_ann["file_name"]))
     if pred_size != gt_size:
         raise ValueError(
             f"{image}: the prediction '{os.path.join(pred_folder, pred_ann['file_name'])}' has "

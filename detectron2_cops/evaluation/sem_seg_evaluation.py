@@ -27,6 +27,8 @@ from detectron2.utils.file_io import PathManager
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.data.panoptic_utils import rgb2id
 
+from .panoptic_evaluation import png_size
+
 __all__ = ["PanopticSemSegEvaluator", "panoptic_to_semantic", "OUTPUT_KEY_DESCRIPTIONS"]
 
 
@@ -166,10 +168,7 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         if pred.is_floating_point() and not bool(torch.isfinite(pred).all()):
             raise ValueError(f"{context} has NaN or infinite values")
         gt_file = self.input_file_to_gt_file[input["file_name"]]
-        with PathManager.open(gt_file, "rb") as f:
-            with Image.open(f) as img:
-                gt_size = (img.size[1], img.size[0])
-        sizes = [(gt_size, f"the ground truth '{gt_file}'")]
+        sizes = [(png_size(gt_file), f"the ground truth '{gt_file}'")]
         if "height" in input and "width" in input:
             sizes.insert(0, ((int(input["height"]), int(input["width"])), "the input"))
         for size, what in sizes:
