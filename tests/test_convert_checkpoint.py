@@ -2,7 +2,7 @@
 
 ``tests/data/cops_original_parameters.json`` lists every tensor of the authors' COPS network
 (Cityscapes and COCO) in the layout of their released checkpoints, read from their model by
-``tools/check_cops_parity.py --write-fixture`` (which also shows numerical parity; it needs
+``dev/check_cops_parity.py --write-fixture`` (which also shows numerical parity; it needs
 their code and is not run here). A synthetic checkpoint with exactly those names and shapes must
 convert into a state dict that loads strictly into the model our paper configs build.
 """

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds lpmp_gaec_driver: LPMP's asymmetric multiway cut GAEC (the solver the original COPS code
 # calls) from an unmodified LPMP checkout, for side-by-side runs with
-# `tools/benchmark_solver.py --lpmp <driver>`. Nothing of LPMP is part of this repository.
+# `tools/benchmark.py solver --lpmp <driver>`. Nothing of LPMP is part of this repository.
 #
 #   git clone https://github.com/LPMP/LPMP && git -C LPMP checkout 6ec78c5   # commit COPS pins
 #   git clone https://github.com/Tessil/robin-map                           # LPMP's submodule
-#   tools/lpmp_gaec/build.sh LPMP robin-map /tmp/lpmp_gaec_driver
+#   dev/lpmp_gaec/build.sh LPMP robin-map /tmp/lpmp_gaec_driver
 #
 # Flags as COPS's install built LPMP (CMake Release: -O3 -DNDEBUG; LPMP adds -march=native).
 # shim/multicut/multicut_instance.h replaces LPMP's multicut_instance (same edge storage) so that

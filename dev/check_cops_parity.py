@@ -30,7 +30,7 @@ For each dataset (Cityscapes, COCO) it
 
 Usage (from the repository root)::
 
-    PYTHONPATH=$PWD python tools/check_cops_parity.py --cops-code /path/to/COPS/affinityNet \\
+    PYTHONPATH=$PWD python dev/check_cops_parity.py --cops-code /path/to/COPS/affinityNet \\
         --image datasets/coco_panoptic_sample/images/000000142238.jpg
 """
 from __future__ import annotations
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
         header = (
             "Parameter names and shapes of the authors' COPS network (github aabbas90/COPS, affinityNet, "
             "commit de324db) in the layout of their released checkpoints (FrozenBatchNorm2d, no "
-            "num_batches_tracked), read from their model built by tools/check_cops_parity.py --write-fixture."
+            "num_batches_tracked), read from their model built by dev/check_cops_parity.py --write-fixture."
         )
         Path(args.write_fixture).write_text(format_fixture(header, fixture))
         print(f"wrote {args.write_fixture}")

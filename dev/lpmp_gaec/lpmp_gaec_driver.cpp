@@ -1,6 +1,6 @@
 // Side-by-side driver: LPMP's asymmetric_multiway_cut_gaec (LPMP commit 6ec78c5, the solver the
 // original COPS code calls through lpmp_mc.raw_solvers.amwc_solver), unmodified, on one instance.
-// Build with build.sh (beside this file); used by tools/benchmark_solver.py --lpmp.
+// Build with build.sh (beside this file); used by tools/benchmark.py solver --lpmp.
 //
 //   lpmp_gaec_driver FILE [REPEATS]
 //
