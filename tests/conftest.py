@@ -11,3 +11,79 @@ SAMPLE = REPO / "datasets" / "coco_panoptic_sample"
 # --- data: copies of the bundled sample (test_data*, test_evaluation) ---
 
 # --- modeling: a tiny config and synthetic dataset (test_meta_arch, test_optimizer) ---
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Synthetic dataset: contiguous classes 0, 1 are things, 2, 3, 4 stuff.
+NUM_CLASSES = 5
+THING_IDS = [0, 1]
+DISTANCES = [1, 2, 4]
+INTERVALS = [1, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def synth_dataset():
+    """A registered panoptic dataset name with the synthetic class layout (no images needed)."""
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    name = f"cops_test_synth_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(
+        thing_dataset_id_to_contiguous_id={10: 0, 11: 1},
+        stuff_dataset_id_to_contiguous_id={20: 2, 21: 3, 22: 4},
+        thing_classes=["a", "b", "c", "d", "e"],
+        stuff_classes=["a", "b", "c", "d", "e"],
+        label_divisor=1000,
+        ignore_label=255,
+    )
+    return name
+
+
+def tiny_cfg(dataset: str, fully_differentiable: bool = False):
+    """A COPS config of a CPU-sized model (ResNet-18, 16-channel decoders) for ``dataset``."""
+    from detectron2.config import get_cfg
+
+    from detectron2_cops.config import add_cops_config
+
+    cfg = get_cfg()
+    add_cops_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "COPS"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.RES5_DILATION = 1
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res5"]
+    for head in (cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.AFFINITY_HEAD):
+        head.IN_FEATURES = ["res2", "res3", "res5"]
+        head.PROJECT_FEATURES = ["res2", "res3"]
+        head.PROJECT_CHANNELS = [8, 8]
+        head.ASPP_CHANNELS = 16
+        head.ASPP_DILATIONS = [1, 2, 3]
+        head.ASPP_DROPOUT = 0.0
+        head.CONVS_DIM = 16
+        head.HEAD_CHANNELS = 16
+        head.NORM = "BN"
+        head.COMMON_STRIDE = 4
+        head.USE_DEPTHWISE_SEPARABLE_CONV = False
+    cfg.MODEL.SEM_SEG_HEAD.NAME = "COPSSemSegHead"
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.5
+    cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = DISTANCES
+    cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS = INTERVALS
+    cfg.MODEL.COPS.STUFF_AREA = 64
+    cfg.MODEL.COPS.INSTANCE_AREA = 16
+    cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 2
+    cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = fully_differentiable
+    if fully_differentiable:
+        cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 0.0
+        cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.0
+        cfg.MODEL.COPS.PIXEL_DROPOUT = 0.1
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.DATASETS.TEST = (dataset,)
+    return cfg

@@ -60,7 +60,7 @@ from detectron2_cops.config import add_cops_config
 from detectron2_cops.data import COPSDatasetMapper
 from detectron2_cops.data.datasets import check_dataset_files
 from detectron2_cops.evaluation import build_cops_evaluator
-from detectron2_cops.solver_utils import build_optimizer as build_cops_optimizer
+from detectron2_cops.optimizer import build_optimizer as build_cops_optimizer
 
 logger = logging.getLogger("detectron2_cops.train_net")
 
@@ -189,7 +189,7 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         """Adam or SGD from ``cfg.SOLVER.OPTIMIZER``; in the fully differentiable stage with the
         authors' per-part learning rates (``SOLVER.LR_GROUP_PATTERNS``, logged one line per
-        group). See :func:`detectron2_cops.solver_utils.build_optimizer`."""
+        group). See :func:`detectron2_cops.optimizer.build_optimizer`."""
         return build_cops_optimizer(cfg, model)
 
     @classmethod

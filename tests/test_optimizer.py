@@ -1,5 +1,6 @@
-"""Tests of the stage-2 per-part learning rates (detectron2_cops.solver_utils; issue 7 point 2):
-the authors' LEARNING_RATE_REDUCTION_PER_STAGE groups on a built model."""
+"""Tests of the optimizer (detectron2_cops.optimizer): the authors' stage-2 per-part learning
+rates (LEARNING_RATE_REDUCTION_PER_STAGE groups) on a built model, and Detectron2's default
+groups otherwise."""
 from __future__ import annotations
 
 import logging
@@ -13,21 +14,21 @@ from torch import nn  # noqa: E402
 
 from detectron2.modeling import build_model  # noqa: E402
 
-from detectron2_cops.solver_utils import build_optimizer, build_param_groups, match_pattern  # noqa: E402
+from detectron2_cops.optimizer import build_optimizer, build_param_groups, match_pattern  # noqa: E402
 
-from test_meta_arch import synth_dataset, tiny_cfg  # noqa: E402,F401  (fixture and config)
+from conftest import tiny_cfg  # noqa: E402
 
 
 def _lr_of(optimizer):
     return {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
 
 
-def test_authors_stage2_learning_rates_on_a_built_model(synth_dataset, caplog):  # noqa: F811
+def test_authors_stage2_learning_rates_on_a_built_model(synth_dataset, caplog):
     cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
     cfg.SOLVER.BASE_LR = 1e-3
     cfg.SOLVER.WEIGHT_DECAY = 0.0  # as the stage-2 YAMLs (authors: 0 in every group)
     model = build_model(cfg)
-    with caplog.at_level(logging.INFO, logger="detectron2_cops.solver_utils"):
+    with caplog.at_level(logging.INFO, logger="detectron2_cops.optimizer"):
         opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.Adam)
     lr = _lr_of(opt)
@@ -63,7 +64,7 @@ def test_authors_stage2_learning_rates_on_a_built_model(synth_dataset, caplog): 
     assert any("'affinity_head.head'" in m and "lr 1.66667e-05" in m for m in lines), lines
 
 
-def test_pretraining_and_empty_patterns_use_detectron2_default_groups(synth_dataset):  # noqa: F811
+def test_pretraining_and_empty_patterns_use_detectron2_default_groups(synth_dataset):
     cfg = tiny_cfg(synth_dataset, fully_differentiable=False)
     model = build_model(cfg)
     opt = build_optimizer(cfg, model)
@@ -106,17 +107,16 @@ def test_param_groups_rules_and_errors():
     assert not m.c.weight.requires_grad and not m.ab.bias.requires_grad  # frozen (freeze_others)
     for kwargs, match in (
         (dict(patterns=["a"], stages=[1, 2]), "same length"),
-        (dict(patterns=["zzz"], stages=[1]), "matches no parameter"),
+        (dict(patterns=["zzz"], stages=[1]), "'zzz' matches no parameter"),
+        (dict(patterns=[""], stages=[1]), "'' matches no parameter"),
         (dict(patterns=["a", "a.0"], stages=[1, 2]), "two SOLVER.LR_GROUP_PATTERNS"),
-        (dict(patterns=["a"], stages=[-1]), ">= 0"),
-        (dict(patterns=[""], stages=[1]), "empty pattern"),
-        (dict(patterns=["a"], stages=[float("nan")]), "LR_GROUP_STAGES must be finite"),  # trained at BASE_LR
-        (dict(patterns=["a"], stages=[float("inf")]), "LR_GROUP_STAGES must be finite"),  # lr 0
+        (dict(patterns=["a"], stages=[-1]), r"LR_GROUP_STAGES\[0\] must be >= 0"),
+        (dict(patterns=["a"], stages=[float("nan")]), r"LR_GROUP_STAGES\[0\] must be finite"),  # trained at BASE_LR
+        (dict(patterns=["a"], stages=[float("inf")]), r"LR_GROUP_STAGES\[0\] must be finite"),  # lr 0
+        (dict(patterns=["a"], stages=[1], base_lr=float("nan")), "BASE_LR must be finite"),
+        (dict(patterns=["a"], stages=[1], base_lr=0.0), "BASE_LR must be > 0"),
+        (dict(patterns=["a"], stages=[1], reduction_per_stage=float("inf")), "LR_REDUCTION_PER_STAGE must be finite"),
     ):
+        kwargs = {"base_lr": 1.0, "reduction_per_stage": 20.0, **kwargs}
         with pytest.raises(ValueError, match=match):
-            build_param_groups(_Toy(), base_lr=1.0, reduction_per_stage=20.0, **kwargs)
-    for base_lr, reduction, match in ((float("inf"), 20.0, "BASE_LR must be finite"),
-                                      (float("nan"), 20.0, "BASE_LR must be finite"),
-                                      (1.0, float("inf"), "LR_REDUCTION_PER_STAGE must be finite")):
-        with pytest.raises(ValueError, match=match):
-            build_param_groups(_Toy(), base_lr=base_lr, patterns=["a"], stages=[1], reduction_per_stage=reduction)
+            build_param_groups(_Toy(), **kwargs)

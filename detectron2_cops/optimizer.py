@@ -1,8 +1,8 @@
 """Optimizer of COPS: Adam/SGD with the authors' per-part learning rates in the fully
 differentiable stage.
 
-Source: the authors' ``train_net.py`` (``Trainer.build_optimizer``, ~179-263). In their
-fine-tuning mode (stage 2) every trainable part gets its own parameter group with learning rate
+Source: the authors' ``train_net.py`` (``Trainer.build_optimizer``). In their fine-tuning mode
+(stage 2) every trainable part gets its own parameter group with learning rate
 ``BASE_LR / (LEARNING_RATE_REDUCTION_PER_STAGE * k)`` (``k = 0``: ``BASE_LR``), ``k`` counting the
 parts between it and the cost calibration::
 
@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from .checks import as_float
+
 __all__ = ["build_param_groups", "build_optimizer", "match_pattern"]
 
 logger = logging.getLogger(__name__)
 
+# Normalisation layers, whose parameters get WEIGHT_DECAY_NORM: the types of Detectron2's
+# get_default_optimizer_params (NaiveSyncBatchNorm is a BatchNorm2d; FrozenBatchNorm2d has no
+# parameters).
 _NORM_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
@@ -40,17 +46,6 @@ def match_pattern(name: str, pattern: str) -> bool:
     not ``"a.bc.weight"``)."""
     p = pattern.rstrip(".")
     return fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*")
-
-
-def _is_norm(module: nn.Module) -> bool:
-    if isinstance(module, _NORM_TYPES):
-        return True
-    try:  # Detectron2's norms (FrozenBatchNorm2d has no parameters; NaiveSyncBatchNorm is a BN)
-        from detectron2.layers import FrozenBatchNorm2d, LayerNorm
-
-        return isinstance(module, (FrozenBatchNorm2d, LayerNorm))
-    except ImportError:  # pragma: no cover - Detectron2 is a dependency of this module's users
-        return False
 
 
 def build_param_groups(
@@ -95,28 +90,21 @@ def build_param_groups(
         parameters train) with ``pattern``, ``lr``, ``num_tensors``, ``num_params``.
 
     Raises:
-        ValueError: ``patterns`` and ``stages`` of different lengths, a negative stage, a
-            non-positive ``base_lr`` or ``reduction_per_stage``, an empty pattern or one that
-            matches no parameter of the model, a parameter matched by two patterns, or no
-            trainable parameter at all.
+        ValueError: naming the ``SOLVER`` key: ``patterns`` and ``stages`` of different lengths,
+            a stage that is not a finite number ``>= 0``, a ``base_lr`` or ``reduction_per_stage``
+            that is not finite and ``> 0``, a pattern (the empty one included) that matches no
+            parameter of the model, a parameter matched by two patterns, or no trainable
+            parameter at all.
     """
     patterns = [str(p) for p in patterns]
-    stages = [float(k) for k in stages]
     if len(patterns) != len(stages):
         raise ValueError(
             f"SOLVER.LR_GROUP_PATTERNS ({len(patterns)} entries) and SOLVER.LR_GROUP_STAGES "
             f"({len(stages)} entries) must have the same length"
         )
-    if not 0 < base_lr < math.inf:  # also refuses NaN
-        raise ValueError(f"SOLVER.BASE_LR must be finite and > 0, got {base_lr}")
-    if not 0 < reduction_per_stage < math.inf:
-        raise ValueError(f"SOLVER.LR_REDUCTION_PER_STAGE must be finite and > 0, got {reduction_per_stage}")
-    for p, k in zip(patterns, stages):
-        if not p.rstrip("."):
-            raise ValueError(f"SOLVER.LR_GROUP_PATTERNS contains an empty pattern: {patterns}")
-        if not 0 <= k < math.inf:  # also refuses NaN (which trained at BASE_LR)
-            raise ValueError(f"SOLVER.LR_GROUP_STAGES must be finite and >= 0, got {k} for pattern {p!r}")
-
+    base_lr = as_float(base_lr, "SOLVER.BASE_LR", positive=True)
+    reduction_per_stage = as_float(reduction_per_stage, "SOLVER.LR_REDUCTION_PER_STAGE", positive=True)
+    stages = [as_float(k, f"SOLVER.LR_GROUP_STAGES[{i}]", 0) for i, k in enumerate(stages)]
     if weight_decay_bias is None:
         weight_decay_bias = weight_decay
     names = [n for n, _ in model.named_parameters()]
@@ -144,7 +132,7 @@ def build_param_groups(
     frozen: List[str] = []
     memo: Set[int] = set()
     for module_name, module in model.named_modules():
-        norm = _is_norm(module)
+        norm = isinstance(module, _NORM_TYPES)
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in memo:
                 continue
@@ -201,8 +189,6 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         ValueError: unknown ``SOLVER.OPTIMIZER`` (expected "ADAM" or "SGD"), no trainable
             parameter, or bad learning-rate groups (see :func:`build_param_groups`).
     """
-    from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
-
     optimizer_type = str(cfg.SOLVER.OPTIMIZER).upper()
     if optimizer_type not in ("ADAM", "SGD"):
         raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAM' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
