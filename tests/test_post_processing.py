@@ -1,13 +1,15 @@
-"""The grid-level AMWC post-processor gives the outputs of the previous full-resolution
-implementation (tests/_reference_post_processing.py, main's post_processing.py copied verbatim)
-on fixed inputs: panoptic map and segments, ``sem_seg`` (AMWC node labels), ``sem_seg_head``
-(head softmax), instances, with and without the minimum thing cluster size.
+"""The AMWC post-processor's outputs equal those of a plain full-resolution reference on the
+same inputs: panoptic map and segments, ``sem_seg`` (AMWC node labels), ``sem_seg_head`` (head
+softmax), instances, with and without the minimum thing cluster size and ``sem_seg_head``.
 
-Two outputs differ from the reference by design and are compared for what their consumers use:
-``sem_seg`` is a uint8 one-hot (the reference's float32 one-hot, same values; evaluators and the
-visualizer take its ``argmax(dim=0)``), and the instance scores are computed on the grid (the
-same linear functional of the logits, summed without the float32 rounding of the upsampled
-values, so equal to rounding)."""
+The reference (:func:`reference_outputs`) follows the post-processor's docstring step by step
+(``AMWCPostProcessor``; the authors' ``panoptic_seg_affinity.py`` and ``MaskScore`` in
+``losses.py``), pixel by pixel at the output size, with nothing of the post-processor's own code:
+the AMWC solved per image by ``solve_amwc``, the segment map resized by nearest-neighbour
+sampling at the pixel centres, one boolean mask per segment for the areas and ids, Detectron2's
+``sem_seg_postprocess`` for the upsampled logits, ``BitMasks`` for the boxes, and the instance
+score summed over each mask and over the grid edges of each segment. Everything must match exactly
+except the scores, which the post-processor sums on the grid (equal up to float32 rounding)."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,12 +18,16 @@ import pytest
 pytest.importorskip("detectron2", reason="Detectron2 is not installed")
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
+from detectron2.modeling.postprocessing import sem_seg_postprocess  # noqa: E402
+from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
 from detectron2_cops.modeling import AMWCPostProcessor  # noqa: E402
+from detectron2_cops.solvers import GridGraph, solve_amwc  # noqa: E402
 from detectron2_cops.solvers.synthetic import synthetic_instance  # noqa: E402
 
-from _reference_post_processing import ReferenceAMWCPostProcessor  # noqa: E402
-
-K, THINGS, DISTANCES = 6, [0, 1], [1, 3, 8]
+K, THINGS, DISTANCES, STRIDE = 6, [0, 1], [1, 3, 8], 4
+IS_THING = np.isin(np.arange(K), THINGS)
 
 
 def _logits(seed, h, w, batch=1):
@@ -36,27 +42,93 @@ def _logits(seed, h, w, batch=1):
     return torch.stack(sems), [torch.stack(c) for c in cuts]
 
 
+def _pixel_centre_rows(out_len, in_len):
+    """Grid row (column) of each output row (column): the output pixel's centre in the input
+    image, ``floor((y + 0.5) * in_len / out_len)``, divided by the stride."""
+    return ((2 * np.arange(out_len) + 1) * in_len // (2 * out_len)) // STRIDE
+
+
+def reference_outputs(sem_logits, cut_logits, image_sizes, output_sizes, stuff_area=0, instance_area=0,
+                      min_thing_cluster_size=1, predict_sem_seg_head=True):
+    """The post-processor's outputs computed the plain way (no calibration: costs = -logits)."""
+    upsampled = F.interpolate(sem_logits, scale_factor=STRIDE, mode="bilinear", align_corners=False)
+    outputs = []
+    for b, ((H, W), (height, width)) in enumerate(zip(image_sizes, output_sizes)):
+        hc, wc = -(-H // STRIDE), -(-W // STRIDE)  # the image's part of the grid
+        grid = GridGraph(hc, wc, DISTANCES)
+        cut = grid.maps_to_edge_values([m[b, :, :hc, :wc].numpy() for m in cut_logits]).astype(np.float64)
+        node_costs = (-sem_logits[b, :, :hc, :wc]).permute(1, 2, 0).reshape(hc * wc, K).numpy()
+        sol = solve_amwc(node_costs, grid.edges, -cut.astype(np.float32), IS_THING)
+        labels = sol.node_labels.astype(np.int64).reshape(hc, wc)
+        # A segment is one thing cluster, or all stuff of one class; ordered by first grid pixel.
+        key = np.where(IS_THING[labels], sol.instance_ids.reshape(hc, wc), -1 - labels).ravel()
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        rank = np.argsort(np.argsort(first))
+        seg = rank[inverse].reshape(hc, wc)
+        seg_class = labels.ravel()[np.sort(first)]
+        rows, cols = _pixel_centre_rows(height, H), _pixel_centre_rows(width, W)
+        seg_out, label_out = seg[rows][:, cols], labels[rows][:, cols]
+
+        logits = sem_seg_postprocess(upsampled[b], (H, W), height, width)
+        panoptic = torch.zeros((height, width), dtype=torch.int32)
+        segments_info, masks, scores = [], [], []
+        ends = seg.ravel()[grid.edges]  # [E, 2] segments of each edge's two nodes
+        for s, c in enumerate(seg_class.tolist()):
+            thing = bool(IS_THING[c])
+            mask = torch.from_numpy(seg_out == s)
+            area = int(mask.sum())
+            if area == 0 or area < (instance_area if thing else stuff_area):
+                continue
+            if thing and int((seg == s).sum()) < min_thing_cluster_size:
+                continue
+            segments_info.append({"id": len(segments_info) + 1, "category_id": c, "isthing": thing, "area": area})
+            panoptic[mask] = len(segments_info)
+            if thing:
+                inside = (ends == s).all(axis=1)
+                leaving = (ends == s).sum(axis=1) == 1
+                edge_term = (cut[leaving].mean() if leaving.any() else 0.0) - (cut[inside].mean() if inside.any() else 0.0)
+                masks.append(mask)
+                scores.append(float(logits[c][mask].double().mean()) + edge_term)
+
+        out = {
+            "panoptic_seg": (panoptic, segments_info),
+            "sem_seg": F.one_hot(torch.from_numpy(label_out), K).permute(2, 0, 1).to(torch.uint8),
+        }
+        if predict_sem_seg_head:
+            out["sem_seg_head"] = F.softmax(logits, dim=0)
+        instances = Instances((height, width))
+        instances.pred_masks = torch.stack(masks) if masks else torch.zeros((0, height, width), dtype=torch.bool)
+        instances.pred_classes = torch.tensor([s["category_id"] for s in segments_info if s["isthing"]],
+                                              dtype=torch.int64)
+        instances.pred_boxes = Boxes(BitMasks(instances.pred_masks).get_bounding_boxes().tensor)
+        instances.scores = torch.tensor(scores, dtype=torch.float32)
+        out["instances"] = instances
+        outputs.append(out)
+    return outputs
+
+
 def _both(**kw):
-    args = dict(num_classes=K, thing_ids=THINGS, edge_distances=DISTANCES, common_stride=4)
-    args.update(kw)
-    ref_args = {k: v for k, v in args.items() if k != "predict_sem_seg_head"}  # main: always on
-    return AMWCPostProcessor(**args), ReferenceAMWCPostProcessor(**ref_args)
+    """The post-processor and the reference with the same settings."""
+    post = AMWCPostProcessor(num_classes=K, thing_ids=THINGS, edge_distances=DISTANCES, common_stride=STRIDE, **kw)
+
+    def ref(sem, cut, sizes, outs=None):
+        return reference_outputs(sem, cut, sizes, outs or sizes, **kw)
+
+    return post, ref
 
 
 def _assert_same(new, ref):
     assert len(new) == len(ref)
     for a, b in zip(new, ref):
+        assert set(a) == set(b)
         pa, ia = a["panoptic_seg"]
         pb, ib = b["panoptic_seg"]
-        assert pa.dtype == pb.dtype and torch.equal(pa, pb)
+        assert pa.dtype == pb.dtype == torch.int32 and torch.equal(pa, pb)
         assert pa.is_contiguous()  # (a strided map would slow every consumer down)
         assert ia == ib
-        assert set(a) == set(b)
         sa, sb = a["sem_seg"], b["sem_seg"]
-        assert sa.dtype == torch.uint8 and sb.dtype == torch.float32 and sa.shape == sb.shape
-        assert sa.is_contiguous()
-        assert torch.equal(sa.float(), sb)  # the same one-hot values
-        assert torch.equal(sa.argmax(dim=0), sb.argmax(dim=0))  # what SemSegEvaluator consumes
+        assert sa.dtype == sb.dtype == torch.uint8 and sa.is_contiguous()
+        assert torch.equal(sa, sb)
         assert torch.equal(sa.sum(dim=0), torch.ones_like(sa[0]))  # exactly one label per pixel
         if "sem_seg_head" in b:
             ha, hb = a["sem_seg_head"], b["sem_seg_head"]
@@ -65,8 +137,9 @@ def _assert_same(new, ref):
         assert xa.image_size == xb.image_size and len(xa) == len(xb)
         assert xa.pred_masks.dtype == torch.bool and torch.equal(xa.pred_masks, xb.pred_masks)
         assert xa.pred_masks.is_contiguous()
-        assert torch.equal(xa.pred_classes, xb.pred_classes)
+        assert xa.pred_classes.dtype == torch.int64 and torch.equal(xa.pred_classes, xb.pred_classes)
         assert torch.equal(xa.pred_boxes.tensor, xb.pred_boxes.tensor)
+        assert xa.scores.dtype == torch.float32
         torch.testing.assert_close(xa.scores, xb.scores, rtol=1e-6, atol=1e-6)
 
 
@@ -101,6 +174,21 @@ def test_same_outputs_without_instances_kept():
     assert len(out[0]["instances"]) == 0 and tuple(out[0]["instances"].pred_masks.shape) == (0, 80, 96)
 
 
+def test_same_outputs_at_the_area_limits():
+    """A segment whose area equals its limit is kept, one pixel less is void (both kinds)."""
+    sem, cut = _logits(3, 30, 44)
+    free, _ = _both()
+    info = free(sem, cut, [(118, 173)], [(240, 352)])[0]["panoptic_seg"][1]
+    thing = sorted(s["area"] for s in info if s["isthing"])[len(info) // 4]
+    stuff = sorted(s["area"] for s in info if not s["isthing"])[0]
+    for extra in (0, 1):
+        new, ref = _both(instance_area=thing + extra, stuff_area=stuff + extra)
+        out = new(sem, cut, [(118, 173)], [(240, 352)])
+        _assert_same(out, ref(sem, cut, [(118, 173)], [(240, 352)]))
+        areas = {(s["isthing"], s["area"]) for s in out[0]["panoptic_seg"][1]}
+        assert ((True, thing) in areas and (False, stuff) in areas) == (extra == 0)
+
+
 @pytest.mark.parametrize("output_size", [(118, 173), (240, 352), (97, 131)])
 def test_same_outputs_min_thing_cluster_size(output_size):
     """Thing clusters under the minimum size (grid pixels) are void in both implementations,
@@ -124,11 +212,9 @@ def test_same_outputs_without_sem_seg_head(output_size):
     sem, cut = _logits(3, 30, 44, batch=2)
     new, ref = _both(instance_area=20, min_thing_cluster_size=2, predict_sem_seg_head=False)
     sizes, outs = [(118, 173), (101, 120)], [output_size, (101, 120)]
-    out, want = new(sem, cut, sizes, outs), ref(sem, cut, sizes, outs)
-    assert all("sem_seg_head" not in o and "sem_seg_head" in w for o, w in zip(out, want))
-    for w in want:
-        del w["sem_seg_head"]
-    _assert_same(out, want)
+    out = new(sem, cut, sizes, outs)
+    assert all("sem_seg_head" not in o for o in out)
+    _assert_same(out, ref(sem, cut, sizes, outs))
     assert all(len(o["instances"]) > 0 for o in out)
     # Not every class is a predicted thing class here, so the subset path is exercised.
     assert len({int(c) for c in out[0]["instances"].pred_classes}) < K
