@@ -60,6 +60,8 @@ from detectron2_cops.config import add_cops_config
 from detectron2_cops.data import COPSDatasetMapper
 from detectron2_cops.data.datasets import check_dataset_files
 from detectron2_cops.evaluation import build_cops_evaluator
+from detectron2_cops.panoptic_deeplab import META_ARCHITECTURE as PANOPTIC_DEEPLAB
+from detectron2_cops.panoptic_deeplab import add_panoptic_deeplab_config, import_panoptic_deeplab
 from detectron2_cops.optimizer import build_optimizer as build_cops_optimizer
 
 logger = logging.getLogger("detectron2_cops.train_net")
@@ -167,12 +169,22 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         """Training loader over ``cfg.DATASETS.TRAIN`` with ``COPSDatasetMapper(cfg, True)``
-        (augmentation, semantic / affinity / panoptic targets)."""
-        return build_detection_train_loader(cfg, mapper=COPSDatasetMapper(cfg, True))
+        (augmentation, semantic / affinity / panoptic targets), or Detectron2's
+        ``PanopticDeeplabDatasetMapper(cfg)`` for the Panoptic-DeepLab baseline (the same
+        resize, crop and flip; its own centre and offset targets)."""
+        if cfg.MODEL.META_ARCHITECTURE == PANOPTIC_DEEPLAB:
+            mapper = import_panoptic_deeplab().PanopticDeeplabDatasetMapper(cfg)
+        else:
+            mapper = COPSDatasetMapper(cfg, True)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """Inference loader for ``dataset_name`` with ``COPSDatasetMapper(cfg, False)``."""
+        """Inference loader for ``dataset_name`` with ``COPSDatasetMapper(cfg, False)``, or
+        Detectron2's default mapper for the Panoptic-DeepLab baseline (both resize to
+        ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``)."""
+        if cfg.MODEL.META_ARCHITECTURE == PANOPTIC_DEEPLAB:
+            return build_detection_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name, mapper=COPSDatasetMapper(cfg, False))
 
     @classmethod
@@ -201,10 +213,12 @@ class Trainer(DefaultTrainer):
 
 
 def build_config(args):
-    """The frozen config: Detectron2 defaults + ``add_cops_config`` + the YAML + the
-    command-line ``KEY VALUE`` overrides."""
+    """The frozen config: Detectron2 defaults + ``add_cops_config`` + Panoptic-DeepLab's keys
+    that COPS lacks (for the baseline config; COPS configs resolve as without them) + the YAML
+    + the command-line ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_cops_config(cfg)
+    add_panoptic_deeplab_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
