@@ -374,8 +374,9 @@ def run_layer(args):
         rows.append(row)
     header = ["variant", "forward s", "in solver", "backward s", "in solver", "bwd / fwd", "outside solver %",
               "loss fwd s", "loss bwd s", "segments"] + (["peak memory +MiB"] if memory else [])
-    print_table(header, rows, left=(0,), note="cold: every perturbed multiway cut solved by GAEC from scratch (the authors' estimator); "
-                "warm: from the forward solution by local search; 64 / 32: float64 / float32 costs.")
+    print_table(header, rows, left=(0,), note="cold: every perturbed multiway cut solved by GAEC from scratch; warm: from the forward "
+                "solution by local search; 64 / 32: float64 / float32 perturbed costs. cold32 is the authors' "
+                "estimator.")
     return 0
 
 
