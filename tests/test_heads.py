@@ -151,36 +151,41 @@ def test_sem_seg_head_loss_and_gradients(loss_type):
     assert torch.allclose(loss.detach(), 2.0 * expected, rtol=1e-5)
 
 
-def test_sem_seg_head_zero_weight_and_bad_input():
+def test_sem_seg_head_zero_weight():
     cfg = small_cfg()
     cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 0.0
     head = COPSSemSegHead(cfg, INPUT_SHAPE)
-    targets = torch.zeros((2,) + IMAGE_HW, dtype=torch.long)
-    logits, losses = head(features(), targets)
+    logits, losses = head(features(), torch.zeros((2,) + IMAGE_HW, dtype=torch.long))
     assert losses == {}
 
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0
-    head = COPSSemSegHead(cfg, INPUT_SHAPE)
-    with pytest.raises(ValueError, match="targets must have shape"):
-        head.losses(logits, torch.zeros((2, 70, 100), dtype=torch.long))
-    with pytest.raises(ValueError, match="int64"):
-        head.losses(logits, targets.float())
-    with pytest.raises(ValueError, match="weights"):
-        head.losses(logits, targets, torch.ones(2, 72, 99))
-    with pytest.raises(ValueError, match="features is missing"):
-        head.layers({"res2": features()["res2"]})
 
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.0
-    with pytest.raises(ValueError, match="loss_top_k"):
-        COPSSemSegHead(cfg, INPUT_SHAPE)
+@pytest.mark.parametrize("key,value,match", [
+    ("IN_FEATURES", ["res2", "res3", "res4"], r"SEM_SEG_HEAD.IN_FEATURES must name features the backbone produces"),
+    ("PROJECT_FEATURES", ["res2"], r"SEM_SEG_HEAD.PROJECT_FEATURES must be all IN_FEATURES except the coarsest"),
+    ("LOSS_TOP_K", 0.0, r"SEM_SEG_HEAD.LOSS_TOP_K must be > 0"),
+    ("LOSS_TOP_K", 1.5, r"SEM_SEG_HEAD.LOSS_TOP_K must be in \(0, 1\]"),
+    ("LOSS_WEIGHT", float("nan"), r"SEM_SEG_HEAD.LOSS_WEIGHT must be finite"),
+    ("HEAD_CHANNELS", 16.0, r"SEM_SEG_HEAD.HEAD_CHANNELS must be an integer, got 16.0"),
+    ("NUM_CLASSES", 0, r"SEM_SEG_HEAD.NUM_CLASSES must be >= 1"),
+    ("LOSS_TYPE", "focal", r"SEM_SEG_HEAD.LOSS_TYPE must be one of"),
+])
+def test_head_config_values_are_checked(key, value, match):
+    """The config is where the heads' values enter: a bad one fails there, with the key named
+    (the keys both heads share are checked by one function, deeplab_head_config)."""
     cfg = small_cfg()
-    cfg.MODEL.SEM_SEG_HEAD.PROJECT_FEATURES = ["res2"]
-    with pytest.raises(ValueError, match="PROJECT_FEATURES"):
+    cfg.MODEL.SEM_SEG_HEAD[key] = value
+    with pytest.raises(ValueError, match=match):
         COPSSemSegHead(cfg, INPUT_SHAPE)
+
+
+def test_head_config_refuses_a_relative_crop():
     cfg = small_cfg()
-    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4"]
-    with pytest.raises(ValueError, match="does not produce"):
-        COPSSemSegHead(cfg, INPUT_SHAPE)
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "relative_range"
+    cfg.INPUT.CROP.SIZE = [0.9, 0.9]
+    for build in (COPSSemSegHead, build_affinity_head):
+        with pytest.raises(ValueError, match="INPUT.CROP.TYPE must be 'absolute'"):
+            build(cfg, INPUT_SHAPE)
 
 
 # ---------------------------------------------------------------------------- centred difference
@@ -205,16 +210,6 @@ def test_centered_difference_follows_grid_convention(distance, axis):
     gg = GridGraph(H, W, [distance])
     valid = torch.from_numpy(gg.valid_masks()[0][axis])
     assert torch.equal(out[0, 0] != 0, valid)
-
-
-def test_centered_difference_bad_input():
-    f = torch.zeros(1, 1, 4, 4)
-    with pytest.raises(ValueError, match="axis"):
-        centered_difference(f, 2, 2)
-    with pytest.raises(ValueError, match="distance"):
-        centered_difference(f, 0, 0)
-    with pytest.raises(ValueError, match="features"):
-        centered_difference(f[0], 2, 0)
 
 
 # ---------------------------------------------------------------------------- affinity head
@@ -436,7 +431,7 @@ def test_affinity_loss_weight_sum_normalisation(top_k):
         assert new["loss_affinity_d1"].item() > losses["loss_affinity_d1"].item()
 
 
-def test_affinity_loss_weight_zero_and_bad_input():
+def test_affinity_loss_weight_zero():
     cfg = small_cfg()
     cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.0
     head = build_affinity_head(cfg, INPUT_SHAPE)
@@ -445,39 +440,19 @@ def test_affinity_loss_weight_zero_and_bad_input():
     targets, weights = affinity_targets(head, logits)
     assert head(features(), sem, targets, weights)[1] == {}
 
-    cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 1.0
-    head = build_affinity_head(cfg, INPUT_SHAPE)
-    with pytest.raises(ValueError, match="one map per edge distance"):
-        head.losses(logits, targets[:-1], weights)
-    with pytest.raises(ValueError, match="shape"):
-        head.losses(logits, [t[:, :, :-1] for t in targets], weights)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        head.losses(logits, [t * 2 for t in targets], weights)
-    with pytest.raises(ValueError, match=">= 0"):
-        head.losses(logits, targets, [-w for w in weights])
-    with pytest.raises(ValueError, match="float"):
-        head.losses(logits, [t.long() for t in targets], weights)
-    with pytest.raises(ValueError, match="sem_seg_logits"):
-        head.layers(features(), sem[:, :, :-1])
-    with pytest.raises(ValueError, match="sem_seg_logits"):
-        head.layers(features(), sem[:, :-1])
 
-    for distances, intervals, match in [
-        ([1, 4, 4], [1, 1, 1], "distinct"),
-        ([1, 4], [1], "one entry per edge distance"),
-        ([0, 4], [1, 1], "positive integers"),
-        ([1, 4], [1, 0], "positive integers"),
-    ]:
-        cfg = small_cfg(distances=distances, intervals=intervals)
-        with pytest.raises(ValueError, match=match):
-            build_affinity_head(cfg, INPUT_SHAPE)
+@pytest.mark.parametrize("key,value,match", [
+    ("EDGE_DISTANCES", [1, 4, 4], "AFFINITY_HEAD.EDGE_DISTANCES must be distinct"),
+    ("EDGE_DISTANCES", [0, 4, 16, 32, 64, 96], r"AFFINITY_HEAD.EDGE_DISTANCES\[0\] must be >= 1"),
+    ("EDGE_DISTANCES", [1.0, 2, 3, 4, 16, 32], r"AFFINITY_HEAD.EDGE_DISTANCES\[0\] must be an integer, got 1.0"),
+    ("EDGE_SAMPLING_INTERVALS", [1], "AFFINITY_HEAD.EDGE_DISTANCES .* EDGE_SAMPLING_INTERVALS hold one entry per"),
+    ("HEAD_CHANNELS", 12, "AFFINITY_HEAD.HEAD_CHANNELS must be a multiple of 8"),
+    ("LOSS_NORMALIZATION", "mean", "AFFINITY_HEAD.LOSS_NORMALIZATION must be one of"),
+])
+def test_affinity_head_config_values_are_checked(key, value, match):
     cfg = small_cfg()
-    cfg.MODEL.AFFINITY_HEAD.HEAD_CHANNELS = 12
-    with pytest.raises(ValueError, match="multiple of 8"):
-        build_affinity_head(cfg, INPUT_SHAPE)
-    cfg = small_cfg()
-    cfg.MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION = "mean"
-    with pytest.raises(ValueError, match="loss_normalization"):
+    cfg.MODEL.AFFINITY_HEAD[key] = value
+    with pytest.raises(ValueError, match=match):
         build_affinity_head(cfg, INPUT_SHAPE)
 
 

@@ -34,6 +34,8 @@ from detectron2_cops.modeling import (  # noqa: E402
     build_post_processor,
 )
 
+from conftest import DISTANCES, INTERVALS, NUM_CLASSES, THING_IDS, tiny_cfg  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 # The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
 # names another dataset root that holds coco_panoptic_sample/.
@@ -42,87 +44,17 @@ SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 SAMPLE_PRETRAIN = REPO / "configs" / "sample" / "cops_R_18_pretrain.yaml"
 
-# Synthetic dataset: contiguous classes 0, 1 are things, 2, 3, 4 stuff.
-NUM_CLASSES = 5
-THING_IDS = [0, 1]
-DISTANCES = [1, 2, 4]
-INTERVALS = [1, 1, 2]
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def synth_dataset():
-    """A registered panoptic dataset name with the synthetic class layout (no images needed)."""
-    name = _unique("cops_test_synth")
-    DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(
-        thing_dataset_id_to_contiguous_id={10: 0, 11: 1},
-        stuff_dataset_id_to_contiguous_id={20: 2, 21: 3, 22: 4},
-        thing_classes=["a", "b", "c", "d", "e"],
-        stuff_classes=["a", "b", "c", "d", "e"],
-        label_divisor=1000,
-        ignore_label=255,
-    )
-    return name
-
-
 @pytest.fixture(scope="module")
 def sample_dataset(tmp_path_factory):
     """The real COCO sample registered under a unique name (symlink to the bundled folder)."""
     if not (SAMPLE / "panoptic.json").is_file():
         pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
                     "in the repository; COPS_TEST_DATASETS overrides its root)")
-    name = _unique("cops_meta_sample")
+    name = f"cops_meta_sample_{uuid.uuid4().hex[:8]}"
     root = tmp_path_factory.mktemp("root")
     os.symlink(SAMPLE, root / name)
     register_coco_panoptic_folder(name, str(root))
     return name
-
-
-def tiny_cfg(dataset: str, fully_differentiable: bool = False):
-    cfg = get_cfg()
-    add_cops_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "COPS"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.RES5_DILATION = 1
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res5"]
-    for head in (cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.AFFINITY_HEAD):
-        head.IN_FEATURES = ["res2", "res3", "res5"]
-        head.PROJECT_FEATURES = ["res2", "res3"]
-        head.PROJECT_CHANNELS = [8, 8]
-        head.ASPP_CHANNELS = 16
-        head.ASPP_DILATIONS = [1, 2, 3]
-        head.ASPP_DROPOUT = 0.0
-        head.CONVS_DIM = 16
-        head.HEAD_CHANNELS = 16
-        head.NORM = "BN"
-        head.COMMON_STRIDE = 4
-        head.USE_DEPTHWISE_SEPARABLE_CONV = False
-    cfg.MODEL.SEM_SEG_HEAD.NAME = "COPSSemSegHead"
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.5
-    cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES = DISTANCES
-    cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS = INTERVALS
-    cfg.MODEL.COPS.STUFF_AREA = 64
-    cfg.MODEL.COPS.INSTANCE_AREA = 16
-    cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 2
-    cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = fully_differentiable
-    if fully_differentiable:
-        cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 0.0
-        cfg.MODEL.AFFINITY_HEAD.LOSS_WEIGHT = 0.0
-        cfg.MODEL.COPS.PIXEL_DROPOUT = 0.1
-    cfg.DATASETS.TRAIN = (dataset,)
-    cfg.DATASETS.TEST = (dataset,)
-    return cfg
 
 
 def synthetic_input(height: int, width: int, seed: int, *, empty: bool = False, channels: int = 3):
@@ -371,8 +303,6 @@ def test_post_processor_drops_thing_clusters_under_min_grid_size():
         assert sum(s["isthing"] for s in info) == n_things, size
         assert {s["category_id"] for s in info if not s["isthing"]} == {0, 2}
         assert len(out["instances"]) == n_things
-    with pytest.raises(ValueError, match="min_thing_cluster_size"):
-        _pp(min_thing_cluster_size=0)
 
 
 def test_post_processor_uses_calibration():
@@ -389,43 +319,46 @@ def test_post_processor_uses_calibration():
 
 
 def test_post_processor_bad_input():
+    """The post-processor is a public component: its constructor and its call check what they
+    receive, one error per kind of bad input."""
     sem, cut = _toy_logits()
     pp = _pp()
-    with pytest.raises(ValueError, match="num_classes"):
-        pp(sem[:, :2], cut, [(24, 32)])
-    with pytest.raises(ValueError, match="one .* per edge distance"):
-        pp(sem, cut + cut, [(24, 32)])
-    with pytest.raises(ValueError, match="edge distance 1"):
-        pp(sem, [cut[0][..., :7]], [(24, 32)])
-    with pytest.raises(ValueError, match="does not fit"):
-        pp(sem, cut, [(28, 32)])
-    with pytest.raises(ValueError, match="image_sizes"):
-        pp(sem, cut, [(24, 32), (24, 32)])
-    with pytest.raises(ValueError, match="sem_seg_logits"):
-        pp(sem[0], cut, [(24, 32)])
-    with pytest.raises(ValueError, match="thing_ids"):
-        _pp(thing_ids=[3])
-    with pytest.raises(ValueError, match="edge_distances"):
-        _pp(edge_distances=[0])
-    # Values that a conversion would change silently, or that failed later with a raw error.
-    with pytest.raises(ValueError, match="edge_distances must be a sequence of positive integers, got the string"):
-        _pp(edge_distances="1")
-    with pytest.raises(ValueError, match="thing_ids entry must be an integer"):
-        _pp(thing_ids=[1.7])
-    for bad in (2**31, None, float("nan")):
-        with pytest.raises(ValueError, match="num_threads must be"):
-            _pp(num_threads=bad)
-    with pytest.raises(ValueError, match=r"image_sizes\[0\] must be a pair of positive integers"):
-        pp(sem, cut, [(True, True)])
-    with pytest.raises(ValueError, match=r"image_sizes\[0\] must be a pair of positive integers"):
-        pp(sem, cut, [(24.5, 32)])
-    with pytest.raises(ValueError, match="cut_logits for edge distance 1 must be floating point"):
-        pp(sem, [c.to(torch.int32) for c in cut], [(24, 32)])
-    # float64 logits beyond the float32 range that the solve reads: named as such.
-    with pytest.raises(ValueError, match=r"AMWCPostProcessor: the costs .*float32.*node_costs must be finite"):
-        pp(sem.double() * 1e39, cut, [(24, 32)])
+    for args, match in [
+        ((sem[0], cut, [(24, 32)]), r"sem_seg_logits must be a \[B, K, h, w\] tensor"),
+        ((sem[:, :2], cut, [(24, 32)]), "K = num_classes = 3"),
+        ((sem.long(), cut, [(24, 32)]), "sem_seg_logits must be a float tensor"),
+        ((sem, cut + cut, [(24, 32)]), "one .* per edge distance"),
+        ((sem, [cut[0][..., :7]], [(24, 32)]), r"edge distance 1 .* shape \[1, 2, 6, 8\]"),
+        ((sem, [c.to(torch.int32) for c in cut], [(24, 32)]), "edge distance 1 .* must be a float tensor"),
+        ((sem, cut, [(28, 32)]), "does not fit"),
+        ((sem, cut, [(24, 32), (24, 32)]), "image_sizes must hold one pair"),
+        ((sem, cut, [(24, 32, 1)]), "image_sizes must hold one pair"),
+        ((sem, cut, [(True, True)]), r"image_sizes\[0\]\[0\] must be an integer, got True"),
+        ((sem, cut, [(24.5, 32)]), r"image_sizes\[0\]\[0\] must be an integer, got 24.5"),
+        ((sem, cut, [(24, 32)], [(0, 32)]), r"output_sizes\[0\]\[0\] must be >= 1"),
+        # float64 logits beyond the float32 range that the solve reads: named as such
+        ((sem.double() * 1e39, cut, [(24, 32)]), r"AMWCPostProcessor: the costs .*float32.*finite"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            pp(*args)
     (ok,) = pp(sem, cut, [(torch.tensor(24), np.int64(32))])  # integer scalars of any kind
     assert ok["panoptic_seg"][0].shape == (24, 32)
+    for kwargs, match in [
+        (dict(thing_ids=[3]), r"thing_ids must lie in \[0, num_classes=3\)"),
+        (dict(thing_ids=[1.7]), r"thing_ids\[0\] must be an integer"),
+        (dict(edge_distances=[0]), r"edge_distances \(MODEL.AFFINITY_HEAD.EDGE_DISTANCES\)\[0\] must be >= 1"),
+        (dict(edge_distances="1"), "edge_distances .* must be a sequence of integers"),
+        (dict(edge_distances=[]), "need at least one edge distance"),
+        (dict(edge_sampling_intervals=[1, 1]), "one sampling interval per distance"),
+        (dict(num_classes=3.0), r"num_classes \(MODEL.SEM_SEG_HEAD.NUM_CLASSES\) must be an integer"),
+        (dict(stuff_area=float("nan")), r"stuff_area \(MODEL.COPS.STUFF_AREA\) must be finite"),
+        (dict(instance_area=-1), "instance_area .* must be >= 0"),
+        (dict(num_threads=2**31), r"num_threads \(MODEL.COPS.NUM_THREADS\) must be <= 2147483647"),
+        (dict(num_threads=None), "num_threads .* must be an integer"),
+        (dict(min_thing_cluster_size=0), r"min_thing_cluster_size \(MODEL.COPS.MIN_THING_CLUSTER_SIZE\) must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _pp(**kwargs)
 
 
 def test_build_post_processor_from_config(synth_dataset):
@@ -481,12 +414,12 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     torch.manual_seed(0)
     cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
     model = build_model(cfg)
-    # the authors' limits on the grid: STUFF_AREA / 4 / 4, INSTANCE_AREA / 4 (issue 7 point 3)
+    # the authors' limits on the grid: STUFF_AREA / 4 / 4, INSTANCE_AREA / 4
     assert model.pq_surrogate.stuff_area == pytest.approx(64 / 16)
     assert model.pq_surrogate.instance_area == pytest.approx(16 / 4)
     assert model.pq_surrogate.ratio_eps == pytest.approx(0.1) and model.pq_surrogate.rule == "original"
     assert model.amwc_layer.min_thing_cluster_size == 3 and model.edge_dropout.p == pytest.approx(0.1)
-    # MODEL.COPS.BACKWARD_WARM_START / BACKWARD_FLOAT32 reach the layer (issue 9 point 2)
+    # MODEL.COPS.BACKWARD_WARM_START / BACKWARD_FLOAT32 reach the layer
     assert model.amwc_layer.backward_warm_start and model.amwc_layer.backward_float32
     cfg_cold = cfg.clone()
     cfg_cold.MODEL.COPS.BACKWARD_WARM_START = False
@@ -591,8 +524,8 @@ def test_stage2_pads_missed_ground_truth_and_logs_to_event_storage(synth_dataset
 
 
 def test_stage2_stops_with_a_clear_message_on_nan(synth_dataset):
-    """Issue 10: stage 2 must never silently diverge: NaN costs stop it, naming the tensor and
-    the iteration."""
+    """Stage 2 never silently diverges: non-finite calibrated costs (which the AMWC layer
+    refuses) stop it with FloatingPointError, naming the tensor and the iteration."""
     model = build_model(tiny_cfg(synth_dataset, fully_differentiable=True))
     model.train()
     with torch.no_grad():
@@ -654,10 +587,6 @@ def test_frozen_bn_and_prefixes(synth_dataset):
         model([synthetic_input(64, 96, 0)])
     assert torch.equal(bn.running_mean, before)
 
-    cfg.MODEL.COPS.FROZEN_PREFIXES = ["backbone", "sem_seg_head.no_such_module"]
-    with pytest.raises(ValueError, match="sem_seg_head.no_such_module"):
-        build_model(cfg)
-
 
 def test_empty_ground_truth_and_grayscale_train_without_nan(synth_dataset):
     """An image without any ground-truth segment (all void) trains in both stages without NaN;
@@ -679,40 +608,67 @@ def test_empty_ground_truth_and_grayscale_train_without_nan(synth_dataset):
     assert tuple(out["panoptic_seg"][0].shape) == (40, 52)
 
 
-def test_model_config_values_are_checked(synth_dataset):
-    for key, value, match in (("SIZE_DIVISIBILITY", -5, "SIZE_DIVISIBILITY must be -1"),
-                              ("SURROGATE_STUFF_AREA_DIVISOR", 0.0, "SURROGATE_STUFF_AREA_DIVISOR must be finite and > 0"),
-                              ("SURROGATE_INSTANCE_AREA_DIVISOR", float("inf"), "SURROGATE_INSTANCE_AREA_DIVISOR")):
-        cfg = tiny_cfg(synth_dataset)
-        cfg.MODEL.COPS.FULLY_DIFFERENTIABLE = True
-        cfg.MODEL.COPS[key] = value
-        with pytest.raises(ValueError, match=match):
-            build_model(cfg)
+@pytest.mark.parametrize("key,value,match", [
+    ("MODEL.COPS.SIZE_DIVISIBILITY", -5, r"MODEL.COPS.SIZE_DIVISIBILITY must be >= -1"),
+    ("MODEL.COPS.SURROGATE_STUFF_AREA_DIVISOR", 0.0, r"MODEL.COPS.SURROGATE_STUFF_AREA_DIVISOR must be > 0"),
+    ("MODEL.COPS.SURROGATE_INSTANCE_AREA_DIVISOR", float("inf"), "SURROGATE_INSTANCE_AREA_DIVISOR must be finite"),
+    ("MODEL.COPS.PQ_LOSS_WEIGHT", -1.0, "MODEL.COPS.PQ_LOSS_WEIGHT must be >= 0"),
+    ("MODEL.COPS.SURROGATE_CROWD_WEIGHT", float("nan"), "MODEL.COPS.SURROGATE_CROWD_WEIGHT must be finite"),
+    ("MODEL.COPS.LOG_PERIOD", 0, "MODEL.COPS.LOG_PERIOD must be >= 1"),
+    ("MODEL.COPS.STUFF_AREA", -1, r"stuff_area \(MODEL.COPS.STUFF_AREA\) must be >= 0"),
+    ("MODEL.COPS.NUM_THREADS", 2.0, r"num_threads \(MODEL.COPS.NUM_THREADS\) must be an integer"),
+    ("MODEL.COPS.NUM_LAMBDA_SAMPLES", 0, r"MODEL.COPS.\{NUM_LAMBDA_SAMPLES, .*\}: num_samples must be >= 1"),
+    ("MODEL.COPS.PIXEL_DROPOUT", 1.5, r"MODEL.COPS.PIXEL_DROPOUT: p must"),
+    ("MODEL.COPS.FROZEN_PREFIXES", ["backbone", "sem_seg_head.no_such_module"], "'sem_seg_head.no_such_module' matches no"),
+    ("MODEL.COPS.FROZEN_PREFIXES", [""], "FROZEN_PREFIXES entry '' matches no parameter"),
+    ("MODEL.PIXEL_STD", [1.0, 0.0, 1.0], "PIXEL_STD values > 0"),
+    ("MODEL.PIXEL_MEAN", [0.0, 0.0], "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must hold one value per channel"),
+    ("MODEL.AFFINITY_HEAD.COMMON_STRIDE", 8, "COMMON_STRIDE .* must be equal"),
+    ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5.0, "MODEL.SEM_SEG_HEAD.NUM_CLASSES must be an integer, got 5.0"),
+])
+def test_model_config_values_are_checked(synth_dataset, key, value, match):
+    """Config loading is where the values enter: a bad one fails when the model is built, with
+    the key named (the stage-2 modules' own errors are prefixed with the keys they come from)."""
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=True)
+    node, name = cfg, key
+    while "." in name:
+        head, name = name.split(".", 1)
+        node = node[head]
+    node[name] = value
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg)
 
 
 def test_model_bad_input(synth_dataset):
+    """What a user passes to forward is checked there, one error per kind, naming the entry."""
     model = build_model(tiny_cfg(synth_dataset))
     model.eval()
     with pytest.raises(ValueError, match="non-empty list"):
         model([])
-    with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-        model([{"image": torch.zeros(2, 32, 32, dtype=torch.uint8)}])
-    with pytest.raises(ValueError, match="'image'"):
+    image_error = r"batched_inputs\[0\]\['image'\] must be a non-empty \[C, H, W\] tensor with C = 3"
+    for bad in (torch.zeros(2, 32, 32, dtype=torch.uint8), torch.zeros(3, 0, 32), torch.zeros(3, 32, 32, dtype=torch.bool),
+                "image.png"):
+        with pytest.raises(ValueError, match=image_error):
+            model([{"image": bad}])
+    with pytest.raises(ValueError, match=image_error + ".*got NoneType"):
         model([{"img": torch.zeros(3, 32, 32)}])
-    # dtypes: float64 (and int) images are read as float32, bool and NaN are refused
+    with pytest.raises(ValueError, match=r"batched_inputs\[1\]\['image'\] contains NaN or inf"):
+        model([{"image": torch.zeros(3, 32, 32)}, {"image": torch.full((3, 32, 32), float("nan"))}])
+    # float64 (and int) images are read as float32
     for image in (torch.zeros(3, 32, 32, dtype=torch.float64), torch.zeros(3, 32, 32, dtype=torch.int16)):
         (out,) = model([{"image": image}])
         assert out["panoptic_seg"][0].shape == (32, 32)
-    with pytest.raises(ValueError, match="integer or float dtype, got torch.bool"):
-        model([{"image": torch.zeros(3, 32, 32, dtype=torch.bool)}])
-    with pytest.raises(ValueError, match=r"batched_inputs\[1\]\['image'\] contains NaN or inf"):
-        model([{"image": torch.zeros(3, 32, 32)}, {"image": torch.full((3, 32, 32), float("nan"))}])
-    for bad in (2.7, None, 0, True):
-        with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['height'\] must be a positive integer"):
+    for bad, match in ((2.7, "an integer, got 2.7"), (None, "an integer, got None"), (True, "an integer, got True"),
+                       (0, ">= 1, got 0")):
+        with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['height'\] must be " + match):
             model([{"image": torch.zeros(3, 32, 32), "height": bad, "width": 32}])
     model.train()
-    with pytest.raises(ValueError, match="lacks"):
+    with pytest.raises(ValueError, match=r"batched_inputs\[0\] lacks \['sem_seg'"):
         model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
+    x = synthetic_input(64, 96, 0)
+    x["affinity_targets"] = x["affinity_targets"][:-1]
+    with pytest.raises(ValueError, match=r"batched_inputs\[0\]: affinity_targets / affinity_weights must hold one map"):
+        model([x])
 
 
 # ----------------------------------------------------------------------------- real image

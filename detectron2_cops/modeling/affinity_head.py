@@ -39,19 +39,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.utils.registry import Registry
 
-from ..solvers.grid import as_positive_int_list, edge_offsets
-from .sem_seg_head import check_decoder_features, conv3x3_head
+from ..checks import as_int_list
+from ..solvers.grid import edge_offsets
+from .sem_seg_head import conv3x3_head, deeplab_head_config
 
-__all__ = [
-    "AFFINITY_HEAD_REGISTRY",
-    "AffinityHead",
-    "build_affinity_head",
-    "centered_difference",
-]
+__all__ = ["AFFINITY_HEAD_REGISTRY", "AffinityHead", "build_affinity_head"]
 
 _LOSS_NORMALIZATIONS = ("per_channel_mean", "weight_sum")
 
@@ -76,7 +72,8 @@ def build_affinity_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
 
 
 def centered_difference(features: torch.Tensor, distance: int, axis: int) -> torch.Tensor:
-    """Feature difference across the edges of one distance, at the edges' anchor pixels.
+    """Feature difference across the edges of one distance, at the edges' anchor pixels (the
+    classifier input of :class:`AffinityHead`; an internal helper, its arguments are trusted).
 
     For ``axis = 0`` (edges along rows / y, edge-map channel 0) the output at ``(y, x)`` is
     ``features[..., y + hi, x] - features[..., y - lo, x]`` with ``(lo, hi) = edge_offsets(distance)``
@@ -90,16 +87,8 @@ def centered_difference(features: torch.Tensor, distance: int, axis: int) -> tor
         axis: 0 (rows / y) or 1 (columns / x).
     Returns:
         ``[B, C, H, W]`` tensor, same dtype and device as ``features``.
-    Raises:
-        ValueError: ``features`` not 4-D, ``distance`` not a positive integer, ``axis`` not 0/1.
     """
-    if features.dim() != 4:
-        raise ValueError(f"features must have shape [B, C, H, W], got {list(features.shape)}")
-    if int(distance) != distance or distance < 1:
-        raise ValueError(f"distance must be a positive integer, got {distance!r}")
-    if axis not in (0, 1):
-        raise ValueError(f"axis must be 0 (rows / y) or 1 (columns / x), got {axis!r}")
-    d = int(distance)
+    d = distance
     lo, hi = edge_offsets(d)
     dim = 2 + axis
     n = features.shape[dim]
@@ -168,49 +157,20 @@ class AffinityHead(DeepLabV3PlusHead):
             **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
                 ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
                 ``use_depthwise_separable_conv``).
-        Raises:
-            ValueError: invalid distances / intervals (non-positive, duplicated, different
-                lengths), ``head_channels`` not a positive multiple of 8, ``loss_top_k`` outside
-                ``(0, 1]``, negative ``loss_weight``, non-positive ``num_sem_seg_classes``,
-                unknown ``loss_normalization``.
+
+        The values are checked where they are read from the config (:meth:`from_config`).
         """
-        if loss_normalization not in _LOSS_NORMALIZATIONS:
-            raise ValueError(
-                f"loss_normalization must be one of {_LOSS_NORMALIZATIONS}, got {loss_normalization!r}"
-            )
-        distances = as_positive_int_list(edge_distances, "edge_distances")
-        intervals = as_positive_int_list(edge_sampling_intervals, "edge_sampling_intervals")
-        if len(distances) == 0:
-            raise ValueError("edge_distances must not be empty")
-        if len(set(distances)) != len(distances):
-            raise ValueError(f"edge_distances must be distinct, got {distances}")
-        if len(intervals) != len(distances):
-            raise ValueError(
-                "edge_sampling_intervals must have one entry per edge distance: got "
-                f"{intervals} for distances {distances}"
-            )
-        if int(head_channels) != head_channels or head_channels < 8 or head_channels % 8:
-            raise ValueError(f"head_channels must be a positive multiple of 8, got {head_channels}")
-        if not 0.0 < float(loss_top_k) <= 1.0:
-            raise ValueError(f"loss_top_k must be in (0, 1], got {loss_top_k}")
-        if float(loss_weight) < 0:
-            raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
-        if int(num_sem_seg_classes) <= 0:
-            raise ValueError(
-                f"num_sem_seg_classes must be a positive integer, got {num_sem_seg_classes}"
-            )
         # num_classes is not passed on: the base class builds the decoder only.
         super().__init__(input_shape, decoder_channels=decoder_channels, norm=norm, **kwargs)
         assert self.decoder_only
 
-        self.edge_distances = distances
-        self.edge_sampling_intervals = intervals
+        self.edge_distances = list(edge_distances)
+        self.edge_sampling_intervals = list(edge_sampling_intervals)
         self.num_sem_seg_classes = int(num_sem_seg_classes)
         self.loss_weight = float(loss_weight)
         self.loss_top_k = float(loss_top_k)
         self.loss_normalization = loss_normalization
         head_channels = int(head_channels)
-        use_bias = norm == ""
 
         # Head on [decoder features, detached semantic logits].
         self.head = conv3x3_head(decoder_channels[0] + self.num_sem_seg_classes, decoder_channels[0], head_channels, norm)
@@ -221,30 +181,7 @@ class AffinityHead(DeepLabV3PlusHead):
             groups = 1 if d == 1 else 2
             c1 = groups * (head_channels // 4)
             c2 = groups * (head_channels // 8)
-            classifier = nn.Sequential(
-                Conv2d(
-                    groups * head_channels,
-                    c1,
-                    kernel_size=3,
-                    padding=1,
-                    groups=groups,
-                    bias=use_bias,
-                    norm=get_norm(norm, c1),
-                    activation=F.relu,
-                ),
-                Conv2d(
-                    c1,
-                    c2,
-                    kernel_size=3,
-                    padding=1,
-                    groups=groups,
-                    bias=use_bias,
-                    norm=get_norm(norm, c2),
-                    activation=F.relu,
-                ),
-            )
-            weight_init.c2_xavier_fill(classifier[0])
-            weight_init.c2_xavier_fill(classifier[1])
+            classifier = conv3x3_head(groups * head_channels, c1, c2, norm, groups=groups)
             # Dense over both groups (weight [2, c2, 1, 1]), as the original classifier's last conv.
             predictor = Conv2d(c2, 2, kernel_size=1, bias=True)
             weight_init.c2_xavier_fill(predictor)
@@ -253,44 +190,38 @@ class AffinityHead(DeepLabV3PlusHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        """Read ``MODEL.AFFINITY_HEAD.*`` and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``. The ASPP image
-        pooling window is fixed to the training crop when ``INPUT.CROP.ENABLED`` (as
-        DeepLabV3+). Raises ``ValueError`` on inconsistent keys."""
+        """Read ``MODEL.AFFINITY_HEAD.*`` (the keys of
+        :func:`~detectron2_cops.modeling.sem_seg_head.deeplab_head_config`, ``EDGE_DISTANCES``,
+        ``EDGE_SAMPLING_INTERVALS``, ``LOSS_NORMALIZATION``) and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``
+        (checked by the semantic head).
+
+        Raises:
+            ValueError: naming the key: as ``deeplab_head_config``; ``HEAD_CHANNELS`` not a
+                multiple of 8; ``EDGE_DISTANCES`` empty, not distinct or not positive integers,
+                ``EDGE_SAMPLING_INTERVALS`` not one positive integer per distance;
+                ``LOSS_NORMALIZATION`` not ``"per_channel_mean"`` or ``"weight_sum"``.
+        """
         head = cfg.MODEL.AFFINITY_HEAD
-        in_features = list(head.IN_FEATURES)
-        shapes = check_decoder_features(
-            input_shape,
-            in_features,
-            list(head.PROJECT_FEATURES),
-            list(head.PROJECT_CHANNELS),
-            "MODEL.AFFINITY_HEAD",
-        )
-        if cfg.INPUT.CROP.ENABLED:
-            if cfg.INPUT.CROP.TYPE != "absolute":
-                raise ValueError(
-                    "INPUT.CROP.TYPE must be 'absolute' when INPUT.CROP.ENABLED (the ASPP pooling "
-                    f"window is derived from the crop size), got {cfg.INPUT.CROP.TYPE!r}"
-                )
-            train_size = tuple(cfg.INPUT.CROP.SIZE)
-        else:
-            train_size = None
-        decoder_channels = [head.CONVS_DIM] * (len(in_features) - 1) + [head.ASPP_CHANNELS]
+        ret = deeplab_head_config(cfg, input_shape, "AFFINITY_HEAD")
+        if ret["head_channels"] % 8:
+            raise ValueError(f"MODEL.AFFINITY_HEAD.HEAD_CHANNELS must be a multiple of 8, got {ret['head_channels']}")
+        distances = as_int_list(head.EDGE_DISTANCES, "MODEL.AFFINITY_HEAD.EDGE_DISTANCES", 1)
+        intervals = as_int_list(head.EDGE_SAMPLING_INTERVALS, "MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS", 1)
+        if not distances or len(set(distances)) != len(distances) or len(intervals) != len(distances):
+            raise ValueError(
+                "MODEL.AFFINITY_HEAD.EDGE_DISTANCES must be distinct (at least one) and "
+                f"EDGE_SAMPLING_INTERVALS hold one entry per edge distance, got {distances} and {intervals}"
+            )
+        if head.LOSS_NORMALIZATION not in _LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION must be one of {_LOSS_NORMALIZATIONS}, "
+                f"got {head.LOSS_NORMALIZATION!r}"
+            )
         return dict(
-            input_shape=shapes,
-            project_channels=list(head.PROJECT_CHANNELS),
-            aspp_dilations=list(head.ASPP_DILATIONS),
-            aspp_dropout=head.ASPP_DROPOUT,
-            decoder_channels=decoder_channels,
-            common_stride=head.COMMON_STRIDE,
-            norm=head.NORM,
-            train_size=train_size,
-            use_depthwise_separable_conv=head.USE_DEPTHWISE_SEPARABLE_CONV,
-            head_channels=head.HEAD_CHANNELS,
+            ret,
             num_sem_seg_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            edge_distances=list(head.EDGE_DISTANCES),
-            edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
-            loss_weight=head.LOSS_WEIGHT,
-            loss_top_k=head.LOSS_TOP_K,
+            edge_distances=distances,
+            edge_sampling_intervals=intervals,
             loss_normalization=head.LOSS_NORMALIZATION,
         )
 
@@ -340,24 +271,8 @@ class AffinityHead(DeepLabV3PlusHead):
         self, features: Dict[str, torch.Tensor], sem_seg_logits: torch.Tensor
     ) -> List[torch.Tensor]:
         """Cut logits, one ``[B, 2, ceil(h / s), ceil(w / s)]`` map per distance (``h, w``: the
-        decoder output size, i.e. the stride-4 grid). Raises ``ValueError`` if features are
-        missing or ``sem_seg_logits`` does not match the decoder output's batch and size."""
-        missing = [f for f in self.in_features if f not in features]
-        if missing:
-            raise ValueError(f"features is missing {missing}; got {sorted(features)}")
+        decoder output size, i.e. the stride-4 grid); ``sem_seg_logits`` ``[B, K, h, w]``."""
         y = super().layers(features)
-        B, _, h, w = y.shape
-        if (
-            sem_seg_logits.dim() != 4
-            or sem_seg_logits.shape[0] != B
-            or sem_seg_logits.shape[1] != self.num_sem_seg_classes
-            or tuple(sem_seg_logits.shape[2:]) != (h, w)
-        ):
-            raise ValueError(
-                f"sem_seg_logits must have shape [B, K, h, w] = "
-                f"{[B, self.num_sem_seg_classes, h, w]} (the decoder output size), "
-                f"got {list(sem_seg_logits.shape)}"
-            )
         f = self.head(torch.cat([y, sem_seg_logits.detach().to(y.dtype)], dim=1))
 
         out = []
@@ -384,41 +299,12 @@ class AffinityHead(DeepLabV3PlusHead):
                 ignored regions) do not contribute.
         Returns:
             ``{"loss_affinity_d{d}": scalar}`` per distance, or ``{}`` when ``loss_weight`` is 0.
-        Raises:
-            ValueError: wrong number of maps, mismatching shapes, non-float targets or weights,
-                targets outside ``[0, 1]`` or negative weights.
         """
         if self.loss_weight == 0.0:
             return {}
-        n = len(self.edge_distances)
-        for name, maps in (("logits", logits), ("targets", targets), ("weights", weights)):
-            if len(maps) != n:
-                raise ValueError(
-                    f"{name} must hold one map per edge distance ({n}: {self.edge_distances}), "
-                    f"got {len(maps)}"
-                )
         losses = {}
         for d, x, t, w in zip(self.edge_distances, logits, targets, weights):
-            if x.dim() != 4 or x.shape[1] != 2:
-                raise ValueError(
-                    f"logits for distance {d} must have shape [B, 2, H_d, W_d], got {list(x.shape)}"
-                )
-            for name, m in (("targets", t), ("weights", w)):
-                if tuple(m.shape) != tuple(x.shape):
-                    raise ValueError(
-                        f"{name} for distance {d} must have the shape of the logits "
-                        f"{list(x.shape)}, got {list(m.shape)}"
-                    )
-                if not m.is_floating_point():
-                    raise ValueError(f"{name} for distance {d} must be float, got {m.dtype}")
-            t = t.to(x.dtype)
-            w = w.to(x.dtype)
-            bad = torch.stack([(t < 0).any() | (t > 1).any(), (w < 0).any()]).tolist()
-            if bad[0]:
-                raise ValueError(f"targets for distance {d} must lie in [0, 1]")
-            if bad[1]:
-                raise ValueError(f"weights for distance {d} must be >= 0")
-
+            t, w = t.to(x.dtype), w.to(x.dtype)
             edge_losses = F.binary_cross_entropy_with_logits(x, t, reduction="none") * w
             if self.loss_normalization == "per_channel_mean":
                 loss = sum(self._channel_mean(edge_losses[:, c]) for c in range(2))

@@ -3,15 +3,19 @@ Segmentation: A Fully Differentiable Approach", NeurIPS 2021).
 
 A backbone, a semantic head and an affinity head predict, on the output-stride-4 grid, semantic
 logits and cut logits; a learned affine calibration turns them into the costs of an asymmetric
-multiway cut (AMWC), whose solution is the panoptic segmentation (DESIGN.md section 1). The
-structure and the output format follow Detectron2's ``projects/Panoptic-DeepLab``
-(``PanopticDeepLab``), the training stages the original ``PanopticAffinity`` meta-architecture
-(``panoptic_affinity/panoptic_seg_affinity.py``).
+multiway cut (AMWC), whose solution is the panoptic segmentation (paper Sec. 3.1). The structure
+and the output format follow Detectron2's ``projects/Panoptic-DeepLab`` (``PanopticDeepLab``),
+the training stages the original ``PanopticAffinity`` meta-architecture (the authors'
+``panoptic_affinity/panoptic_seg_affinity.py``).
+
+Inputs are checked where they enter: the config values in :meth:`COPS.from_config` (and the
+heads' and post-processor's own), the batch in :meth:`COPS.forward`. The cost tensors handed to
+the AMWC layer and the PQ surrogate are checked there, not here.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,13 +31,14 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
+from detectron2_cops.checks import as_float, as_int
 from detectron2_cops.layers.amwc_layer import AMWCLayer
 from detectron2_cops.layers.calibration import CostCalibration, EdgeDropout, PixelDropout
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import PanopticQualitySurrogate
 
 from .affinity_head import build_affinity_head
-from .post_processing import _is_positive_int, build_post_processor, cops_dataset_metadata
+from .post_processing import build_post_processor, cops_dataset_metadata
 
 __all__ = ["COPS", "freeze_parameters"]
 
@@ -53,24 +58,21 @@ def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> List[str]:
     Returns:
         the names of the frozen parameters.
     Raises:
-        ValueError: a prefix that is empty or matches no parameter (names the prefix and the
-            top-level modules that exist).
+        ValueError: a prefix (the empty one included) that matches no parameter; names the
+            prefix and the top-level modules that exist.
     """
-    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
     frozen: List[str] = []
     for prefix in prefixes:
         p = str(prefix).rstrip(".")
-        if not p:
-            raise ValueError(f"MODEL.COPS.FROZEN_PREFIXES contains an empty prefix: {list(prefixes)}")
-        matched = [n for n in names if n == p or n.startswith(p + ".")]
+        matched = [n for n in params if n == p or n.startswith(p + ".")] if p else []
         if not matched:
-            top = sorted({n.split(".")[0] for n in names})
+            top = sorted({n.split(".")[0] for n in params})
             raise ValueError(
                 f"MODEL.COPS.FROZEN_PREFIXES entry {prefix!r} matches no parameter of the model "
                 f"(top-level modules with parameters: {top})"
             )
         frozen += matched
-    params = dict(model.named_parameters())
     for n in frozen:
         params[n].requires_grad_(False)
     return sorted(set(frozen))
@@ -89,6 +91,16 @@ def _pad_or_crop(x: torch.Tensor, size: Tuple[int, int], value: float) -> torch.
     return x
 
 
+@contextlib.contextmanager
+def _config_keys(keys: str):
+    """Name the config keys behind a ``ValueError`` that a component built from them raises
+    (the AMWC layer, dropouts and PQ surrogate check their own arguments)."""
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(f"{keys}: {err}") from None
+
+
 @META_ARCH_REGISTRY.register()
 class COPS(nn.Module):
     """COPS: panoptic segmentation by an asymmetric multiway cut on learned costs.
@@ -104,48 +116,35 @@ class COPS(nn.Module):
     Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``),
     returns a dict of scalar losses:
 
-    * pretraining (``fully_differentiable=False``, COPS Sec. 4): ``loss_sem_seg`` (DeepLabCE with
+    * pretraining (``fully_differentiable=False``, paper Sec. 4): ``loss_sem_seg`` (DeepLabCE with
       ``sem_seg_weights``) and ``loss_affinity_d{d}`` (weighted BCE of the cut logits against
       ``affinity_targets`` / ``affinity_weights``). Full-resolution targets are padded to the
       decoder grid times the stride (``ignore_value`` / weight 0); the stride-4 targets are
       padded (weight 0) or cropped to the network's grid.
-    * fully differentiable (COPS Sec. 3.3-3.5; the authors' ``PanopticAffinityAMWC``):
-      calibrated costs, dropout on whole pixels of the semantic costs and on single edge costs
-      (``pixel_dropout``, ``edge_dropout``), the AMWC layer (forward: GAEC; backward: averaged
-      MWC black-box gradients) with pixel weights (the mapper's ``pixel_weights`` plus
-      ``crowd_weight`` on crowd pixels) and ``affinity_weights``, and ``loss_pq =
-      pq_loss_weight * (1 - PQ~)`` of the PQ surrogate against ``gt_masks`` / ``gt_classes`` on
-      the grid; plus the head losses when their loss weights are non-zero. With
-      ``pad_unmatched_gt`` every ground-truth segment the surrogate's matching leaves
-      unmatched gets an empty mask from the layer (``pad_fn``), paired with it in the surrogate
-      and an extra MWC label in the backward (the authors' ``ComputeBestGroundTruth``). NaN/inf
-      in the calibrated costs or ``loss_pq`` raises ``FloatingPointError`` naming the tensor
-      and the iteration. Every iteration the surrogate PQ (``train_pq_surrogate``, percent),
-      the number of padded segments (``num_padded_gt``), the calibration scalars
-      (``calib_*``), ``amwc_time`` (seconds of the AMWC layer's forward) and
-      ``amwc_solver_time`` (of which in the native solver), from the second iteration on the
+    * fully differentiable (paper Sec. 3.3-3.5; the authors' ``PanopticAffinityAMWC``):
+      calibrated costs, dropout on whole pixels of the semantic costs and on single edge costs,
+      the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients) with pixel
+      weights (the mapper's ``pixel_weights`` plus ``crowd_weight`` on crowd pixels) and
+      ``affinity_weights``, and ``loss_pq = pq_loss_weight * (1 - PQ~)`` of the PQ surrogate
+      against ``gt_masks`` / ``gt_classes`` on the grid; plus the head losses when their loss
+      weights are non-zero. With ``pad_unmatched_gt`` every ground-truth segment the
+      surrogate's matching leaves unmatched gets an empty mask from the layer, paired with it in
+      the surrogate and an extra MWC label in the backward (the authors'
+      ``ComputeBestGroundTruth``). Every iteration the surrogate PQ (``train_pq_surrogate``,
+      percent), ``num_padded_gt``, the calibration scalars (``calib_*``), ``amwc_time`` and
+      ``amwc_solver_time`` (seconds of the layer's forward, of which in the native solver), the
       previous iteration's backward (``amwc_backward_time_prev``,
-      ``amwc_backward_solver_time_prev``), and with ``log_train_pq`` the exact
-      PQ of the batch's AMWC solution on the grid (``train_pq``, ``train_pq_th``,
-      ``train_pq_st`` in percent; against ``panoptic_ids`` / ``crowd_ids``, segments under the
-      grid area limits are void) go to Detectron2's ``EventStorage`` (``metrics.json``) and
+      ``amwc_backward_solver_time_prev``) and with ``log_train_pq`` the exact PQ of the batch's
+      AMWC solution on the grid (``train_pq``, ``train_pq_th``, ``train_pq_st``, percent;
+      segments under the grid area limits are void) go to Detectron2's ``EventStorage`` and
       ``self.last_train_stats``; every ``log_period`` iterations one log line shows them.
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
-    with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU
-    scores), ``sem_seg_head`` (the semantic head's probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``)
-    and ``instances`` at the size
-    ``(height, width)`` of the input dict (default: the image's size), produced by the
-    post-processor (see
-    :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
-
-    Inputs: each dict has ``image`` ``[C, H, W]`` (uint8 or float, ``INPUT.FORMAT`` channel
-    order); a one-channel image is repeated to the number of channels of ``pixel_mean``.
-
-    Raises:
-        ValueError: an empty batch, an image that is not ``[C, H, W]`` with ``C`` equal to the
-            pixel mean's channels (or 1), a training batch without the mapper's targets, and the
-            construction errors listed in ``__init__``.
+    with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU scores),
+    ``sem_seg_head`` (the semantic head's probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``)
+    and ``instances`` at the size ``(height, width)`` of the input dict (default: the image's
+    size), produced by the post-processor
+    (:class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
     """
 
     @configurable
@@ -185,9 +184,9 @@ class COPS(nn.Module):
                 ``losses(logits, targets, weights)`` and ``ignore_value``, ``common_stride``.
             affinity_head: affinity head with ``layers(features, sem_seg_logits)`` (one
                 ``[B, 2, H_d, W_d]`` map per distance), ``losses(logits, targets, weights)``,
-                ``edge_distances``, ``edge_sampling_intervals``.
+                ``edge_distances``, ``edge_sampling_intervals`` and the same ``common_stride``.
             calibration: ``CostCalibration``.
-            post_processor: callable as ``AMWCPostProcessor``.
+            post_processor: as ``AMWCPostProcessor`` (callable, with ``postprocess``).
             pixel_mean, pixel_std: per-channel normalisation of the input image.
             size_divisibility: images are padded to a multiple of this (0 = no constraint).
             thing_ids: contiguous ids of the thing classes.
@@ -202,25 +201,18 @@ class COPS(nn.Module):
                 statistics and affine parameters, also under ``model.train()``).
             frozen_prefixes: parameter-name prefixes frozen with :func:`freeze_parameters`.
             edge_dropout: optional ``EdgeDropout`` on the calibrated edge costs (stage 2).
-            pad_unmatched_gt: pad one empty mask per unmatched ground-truth segment (an extra
-                MWC label in the backward, paired with its ground truth in the surrogate; the
-                authors' ``ComputeBestGroundTruth``).
+            pad_unmatched_gt: pad one empty mask per unmatched ground-truth segment (see the
+                class docstring).
             crowd_weight: weight of crowd pixels (in no ground-truth segment) in the surrogate's
                 IoUs and the AMWC layer's gradient (authors: 1; ``pixel_weights`` has 0 there).
-            log_period: iterations between the stage-2 log lines (surrogate / train PQ,
-                calibration scalars); the values go to the ``EventStorage`` every iteration.
+            log_period: iterations between the stage-2 log lines.
             min_input_size: ``(height, width)`` in input pixels (the absolute crop size,
                 ``INPUT.CROP.SIZE``) to which a batch is padded at least, in training and at
-                inference. ASPP with image pooling pools over ``crop size / output stride``
-                cells and needs inputs of that size; a batch whose images are all smaller than
-                the crop (scale augmentation below 1, small test images) is padded with zeros
-                (weight-0 targets in training; outputs are cropped to each image's size as for
-                any padded batch). None: no minimum.
-        Raises:
-            ValueError: pixel mean / std of different lengths or a zero std; a missing module of
-                the fully differentiable stage; a negative ``pq_loss_weight`` or
-                ``size_divisibility``; a frozen prefix that matches nothing; a
-                ``min_input_size`` that is not two positive integers.
+                inference: ASPP with image pooling pools over ``crop size / output stride``
+                cells and needs inputs of that size. The padding has weight-0 targets; outputs
+                are cropped to each image's size. None: no minimum.
+
+        The values are checked where they are read from the config (:meth:`from_config`).
         """
         super().__init__()
         self.backbone = backbone
@@ -228,60 +220,24 @@ class COPS(nn.Module):
         self.affinity_head = affinity_head
         self.calibration = calibration
         self.post_processor = post_processor
-        if len(pixel_mean) != len(pixel_std):
-            raise ValueError(
-                f"pixel_mean and pixel_std must have the same length, got {list(pixel_mean)} and "
-                f"{list(pixel_std)}"
-            )
-        if any(float(s) == 0 for s in pixel_std):
-            raise ValueError(f"pixel_std must not contain 0, got {list(pixel_std)}")
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
-        if int(size_divisibility) != size_divisibility or size_divisibility < 0:
-            raise ValueError(f"size_divisibility must be a non-negative integer, got {size_divisibility!r}")
         self.size_divisibility = int(size_divisibility)
-        if min_input_size is not None:
-            if len(min_input_size) != 2 or any(int(v) != v or v <= 0 for v in min_input_size):
-                raise ValueError(
-                    f"min_input_size must be two positive integers (height, width), got {min_input_size!r}"
-                )
-            min_input_size = (int(min_input_size[0]), int(min_input_size[1]))
-        self.min_input_size = min_input_size
+        self.min_input_size = None if min_input_size is None else tuple(int(v) for v in min_input_size)
         self.thing_ids = sorted(int(t) for t in thing_ids)
         self.label_divisor = int(label_divisor)
         self.common_stride = int(sem_seg_head.common_stride)
-        if int(affinity_head.common_stride) != self.common_stride:
-            raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE ({self.common_stride}) and "
-                f"MODEL.AFFINITY_HEAD.COMMON_STRIDE ({affinity_head.common_stride}) must be equal: "
-                "both heads predict on one grid"
-            )
         self.edge_distances = list(affinity_head.edge_distances)
         self.edge_sampling_intervals = list(affinity_head.edge_sampling_intervals)
-
         self.fully_differentiable = bool(fully_differentiable)
-        if self.fully_differentiable:
-            missing = [
-                n
-                for n, m in (("amwc_layer", amwc_layer), ("pixel_dropout", pixel_dropout), ("pq_surrogate", pq_surrogate))
-                if m is None
-            ]
-            if missing:
-                raise ValueError(f"fully_differentiable=True needs {missing}")
-        if float(pq_loss_weight) < 0:
-            raise ValueError(f"pq_loss_weight must be >= 0, got {pq_loss_weight}")
-        if not float(crowd_weight) >= 0:
-            raise ValueError(f"crowd_weight must be >= 0, got {crowd_weight}")
-        if int(log_period) != log_period or log_period < 1:
-            raise ValueError(f"log_period must be a positive integer, got {log_period!r}")
+        self.amwc_layer = amwc_layer
+        self.pixel_dropout = pixel_dropout
         self.edge_dropout = edge_dropout
+        self.pq_surrogate = pq_surrogate
+        self.pq_loss_weight = float(pq_loss_weight)
         self.pad_unmatched_gt = bool(pad_unmatched_gt)
         self.crowd_weight = float(crowd_weight)
         self.log_period = int(log_period)
-        self.amwc_layer = amwc_layer
-        self.pixel_dropout = pixel_dropout
-        self.pq_surrogate = pq_surrogate
-        self.pq_loss_weight = float(pq_loss_weight)
         self.log_train_pq = bool(log_train_pq)
         self.stuff_area = float(stuff_area)
         self.instance_area = float(instance_area)
@@ -298,56 +254,83 @@ class COPS(nn.Module):
     def from_config(cls, cfg):
         """Build every module from a config with the ``add_cops_config`` keys; the thing classes
         and ``label_divisor`` come from ``DATASETS.TRAIN[0]`` (or ``TEST[0]``) via
-        :func:`~detectron2_cops.modeling.post_processing.cops_dataset_metadata`."""
+        :func:`~detectron2_cops.modeling.post_processing.cops_dataset_metadata`.
+
+        The heads and the post-processor check the keys they read; the stage-2 modules check
+        their arguments and their errors are prefixed with the keys they come from.
+
+        Raises:
+            ValueError: naming the key: as the heads, the post-processor,
+                ``cops_dataset_metadata`` and the stage-2 modules; ``MODEL.PIXEL_MEAN`` /
+                ``PIXEL_STD`` not of one length or a ``PIXEL_STD`` entry not > 0; the two heads'
+                ``COMMON_STRIDE`` not equal; ``MODEL.COPS.SIZE_DIVISIBILITY`` not an integer >= -1;
+                a ``MODEL.COPS.FROZEN_PREFIXES`` entry that matches no parameter; in the fully
+                differentiable stage ``PQ_LOSS_WEIGHT`` or ``SURROGATE_CROWD_WEIGHT`` not a finite
+                number >= 0, ``SURROGATE_*_AREA_DIVISOR`` not finite and > 0, ``LOG_PERIOD`` not
+                a positive integer.
+        """
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         sem_seg_head = build_sem_seg_head(cfg, shapes)
         affinity_head = build_affinity_head(cfg, shapes)
+        if affinity_head.common_stride != sem_seg_head.common_stride:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE ({sem_seg_head.common_stride}) and "
+                f"MODEL.AFFINITY_HEAD.COMMON_STRIDE ({affinity_head.common_stride}) must be equal: "
+                "both heads predict on one grid"
+            )
+        mean, std = list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)
+        if len(mean) != len(std) or not all(as_float(v, "MODEL.PIXEL_STD") > 0 for v in std):
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must hold one value per channel, PIXEL_STD "
+                f"values > 0; got {mean} and {std}"
+            )
         info = cops_dataset_metadata(cfg)
         cops = cfg.MODEL.COPS
-        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        distances = list(cfg.MODEL.AFFINITY_HEAD.EDGE_DISTANCES)
-        intervals = list(cfg.MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS)
-        if cops.SIZE_DIVISIBILITY < -1:
-            raise ValueError(
-                f"MODEL.COPS.SIZE_DIVISIBILITY must be -1 (the backbone's) or >= 0, got {cops.SIZE_DIVISIBILITY}"
-            )
-        for key in ("SURROGATE_STUFF_AREA_DIVISOR", "SURROGATE_INSTANCE_AREA_DIVISOR"):
-            if not 0 < cops[key] < math.inf:
-                raise ValueError(f"MODEL.COPS.{key} must be finite and > 0, got {cops[key]}")
-        size_divisibility = (
-            cops.SIZE_DIVISIBILITY if cops.SIZE_DIVISIBILITY >= 0 else backbone.size_divisibility
-        )
+        size_divisibility = as_int(cops.SIZE_DIVISIBILITY, "MODEL.COPS.SIZE_DIVISIBILITY", -1)
+        distances = affinity_head.edge_distances
+        intervals = affinity_head.edge_sampling_intervals
         ret = dict(
             backbone=backbone,
             sem_seg_head=sem_seg_head,
             affinity_head=affinity_head,
             calibration=CostCalibration(len(distances)),
             post_processor=build_post_processor(cfg),
-            pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
-            pixel_std=list(cfg.MODEL.PIXEL_STD),
-            size_divisibility=size_divisibility,
+            pixel_mean=mean,
+            pixel_std=std,
+            size_divisibility=size_divisibility if size_divisibility >= 0 else backbone.size_divisibility,
             thing_ids=info["thing_ids"],
             label_divisor=info["label_divisor"],
             fully_differentiable=cops.FULLY_DIFFERENTIABLE,
-            pq_loss_weight=cops.PQ_LOSS_WEIGHT,
             log_train_pq=cops.LOG_TRAIN_PQ,
             stuff_area=cops.STUFF_AREA,
             instance_area=cops.INSTANCE_AREA,
             freeze_bn=cops.FREEZE_BN,
             frozen_prefixes=list(cops.FROZEN_PREFIXES),
-            pad_unmatched_gt=cops.PAD_UNMATCHED_GT,
-            crowd_weight=cops.SURROGATE_CROWD_WEIGHT,
-            log_period=cops.LOG_PERIOD,
-            min_input_size=(
+            min_input_size=(  # INPUT.CROP.SIZE is checked by the heads, which read it too
                 tuple(cfg.INPUT.CROP.SIZE)
                 if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"
                 else None
             ),
         )
-        if cops.FULLY_DIFFERENTIABLE:
+        if not cops.FULLY_DIFFERENTIABLE:
+            return ret
+        ret.update(
+            pq_loss_weight=as_float(cops.PQ_LOSS_WEIGHT, "MODEL.COPS.PQ_LOSS_WEIGHT", 0),
+            crowd_weight=as_float(cops.SURROGATE_CROWD_WEIGHT, "MODEL.COPS.SURROGATE_CROWD_WEIGHT", 0),
+            log_period=as_int(cops.LOG_PERIOD, "MODEL.COPS.LOG_PERIOD", 1),
+            pad_unmatched_gt=cops.PAD_UNMATCHED_GT,
+        )
+        stuff_divisor, instance_divisor = (
+            as_float(cops[k], f"MODEL.COPS.{k}", positive=True)
+            for k in ("SURROGATE_STUFF_AREA_DIVISOR", "SURROGATE_INSTANCE_AREA_DIVISOR")
+        )
+        with _config_keys(
+            "MODEL.COPS.{NUM_LAMBDA_SAMPLES, LAMBDA_MIN, LAMBDA_MAX, LOCAL_SEARCH, NUM_THREADS, "
+            "MIN_THING_CLUSTER_SIZE, BACKWARD_WARM_START, BACKWARD_FLOAT32}"
+        ):
             ret["amwc_layer"] = AMWCLayer(
-                num_classes,
+                sem_seg_head.num_classes,
                 info["thing_ids"],
                 distances,
                 intervals,
@@ -360,12 +343,18 @@ class COPS(nn.Module):
                 backward_warm_start=cops.BACKWARD_WARM_START,
                 backward_float32=cops.BACKWARD_FLOAT32,
             )
+        with _config_keys("MODEL.COPS.PIXEL_DROPOUT"):
             ret["pixel_dropout"] = PixelDropout(cops.PIXEL_DROPOUT)
+        with _config_keys("MODEL.COPS.EDGE_DROPOUT"):
             ret["edge_dropout"] = EdgeDropout(cops.EDGE_DROPOUT)
+        with _config_keys(
+            "MODEL.COPS.{STUFF_AREA, INSTANCE_AREA, SURROGATE_RATIO_EPS, SURROGATE_RULE, "
+            "SURROGATE_MATCH_ZERO_OVERLAP}"
+        ):
             ret["pq_surrogate"] = PanopticQualitySurrogate(
                 info["thing_ids"],
-                stuff_area=cops.STUFF_AREA / cops.SURROGATE_STUFF_AREA_DIVISOR,
-                instance_area=cops.INSTANCE_AREA / cops.SURROGATE_INSTANCE_AREA_DIVISOR,
+                stuff_area=cops.STUFF_AREA / stuff_divisor,
+                instance_area=cops.INSTANCE_AREA / instance_divisor,
                 ratio_eps=cops.SURROGATE_RATIO_EPS,
                 rule=cops.SURROGATE_RULE,
                 match_zero_overlap=cops.SURROGATE_MATCH_ZERO_OVERLAP,
@@ -379,7 +368,8 @@ class COPS(nn.Module):
     # ------------------------------------------------------------------ forward
     def preprocess_image(self, batched_inputs: List[dict]) -> ImageList:
         """Normalise and pad the images (``[C, H, W]`` each; uint8 or another integer or float
-        dtype, read as ``pixel_mean``'s dtype) into an ``ImageList``.
+        dtype, read as ``pixel_mean``'s dtype; a one-channel image is repeated to the channels
+        of ``pixel_mean``) into an ``ImageList``.
 
         Raises:
             ValueError: not a non-empty list of dicts with an ``image``; an image that is not a
@@ -391,19 +381,20 @@ class COPS(nn.Module):
         channels = self.pixel_mean.shape[0]
         images = []
         for i, x in enumerate(batched_inputs):
-            if not isinstance(x, dict) or "image" not in x:
-                raise ValueError(f"batched_inputs[{i}] must be a dict with key 'image'")
-            img = x["image"]
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] not in (1, channels):
-                got = list(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            img = x.get("image") if isinstance(x, dict) else None
+            if (
+                not isinstance(img, torch.Tensor)
+                or img.dim() != 3
+                or img.shape[0] not in (1, channels)
+                or img.numel() == 0
+                or img.dtype == torch.bool
+                or img.is_complex()
+            ):
+                got = f"{list(img.shape)} {img.dtype}" if isinstance(img, torch.Tensor) else type(img).__name__
                 raise ValueError(
-                    f"batched_inputs[{i}]['image'] must be a [C, H, W] tensor with C = {channels} "
-                    f"(or 1, repeated), got {got}"
+                    f"batched_inputs[{i}]['image'] must be a non-empty [C, H, W] tensor with C = "
+                    f"{channels} (or 1, repeated) and an integer or float dtype, got {got}"
                 )
-            if img.shape[1] == 0 or img.shape[2] == 0:
-                raise ValueError(f"batched_inputs[{i}]['image'] is empty: shape {list(img.shape)}")
-            if img.dtype == torch.bool or img.is_complex():
-                raise ValueError(f"batched_inputs[{i}]['image'] must have an integer or float dtype, got {img.dtype}")
             if img.is_floating_point() and not bool(torch.isfinite(img).all()):
                 raise ValueError(f"batched_inputs[{i}]['image'] contains NaN or inf")
             img = img.to(self.device, self.pixel_mean.dtype)
@@ -423,34 +414,37 @@ class COPS(nn.Module):
     def forward(self, batched_inputs: List[dict]):
         """
         Args:
-            batched_inputs: list of dicts, outputs of ``COPSDatasetMapper`` (see the class
-                docstring for the keys used in training); at inference ``image`` and optionally
-                ``height``/``width``.
+            batched_inputs: list of dicts, outputs of ``COPSDatasetMapper``: ``image`` (see
+                :meth:`preprocess_image`); in training the targets of the class docstring; at
+                inference optionally ``height`` / ``width``, the output size in pixels.
         Returns:
             training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
             ``panoptic_seg``, ``sem_seg``, ``sem_seg_head`` (if ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``),
             ``instances`` (if ``MODEL.COPS.PREDICT_INSTANCES``) per image.
+        Raises:
+            ValueError: naming the entry of ``batched_inputs``: a bad image (see
+                :meth:`preprocess_image`); in training a dict without a target the configured
+                stage reads, or ``affinity_targets`` / ``affinity_weights`` without one map per
+                edge distance; at inference a ``height`` or ``width`` that is not a positive
+                integer.
+            FloatingPointError: in the fully differentiable stage, the model diverged (NaN / inf
+                in the calibrated costs or ``loss_pq``); names the tensor and the iteration.
         """
         images = self.preprocess_image(batched_inputs)
         if self.training:
-            self._require(batched_inputs, self.required_training_keys())
+            self._check_training_batch(batched_inputs)
+        else:
+            output_sizes = [
+                (as_int(x.get("height", h), f"batched_inputs[{i}]['height']", 1),
+                 as_int(x.get("width", w), f"batched_inputs[{i}]['width']", 1))
+                for i, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes))
+            ]
         features = self.backbone(images.tensor)
         sem_seg_logits = self.sem_seg_head.layers(features)
         cut_logits = self.affinity_head.layers(features, sem_seg_logits)
-
         if self.training:
             return self.losses(batched_inputs, sem_seg_logits, cut_logits)
-
-        output_sizes = []
-        for i, (x, size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            out = []
-            for key, default in (("height", size[0]), ("width", size[1])):
-                v = x.get(key, default)
-                if not _is_positive_int(v):
-                    raise ValueError(f"batched_inputs[{i}]['{key}'] must be a positive integer (the output size), got {v!r}")
-                out.append(int(v))
-            output_sizes.append(tuple(out))
-        return self.post_processor(
+        return self.post_processor.postprocess(
             sem_seg_logits,
             cut_logits,
             [tuple(int(v) for v in s) for s in images.image_sizes],
@@ -472,7 +466,8 @@ class COPS(nn.Module):
                 keys += ["panoptic_ids", "crowd_ids"]
         return list(dict.fromkeys(keys))
 
-    def _require(self, batched_inputs: List[dict], keys: Sequence[str]) -> None:
+    def _check_training_batch(self, batched_inputs: List[dict]) -> None:
+        keys = self.required_training_keys()
         for i, x in enumerate(batched_inputs):
             missing = [k for k in keys if k not in x]
             if missing:
@@ -480,34 +475,25 @@ class COPS(nn.Module):
                     f"training needs the targets of COPSDatasetMapper(cfg, is_train=True); "
                     f"batched_inputs[{i}] lacks {missing}"
                 )
+            counts = [len(x[k]) for k in ("affinity_targets", "affinity_weights") if k in keys]
+            if any(n != len(self.edge_distances) for n in counts):
+                raise ValueError(
+                    f"batched_inputs[{i}]: affinity_targets / affinity_weights must hold one map per "
+                    f"edge distance {self.edge_distances}, got {counts} (mapper and model configs differ?)"
+                )
 
-    def _grid_targets(self, batched_inputs, key: str, size: Tuple[int, int], value) -> torch.Tensor:
-        """Stack the per-image stride-grid maps ``batched_inputs[i][key]`` padded/cropped to
+    def _grid_targets(self, batched_inputs, key: str, size: Tuple[int, int], value, dtype=None) -> torch.Tensor:
+        """Stack the per-image maps ``batched_inputs[i][key]`` (as ``dtype``) padded/cropped to
         ``size`` -> ``[B, *size]``."""
-        return torch.stack(
-            [_pad_or_crop(x[key].to(self.device), size, value) for x in batched_inputs]
-        )
+        return torch.stack([_pad_or_crop(x[key].to(self.device, dtype), size, value) for x in batched_inputs])
 
-    def _affinity_targets(self, batched_inputs, cut_logits):
-        targets, weights = [], []
-        for i, (d, m) in enumerate(zip(self.edge_distances, cut_logits)):
-            size = tuple(m.shape[-2:])
-            for x in batched_inputs:
-                if len(x["affinity_targets"]) != len(self.edge_distances) or len(
-                    x["affinity_weights"]
-                ) != len(self.edge_distances):
-                    raise ValueError(
-                        f"affinity_targets / affinity_weights must hold one map per edge distance "
-                        f"{self.edge_distances}; got {len(x['affinity_targets'])} / "
-                        f"{len(x['affinity_weights'])} (mapper and model configs differ?)"
-                    )
-            targets.append(
-                torch.stack([_pad_or_crop(x["affinity_targets"][i].to(self.device), size, 0.0) for x in batched_inputs])
-            )
-            weights.append(
-                torch.stack([_pad_or_crop(x["affinity_weights"][i].to(self.device), size, 0.0) for x in batched_inputs])
-            )
-        return targets, weights
+    def _edge_maps(self, batched_inputs, key: str, cut_logits) -> List[torch.Tensor]:
+        """The per-distance maps ``batched_inputs[i][key][d]`` (``affinity_targets`` or
+        ``affinity_weights``), padded (with 0) or cropped to the cut logits' grids."""
+        return [
+            torch.stack([_pad_or_crop(x[key][d].to(self.device), tuple(m.shape[-2:]), 0.0) for x in batched_inputs])
+            for d, m in enumerate(cut_logits)
+        ]
 
     def head_losses(self, batched_inputs, sem_seg_logits, cut_logits) -> Dict[str, torch.Tensor]:
         """The pretraining losses of both heads (see the class docstring); heads whose loss
@@ -516,20 +502,12 @@ class COPS(nn.Module):
         h, w = sem_seg_logits.shape[-2:]
         full = (h * self.common_stride, w * self.common_stride)
         if getattr(self.sem_seg_head, "loss_weight", 1.0) != 0:
-            self._require(batched_inputs, ["sem_seg", "sem_seg_weights"])
-            targets = torch.stack(
-                [
-                    _pad_or_crop(x["sem_seg"].to(self.device).long(), full, self.sem_seg_head.ignore_value)
-                    for x in batched_inputs
-                ]
-            )
-            weights = torch.stack(
-                [_pad_or_crop(x["sem_seg_weights"].to(self.device).float(), full, 0.0) for x in batched_inputs]
-            )
+            targets = self._grid_targets(batched_inputs, "sem_seg", full, self.sem_seg_head.ignore_value, torch.long)
+            weights = self._grid_targets(batched_inputs, "sem_seg_weights", full, 0.0, torch.float32)
             losses.update(self.sem_seg_head.losses(sem_seg_logits, targets, weights))
         if getattr(self.affinity_head, "loss_weight", 1.0) != 0:
-            self._require(batched_inputs, ["affinity_targets", "affinity_weights"])
-            targets, weights = self._affinity_targets(batched_inputs, cut_logits)
+            targets = self._edge_maps(batched_inputs, "affinity_targets", cut_logits)
+            weights = self._edge_maps(batched_inputs, "affinity_weights", cut_logits)
             losses.update(self.affinity_head.losses(cut_logits, targets, weights))
         return losses
 
@@ -542,16 +520,8 @@ class COPS(nn.Module):
 
         grid = tuple(sem_seg_logits.shape[-2:])
         pixel_weights = self._stage2_pixel_weights(batched_inputs, grid)
-        edge_weights = [
-            torch.stack(
-                [_pad_or_crop(x["affinity_weights"][i].to(self.device), tuple(m.shape[-2:]), 0.0) for x in batched_inputs]
-            )
-            for i, m in enumerate(cut_logits)
-        ]
+        edge_weights = self._edge_maps(batched_inputs, "affinity_weights", cut_logits)
         semantic_costs, edge_costs = self.calibration(sem_seg_logits, list(cut_logits))
-        self._check_finite("semantic costs (calibrated)", semantic_costs)
-        for d, e in zip(self.edge_distances, edge_costs):
-            self._check_finite(f"edge costs of distance {d} (calibrated)", e)
         semantic_costs = self.pixel_dropout(semantic_costs)
         if self.edge_dropout is not None:
             edge_costs = self.edge_dropout(edge_costs)
@@ -573,10 +543,21 @@ class COPS(nn.Module):
         # new dict per call); logged below as the previous iteration's backward.
         previous_timing = getattr(self.amwc_layer, "last_timing", None)
         start = time.perf_counter()
-        solutions = self.amwc_layer(
-            semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights,
-            pad_fn=pad_fn if self.pad_unmatched_gt else None,
-        )
+        try:
+            solutions = self.amwc_layer(
+                semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights,
+                pad_fn=pad_fn if self.pad_unmatched_gt else None,
+            )
+        except ValueError as err:
+            # The layer refuses non-finite costs; costs the model computed itself are non-finite
+            # only when training diverged.
+            named = [("semantic costs", semantic_costs)] + [
+                (f"edge costs of distance {d}", e) for d, e in zip(self.edge_distances, edge_costs)
+            ]
+            bad = [(what, c) for what, c in named if not bool(torch.isfinite(c.detach()).all())]
+            if not bad:
+                raise
+            raise self._diverged(f"{bad[0][0]} (calibrated)", bad[0][1]) from err
         amwc_time = time.perf_counter() - start
 
         B = len(batched_inputs)
@@ -590,7 +571,8 @@ class COPS(nn.Module):
             matches=[matches[b] for b in range(B)] if self.pad_unmatched_gt else None,
         )
         losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
-        self._check_finite("loss_pq (PQ surrogate loss)", losses["loss_pq"])
+        if not bool(torch.isfinite(losses["loss_pq"].detach())):
+            raise self._diverged("loss_pq (PQ surrogate loss)", losses["loss_pq"])
 
         self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time, previous_timing)
         return losses
@@ -618,16 +600,14 @@ class COPS(nn.Module):
         except AssertionError:  # outside a Detectron2 trainer
             return None
 
-    def _check_finite(self, what: str, x: torch.Tensor) -> None:
-        """Stop the fully differentiable stage with a clear message when ``x`` has NaN / inf
-        (issue 10: stage 2 must never silently diverge)."""
+    def _diverged(self, what: str, x: torch.Tensor) -> FloatingPointError:
+        """The error that stops the fully differentiable stage when ``x`` has NaN / inf: names
+        the tensor, the iteration and the calibration scalars."""
         xd = x.detach()
-        if bool(torch.isfinite(xd).all()):
-            return
         it = self._iteration()
         n_bad = int((~torch.isfinite(xd)).sum())
         calib = {n: [round(v, 6) for v in p.detach().reshape(-1).tolist()] for n, p in self.calibration.named_parameters()}
-        raise FloatingPointError(
+        return FloatingPointError(
             f"COPS fully differentiable stage diverged"
             f"{'' if it is None else f' at iteration {it}'}: {what} has {n_bad} NaN/inf of "
             f"{xd.numel()} values (shape {list(xd.shape)}). Calibration scalars: {calib}. "

@@ -1,10 +1,10 @@
 """Inference post-processing of COPS: AMWC on the stride-4 grid -> Detectron2's panoptic outputs.
 
-COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1 and "Inference" in DESIGN.md section 1) obtains its
-panoptic segmentation by solving the asymmetric multiway cut (AMWC) on the grid of the decoder
-output (output stride 4) with the calibrated semantic costs ``c_V`` and edge costs ``c_E``. This
-module turns that solution into Detectron2's standard model outputs (the format of Detectron2's
-``projects/Panoptic-DeepLab`` and ``PanopticFPN``):
+COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1) obtains its panoptic segmentation by solving the
+asymmetric multiway cut (AMWC) on the grid of the decoder output (output stride 4) with the
+calibrated semantic costs ``c_V`` and edge costs ``c_E``. This module turns that solution into
+Detectron2's standard model outputs (the format of Detectron2's ``projects/Panoptic-DeepLab``
+and ``PanopticFPN``):
 
 * ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
 * ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
@@ -18,9 +18,6 @@ Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,9 +29,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
 from detectron2_cops import _C
+from detectron2_cops.checks import as_float, as_int, as_int_list
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
-from detectron2_cops.solvers.amwc import check_int, check_num_threads
 
 __all__ = [
     "POST_PROCESSOR_REGISTRY",
@@ -50,8 +47,10 @@ of the network into Detectron2's standard outputs (``panoptic_seg``, ``sem_seg``
 
 The registered object is called with ``cfg`` (``from_config``) and must be callable as
 ``post_processor(sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration=None)``
-returning one dict per image (see :class:`AMWCPostProcessor`). The meta-architecture picks it by
-the name in ``cfg.MODEL.COPS.POST_PROCESSOR``.
+returning one dict per image (see :class:`AMWCPostProcessor`), and provide ``postprocess`` with
+the same arguments: the call without the input checks, which the meta-architecture uses for the
+outputs of its own heads. The meta-architecture picks it by the name in
+``cfg.MODEL.COPS.POST_PROCESSOR``.
 """
 
 
@@ -79,7 +78,7 @@ def cops_dataset_metadata(cfg) -> dict:
         )
     info = dict(get_panoptic_metadata(names[0]))
     info["dataset_name"] = names[0]
-    num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    num_classes = as_int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
     top = max(info["class_ids"]) if info["class_ids"] else -1
     if top + 1 != num_classes:
         # Larger: the head would predict classes the dataset does not have (an error only at
@@ -95,21 +94,6 @@ def build_post_processor(cfg):
     """Build the post-processor named by ``cfg.MODEL.COPS.POST_PROCESSOR`` from
     :data:`POST_PROCESSOR_REGISTRY` (Detectron2 raises ``KeyError`` for an unknown name)."""
     return POST_PROCESSOR_REGISTRY.get(cfg.MODEL.COPS.POST_PROCESSOR)(cfg)
-
-
-def _is_positive_int(v) -> bool:
-    """Whether ``v`` is an integer > 0 (Python, NumPy or a 0-d integer tensor; not a bool; also
-    used by the meta-architecture for the inputs' ``height`` / ``width``)."""
-    if isinstance(v, (bool, np.bool_)):
-        return False
-    try:
-        return operator.index(v) > 0
-    except TypeError:
-        return False
-
-
-def _grid_size(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
-    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
 
 
 def _linear_resize_weights(
@@ -181,26 +165,24 @@ class AMWCPostProcessor:
       a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
       "area": output pixels}`` (Detectron2's panoptic output format);
     * ``"sem_seg"``: ``[K, height, width] uint8``, one-hot of the AMWC node labels (the class
-      of every grid node in the AMWC solution, before the area filter of step 5), resized as in
-      step 4. This is the authors' ``"sem_seg"`` output (``panoptic_seg_affinity.py`` ~439:
-      "Using node labels from amc post-processing ignoring void label of panoptic
-      segmentation"), the one the paper's Cityscapes mIoU (79.3) scores. ``uint8`` rather than
-      float32 (a quarter of the memory and of the time to write it): its consumers
-      (Detectron2's ``SemSegEvaluator``, ``CityscapesSemSegEvaluator``, the ``Visualizer``,
-      :class:`detectron2_cops.evaluation.PanopticSemSegEvaluator`) take ``argmax(dim=0)``, which is
-      the same for both (one 1 per pixel); ``.float()`` gives the former float32 tensor;
+      of every grid node, before the area filter of step 5), resized as in step 4: the authors'
+      ``"sem_seg"`` output (``panoptic_seg_affinity.py``: node labels of the AMC
+      post-processing, ignoring the void of the panoptic segmentation), the one the paper's
+      Cityscapes mIoU scores. ``uint8`` rather than float32: its consumers (``SemSegEvaluator``,
+      ``CityscapesSemSegEvaluator``, the ``Visualizer``,
+      :class:`detectron2_cops.evaluation.PanopticSemSegEvaluator`) take ``argmax(dim=0)``, the
+      same for both; ``.float()`` gives the float32 tensor;
     * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
       head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
       (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC); only
-      when ``predict_sem_seg_head``: it is the costliest output (upsampling and softmax of all
-      ``K`` channels at full resolution; nothing else is upsampled, the instance scores are
-      computed on the grid);
+      when ``predict_sem_seg_head`` (the costliest output: all ``K`` channels at full
+      resolution);
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
       ``scores [M] float32``.
 
-    Instance score (the original COPS ``MaskScore``, ``losses.py``; DESIGN.md section 1)::
+    Instance score (the original COPS ``MaskScore``, the authors' ``losses.py``)::
 
         score = mean_{mask} semantic_logit[class]            (output pixels, upsampled logits)
               + mean_{edges leaving the mask} cut_logit - mean_{edges inside the mask} cut_logit
@@ -210,24 +192,30 @@ class AMWCPostProcessor:
     Unlike the original (which averages over all map positions, including non-edges), the means
     are over the edges themselves.
 
-    Args:
-        num_classes: K, number of semantic classes.
-        thing_ids: contiguous ids of the thing (partitionable) classes.
-        edge_distances: edge distances ``d`` in pixels of the stride grid.
-        edge_sampling_intervals: one sampling interval per distance (default all 1).
-        common_stride: stride of the grid in input pixels (4).
-        stuff_area: minimum area of a stuff segment, in output-image pixels.
-        instance_area: minimum area of a thing segment, in output-image pixels.
-        predict_instances: also return ``instances``.
-        predict_sem_seg_head: also return ``sem_seg_head``.
-        local_search: run the AMWC local search after GAEC.
-        num_threads: threads of the batch solver (0 = one per image, at most the CPU count).
+    Args (each with the config key :meth:`from_config` reads it from):
+        num_classes: K, number of semantic classes (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``).
+        thing_ids: contiguous ids of the thing (partitionable) classes (the dataset's).
+        edge_distances: edge distances ``d`` in pixels of the stride grid
+            (``MODEL.AFFINITY_HEAD.EDGE_DISTANCES``).
+        edge_sampling_intervals: one sampling interval per distance (default all 1;
+            ``MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS``).
+        common_stride: stride of the grid in input pixels (``MODEL.AFFINITY_HEAD.COMMON_STRIDE``).
+        stuff_area, instance_area: minimum areas of a stuff / thing segment, in output-image
+            pixels (``MODEL.COPS.STUFF_AREA``, ``INSTANCE_AREA``).
+        predict_instances, predict_sem_seg_head: also return ``instances`` / ``sem_seg_head``.
+        local_search: run the AMWC local search after GAEC (``MODEL.COPS.LOCAL_SEARCH``).
+        num_threads: threads of the batch solver (0 = one per image, at most the CPU count;
+            ``MODEL.COPS.NUM_THREADS``).
         min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
-            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all).
+            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all;
+            ``MODEL.COPS.MIN_THING_CLUSTER_SIZE``).
     Raises:
-        ValueError: bad constructor arguments (empty or invalid distances, thing ids outside
-            ``[0, num_classes)``, negative areas or threads, non-positive stride/classes); on call,
-            see :meth:`__call__`.
+        ValueError: naming the argument and its config key: a count, stride, size or id that is
+            not an integer (a bool or ``4.0`` included) in its range (``num_classes``,
+            ``common_stride``, distances, intervals, ``min_thing_cluster_size`` >= 1;
+            ``num_threads`` >= 0; thing ids in ``[0, num_classes)``), no distance or a number of
+            intervals other than of distances, an area that is not a finite number >= 0; on
+            call, see :meth:`__call__`.
     """
 
     @configurable
@@ -247,51 +235,45 @@ class AMWCPostProcessor:
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
     ):
-        num_classes = check_int(num_classes, "num_classes", 1)
-        common_stride = check_int(common_stride, "common_stride", 1)
-        for name, value in (("stuff_area", stuff_area), ("instance_area", instance_area)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        num_threads = check_num_threads(num_threads)
-        self.num_classes = num_classes
-        things = sorted({check_int(t, "thing_ids entry", 0) for t in thing_ids})
-        bad = [t for t in things if not 0 <= t < self.num_classes]
-        if bad:
-            raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {bad}")
-        self.thing_ids = things
+        self.num_classes = as_int(num_classes, "num_classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)", 1)
+        self.thing_ids = sorted(set(as_int_list(thing_ids, "thing_ids", 0)))
+        if self.thing_ids and self.thing_ids[-1] >= self.num_classes:
+            raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {self.thing_ids}")
         self.partitionable = np.zeros(self.num_classes, dtype=bool)
-        self.partitionable[things] = True
-        # GridGraph validates the distances / intervals.
-        probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
-        if not probe.edge_distances:
-            raise ValueError("edge_distances must not be empty")
-        self.edge_distances = probe.edge_distances
-        self.edge_sampling_intervals = probe.edge_sampling_intervals
-        self.common_stride = int(common_stride)
-        self.stuff_area = float(stuff_area)
-        self.instance_area = float(instance_area)
+        self.partitionable[self.thing_ids] = True
+        self.edge_distances = as_int_list(edge_distances, "edge_distances (MODEL.AFFINITY_HEAD.EDGE_DISTANCES)", 1)
+        if edge_sampling_intervals is None:
+            edge_sampling_intervals = [1] * len(self.edge_distances)
+        self.edge_sampling_intervals = as_int_list(
+            edge_sampling_intervals, "edge_sampling_intervals (MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS)", 1
+        )
+        if not self.edge_distances or len(self.edge_sampling_intervals) != len(self.edge_distances):
+            raise ValueError(
+                f"need at least one edge distance and one sampling interval per distance, got "
+                f"edge_distances={self.edge_distances}, edge_sampling_intervals={self.edge_sampling_intervals}"
+            )
+        self.common_stride = as_int(common_stride, "common_stride (MODEL.AFFINITY_HEAD.COMMON_STRIDE)", 1)
+        self.stuff_area = as_float(stuff_area, "stuff_area (MODEL.COPS.STUFF_AREA)", 0)
+        self.instance_area = as_float(instance_area, "instance_area (MODEL.COPS.INSTANCE_AREA)", 0)
+        self.num_threads = as_int(num_threads, "num_threads (MODEL.COPS.NUM_THREADS)", 0, 2**31 - 1)
+        self.min_thing_cluster_size = as_int(
+            min_thing_cluster_size, "min_thing_cluster_size (MODEL.COPS.MIN_THING_CLUSTER_SIZE)", 1
+        )
         self.predict_instances = bool(predict_instances)
         self.predict_sem_seg_head = bool(predict_sem_seg_head)
+        self.local_search = bool(local_search)
+        self._graphs: Dict[Tuple[int, int], GridGraph] = {}
         # (sizes) -> the banded resize matrices of _semantic_sums and their diagonals
         self._band_cache: Dict[tuple, tuple] = {}
-        self.local_search = bool(local_search)
-        self.num_threads = int(num_threads)
-        min_thing_cluster_size = check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
-        self.min_thing_cluster_size = int(min_thing_cluster_size)
-        self._graphs: Dict[Tuple[int, int], GridGraph] = {}
 
     @classmethod
     def from_config(cls, cfg):
-        """``MODEL.SEM_SEG_HEAD.NUM_CLASSES``, ``MODEL.AFFINITY_HEAD.{EDGE_DISTANCES,
-        EDGE_SAMPLING_INTERVALS, COMMON_STRIDE}``, ``MODEL.COPS.{STUFF_AREA, INSTANCE_AREA,
-        PREDICT_INSTANCES, PREDICT_SEM_SEG_HEAD, LOCAL_SEARCH, NUM_THREADS,
-        MIN_THING_CLUSTER_SIZE}`` and the thing classes of the dataset
+        """The keys named in the class docstring and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
-        info = cops_dataset_metadata(cfg)
         head = cfg.MODEL.AFFINITY_HEAD
         return dict(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            thing_ids=info["thing_ids"],
+            thing_ids=cops_dataset_metadata(cfg)["thing_ids"],
             edge_distances=list(head.EDGE_DISTANCES),
             edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
             common_stride=head.COMMON_STRIDE,
@@ -311,7 +293,6 @@ class AMWCPostProcessor:
             f"stuff_area={self.stuff_area}, instance_area={self.instance_area})"
         )
 
-    # ------------------------------------------------------------------ helpers
     def graph(self, height: int, width: int) -> GridGraph:
         """The (cached) :class:`GridGraph` of a ``height x width`` grid with this post-processor's
         edge distances and sampling intervals."""
@@ -320,60 +301,10 @@ class AMWCPostProcessor:
         if g is None:
             if len(self._graphs) > 64:
                 self._graphs.clear()
-            g = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
-            self._graphs[key] = g
+            g = self._graphs[key] = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
         return g
 
-    def _check_inputs(self, sem_seg_logits, cut_logits, image_sizes, output_sizes):
-        if not isinstance(sem_seg_logits, torch.Tensor) or sem_seg_logits.dim() != 4:
-            raise ValueError(
-                "sem_seg_logits must be a [B, K, h, w] tensor, got "
-                + (
-                    f"shape {list(sem_seg_logits.shape)}"
-                    if isinstance(sem_seg_logits, torch.Tensor)
-                    else type(sem_seg_logits).__name__
-                )
-            )
-        B, K, h, w = sem_seg_logits.shape
-        if K != self.num_classes:
-            raise ValueError(
-                f"sem_seg_logits must have K = num_classes = {self.num_classes} channels, "
-                f"got shape {list(sem_seg_logits.shape)}"
-            )
-        if not sem_seg_logits.is_floating_point():
-            raise ValueError(f"sem_seg_logits must be floating point, got {sem_seg_logits.dtype}")
-        if not isinstance(cut_logits, (list, tuple)) or len(cut_logits) != len(self.edge_distances):
-            raise ValueError(
-                f"cut_logits must be a list of one [B, 2, H_d, W_d] map per edge distance "
-                f"{self.edge_distances}, got "
-                + (f"{len(cut_logits)} maps" if isinstance(cut_logits, (list, tuple)) else type(cut_logits).__name__)
-            )
-        for d, s, m in zip(self.edge_distances, self.edge_sampling_intervals, cut_logits):
-            want = (B, 2, -(-h // s), -(-w // s))
-            if not isinstance(m, torch.Tensor) or tuple(m.shape) != want:
-                got = list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-                raise ValueError(
-                    f"cut_logits for edge distance {d} (sampling interval {s}) must have shape "
-                    f"{list(want)} for sem_seg_logits of shape {list(sem_seg_logits.shape)}, got {got}"
-                )
-            if not m.is_floating_point():
-                raise ValueError(f"cut_logits for edge distance {d} must be floating point, got {m.dtype}")
-        for name, sizes in (("image_sizes", image_sizes), ("output_sizes", output_sizes)):
-            if len(sizes) != B:
-                raise ValueError(f"{name} must hold one (height, width) per image ({B}), got {len(sizes)}")
-            for i, sz in enumerate(sizes):
-                if len(sz) != 2 or not all(_is_positive_int(v) for v in sz):
-                    raise ValueError(f"{name}[{i}] must be a pair of positive integers, got {sz!r}")
-        for i, (H, W) in enumerate(image_sizes):
-            if H > h * self.common_stride or W > w * self.common_stride:
-                raise ValueError(
-                    f"image_sizes[{i}] = {(int(H), int(W))} does not fit into the grid of "
-                    f"sem_seg_logits ({h}x{w} at stride {self.common_stride} covers "
-                    f"{h * self.common_stride}x{w * self.common_stride} input pixels)"
-                )
-
     # ------------------------------------------------------------------ main entry
-    @torch.no_grad()
     def __call__(
         self,
         sem_seg_logits: torch.Tensor,
@@ -396,28 +327,79 @@ class AMWCPostProcessor:
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
             list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
-            ``sem_seg_head`` (head probabilities, if ``predict_sem_seg_head``) and (if
-            ``predict_instances``)
-            ``instances``, on the device of ``sem_seg_logits``.
+            ``sem_seg_head`` (head probabilities, if ``predict_sem_seg_head``) and ``instances``
+            (if ``predict_instances``), on the device of ``sem_seg_logits``.
         Raises:
-            ValueError: wrong ranks or shapes (``K`` != ``num_classes``, a map per distance of the
-                wrong size, an image size larger than the grid covers, a wrong number of sizes),
-                or non-finite costs.
+            ValueError: a tensor of the wrong rank, shape or dtype (``K`` != ``num_classes``, a
+                map per distance of the wrong size), a wrong number of sizes, a size that is not
+                two positive integers or an image size larger than the grid covers; costs that
+                the solver refuses (NaN / inf, or float64 logits beyond the float32 range it
+                reads).
         """
-        if output_sizes is None:
-            output_sizes = image_sizes
-        self._check_inputs(sem_seg_logits, cut_logits, image_sizes, output_sizes)
+        image_sizes, output_sizes = self._check_inputs(sem_seg_logits, cut_logits, image_sizes, output_sizes)
+        return self.postprocess(sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration)
+
+    def _check_inputs(self, sem_seg_logits, cut_logits, image_sizes, output_sizes):
+        """The checks of :meth:`__call__`; returns the sizes as lists of int pairs."""
+        if not isinstance(sem_seg_logits, torch.Tensor) or sem_seg_logits.dim() != 4:
+            got = list(sem_seg_logits.shape) if isinstance(sem_seg_logits, torch.Tensor) else type(sem_seg_logits)
+            raise ValueError(f"sem_seg_logits must be a [B, K, h, w] tensor, got {got}")
+        B, K, h, w = sem_seg_logits.shape
+        if K != self.num_classes or not sem_seg_logits.is_floating_point():
+            raise ValueError(
+                f"sem_seg_logits must be a float tensor with K = num_classes = {self.num_classes} "
+                f"channels, got shape {list(sem_seg_logits.shape)}, dtype {sem_seg_logits.dtype}"
+            )
+        if not isinstance(cut_logits, (list, tuple)) or len(cut_logits) != len(self.edge_distances):
+            got = f"{len(cut_logits)} maps" if isinstance(cut_logits, (list, tuple)) else type(cut_logits).__name__
+            raise ValueError(
+                f"cut_logits must be a list of one [B, 2, H_d, W_d] map per edge distance "
+                f"{self.edge_distances}, got {got}"
+            )
+        for d, s, m in zip(self.edge_distances, self.edge_sampling_intervals, cut_logits):
+            want = [B, 2, -(-h // s), -(-w // s)]
+            if not isinstance(m, torch.Tensor) or list(m.shape) != want or not m.is_floating_point():
+                got = f"{list(m.shape)} {m.dtype}" if isinstance(m, torch.Tensor) else type(m).__name__
+                raise ValueError(
+                    f"cut_logits for edge distance {d} (sampling interval {s}) must be a float tensor "
+                    f"of shape {want} for sem_seg_logits of shape {list(sem_seg_logits.shape)}, got {got}"
+                )
+        sizes = {}
+        for name, given in (("image_sizes", image_sizes), ("output_sizes", image_sizes if output_sizes is None else output_sizes)):
+            sizes[name] = [as_int_list(sz, f"{name}[{i}]", 1) for i, sz in enumerate(given)]
+            if len(given) != B or any(len(sz) != 2 for sz in sizes[name]):
+                raise ValueError(f"{name} must hold one pair (height, width) per image ({B}), got {list(given)!r}")
+        for i, (H, W) in enumerate(sizes["image_sizes"]):
+            if H > h * self.common_stride or W > w * self.common_stride:
+                raise ValueError(
+                    f"image_sizes[{i}] = {(H, W)} does not fit into the grid of sem_seg_logits "
+                    f"({h}x{w} at stride {self.common_stride} covers "
+                    f"{h * self.common_stride}x{w * self.common_stride} input pixels)"
+                )
+        return sizes["image_sizes"], sizes["output_sizes"]
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        sem_seg_logits: torch.Tensor,
+        cut_logits: Sequence[torch.Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+        output_sizes: Sequence[Tuple[int, int]],
+        calibration: Optional[torch.nn.Module] = None,
+    ) -> List[dict]:
+        """:meth:`__call__` without its input checks (``output_sizes`` required, sizes as Python
+        ints), for a caller that produced the inputs itself: the COPS meta-architecture passes
+        its heads' outputs and the sizes it checked."""
         cut_logits = list(cut_logits)
         if calibration is not None:
             sem_costs, edge_costs = calibration(sem_seg_logits, cut_logits)
         else:
             sem_costs, edge_costs = -sem_seg_logits, [-m for m in cut_logits]
 
-        stride = self.common_stride
         # One AMWC instance per image, on the image's part of the grid.
         instances, crops = [], []
         for b, (H, W) in enumerate(image_sizes):
-            hc, wc = _grid_size((H, W), stride)
+            hc, wc = -(-H // self.common_stride), -(-W // self.common_stride)
             graph = self.graph(hc, wc)
             node_costs = sem_costs[b, :, :hc, :wc].detach().permute(1, 2, 0).reshape(hc * wc, -1)
             maps = [
@@ -434,10 +416,8 @@ class AMWCPostProcessor:
             )
             crops.append((hc, wc, graph))
         try:
-            results = solve_amwc_batch(
-                instances, local_search=self.local_search, num_threads=self.num_threads
-            )
-        except ValueError as err:  # e.g. float64 logits beyond the float32 range the solve reads
+            results = solve_amwc_batch(instances, local_search=self.local_search, num_threads=self.num_threads)
+        except ValueError as err:  # e.g. NaN logits, or float64 ones beyond the float32 range the solve reads
             raise ValueError(
                 f"AMWCPostProcessor: the costs from sem_seg_logits and cut_logits (solved as "
                 f"float32) are not valid AMWC costs: {err}"
@@ -445,16 +425,14 @@ class AMWCPostProcessor:
 
         outputs = []
         for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
-            H, W = int(image_sizes[b][0]), int(image_sizes[b][1])
-            height, width = int(output_sizes[b][0]), int(output_sizes[b][1])
             cut_maps = [
                 m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
                 for m, s in zip(cut_logits, self.edge_sampling_intervals)
             ]
             outputs.append(
                 self._image_outputs(
-                    result, hc, wc, graph, (H, W), (height, width), sem_seg_logits[b], cut_maps,
-                    sem_seg_logits.device,
+                    result, hc, wc, graph, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
+                    cut_maps, sem_seg_logits.device,
                 )
             )
         return outputs
@@ -620,8 +598,8 @@ class AMWCPostProcessor:
             for k in np.flatnonzero(keep).tolist()
         ]
         # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
-        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py ~439-441), which their
-        # mIoU scores. The semantic head's probabilities stay available as "sem_seg_head".
+        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py), which their mIoU
+        # scores. The semantic head's probabilities stay available as "sem_seg_head".
         if device.type == "cpu":
             # Zeroed memory from NumPy (calloc: at these sizes fresh pages that the kernel zeroes
             # on first touch), then one np.equal per class that occurs, inside the class's box

@@ -24,69 +24,86 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.projects.deeplab.loss import DeepLabCE
 
-__all__ = ["COPSSemSegHead", "check_decoder_features"]
+from ..checks import as_float, as_int
+
+__all__ = ["COPSSemSegHead", "deeplab_head_config"]
 
 _LOSS_TYPES = ("cross_entropy", "hard_pixel_mining")
 
 
-def check_decoder_features(
-    input_shape: Dict[str, ShapeSpec],
-    in_features: List[str],
-    project_features: List[str],
-    project_channels: List[int],
-    prefix: str,
-) -> Dict[str, ShapeSpec]:
-    """Check the DeepLabV3+ decoder keys of one head against the backbone's output shapes.
+def deeplab_head_config(cfg, input_shape: Dict[str, ShapeSpec], key: str) -> dict:
+    """The constructor arguments both COPS heads read from ``cfg.MODEL.<key>`` (``SEM_SEG_HEAD``
+    or ``AFFINITY_HEAD``), checked: the DeepLabV3+ decoder keys (as Detectron2's
+    ``DeepLabV3PlusHead.from_config``; the ASPP pooling window is the training crop when
+    ``INPUT.CROP.ENABLED``), ``HEAD_CHANNELS``, ``LOSS_WEIGHT`` and ``LOSS_TOP_K``.
 
-    DeepLabV3+ (as implemented by Detectron2's ``DeepLabV3PlusHead``) runs ASPP on the feature
-    with the largest stride and projects every other feature in ``in_features``; so
-    ``project_features`` must be exactly those other features.
+    DeepLabV3+ runs ASPP on the input feature with the largest stride and projects every other
+    one, so ``PROJECT_FEATURES`` must be exactly those others, with one ``PROJECT_CHANNELS``
+    entry each.
 
     Args:
+        cfg: a config with the ``add_cops_config`` keys.
         input_shape: backbone output name -> ``ShapeSpec`` (channels, stride in image pixels).
-        in_features: the feature names the head reads, e.g. ``["res2", "res3", "res5"]``.
-        project_features: the low-level features that are projected, e.g. ``["res2", "res3"]``.
-        project_channels: output channels of each projection, one per projected feature.
-        prefix: config prefix used in error messages, e.g. ``"MODEL.SEM_SEG_HEAD"``.
-    Returns:
-        ``input_shape`` restricted to ``in_features``.
+        key: ``"SEM_SEG_HEAD"`` or ``"AFFINITY_HEAD"``.
     Raises:
-        ValueError: a feature missing from the backbone, project features that are not all but the
-            coarsest input feature, or a number of project channels that does not match.
+        ValueError: naming the key: ``IN_FEATURES`` empty or naming a feature the backbone does
+            not produce, ``PROJECT_FEATURES`` / ``PROJECT_CHANNELS`` other than described,
+            ``COMMON_STRIDE`` or ``HEAD_CHANNELS`` not a positive integer, ``LOSS_WEIGHT`` not a
+            finite number >= 0, ``LOSS_TOP_K`` not in ``(0, 1]``; with ``INPUT.CROP.ENABLED``,
+            ``INPUT.CROP.TYPE`` other than ``"absolute"`` or ``INPUT.CROP.SIZE`` not two
+            positive integers.
     """
-    missing = [f for f in in_features if f not in input_shape]
-    if missing:
+    head, prefix = cfg.MODEL[key], f"MODEL.{key}"
+    in_features = list(head.IN_FEATURES)
+    if not in_features or any(f not in input_shape for f in in_features):
         raise ValueError(
-            f"{prefix}.IN_FEATURES names features the backbone does not produce: {missing}; "
-            f"the backbone outputs {sorted(input_shape)}"
+            f"{prefix}.IN_FEATURES must name features the backbone produces ({sorted(input_shape)}), "
+            f"got {in_features}"
         )
-    if len(in_features) < 1:
-        raise ValueError(f"{prefix}.IN_FEATURES must not be empty")
-    shapes = {f: input_shape[f] for f in in_features}
-    by_stride = sorted(in_features, key=lambda f: shapes[f].stride)
-    expected = by_stride[:-1]
-    if sorted(project_features) != sorted(expected):
+    by_stride = sorted(in_features, key=lambda f: input_shape[f].stride)
+    if sorted(head.PROJECT_FEATURES) != sorted(by_stride[:-1]) or len(head.PROJECT_CHANNELS) != len(by_stride) - 1:
         raise ValueError(
             f"{prefix}.PROJECT_FEATURES must be all IN_FEATURES except the coarsest one "
-            f"({by_stride[-1]!r}, which goes through ASPP): expected {expected}, "
-            f"got {list(project_features)}"
+            f"({by_stride[-1]!r}, which goes through ASPP), i.e. {by_stride[:-1]}, with one "
+            f"PROJECT_CHANNELS entry each; got {list(head.PROJECT_FEATURES)} and {list(head.PROJECT_CHANNELS)}"
         )
-    if len(project_channels) != len(expected):
-        raise ValueError(
-            f"{prefix}.PROJECT_CHANNELS must have one entry per projected feature "
-            f"({len(expected)}), got {list(project_channels)}"
-        )
-    return shapes
+    train_size = None
+    if cfg.INPUT.CROP.ENABLED:
+        if cfg.INPUT.CROP.TYPE != "absolute" or len(cfg.INPUT.CROP.SIZE) != 2:
+            raise ValueError(
+                "with INPUT.CROP.ENABLED, INPUT.CROP.TYPE must be 'absolute' and INPUT.CROP.SIZE "
+                "(height, width) in pixels (the ASPP pooling window is derived from the crop), got "
+                f"{cfg.INPUT.CROP.TYPE!r} and {list(cfg.INPUT.CROP.SIZE)}"
+            )
+        train_size = tuple(as_int(v, "INPUT.CROP.SIZE", 1) for v in cfg.INPUT.CROP.SIZE)
+    loss_top_k = as_float(head.LOSS_TOP_K, f"{prefix}.LOSS_TOP_K", positive=True)
+    if loss_top_k > 1:
+        raise ValueError(f"{prefix}.LOSS_TOP_K must be in (0, 1], got {loss_top_k}")
+    return dict(
+        input_shape={f: input_shape[f] for f in in_features},
+        project_channels=list(head.PROJECT_CHANNELS),
+        aspp_dilations=list(head.ASPP_DILATIONS),
+        aspp_dropout=head.ASPP_DROPOUT,
+        decoder_channels=[head.CONVS_DIM] * (len(in_features) - 1) + [head.ASPP_CHANNELS],
+        common_stride=as_int(head.COMMON_STRIDE, f"{prefix}.COMMON_STRIDE", 1),
+        norm=head.NORM,
+        train_size=train_size,
+        use_depthwise_separable_conv=head.USE_DEPTHWISE_SEPARABLE_CONV,
+        head_channels=as_int(head.HEAD_CHANNELS, f"{prefix}.HEAD_CHANNELS", 1),
+        loss_weight=as_float(head.LOSS_WEIGHT, f"{prefix}.LOSS_WEIGHT", 0),
+        loss_top_k=loss_top_k,
+    )
 
 
-def conv3x3_head(in_channels: int, mid_channels: int, out_channels: int, norm) -> nn.Sequential:
-    """Two 3x3 convs with norm and ReLU (``in -> mid -> out`` channels), c2-Xavier initialised:
-    the extra head of Panoptic-DeepLab's heads, used by the semantic and the affinity head."""
+def conv3x3_head(in_channels: int, mid_channels: int, out_channels: int, norm, groups: int = 1) -> nn.Sequential:
+    """Two 3x3 convs with norm and ReLU (``in -> mid -> out`` channels, ``groups`` groups each),
+    c2-Xavier initialised: the extra head of Panoptic-DeepLab's heads, used by the semantic and
+    the affinity head, and the body of the affinity head's per-distance classifiers."""
     use_bias = norm == ""
     head = nn.Sequential(
-        Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=use_bias,
+        Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, groups=groups, bias=use_bias,
                norm=get_norm(norm, mid_channels), activation=F.relu),
-        Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=use_bias,
+        Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, groups=groups, bias=use_bias,
                norm=get_norm(norm, out_channels), activation=F.relu),
     )
     weight_init.c2_xavier_fill(head[0])
@@ -155,20 +172,9 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
                 ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
                 ``use_depthwise_separable_conv``).
-        Raises:
-            ValueError: unknown ``loss_type``, ``loss_top_k`` outside ``(0, 1]``, negative
-                ``loss_weight``, non-positive ``num_classes`` or ``head_channels``.
+
+        The values are checked where they are read from the config (:meth:`from_config`).
         """
-        if loss_type not in _LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {_LOSS_TYPES}, got {loss_type!r}")
-        if not 0.0 < float(loss_top_k) <= 1.0:
-            raise ValueError(f"loss_top_k must be in (0, 1], got {loss_top_k}")
-        if float(loss_weight) < 0:
-            raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
-        if int(num_classes) <= 0:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
-        if int(head_channels) <= 0:
-            raise ValueError(f"head_channels must be a positive integer, got {head_channels}")
         # num_classes is not passed on: the base class then builds the decoder only.
         super().__init__(
             input_shape, decoder_channels=decoder_channels, norm=norm, ignore_value=ignore_value, **kwargs
@@ -207,22 +213,24 @@ class COPSSemSegHead(DeepLabV3PlusHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        """Read ``MODEL.SEM_SEG_HEAD.*`` (the DeepLab keys plus ``HEAD_CHANNELS``, ``LOSS_TOP_K``
-        and ``HEAD_USE_DEPTHWISE_SEPARABLE_CONV`` from ``add_cops_config``). Raises ``ValueError`` on inconsistent
-        feature keys (see ``check_decoder_features``)."""
+        """Read ``MODEL.SEM_SEG_HEAD.*``: the keys of :func:`deeplab_head_config`, ``NUM_CLASSES``,
+        ``LOSS_TYPE``, ``IGNORE_VALUE`` and ``HEAD_USE_DEPTHWISE_SEPARABLE_CONV``.
+
+        Raises:
+            ValueError: naming the key: as :func:`deeplab_head_config`, ``NUM_CLASSES`` not a
+                positive integer, ``LOSS_TYPE`` not one of ``"hard_pixel_mining"``,
+                ``"cross_entropy"``.
+        """
         head = cfg.MODEL.SEM_SEG_HEAD
-        check_decoder_features(
-            input_shape,
-            list(head.IN_FEATURES),
-            list(head.PROJECT_FEATURES),
-            list(head.PROJECT_CHANNELS),
-            "MODEL.SEM_SEG_HEAD",
+        if head.LOSS_TYPE not in _LOSS_TYPES:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {head.LOSS_TYPE!r}")
+        return dict(
+            deeplab_head_config(cfg, input_shape, "SEM_SEG_HEAD"),
+            num_classes=as_int(head.NUM_CLASSES, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 1),
+            loss_type=head.LOSS_TYPE,
+            ignore_value=head.IGNORE_VALUE,
+            head_depthwise_separable_conv=head.HEAD_USE_DEPTHWISE_SEPARABLE_CONV,
         )
-        ret = super().from_config(cfg, input_shape)
-        ret["head_channels"] = head.HEAD_CHANNELS
-        ret["loss_top_k"] = head.LOSS_TOP_K
-        ret["head_depthwise_separable_conv"] = head.HEAD_USE_DEPTHWISE_SEPARABLE_CONV
-        return ret
 
     def forward(
         self,
@@ -248,12 +256,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Decoder, head and predictor: ``[B, K, H/common_stride, W/common_stride]`` logits."""
-        missing = [f for f in self.in_features if f not in features]
-        if missing:
-            raise ValueError(f"features is missing {missing}; got {sorted(features)}")
-        y = super().layers(features)
-        y = self.head(y)
-        return self.predictor(y)
+        return self.predictor(self.head(super().layers(features)))
 
     def losses(
         self,
@@ -269,34 +272,11 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             weights: ``[B, h * common_stride, w * common_stride] float`` pixel weights, or None.
         Returns:
             ``{"loss_sem_seg": scalar}``, or ``{}`` when ``loss_weight`` is 0.
-        Raises:
-            ValueError: wrong ranks, shapes or dtypes.
         """
         if self.loss_weight == 0.0:
             return {}
-        if logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"logits must have shape [B, {self.num_classes}, h, w], got {list(logits.shape)}"
-            )
-        B, _, h, w = logits.shape
-        size = (h * self.common_stride, w * self.common_stride)
-        if targets.dim() != 3 or tuple(targets.shape) != (B,) + size:
-            raise ValueError(
-                f"targets must have shape [B, H, W] = {[B, *size]} (logits {list(logits.shape)} "
-                f"upsampled by common_stride={self.common_stride}), got {list(targets.shape)}"
-            )
-        if targets.dtype != torch.int64:
-            raise ValueError(f"targets must be int64 (torch.long), got {targets.dtype}")
         if weights is not None:
-            if tuple(weights.shape) != tuple(targets.shape):
-                raise ValueError(
-                    f"weights must have the shape of targets {list(targets.shape)}, "
-                    f"got {list(weights.shape)}"
-                )
-            if not weights.is_floating_point():
-                raise ValueError(f"weights must be a floating point tensor, got {weights.dtype}")
             weights = weights.to(logits.dtype)
-
         upsampled = F.interpolate(
             logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
         )
