@@ -201,7 +201,7 @@ def run_solver(args):
                                     ("ls_cold", "  same, first solve on the grid"), ("mwc", "MWC GAEC + local search")):
                     t, m, r = res[key]
                     notes = []
-                    if lp:
+                    if lp and key != "mwc":
                         notes.append(f"{lp / t:.2f}x LPMP")
                     if key == "ls":
                         notes.append(f"local search moves: {r.info['local_search_moves']}")
