@@ -20,7 +20,11 @@
 
 namespace cops {
 
-// A read-only view of one instance. Arrays are C-contiguous and owned by the caller.
+// A read-only view of one instance. Arrays are C-contiguous and owned by the caller, who
+// guarantees the sizes and dtypes stated below (the bindings check them: array lengths,
+// node_delta of the node costs' dtype, 1 <= num_labels, 0 <= delta_rows <= num_labels, a
+// node_delta with label_classes); the solvers check the values (validate_instance, the label
+// ids of a relabelling, the perturbation scale).
 // Costs are float64 (`node_costs`, `edge_costs`) or float32 (`node_costs_f32`, `edge_costs_f32`,
 // with the float64 pointer null); float32 edge costs are widened inside the solver, on the worker
 // thread, into reused buffers; float32 node costs are read as they are by GAEC and the local

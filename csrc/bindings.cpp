@@ -1,9 +1,13 @@
 // pybind11 bindings of the AMWC/MWC solvers: `detectron2_cops._C`.
 //
-// The Python layer (detectron2_cops/solvers) converts inputs to C-contiguous float64 / int64 /
-// uint8 arrays and gives friendly errors; these bindings re-check every shape, and refuse dtypes
-// that a forced conversion would change (require_kind), so that no input can make the native code
-// read out of bounds or solve something else than given; they release the GIL while solving.
+// The one validation pass of the native solvers, for every caller (the Python API in
+// detectron2_cops/solvers passes its arguments through unchanged): these bindings check what
+// only they can see, the arrays' shapes and dtypes (refusing dtypes that a forced conversion
+// would change, see require_kind) and the int32 range of what they narrow; the solver core
+// (cops::validate_instance, check_relabelling and with_perturbation in graph.cpp) checks the
+// values (finite costs within the bound, node ids, self-loops, class ids, the perturbation
+// scale) on the solving thread. So no input can make the native code read out of bounds or
+// solve something else than given. The GIL is released while solving.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -13,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "amwc.h"
 
@@ -25,14 +30,14 @@ using FArray = py::array_t<float, py::array::c_style>;
 using IArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using BArray = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
-// Costs stay float32 when given as float32 (made C-contiguous if strided; widened inside the
-// solver); anything else is converted to float64.
+// Costs: a C-contiguous float32 array (read as it is, widened inside the solver) or float64 one.
 struct Costs {
-  DArray f64;
-  FArray f32;
+  py::array array;
   bool is_f32 = false;
-  py::ssize_t ndim() const { return is_f32 ? f32.ndim() : f64.ndim(); }
-  py::ssize_t shape(int i) const { return is_f32 ? f32.shape(i) : f64.shape(i); }
+  py::ssize_t ndim() const { return array.ndim(); }
+  py::ssize_t shape(int i) const { return array.shape(i); }
+  const float* f32() const { return static_cast<const float*>(array.data()); }
+  const double* f64() const { return static_cast<const double*>(array.data()); }
 };
 
 struct HeldInstance {
@@ -48,11 +53,18 @@ struct HeldInstance {
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
 
-// Refuses `obj` (an array, or what NumPy makes of a list or scalar) unless its dtype kind is one
-// of `kinds` ('f' float, 'i' / 'u' integer, 'b' bool): the forcecast conversions below would
-// otherwise truncate floats to integers, drop imaginary parts, parse strings or wrap integers
-// without an error. Empty arrays pass (nothing is converted).
-void require_kind(py::handle obj, const char* kinds, const std::string& what) {
+// ", got [d0, d1, ...]": the shape of `a`, for messages.
+std::string got_shape(const py::array& a) {
+  std::string s = ", got [";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + "]";
+}
+
+// `obj` (an array, or what NumPy makes of a list or scalar) as an array; refused unless its dtype
+// kind is one of `kinds` ('f' float, 'i' / 'u' integer, 'b' bool): the forcecast conversions
+// below would otherwise truncate floats to integers, drop imaginary parts, parse strings or wrap
+// integers without an error. Empty arrays pass (nothing is converted).
+py::array require_kind(py::handle obj, const char* kinds, const std::string& what, const char* want = nullptr) {
   py::array a = py::array::ensure(obj);
   if (!a) {
     PyErr_Clear();
@@ -60,75 +72,97 @@ void require_kind(py::handle obj, const char* kinds, const std::string& what) {
   }
   const char kind = a.dtype().kind();
   if (a.size() > 0 && std::strchr(kinds, kind) == nullptr) {
-    const std::string want = std::strchr(kinds, 'f') != nullptr ? "a real (float or integer)" : "an integer";
+    if (want == nullptr) want = std::strchr(kinds, 'f') != nullptr ? "a real (float or integer)" : "an integer";
     fail(what + " must be " + want + " array, got dtype " + std::string(py::str(a.dtype())));
   }
+  return a;
 }
 
+// float32 stays float32 (a C-contiguous copy only when it is strided, e.g. a column subset),
+// float64 stays float64; any other dtype is refused.
 Costs hold_costs(py::handle obj, const std::string& where, const char* name) {
-  require_kind(obj, "fiu", where + name);
-  Costs c;
-  if (py::isinstance<py::array>(obj)) {
-    py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (a.dtype().kind() == 'f' && a.dtype().itemsize() == 4) {
-      // float32 stays float32 (a C-contiguous copy only when it is strided, e.g. a column subset).
-      c.f32 = FArray::ensure(obj);
-      if (!c.f32) {
-        PyErr_Clear();
-        fail(where + name + " (float32) could not be made C-contiguous");
-      }
-      c.is_f32 = true;
-      return c;
-    }
-  }
-  c.f64 = DArray::ensure(obj);
-  if (!c.f64) {
+  py::array a = py::array::ensure(obj);
+  if (!a) {
     PyErr_Clear();
-    fail(where + name + " must be convertible to a numeric array");
+    fail(where + name + " must be a float32 or float64 array");
+  }
+  const py::dtype dt = a.dtype();
+  if (dt.kind() != 'f' || (dt.itemsize() != 4 && dt.itemsize() != 8))
+    fail(where + name + " must be float32 or float64, got dtype " + std::string(py::str(dt)));
+  Costs c;
+  c.is_f32 = dt.itemsize() == 4;
+  c.array = c.is_f32 ? py::array(FArray::ensure(a)) : py::array(DArray::ensure(a));
+  if (!c.array) {
+    PyErr_Clear();
+    fail(where + name + " could not be made C-contiguous");
   }
   return c;
 }
 
 // `num_labels` >= 0: the instance is relabelled (see hold_perturbation) to that many labels, the
-// length `partitionable` must have (default: K = node_costs.shape[1]).
+// length `partitionable` must have (default: K = node_costs.shape[1]). `partitionable` None:
+// no partitionable class (a multiway cut).
 HeldInstance hold(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
                   const std::string& where, py::ssize_t num_labels = -1) {
-  require_kind(edges, "iu", where + "edges");
-  require_kind(partitionable, "biu", where + "partitionable");
-  HeldInstance h{hold_costs(node_costs, where, "node_costs"), IArray::ensure(edges),
-                 hold_costs(edge_costs, where, "edge_costs"), BArray::ensure(partitionable), {}};
-  if (!h.edges || !h.partitionable) {
+  HeldInstance h;
+  h.node_costs = hold_costs(node_costs, where, "node_costs");
+  if (h.node_costs.ndim() != 2) fail(where + "node_costs must have shape [N, K]" + got_shape(h.node_costs.array));
+  h.edges = IArray::ensure(require_kind(edges, "iu", where + "edges"));
+  if (!h.edges) {
     PyErr_Clear();
-    fail(where + "edges and partitionable must be convertible to integer arrays");
+    fail(where + "edges must be convertible to an int64 array");
   }
-  if (h.node_costs.ndim() != 2) fail(where + "node_costs must have shape [N, K]");
-  if (h.edges.ndim() != 2 || h.edges.shape(1) != 2) fail(where + "edges must have shape [E, 2]");
+  if (h.edges.ndim() == 1 && h.edges.shape(0) == 0) h.edges = IArray(std::vector<py::ssize_t>{0, 2});  // e.g. []
+  if (h.edges.ndim() != 2 || h.edges.shape(1) != 2) fail(where + "edges must have shape [E, 2]" + got_shape(h.edges));
+  h.edge_costs = hold_costs(edge_costs, where, "edge_costs");
   if (h.edge_costs.ndim() != 1 || h.edge_costs.shape(0) != h.edges.shape(0))
-    fail(where + "edge_costs must have shape [E] with E = len(edges)");
-  if (num_labels >= 0) {
-    if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != num_labels)
-      fail(where + "partitionable must have shape [L] with L = len(label_classes)");
-  } else if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != h.node_costs.shape(1)) {
-    fail(where + "partitionable must have shape [K] with K = node_costs.shape[1]");
-  }
-  if (py::array::ensure(partitionable).dtype().kind() != 'b') {  // integers: 0 / 1 only (no wrap)
-    IArray flags = IArray::ensure(partitionable);
-    for (py::ssize_t k = 0; flags && k < flags.size(); ++k) {
-      if (flags.data()[k] != 0 && flags.data()[k] != 1)
-        fail(where + "partitionable must be a bool array (or integers 0 / 1); entry " + std::to_string(k) +
-             " is " + std::to_string(flags.data()[k]));
+    fail(where + "edge_costs must have shape [E] with E = len(edges) = " + std::to_string(h.edges.shape(0)) +
+         got_shape(h.edge_costs.array));
+  const py::ssize_t P = num_labels >= 0 ? num_labels : h.node_costs.shape(1);
+  if (partitionable.is_none()) {
+    h.partitionable = BArray(P);
+    std::fill(h.partitionable.mutable_data(), h.partitionable.mutable_data() + P, uint8_t{0});
+  } else {
+    py::array flags = require_kind(partitionable, "biu", where + "partitionable", "a bool");
+    h.partitionable = BArray::ensure(flags);
+    if (!h.partitionable) {
+      PyErr_Clear();
+      fail(where + "partitionable must be a bool array");
+    }
+    if (h.partitionable.ndim() != 1 || h.partitionable.shape(0) != P)
+      fail(where + (num_labels >= 0 ? "partitionable must have shape [L] with L = len(label_classes) = "
+                                    : "partitionable must have shape [K] with K = node_costs.shape[1] = ") +
+           std::to_string(P) + got_shape(h.partitionable));
+    if (flags.dtype().kind() != 'b') {  // integers: 0 / 1 only (no wrap)
+      IArray ints = IArray::ensure(flags);
+      for (py::ssize_t k = 0; ints && k < ints.size(); ++k) {
+        if (ints.data()[k] != 0 && ints.data()[k] != 1)
+          fail(where + "partitionable must be a bool array (or integers 0 / 1); entry " + std::to_string(k) +
+               " is " + std::to_string(ints.data()[k]));
+      }
     }
   }
   h.view.num_nodes = h.node_costs.shape(0);
   h.view.num_classes = h.node_costs.shape(1);
   h.view.num_edges = h.edges.shape(0);
-  if (h.node_costs.is_f32) h.view.node_costs_f32 = h.node_costs.f32.data();
-  else h.view.node_costs = h.node_costs.f64.data();
+  if (h.node_costs.is_f32) h.view.node_costs_f32 = h.node_costs.f32();
+  else h.view.node_costs = h.node_costs.f64();
   h.view.edges = h.edges.data();
-  if (h.edge_costs.is_f32) h.view.edge_costs_f32 = h.edge_costs.f32.data();
-  else h.view.edge_costs = h.edge_costs.f64.data();
+  if (h.edge_costs.is_f32) h.view.edge_costs_f32 = h.edge_costs.f32();
+  else h.view.edge_costs = h.edge_costs.f64();
   h.view.partitionable = h.partitionable.data();
   return h;
+}
+
+// `obj` as a C-contiguous int64 array of integer dtype and shape [n], or ValueError naming `name`.
+IArray hold_node_ints(py::handle obj, const std::string& name, int64_t n) {
+  IArray v = IArray::ensure(require_kind(obj, "iu", name));
+  if (!v) {
+    PyErr_Clear();
+    fail(name + " must be convertible to an int64 array");
+  }
+  if (v.ndim() != 1 || v.shape(0) != n) fail(name + " must have shape [N] = [" + std::to_string(n) + "]" + got_shape(v));
+  return v;  // int64 (an unsigned 64-bit value > 2^63 wraps negative: the callers' range checks catch it)
 }
 
 // Optional warm start: `labels` [N] ints, `clusters` [N] ints (or None), copied into the held
@@ -140,85 +174,77 @@ void hold_initial(HeldInstance& h, py::handle labels, py::handle clusters, const
     return;
   }
   const int64_t n = h.view.num_nodes;
-  auto load = [&](py::handle obj, const char* name, int64_t lo, int64_t hi, std::vector<int32_t>& out) {
-    if (!py::isinstance<py::array>(obj)) fail(where + name + " must be a numpy integer array of shape [N]");
-    py::array a = py::reinterpret_borrow<py::array>(obj);
-    const char kind = a.dtype().kind();
-    if (kind != 'i' && kind != 'u') fail(where + name + " must be an integer array, got dtype " +
-                                         std::string(py::str(a.dtype())));
-    if (a.ndim() != 1 || a.shape(0) != n)
-      fail(where + name + " must have shape [N] with N = " + std::to_string(n));
-    IArray v = IArray::ensure(obj);  // int64 (an unsigned 64-bit value > 2^63 wraps negative: caught below)
-    if (!v) {
-      PyErr_Clear();
-      fail(where + name + " must be convertible to int64");
-    }
+  auto load = [&](py::handle obj, const char* name, std::vector<int32_t>& out) {
+    IArray v = hold_node_ints(obj, where + name, n);
     out.resize(static_cast<size_t>(n));
     const int64_t* d = v.data();
     for (int64_t i = 0; i < n; ++i) {
-      if (d[i] < lo || d[i] >= hi) {
-        fail(where + name + " must hold values in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-             "); node " + std::to_string(i) + " has " + std::to_string(d[i]));
+      if (d[i] < INT32_MIN || d[i] > INT32_MAX) {
+        fail(where + name + " must hold int32 values; node " + std::to_string(i) + " has " + std::to_string(d[i]));
       }
       out[static_cast<size_t>(i)] = static_cast<int32_t>(d[i]);
     }
   };
-  load(labels, "initial_labels", INT32_MIN, static_cast<int64_t>(INT32_MAX) + 1, h.initial_labels);
+  load(labels, "initial_labels", h.initial_labels);
   h.view.initial_labels = h.initial_labels.data();
   if (!clusters.is_none()) {
-    load(clusters, "initial_clusters", INT32_MIN, static_cast<int64_t>(INT32_MAX) + 1, h.initial_clusters);
+    load(clusters, "initial_clusters", h.initial_clusters);
     h.view.initial_clusters = h.initial_clusters.data();
   }
 }
 
+// `label_classes` of a relabelled perturbation: an integer vector [L], L >= 1, copied (L is
+// small): the solver checks the ids (check_relabelling in graph.cpp) and then indexes with them
+// on its own thread, while another Python thread could write the caller's array.
+std::vector<int64_t> hold_label_classes(py::handle obj, const std::string& where) {
+  IArray classes = IArray::ensure(require_kind(obj, "iu", where + "label_classes"));
+  if (!classes) {
+    PyErr_Clear();
+    fail(where + "label_classes must be convertible to an int64 array");
+  }
+  if (classes.ndim() != 1 || classes.shape(0) < 1)
+    fail(where + "label_classes must have shape [L] with L >= 1" + got_shape(classes));
+  return std::vector<int64_t>(classes.data(), classes.data() + classes.shape(0));
+}
+
 // Optional node-cost perturbation: `delta` of the node costs' shape and dtype (float32 or
-// float64) and a finite `scale`; the solver uses node_costs + scale * delta. With `label_classes`
-// ([L] class ids in [0, K), not None) the instance is relabelled: L labels of node costs
-// node_costs[:, label_classes[l]] + scale * delta[l, :], delta label-major [M, N] with M <= L
-// (rows M.. are zero; see InstanceView::label_classes).
+// float64) and a real `scale` (its finiteness is checked by the solver); the solver uses
+// node_costs + scale * delta. With `label_classes` (non-empty, see hold_label_classes) the
+// instance is relabelled: L labels of node costs node_costs[:, label_classes[l]] + scale *
+// delta[l, :], delta label-major [M, N] with M <= L (rows M.. are zero; see
+// InstanceView::label_classes).
 void hold_perturbation(HeldInstance& h, py::handle delta, py::handle scale, const std::string& where,
-                       py::handle label_classes = py::none()) {
-  const bool relabel = !label_classes.is_none();
+                       std::vector<int64_t> label_classes) {
+  const bool relabel = !label_classes.empty();
   if (delta.is_none()) {
     if (relabel) fail(where + "label_classes needs a node_delta");
     return;
   }
   h.node_delta = hold_costs(delta, where, "node_delta");
+  const std::string dtype = h.node_costs.is_f32 ? "float32" : "float64";
   if (h.node_delta.is_f32 != h.node_costs.is_f32)
-    fail(where + "node_delta must have the dtype of node_costs (float32 or float64)");
+    fail(where + "node_delta must have the dtype of node_costs (" + dtype + ")");
+  const py::ssize_t N = h.node_costs.shape(0), K = h.node_costs.shape(1);
   if (relabel) {
-    require_kind(label_classes, "iu", where + "label_classes");
-    IArray classes = IArray::ensure(label_classes);
-    if (!classes) {
-      PyErr_Clear();
-      fail(where + "label_classes must be convertible to an integer array");
-    }
-    const py::ssize_t L = classes.ndim() == 1 ? classes.shape(0) : 0;
-    if (classes.ndim() != 1 || L < 1) fail(where + "label_classes must have shape [L] with L >= 1");
-    // The class ids are checked by the solver (check_relabelling in graph.cpp) before any use.
-    // Copied (L is small): the solver checks the ids and then indexes with them, on its own
-    // thread, while another Python thread could write the caller's array.
-    h.label_classes.assign(classes.data(), classes.data() + L);
-    const int64_t* c = h.label_classes.data();
-    if (h.node_delta.ndim() != 2 || h.node_delta.shape(1) != h.node_costs.shape(0) || h.node_delta.shape(0) > L)
-      fail(where + "node_delta must have shape [M, N] with M <= len(label_classes) when label_classes is given");
-    h.view.label_classes = c;
+    const py::ssize_t L = static_cast<py::ssize_t>(label_classes.size());
+    if (h.node_delta.ndim() != 2 || h.node_delta.shape(1) != N || h.node_delta.shape(0) > L)
+      fail(where + "node_delta must have shape [M, N] with N = " + std::to_string(N) +
+           " and M <= len(label_classes) = " + std::to_string(L) + got_shape(h.node_delta.array));
+    h.label_classes = std::move(label_classes);
+    h.view.label_classes = h.label_classes.data();
     h.view.num_labels = L;
     h.view.delta_rows = h.node_delta.shape(0);
-  } else if (h.node_delta.ndim() != 2 || h.node_delta.shape(0) != h.node_costs.shape(0) ||
-             h.node_delta.shape(1) != h.node_costs.shape(1)) {
-    fail(where + "node_delta must have the shape of node_costs [N, K]");
+  } else if (h.node_delta.ndim() != 2 || h.node_delta.shape(0) != N || h.node_delta.shape(1) != K) {
+    fail(where + "node_delta must have the shape of node_costs [N, K] = [" + std::to_string(N) + ", " +
+         std::to_string(K) + "]" + got_shape(h.node_delta.array));
   }
-  double s = 0.0;
   try {
-    s = scale.cast<double>();
+    h.view.delta_scale = scale.cast<double>();
   } catch (const py::cast_error&) {
-    fail(where + "the perturbation scale must be a real number");
+    fail(where + "the perturbation scale must be a real number, got " + std::string(py::repr(scale)));
   }
-  if (!std::isfinite(s)) fail(where + "the perturbation scale must be finite");
-  if (h.node_delta.is_f32) h.view.node_delta_f32 = h.node_delta.f32.data();
-  else h.view.node_delta = h.node_delta.f64.data();
-  h.view.delta_scale = s;
+  if (h.node_delta.is_f32) h.view.node_delta_f32 = h.node_delta.f32();
+  else h.view.node_delta = h.node_delta.f64();
 }
 
 template <class T>
@@ -271,20 +297,13 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads,
       fail("each batch entry must be (node_costs, edges, edge_costs, partitionable[, initial_labels"
            "[, initial_clusters[, node_delta, scale[, label_classes]]]])");
     const std::string where = "instance " + std::to_string(b) + ": ";
-    py::ssize_t num_labels = -1;  // relabelled: the length partitionable must have
-    if (len == 9 && !t[8].is_none()) {
-      py::array lc = py::array::ensure(t[8]);
-      if (!lc) {
-        PyErr_Clear();
-        fail(where + "label_classes must be convertible to an integer array");
-      }
-      if (lc.ndim() != 1 || lc.shape(0) < 1) fail(where + "label_classes must have shape [L] with L >= 1");
-      num_labels = lc.shape(0);
-    }
+    std::vector<int64_t> label_classes;  // relabelled: its length is the one partitionable must have
+    if (len == 9 && !t[8].is_none()) label_classes = hold_label_classes(t[8], where);
+    const py::ssize_t num_labels = label_classes.empty() ? -1 : static_cast<py::ssize_t>(label_classes.size());
     held.push_back(hold(t[0], t[1], t[2], t[3], where, num_labels));
     hold_initial(held.back(), len > 4 ? py::handle(t[4]) : py::handle(Py_None),
                  len > 5 ? py::handle(t[5]) : py::handle(Py_None), where);
-    if (len >= 8) hold_perturbation(held.back(), t[6], t[7], where, len == 9 ? py::handle(t[8]) : py::handle(Py_None));
+    if (len >= 8) hold_perturbation(held.back(), t[6], t[7], where, std::move(label_classes));
   }
   std::vector<cops::InstanceView> views;
   views.reserve(held.size());
@@ -307,27 +326,19 @@ py::list solve_batch(py::sequence instances, bool local_search, int num_threads,
 }
 
 double objective(py::handle node_costs, py::handle edges, py::handle edge_costs, py::handle partitionable,
-                 py::handle node_labels, py::handle cluster_ids) {
+                 py::handle node_labels, py::handle instance_ids) {
   HeldInstance h = hold(node_costs, edges, edge_costs, partitionable, "");
-  require_kind(node_labels, "iu", "node_labels");
-  require_kind(cluster_ids, "iu", "cluster_ids");
-  IArray labels = IArray::ensure(node_labels), clusters = IArray::ensure(cluster_ids);
-  if (!labels || !clusters) {
-    PyErr_Clear();
-    fail("node_labels and cluster_ids must be integer arrays");
-  }
-  if (labels.ndim() != 1 || labels.shape(0) != h.view.num_nodes || clusters.ndim() != 1 ||
-      clusters.shape(0) != h.view.num_nodes)
-    fail("node_labels and cluster_ids must have shape [N]");
+  const int64_t n = h.view.num_nodes, K = h.view.num_classes;
+  IArray labels = hold_node_ints(node_labels, "node_labels", n), clusters = hold_node_ints(instance_ids, "instance_ids", n);
   // int64 values (an unsigned value > 2^63 wraps negative: refused), checked, then as int32.
-  const py::ssize_t n = labels.shape(0);
   std::vector<int32_t> lab(static_cast<size_t>(n)), ids(static_cast<size_t>(n));
-  for (py::ssize_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t k = labels.data()[i], c = clusters.data()[i];
-    if (k < 0 || k >= h.view.num_classes) fail("node_labels out of range [0, K); node " + std::to_string(i) +
-                                               " has " + std::to_string(k));
-    if (c < INT32_MIN || c > INT32_MAX) fail("cluster_ids must hold int32 values; node " + std::to_string(i) +
-                                             " has " + std::to_string(c));
+    if (k < 0 || k >= K)
+      fail("node_labels must hold classes in [0, " + std::to_string(K) + "); node " + std::to_string(i) + " has " +
+           std::to_string(k));
+    if (c < INT32_MIN || c > INT32_MAX)
+      fail("instance_ids must hold int32 values; node " + std::to_string(i) + " has " + std::to_string(c));
     lab[static_cast<size_t>(i)] = static_cast<int32_t>(k);
     ids[static_cast<size_t>(i)] = static_cast<int32_t>(c);
   }
@@ -424,7 +435,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("partitionable"), py::arg("local_search") = true, py::arg("initial_labels") = py::none(),
         py::arg("initial_clusters") = py::none(),
         "Solve one AMWC instance (GAEC, or local search from initial_labels/initial_clusters when "
-        "given); returns (node_labels, instance_ids, edge_labels, objective, info).");
+        "given; partitionable None: a multiway cut); returns (node_labels, instance_ids, edge_labels, "
+        "objective, info).");
   m.def("solve_amwc_batch", &solve_batch, py::arg("instances"), py::arg("local_search") = true,
         py::arg("num_threads") = 0, py::arg("incremental_cluster_passes") = true,
         "Solve a list of AMWC instances (node_costs, edges, edge_costs, partitionable[, initial_labels"
@@ -435,8 +447,8 @@ PYBIND11_MODULE(_C, m) {
         "Drop the graph structures the solvers keep for the last few distinct edge sets (the next "
         "solve on those edges builds its structure again).");
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
-        py::arg("partitionable"), py::arg("node_labels"), py::arg("cluster_ids"),
-        "AMWC objective of a labelling (edge cut iff cluster ids differ).");
+        py::arg("partitionable"), py::arg("node_labels"), py::arg("instance_ids"),
+        "AMWC objective of a labelling (edge cut iff instance ids differ).");
   m.def("segment_edge_sums", &segment_edge_sums, py::arg("segments"), py::arg("edges"), py::arg("values"),
         py::arg("num_segments"),
         "Per segment: (sum, count) of values over the edges inside it and over the edges leaving it; "

@@ -481,14 +481,12 @@ void perturbed_costs(const T* base, const T* delta, T scale, int64_t n, std::vec
 }
 
 // The instance with its node-cost perturbation (if any) applied into per-thread buffers.
-// Throws InvalidInput for a perturbation of another dtype than the costs or a non-finite scale.
+// Throws InvalidInput for a non-finite scale. The delta has the costs' dtype (the bindings check
+// it; see InstanceView).
 InstanceView with_perturbation(const InstanceView& in) {
   InstanceView v = in;
   if (in.label_classes != nullptr) throw InvalidInput{"label_classes must be expanded before the solve"};
   if (in.node_delta_f32 == nullptr && in.node_delta == nullptr) return v;
-  if ((in.node_delta_f32 != nullptr && in.node_costs_f32 == nullptr) ||
-      (in.node_delta != nullptr && in.node_costs == nullptr))
-    throw InvalidInput{"node_delta must have the dtype of node_costs (float32 or float64)"};
   if (!std::isfinite(in.delta_scale)) throw InvalidInput{"the perturbation scale must be finite"};
   const int64_t n = in.num_nodes * in.num_classes;
   if (in.node_delta_f32 != nullptr && in.node_costs_f32 != nullptr) {
@@ -649,16 +647,9 @@ struct Relabelled {
   std::vector<double> base64, delta64;
 };
 
-// Throws InvalidInput unless `in`'s relabelling is well-formed (label ids in [0, K), 0 <= M <= L,
-// a delta of the costs' dtype when M > 0).
+// Throws InvalidInput unless `in`'s label ids lie in [0, K). The sizes (1 <= L, 0 <= M <= L) and
+// the delta's dtype (the costs') are the bindings' checks (see InstanceView).
 void check_relabelling(const InstanceView& in) {
-  if (in.num_labels < 1 || in.delta_rows < 0 || in.delta_rows > in.num_labels)
-    throw InvalidInput{"label_classes needs 1 <= L and 0 <= M <= L delta rows"};
-  if (in.delta_rows > 0 && in.node_delta == nullptr && in.node_delta_f32 == nullptr)
-    throw InvalidInput{"label_classes with delta rows needs node_delta"};
-  if ((in.node_delta_f32 != nullptr && in.node_costs_f32 == nullptr) ||
-      (in.node_delta != nullptr && in.node_costs == nullptr))
-    throw InvalidInput{"node_delta must have the dtype of node_costs (float32 or float64)"};
   for (int64_t l = 0; l < in.num_labels; ++l) {
     if (in.label_classes[l] < 0 || in.label_classes[l] >= in.num_classes)
       throw InvalidInput{"label_classes must hold class ids in [0, " + std::to_string(in.num_classes) + "); label " +
@@ -749,7 +740,8 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, 
   thread_local std::vector<Relabelled> kept;
   std::vector<Relabelled>& expanded = kept;
   {
-    std::map<std::tuple<const void*, const void*, const int64_t*, int64_t, int64_t, int64_t, int64_t>, size_t> index;
+    // (by the ids, not their address: the bindings hold a copy of them per instance)
+    std::map<std::tuple<const void*, const void*, std::vector<int64_t>, int64_t, int64_t, int64_t>, size_t> index;
     std::vector<size_t> first;            // first instance of each group
     std::vector<int64_t> group_of(inputs.size(), -1);
     for (size_t b = 0; b < inputs.size(); ++b) {
@@ -764,9 +756,9 @@ std::vector<Solution> solve_amwc_batch(const std::vector<InstanceView>& inputs, 
       }
       const void* c = in.node_costs_f32 != nullptr ? static_cast<const void*>(in.node_costs_f32) : in.node_costs;
       const void* d = in.node_delta_f32 != nullptr ? static_cast<const void*>(in.node_delta_f32) : in.node_delta;
-      const auto key = std::make_tuple(c, d, in.label_classes, in.num_labels, in.delta_rows, in.num_nodes,
-                                       in.num_classes);
-      auto it = index.emplace(key, first.size()).first;
+      auto key = std::make_tuple(c, d, std::vector<int64_t>(in.label_classes, in.label_classes + in.num_labels),
+                                 in.delta_rows, in.num_nodes, in.num_classes);
+      auto it = index.emplace(std::move(key), first.size()).first;
       if (it->second == first.size()) first.push_back(b);
       group_of[b] = static_cast<int64_t>(it->second);
     }

@@ -67,3 +67,16 @@ def as_int_list(values, name: str, minimum: Optional[int] = None) -> List[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
         raise ValueError(f"{name} must be a sequence of integers, got {values!r}")
     return [as_int(v, f"{name}[{i}]", minimum) for i, v in enumerate(values)]
+
+
+def as_int_set(values, name: str, minimum: Optional[int] = None) -> frozenset:
+    """``values`` (a list, tuple, set, range, array or tensor; not a string) as a frozenset of
+    Python ints, each an integer in the sense of :func:`as_int` and ``>= minimum`` where given
+    (e.g. the thing class ids of a model).
+
+    Raises:
+        ValueError: as :func:`as_int_list`.
+    """
+    if isinstance(values, (set, frozenset, range)):
+        values = list(values)
+    return frozenset(as_int_list(values, name, minimum))

@@ -24,7 +24,6 @@ from detectron2_cops.solvers import (
     solve_mwc,
     solve_mwc_batch,
 )
-from detectron2_cops.solvers import amwc as amwc_module
 from detectron2_cops.solvers.synthetic import iid_noise_instance, synthetic_instance
 
 
@@ -318,60 +317,6 @@ def test_batch_equals_single(num_threads):
         assert mb.objective == msingle.objective
 
 
-def test_batch_reports_the_bad_instance():
-    good = synthetic_instance(8, 8, 3, 1, [1], seed=0)
-    bad_edges = good.edges.copy()
-    bad_edges[3, 1] = 10_000
-    with pytest.raises(ValueError, match=r"instance 1: edges must hold node ids"):
-        solve_amwc_batch(
-            [
-                (good.node_costs, good.edges, good.edge_costs, good.partitionable),
-                (good.node_costs, bad_edges, good.edge_costs, good.partitionable),
-            ]
-        )
-    with pytest.raises(ValueError, match="num_threads"):
-        solve_amwc_batch([], num_threads=-1)
-    assert solve_amwc_batch([]) == []
-
-
-def test_batch_checks_shared_cost_arrays_once_and_still_names_bad_instances(monkeypatch):
-    """Cost arrays shared by the instances of one batch call (the backward's base, delta and
-    edge costs) are checked once per call; a bad array that is not shared is still named by its
-    instance, and a shared array that is bad by the first instance that uses it."""
-    inst = synthetic_instance(8, 8, 3, 1, [1], seed=0)
-    nc, ec = inst.node_costs.astype(np.float32), inst.edge_costs.astype(np.float32)
-    delta = np.ones_like(nc)
-    base = (nc, inst.edges, ec, inst.partitionable)
-    one = solve_amwc_batch([base], node_cost_perturbations=[(delta, 3.0)])[0]
-    checked = []
-    real_check = amwc_module._within_cost_bound
-
-    def counting(x):
-        checked.append(id(x))
-        return real_check(x)
-
-    monkeypatch.setattr(amwc_module, "_within_cost_bound", counting)
-    many = solve_amwc_batch([base] * 5, node_cost_perturbations=[(delta, float(s)) for s in range(5)])
-    monkeypatch.undo()
-    assert sorted(checked) == sorted([id(nc), id(ec), id(delta)])  # once each, not 5 times
-    np.testing.assert_array_equal(many[3].node_labels, one.node_labels)
-    np.testing.assert_array_equal(many[3].instance_ids, one.instance_ids)
-    assert many[3].objective == one.objective
-
-    bad_nc = nc.copy()
-    bad_nc[2, 1] = np.inf
-    with pytest.raises(ValueError, match=r"instance 2: node_costs must be finite"):
-        solve_amwc_batch([base, base, (bad_nc,) + base[1:], base])
-    bad_delta = delta.copy()
-    bad_delta[0, 0] = np.nan
-    with pytest.raises(ValueError, match=r"instance 1: node_delta must be finite"):
-        solve_amwc_batch([base] * 3, node_cost_perturbations=[(delta, 1.0), (bad_delta, 1.0), (bad_delta, 1.0)])
-    bad_ec = ec.copy()
-    bad_ec[4] = np.nan
-    with pytest.raises(ValueError, match=r"instance 0: edge_costs must be finite"):
-        solve_amwc_batch([(nc, inst.edges, bad_ec, inst.partitionable)] * 3)
-
-
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_batch_with_shared_edges_equals_single_solves(num_threads):
     """Instances that share one edges array share one graph structure inside the native batch
@@ -414,7 +359,7 @@ def test_batch_with_shared_invalid_edges_names_the_first_instance():
     the message of a single solve (the native path, without the Python checks)."""
     from detectron2_cops import _C
 
-    nc, edges, ec, part = _ok()
+    nc, edges, ec, part = tuple(_ok().values())[:4]
     bad = edges.copy()
     bad[1, 1] = 10_000
     good = (nc, edges, ec, part)
@@ -547,12 +492,22 @@ def test_grid_graph_convention_and_round_trip(H, W, D, S):
 
 
 def test_grid_graph_bad_input():
-    with pytest.raises(ValueError, match="edge_distances"):
-        GridGraph(4, 4, [0, 1])
-    with pytest.raises(ValueError, match="edge_sampling_intervals"):
-        GridGraph(4, 4, [1, 2], [1])
-    with pytest.raises(ValueError, match="height and width"):
-        GridGraph(-1, 4, [1])
+    for args, match in [((4, 4, [0, 1]), r"edge_distances\[0\] must be >= 1, got 0"),
+                        ((4, 4, [1, 2], [1]), "edge_sampling_intervals must have one entry per edge distance"),
+                        ((4, 4, [1], [0]), r"edge_sampling_intervals\[0\] must be >= 1"),
+                        ((-1, 4, [1]), "height must be >= 0, got -1"),
+                        ((4, 2.0, [1]), "width must be an integer, got 2.0"),
+                        # a string is not split into digits, bools and 4.0 are not distances
+                        ((4, 4, "14"), "edge_distances must be a sequence of integers, got '14'"),
+                        ((4, 4, [True, 2]), r"edge_distances\[0\] must be an integer, got True"),
+                        ((4, 4, [4.0]), r"edge_distances\[0\] must be an integer, got 4.0"),
+                        ((4, 4, ["a"]), r"edge_distances\[0\] must be an integer, got 'a'")]:
+        with pytest.raises(ValueError, match=match):
+            GridGraph(*args)
+    for bad, match in ((0, "distance must be >= 1"), (-3, "distance must be >= 1"), (1.0, "distance must be an integer"),
+                       (True, "distance must be an integer")):
+        with pytest.raises(ValueError, match=match):
+            edge_offsets(bad)
     g = GridGraph(4, 5, [1, 2])
     with pytest.raises(ValueError, match="one map per edge distance"):
         g.maps_to_edge_values([np.zeros((2, 4, 5))])
@@ -560,16 +515,6 @@ def test_grid_graph_bad_input():
         g.maps_to_edge_values([np.zeros((2, 4, 5)), np.zeros((2, 4, 4))])
     with pytest.raises(ValueError, match="values must have shape"):
         g.edge_values_to_maps(np.zeros(g.num_edges + 1))
-    # A string is not split into digits, bools are not distances, offsets need a distance >= 1.
-    with pytest.raises(ValueError, match="edge_distances must be a sequence of positive integers, got the string"):
-        GridGraph(4, 4, "14")
-    with pytest.raises(ValueError, match="edge_distances must contain positive integers"):
-        GridGraph(4, 4, [True, 2])
-    with pytest.raises(ValueError, match="edge_distances must be a sequence"):
-        GridGraph(4, 4, ["a"])
-    for bad in (0, -3, 1.0, True):
-        with pytest.raises(ValueError, match="distance must be a positive integer"):
-            edge_offsets(bad)
     # A fill that the values' dtype cannot hold is refused instead of wrapping or raising OverflowError.
     for values, fill in ((np.zeros(g.num_edges, np.uint8), 300), (np.zeros(g.num_edges, np.uint8), -1),
                          (np.zeros(g.num_edges, np.int64), 0.5), (np.zeros(g.num_edges, np.float32), 1e300),
@@ -690,110 +635,142 @@ def test_solvers_work_in_a_forked_child_with_the_parents_cache_and_pool():
 
 # --------------------------------------------------------------------------- bad input
 def _ok():
-    nc = np.zeros((4, 2), np.float32)
-    edges = np.array([[0, 1], [1, 2], [2, 3]])
-    ec = np.ones(3, np.float32)
-    part = np.array([True, False])
-    return nc, edges, ec, part
+    """A valid instance as the keyword arguments of solve_amwc."""
+    return dict(node_costs=np.zeros((4, 2), np.float32), edges=np.array([[0, 1], [1, 2], [2, 3]]),
+                edge_costs=np.ones(3, np.float32), partitionable=np.array([True, False]),
+                initial_labels=None, initial_clusters=None)
 
 
-@pytest.mark.parametrize(
-    "mutate,match",
-    [
-        (lambda a: (a[0][None], *a[1:]), r"node_costs must have shape \[N, K\]"),
-        (lambda a: (a[0].astype(np.int64), *a[1:]), "node_costs must be float32 or float64"),
-        (lambda a: (np.where(np.eye(4, 2, dtype=bool), np.nan, a[0]), *a[1:]), "node_costs must be finite"),
-        (lambda a: (np.full((4, 2), np.inf), *a[1:]), "node_costs must be finite"),
-        (lambda a: (a[0], a[1][:, :1], *a[2:]), r"edges must have shape \[E, 2\]"),
-        (lambda a: (a[0], a[1].astype(np.float32), *a[2:]), "edges must be an integer array"),
-        (lambda a: (a[0], np.array([[0, 1], [1, 4], [2, 3]]), *a[2:]), r"node ids in \[0, 4\); edge 1"),
-        (lambda a: (a[0], np.array([[0, 1], [-1, 2], [2, 3]]), *a[2:]), r"node ids in \[0, 4\); edge 1"),
-        (lambda a: (a[0], np.array([[0, 1], [2, 2], [2, 3]]), *a[2:]), "self-loops; edge 1"),
-        (lambda a: (a[0], a[1], a[2][:2], a[3]), r"edge_costs must have shape \[3\]"),
-        (lambda a: (a[0], a[1], a[2][:, None], a[3]), "edge_costs must have shape"),
-        (lambda a: (a[0], a[1], np.array([1.0, np.nan, 0.0]), a[3]), "edge_costs must be finite"),
-        (lambda a: (a[0], a[1], a[2].astype(np.int32), a[3]), "edge_costs must be float32 or float64"),
-        (lambda a: (*a[:3], np.array([True])), r"partitionable must have shape \[K\]"),
-        (lambda a: (*a[:3], np.array([0.5, 1.0])), "partitionable must be a bool array"),
-        (lambda a: (np.zeros((4, 0)), *a[1:3], np.zeros(0, bool)), "at least one class"),
-        # Empty edge arrays of another shape than [0, 2] (or the [0] of an empty list).
-        (lambda a: (a[0], np.zeros((0, 3), np.int64), np.zeros(0, np.float32), a[3]), r"edges must have shape \[E, 2\]"),
-        (lambda a: (a[0], np.zeros((3, 0), np.int64), a[2], a[3]), r"edges must have shape \[E, 2\]"),
-        # Finite float64 costs whose sums could overflow (the bound keeps every sum finite).
-        (lambda a: (np.full((4, 2), 2.0**960), *a[1:]), r"node_costs must be finite with \|value\| < 2\*\*960"),
-        (lambda a: (a[0].astype(np.float64), a[1], np.array([1.0, -1e300, 0.0]), a[3]),
-         r"edge_costs must be finite with \|value\| < 2\*\*960 .*; found -1e\+300 at index \[1\]"),
-    ],
-)
-def test_bad_input_raises(mutate, match):
-    args = mutate(_ok())
+def _with(**changes):
+    return lambda: {**_ok(), **changes}
+
+
+_EDGES = np.array([[0, 1], [1, 2], [2, 3]])
+_NAN_AT_1 = np.where(np.eye(4, 2, k=-1, dtype=bool), np.nan, 0.0)  # node 1, class 0
+
+# Each kind of bad instance, refused by the native validation pass with the message given (the
+# Python functions pass their arrays through unchanged).
+_BAD_INSTANCES = [
+    (_with(node_costs=np.zeros((1, 4, 2))), r"node_costs must have shape \[N, K\], got \[1, 4, 2\]"),
+    (_with(node_costs=np.zeros((4, 2), np.int64)), "node_costs must be float32 or float64, got dtype int64"),
+    (_with(node_costs=np.zeros((4, 2), complex)), "node_costs must be float32 or float64, got dtype complex128"),
+    (_with(node_costs=_NAN_AT_1), r"node_costs must be finite with \|value\| < 2\^960 .*; found nan at node 1, class 0"),
+    (_with(node_costs=np.full((4, 2), np.inf)), "node_costs must be finite .*; found inf at node 0"),
+    # finite float64 costs whose sums could overflow (the bound keeps every sum finite)
+    (_with(node_costs=np.full((4, 2), 2.0**960)), r"node_costs must be finite with \|value\| < 2\^960"),
+    (_with(node_costs=np.zeros((4, 0)), partitionable=np.zeros(0, bool)), r"node_costs must have at least one class \(K >= 1\)"),
+    (_with(edges=_EDGES[:, :1]), r"edges must have shape \[E, 2\], got \[3, 1\]"),
+    (_with(edges=np.zeros((0, 3), np.int64), edge_costs=np.zeros(0)), r"edges must have shape \[E, 2\], got \[0, 3\]"),
+    (_with(edges=_EDGES + 0.5), "edges must be an integer array, got dtype float64"),
+    (_with(edges=np.array([[0, 1], [1, 4], [2, 3]])), r"edges must hold node ids in \[0, 4\); edge 1 is \(1, 4\)"),
+    (_with(edges=np.array([[0, 1], [-1, 2], [2, 3]])), r"edges must hold node ids in \[0, 4\); edge 1 is \(-1, 2\)"),
+    (_with(edges=np.array([[0, 1], [2, 2], [2, 3]])), r"edges must not contain self-loops; edge 1 is \(2, 2\)"),
+    (_with(edge_costs=np.ones(2)), r"edge_costs must have shape \[E\] with E = len\(edges\) = 3, got \[2\]"),
+    (_with(edge_costs=np.ones((3, 1))), r"edge_costs must have shape \[E\] .*, got \[3, 1\]"),
+    (_with(edge_costs=np.array(["1", "2", "3"])), "edge_costs must be float32 or float64, got dtype <U1"),
+    (_with(edge_costs=np.array([1.0, np.nan, 0.0])), "edge_costs must be finite .*; found nan at edge 1"),
+    (_with(edge_costs=np.array([1.0, -1e300, 0.0])), r"edge_costs must be finite .*; found -1e\+300 at edge 1"),
+    (_with(partitionable=np.array([True])),
+     r"partitionable must have shape \[K\] with K = node_costs.shape\[1\] = 2, got \[1\]"),
+    (_with(partitionable=np.array([0.5, 1.0])), "partitionable must be a bool array, got dtype float64"),
+    # 256 would wrap to 0 in uint8
+    (_with(partitionable=np.array([256, 0])), r"partitionable must be a bool array \(or integers 0 / 1\); entry 0 is 256"),
+    (_with(initial_labels=np.array([0, 1, 2, 0])), r"initial_labels must hold classes in \[0, 2\); node 2 has 2"),
+    (_with(initial_labels=np.array([0, -1, 0, 0])), r"initial_labels must hold classes in \[0, 2\); node 1 has -1"),
+    (_with(initial_labels=np.zeros(5, np.int64)), r"initial_labels must have shape \[N\] = \[4\], got \[5\]"),
+    (_with(initial_labels=np.zeros((4, 1), np.int64)), r"initial_labels must have shape \[N\] = \[4\], got \[4, 1\]"),
+    (_with(initial_labels=np.zeros(4)), "initial_labels must be an integer array, got dtype float64"),
+    (_with(initial_labels=np.zeros(4, bool)), "initial_labels must be an integer array, got dtype bool"),
+    (_with(initial_labels=np.full(4, 2**32)), "initial_labels must hold int32 values; node 0 has 4294967296"),
+    (_with(initial_labels=np.zeros(4, int), initial_clusters=np.zeros(3, int)), r"initial_clusters must have shape \[N\]"),
+    (_with(initial_labels=np.zeros(4, int), initial_clusters=np.full(4, 2**40)), "initial_clusters must hold int32 values"),
+    (_with(initial_clusters=np.zeros(4, int)), "initial_clusters given without initial_labels"),
+]
+
+
+@pytest.mark.parametrize("make,match", _BAD_INSTANCES)
+def test_bad_instance_raises(make, match):
+    """solve_amwc refuses each kind of bad instance; solve_amwc_batch names the instance."""
+    bad = make()
     with pytest.raises(ValueError, match=match):
-        solve_amwc(*args)
-    with pytest.raises(ValueError, match="instance 0: .*" + match):
-        solve_amwc_batch([args])
+        solve_amwc(**bad)
+    with pytest.raises(ValueError, match="instance 1: " + match):
+        solve_amwc_batch([tuple(_ok().values()), tuple(bad.values())])
 
 
-def test_native_bindings_reject_malformed_arrays():
-    """The extension re-checks shapes itself: calling it directly cannot read out of bounds."""
+def test_batch_bad_input():
+    """What only the batch functions receive: num_threads, the instance tuples, the node-cost
+    perturbations (plain and relabelled), and a native entry of another length."""
     from detectron2_cops import _C
 
-    nc, edges, ec, part = _ok()
-    with pytest.raises(ValueError, match="edges must have shape"):
-        _C.solve_amwc(nc, edges[:, :1], ec, part)
-    with pytest.raises(ValueError, match="edge_costs must have shape"):
-        _C.solve_amwc(nc, edges, ec[:1], part)
-    with pytest.raises(ValueError, match="partitionable must have shape"):
-        _C.solve_amwc(nc, edges, ec, part[:1])
-    with pytest.raises(ValueError, match="node ids"):
-        _C.solve_amwc(nc, edges + 10, ec, part)
-    with pytest.raises(ValueError, match="finite"):
-        _C.solve_amwc(np.full_like(nc, np.nan), edges, ec, part)
-    # The native bound on costs (the Python layer's COST_BOUND): a finite 1e300 is refused.
-    with pytest.raises(ValueError, match=r"edge_costs must be finite with \|value\| < 2\^960 .*; found 1e\+300 at edge 2"):
-        _C.solve_amwc(nc.astype(np.float64), edges, np.array([1.0, 1.0, 1e300]), part)
-    # dtypes that a forced conversion would change without an error: complex costs, float edges,
-    # partitionable flags other than 0 / 1 (256 would wrap to 0 in uint8), float label classes.
-    with pytest.raises(ValueError, match="node_costs must be a real .* got dtype complex"):
-        _C.solve_amwc(nc + 1j, edges, ec, part)
-    with pytest.raises(ValueError, match="edge_costs must be a real .* got dtype <U"):
-        _C.solve_amwc(nc, edges, ec.astype(str), part)
-    with pytest.raises(ValueError, match="edges must be an integer array, got dtype float64"):
-        _C.solve_amwc(nc, edges + 0.5, ec, part)
-    with pytest.raises(ValueError, match="partitionable must be a bool array .*entry 0 is 256"):
-        _C.solve_amwc(nc, edges, ec, np.array([256, 0]))
-    with pytest.raises(ValueError, match="partitionable must be a real|partitionable must be an integer"):
-        _C.solve_amwc(nc, edges, ec, np.array([0.7, 0.0]))
-    with pytest.raises(ValueError, match="label_classes must be an integer array"):
-        _C.solve_amwc_batch([(nc, edges, ec, np.zeros(2, bool), None, None, np.zeros((2, 4), np.float32), 1.0,
-                              np.array([1.9, 0.2]))], True, 1)
-    with pytest.raises(ValueError, match="segments must be an integer array"):
-        _C.segment_edge_sums(np.zeros(4), edges, ec.astype(np.float64), 1)
-    # Labels of the objective: int64 values checked before any narrowing (2**32 would wrap to 0).
-    with pytest.raises(ValueError, match="cluster_ids must hold int32 values; node 1"):
-        _C.labelling_objective(nc, edges, ec, part, np.zeros(4, np.int64), np.array([0, 2**32, 2**32, 0]))
-    with pytest.raises(ValueError, match="node_labels must be an integer array"):
-        _C.labelling_objective(nc, edges, ec, part, np.zeros(4), np.zeros(4, np.int64))
+    good = tuple(_ok().values())[:4]
+    assert solve_amwc_batch([]) == []
+    for bad in (2**31, -1, 1.5, float("nan"), None, True, "2"):
+        with pytest.raises(ValueError, match="num_threads must be"):
+            solve_amwc_batch([good], num_threads=bad)
+    with pytest.raises(ValueError, match="instance 0: expected .* length 7"):
+        solve_amwc_batch([good + (None, None, None)])
+    with pytest.raises(ValueError, match=r"instance 1: expected \(node_costs, edges, edge_costs\[, initial_labels\]\)"):
+        solve_mwc_batch([good[:3], good + (None,)])
+    with pytest.raises(ValueError, match="each batch entry must be"):
+        _C.solve_amwc_batch([good + (None, None, None)], True, 1)
+
+    a = synthetic_instance(8, 9, 4, 2, [1], seed=2)
+    N, K = a.node_costs.shape
+    inst = (a.node_costs, a.edges, a.edge_costs, a.partitionable)
+    mwc = inst[:3] + (None,)
+    d = np.zeros_like(a.node_costs)  # float32
+    rows, lc = np.zeros((2, N), np.float32), np.array([1, 0, 3])
+
+    def solve(pert, i=inst):
+        return solve_amwc_batch([inst, i], node_cost_perturbations=[None, pert])
+
+    with pytest.raises(ValueError, match=r"one entry per instance \(2\), got 1"):
+        solve_amwc_batch([inst, inst], node_cost_perturbations=[(d, 1.0)])
+    for pert, i, match in [
+        (d, inst, r"a node-cost perturbation must be \(delta, scale\)"),
+        ((rows, 1.0, lc), inst, "a node-cost perturbation must be .* with partitionable None"),
+        ((d[:-1], 1.0), inst, rf"node_delta must have the shape of node_costs \[N, K\] = \[{N}, {K}\], got \[{N - 1}, {K}\]"),
+        ((d.astype(np.float64), 1.0), inst, r"node_delta must have the dtype of node_costs \(float32\)"),
+        ((d, "2"), inst, "the perturbation scale must be a real number, got '2'"),
+        ((d, None), inst, "the perturbation scale must be a real number, got None"),
+        ((d, float("inf")), inst, "the perturbation scale must be finite"),
+        # a NaN delta, and perturbed costs that overflow the dtype: the perturbed costs are checked
+        ((np.where(d == 0, np.nan, d), 1.0), inst, "node_costs must be finite .*; found nan at node 0"),
+        ((np.full_like(d, np.finfo(d.dtype).max), 4.0), inst, "node_costs must be finite .*; found inf"),
+        ((rows, 1.0, [1, 4, 0]), mwc, r"label_classes must hold class ids in \[0, 4\); label 1 has 4"),
+        ((rows, 1.0, [-1, 0, 0]), mwc, r"label_classes must hold class ids in \[0, 4\); label 0 has -1"),
+        ((rows, 1.0, [0.0, 1.0]), mwc, "label_classes must be an integer array, got dtype float64"),
+        ((rows[:0], 1.0, np.zeros(0, np.int64)), mwc, r"label_classes must have shape \[L\] with L >= 1, got \[0\]"),
+        ((rows, 1.0, np.zeros((1, 3), np.int64)), mwc, r"label_classes must have shape \[L\] with L >= 1, got \[1, 3\]"),
+        ((np.zeros((4, N), np.float32), 1.0, lc), mwc,
+         rf"node_delta must have shape \[M, N\] with N = {N} and M <= len\(label_classes\) = 3, got \[4, {N}\]"),
+        ((np.zeros((2, N - 1), np.float32), 1.0, lc), mwc, r"node_delta must have shape \[M, N\]"),
+        ((rows.astype(np.float64), 1.0, lc), mwc, r"node_delta must have the dtype of node_costs \(float32\)"),
+        ((rows, 1.0, lc), mwc + (np.full(N, 3),), r"initial_labels must hold classes in \[0, 3\)"),  # a class, not a label
+    ]:
+        with pytest.raises(ValueError, match="instance 1: " + match):
+            solve(pert, i)
+    # native entries: a relabelled one with a partitionable of another length than L
+    with pytest.raises(ValueError, match=r"instance 0: partitionable must have shape \[L\] with L = len\(label_classes\) = 3"):
+        _C.solve_amwc_batch([inst + (None, None, rows, 1.0, lc)], True, 1)
 
 
 def test_objective_checks_labels_and_ids():
-    nc, edges, ec, _ = _ok()
+    nc, edges, ec = (_ok()[k] for k in ("node_costs", "edges", "edge_costs"))
     ids = np.array([0, 0, 1, 1])
     assert amwc_objective(nc, edges, ec, np.zeros(4, np.int64), ids) == 1.0
-    with pytest.raises(ValueError, match=r"instance_ids must hold values in \[-2147483648, 2147483648\); node 2"):
+    # int64 values checked before any narrowing (2**32 would wrap to 0)
+    with pytest.raises(ValueError, match="instance_ids must hold int32 values; node 2 has 4294967296"):
         amwc_objective(nc, edges, ec, np.zeros(4, np.int64), np.array([0, 0, 2**32, 2**32]))
-    with pytest.raises(ValueError, match=r"node_labels must hold values in \[0, 2\); node 3"):
+    with pytest.raises(ValueError, match=r"node_labels must hold classes in \[0, 2\); node 3 has 2"):
         amwc_objective(nc, edges, ec, np.array([0, 1, 1, 2]), ids)
     with pytest.raises(ValueError, match="node_labels must be an integer array, got dtype float64"):
         amwc_objective(nc, edges, ec, np.array([0.9, 1.7, 0.2, 0.0]), ids)
-    with pytest.raises(ValueError, match="instance_ids must have shape"):
+    with pytest.raises(ValueError, match=r"instance_ids must have shape \[N\] = \[4\], got \[3\]"):
         amwc_objective(nc, edges, ec, np.zeros(4, np.int64), ids[:3])
-
-
-@pytest.mark.parametrize("bad", [2**31, -1, 1.5, float("nan"), None, True, "2"])
-def test_num_threads_is_checked(bad):
-    nc, edges, ec, part = _ok()
-    with pytest.raises(ValueError, match="num_threads must be"):
-        solve_amwc_batch([(nc, edges, ec, part)], num_threads=bad)
+    with pytest.raises(ValueError, match="edges must hold node ids"):
+        amwc_objective(nc, edges + 1, ec, np.zeros(4, np.int64), ids)
 
 
 _RACE_CHILD = """
@@ -906,49 +883,6 @@ def test_warm_start_from_a_good_labelling_beats_or_matches_cold_on_small_perturb
     assert np.mean(gaps) <= 1e-3, gaps
 
 
-def _bad_initial(a):
-    N = a[0].shape[0]
-    return [
-        (np.array([0, 1, 2, 0]), r"initial_labels must hold values in \[0, 2\); node 2 has 2"),
-        (np.array([0, -1, 0, 0]), r"initial_labels must hold values in \[0, 2\); node 1"),
-        (np.zeros(N + 1, np.int64), r"initial_labels must have shape \[N\] = \[4\]"),
-        (np.zeros((N, 1), np.int64), r"initial_labels must have shape \[N\]"),
-        (np.zeros(N, np.float64), "initial_labels must be an integer array"),
-        (np.zeros(N, bool), "initial_labels must be an integer array"),
-    ]
-
-
-def test_bad_initial_labelling_raises_value_error():
-    from detectron2_cops import _C
-
-    args = _ok()
-    for labels, match in _bad_initial(args):
-        with pytest.raises(ValueError, match=match):
-            solve_amwc(*args, initial_labels=labels)
-        with pytest.raises(ValueError, match="instance 0: " + match):
-            solve_amwc_batch([args + (labels,)])
-        # the bindings check on their own (no out-of-bounds read when called directly)
-        with pytest.raises(ValueError, match=match.split(" ")[0]):
-            _C.solve_amwc(*args, True, labels, None)
-        with pytest.raises(ValueError, match="initial_labels"):
-            _C.solve_amwc_batch([args + (labels,)], True, 1)
-    ok = np.zeros(4, np.int64)
-    with pytest.raises(ValueError, match=r"initial_clusters must have shape \[N\]"):
-        solve_amwc(*args, initial_labels=ok, initial_clusters=np.zeros(3, np.int64))
-    with pytest.raises(ValueError, match="initial_clusters must hold values"):
-        solve_amwc(*args, initial_labels=ok, initial_clusters=np.full(4, 2 ** 40))
-    with pytest.raises(ValueError, match="initial_clusters must hold values"):
-        _C.solve_amwc(*args, True, ok, np.full(4, 2 ** 40))
-    with pytest.raises(ValueError, match="initial_clusters given without initial_labels"):
-        solve_amwc(*args, initial_clusters=ok)
-    with pytest.raises(ValueError, match="initial_clusters given without initial_labels"):
-        _C.solve_amwc(*args, True, None, ok)
-    with pytest.raises(ValueError, match="length 7"):
-        solve_amwc_batch([args + (ok, ok, ok)])
-    with pytest.raises(ValueError, match="each batch entry"):
-        _C.solve_amwc_batch([args + (ok, ok, ok)], True, 1)
-
-
 # --------------------------------------------------------------------------- post-processing helper
 def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
     """``_C.segment_edge_sums`` (the edge term of the instance scores): per segment, sum and count
@@ -1017,42 +951,6 @@ def test_node_cost_perturbations_equal_materialised_costs(dtype):
     assert mixed[0].objective == start.objective == mixed[1].objective
 
 
-def test_node_cost_perturbations_bad_input():
-    a = synthetic_instance(8, 9, 4, 2, [1], seed=2)
-    inst = (a.node_costs, a.edges, a.edge_costs, a.partitionable)
-    d = np.zeros_like(a.node_costs)
-    with pytest.raises(ValueError, match="one entry per instance"):
-        solve_amwc_batch([inst, inst], node_cost_perturbations=[(d, 1.0)])
-    with pytest.raises(ValueError, match=r"instance 0: a node-cost perturbation must be \(delta, scale\)"):
-        solve_amwc_batch([inst], node_cost_perturbations=[d])
-    with pytest.raises(ValueError, match="instance 0: node_delta must have the shape"):
-        solve_amwc_batch([inst], node_cost_perturbations=[(d[:-1], 1.0)])
-    other = np.float32 if d.dtype == np.float64 else np.float64
-    with pytest.raises(ValueError, match="instance 0: node_delta must have the shape .* and dtype"):
-        solve_amwc_batch([inst], node_cost_perturbations=[(d.astype(other), 1.0)])
-    bad = d.copy()
-    bad[2, 1] = np.nan
-    with pytest.raises(ValueError, match="instance 0: node_delta must be finite"):
-        solve_amwc_batch([inst], node_cost_perturbations=[(bad, 1.0)])
-    for s in (float("inf"), float("nan"), "2", None):
-        with pytest.raises(ValueError, match="scale must be a finite real number"):
-            solve_amwc_batch([inst], node_cost_perturbations=[(d, s)])
-    with pytest.raises(ValueError, match="instance 1: node_costs must be finite"):  # overflow
-        solve_amwc_batch([inst, inst], node_cost_perturbations=[None, (np.full_like(d, np.finfo(d.dtype).max), 4.0)])
-    # the native entry point checks on its own
-    from detectron2_cops import _C
-
-    nc, e, ec, p = (np.ascontiguousarray(a.node_costs), a.edges, a.edge_costs, a.partitionable.astype(np.uint8))
-    with pytest.raises(ValueError, match="node_delta must have the dtype of node_costs"):
-        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d.astype(other), 1.0)], True, 1)
-    with pytest.raises(ValueError, match="node_delta must have the shape of node_costs"):
-        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d[:, :2].copy(), 1.0)], True, 1)
-    with pytest.raises(ValueError, match="scale must be finite"):
-        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d, float("nan"))], True, 1)
-    with pytest.raises(ValueError, match="each batch entry must be"):
-        _C.solve_amwc_batch([(nc, e, ec, p, None, None, d)], True, 1)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relabelled_perturbations_equal_materialised_multiway_cuts(dtype):
     """``(delta, scale, label_classes)`` solves the multiway cut over ``L`` labels with node costs
@@ -1098,61 +996,6 @@ def test_relabelled_perturbations_equal_materialised_multiway_cuts(dtype):
     padded[:, :len(rows)] = rows.T
     assert mixed[2].objective == solve_mwc(np.multiply(padded, dtype(2.0)) + base[:, label_classes], a.edges,
                                            a.edge_costs).objective
-
-
-def test_relabelled_perturbations_bad_input():
-    a = synthetic_instance(8, 9, 4, 2, [1], seed=3)
-    N, K = a.node_costs.shape
-    inst = (a.node_costs, a.edges, a.edge_costs, None)
-    dt = a.node_costs.dtype
-    other = np.float32 if dt == np.float64 else np.float64
-    rows = np.zeros((2, N), dt)
-    lc = np.array([1, 0, 3])
-
-    def solve(pert, i=inst):
-        return solve_amwc_batch([i], node_cost_perturbations=[pert])
-
-    with pytest.raises(ValueError, match=r"instance 0: label_classes must hold class ids in \[0, 4\); label 1 has 4"):
-        solve((rows, 1.0, [1, 4, 0]))
-    with pytest.raises(ValueError, match="label_classes must hold class ids .* label 0 has -1"):
-        solve((rows, 1.0, [-1, 0, 0]))
-    with pytest.raises(ValueError, match="label_classes must be an integer array"):
-        solve((rows, 1.0, [0.0, 1.0]))
-    with pytest.raises(ValueError, match=r"label_classes must have shape \[L\] with L >= 1"):
-        solve((rows[:0], 1.0, np.zeros(0, np.int64)))
-    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\] with N = 72, M <= len\(label_classes\) = 3"):
-        solve((np.zeros((4, N), dt), 1.0, lc))  # M > L
-    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\]"):
-        solve((np.zeros((2, N - 1), dt), 1.0, lc))
-    with pytest.raises(ValueError, match=rf"node_delta must have shape \[M, N\] .* dtype {np.dtype(dt)}"):
-        solve((rows.astype(other), 1.0, lc))
-    with pytest.raises(ValueError, match="partitionable must be None with label_classes"):
-        solve((rows, 1.0, lc), (a.node_costs, a.edges, a.edge_costs, a.partitionable))
-    with pytest.raises(ValueError, match=r"initial_labels must hold values in \[0, 3\)"):
-        solve((rows, 1.0, lc), inst + (np.full(N, 3),))  # a class id, but not a label
-    bad = rows.copy()
-    bad[1, 5] = np.inf
-    with pytest.raises(ValueError, match="node_delta must be finite"):
-        solve((bad, 1.0, lc))
-    # the native entry point checks on its own (label ids, shapes, dtypes, partitionable length)
-    from detectron2_cops import _C
-
-    nc, e, ec = np.ascontiguousarray(a.node_costs), a.edges, a.edge_costs
-    p3 = np.zeros(3, np.uint8)
-    with pytest.raises(ValueError, match=r"instance 0: label_classes must hold class ids in \[0, 4\); label 2 has 9"):
-        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, np.array([0, 1, 9]))], True, 1)
-    with pytest.raises(ValueError, match=r"node_delta must have shape \[M, N\] with M <= len\(label_classes\)"):
-        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, np.zeros((4, N), dt), 1.0, lc)], True, 1)
-    with pytest.raises(ValueError, match="node_delta must have the dtype of node_costs"):
-        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows.astype(other), 1.0, lc)], True, 1)
-    with pytest.raises(ValueError, match=r"partitionable must have shape \[L\] with L = len\(label_classes\)"):
-        _C.solve_amwc_batch([(nc, e, ec, np.zeros(K, np.uint8), None, None, rows, 1.0, lc)], True, 1)
-    with pytest.raises(ValueError, match=r"label_classes must have shape \[L\] with L >= 1"):
-        _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, np.zeros((1, 3), np.int64))], True, 1)
-    with pytest.raises(ValueError, match=r"instance 0: initial_labels must hold classes in \[0, 3\); node 0 has 3"):
-        _C.solve_amwc_batch([(nc, e, ec, p3, np.full(N, 3), None, rows, 1.0, lc)], True, 1)
-    ok = _C.solve_amwc_batch([(nc, e, ec, p3, None, None, rows, 1.0, lc)], True, 1)[0]
-    assert ok[0].max() < 3
 
 
 def test_incremental_cluster_passes_make_the_same_moves_as_rebuilt_ones():

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..solvers import GridGraph, solve_amwc_batch
-from ..solvers.amwc import check_int as _check_int, check_num_threads
+from ..checks import as_int as _check_int
 
 __all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "PadFn"]
 
@@ -797,7 +797,7 @@ class AMWCLayer(nn.Module):
         if not isinstance(local_search, (bool, np.bool_)):
             raise ValueError(f"local_search must be a bool, got {local_search!r}")
         self.local_search = bool(local_search)
-        self.num_threads = check_num_threads(num_threads)
+        self.num_threads = _check_int(num_threads, "num_threads", 0, 2**31 - 1)
         self.min_thing_cluster_size = _check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
         for name, v in (("backward_warm_start", backward_warm_start), ("backward_float32", backward_float32)):
             if not isinstance(v, (bool, np.bool_)):

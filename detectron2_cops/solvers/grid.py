@@ -22,38 +22,25 @@ channel 0 before channel 1, valid map positions in row-major order.
 """
 from __future__ import annotations
 
-import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["GridGraph", "as_positive_int_list", "edge_offsets"]
+from ..checks import as_int, as_int_list
+
+__all__ = ["GridGraph", "edge_offsets"]
 
 
 def edge_offsets(distance: int) -> Tuple[int, int]:
     """Return ``(lo, hi)`` with ``lo + hi == distance``: how far the two endpoints of an edge of
     this distance lie before and after its anchor pixel (see the module docstring). Raises
-    ValueError unless ``distance`` is a positive integer."""
-    if isinstance(distance, (bool, np.bool_)) or not isinstance(distance, (numbers.Integral, np.integer)) or distance <= 0:
-        raise ValueError(f"distance must be a positive integer, got {distance!r}")
-    d = int(distance)
+    ValueError unless ``distance`` is an integer >= 1."""
+    return _offsets(as_int(distance, "distance", 1))
+
+
+def _offsets(d: int) -> Tuple[int, int]:
     lo = 0 if d == 1 else d // 2
     return lo, d - lo
-
-
-def as_positive_int_list(values, name: str) -> List[int]:
-    """``values`` as a list of ints; ValueError naming ``name`` unless it is a sequence (not a
-    string) of positive integers (integral floats such as ``4.0`` are accepted)."""
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{name} must be a sequence of positive integers, got the string {values!r}")
-    try:
-        out = [int(v) for v in values]
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from e
-    for v, orig in zip(out, values):
-        if isinstance(orig, (bool, np.bool_)) or v <= 0 or float(orig) != v:
-            raise ValueError(f"{name} must contain positive integers, got {list(values)!r}")
-    return out
 
 
 def _fill_value(fill, dtype: np.dtype) -> np.ndarray:
@@ -83,7 +70,8 @@ class GridGraph:
 
     Args:
         height, width: grid size in nodes (pixels of the stride-4 grid), ``>= 0``.
-        edge_distances: distances ``d`` in grid pixels, e.g. ``[1, 4, 16, 32, 64]``.
+        edge_distances: distances ``d`` in grid pixels, e.g. ``[1, 4, 16, 32, 64]`` (a list,
+            tuple, array or tensor of integers; ``4.0`` is not one).
         edge_sampling_intervals: one sampling interval ``s`` per distance (default all 1).
 
     Attributes:
@@ -94,8 +82,9 @@ class GridGraph:
             of all flattened maps (``np.concatenate([m.ravel() for m in maps])``).
 
     Raises:
-        ValueError: negative sizes, non-positive distances or intervals, or a number of intervals
-            that differs from the number of distances.
+        ValueError: sizes that are not integers ``>= 0``; distances or intervals that are not
+            sequences of integers ``>= 1``; a number of intervals that differs from the number of
+            distances.
     """
 
     def __init__(
@@ -105,16 +94,12 @@ class GridGraph:
         edge_distances: Sequence[int],
         edge_sampling_intervals: Optional[Sequence[int]] = None,
     ):
-        if int(height) != height or int(width) != width or height < 0 or width < 0:
-            raise ValueError(f"height and width must be non-negative integers, got {height}x{width}")
-        self.height = int(height)
-        self.width = int(width)
-        self.edge_distances = as_positive_int_list(edge_distances, "edge_distances")
+        self.height = as_int(height, "height", 0)
+        self.width = as_int(width, "width", 0)
+        self.edge_distances = as_int_list(edge_distances, "edge_distances", 1)
         if edge_sampling_intervals is None:
             edge_sampling_intervals = [1] * len(self.edge_distances)
-        self.edge_sampling_intervals = as_positive_int_list(
-            edge_sampling_intervals, "edge_sampling_intervals"
-        )
+        self.edge_sampling_intervals = as_int_list(edge_sampling_intervals, "edge_sampling_intervals", 1)
         if len(self.edge_sampling_intervals) != len(self.edge_distances):
             raise ValueError(
                 "edge_sampling_intervals must have one entry per edge distance: "
@@ -127,7 +112,7 @@ class GridGraph:
         edges, index, valid_masks = [], [], []
         offset = 0
         for d, s in zip(self.edge_distances, self.edge_sampling_intervals):
-            lo, hi = edge_offsets(d)
+            lo, hi = _offsets(d)
             Hd, Wd = -(-H // s), -(-W // s)
             self.map_shapes.append((2, Hd, Wd))
             ys = np.arange(Hd, dtype=np.int64) * s
@@ -241,8 +226,12 @@ class GridGraph:
                 f"values must have shape [{self.num_edges}] or [B, {self.num_edges}], "
                 f"got {list(values.shape)}"
             )
+        return self._to_maps(values, _fill_value(fill, values.dtype))
+
+    def _to_maps(self, values: np.ndarray, fill_value=0) -> List[np.ndarray]:
+        """:meth:`edge_values_to_maps` without its checks: ``values`` an ``[E]`` or ``[B, E]``
+        array, ``fill_value`` a scalar of its dtype."""
         lead = values.shape[:-1]
-        fill_value = _fill_value(fill, values.dtype)
         flat = np.full(lead + (self._total_map_size,), fill_value, dtype=values.dtype)
         flat[..., self.map_index] = values
         out, offset = [], 0

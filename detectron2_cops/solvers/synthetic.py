@@ -2,7 +2,7 @@
 
 An instance is made from a synthetic panoptic map (stuff regions from a random Voronoi partition,
 thing instances as random ellipses on top) and noisy costs in the form the COPS network produces
-(DESIGN.md section 1): semantic costs ``c_V = -(logits)`` with the true class's logit raised by
+(COPS Sec. 3.1): semantic costs ``c_V = -(logits)`` with the true class's logit raised by
 ``class_margin``, and edge costs ``c_E = -(cut logit)`` with cut logits ``+edge_margin`` across
 segment boundaries and ``-edge_margin`` inside segments. Logits get Gaussian noise of std
 ``class_noise`` and ``edge_noise``; like the outputs of a CNN the noise is spatially correlated:
