@@ -1,20 +1,14 @@
 """detectron2-cops: COPS (Abbas & Swoboda, "Combinatorial Optimization for Panoptic Segmentation:
 A Fully Differentiable Approach", NeurIPS 2021) as a Detectron2 project.
 
-Importing the package registers everything:
-
-* always: :mod:`detectron2_cops.solvers` (the native AMWC / MWC solvers; NumPy only) and
-  :mod:`detectron2_cops.layers` (AMWC layer, cost calibration, PQ surrogate, exact PQ; PyTorch
-  only);
-* when Detectron2 is installed: :mod:`~detectron2_cops.config` (``add_cops_config``, also exported
-  here), :mod:`~detectron2_cops.data` (dataset mapper; registers ``coco_panoptic_sample`` under
-  ``$DETECTRON2_DATASETS``), :mod:`~detectron2_cops.evaluation` and
-  :mod:`~detectron2_cops.modeling` (registers the ``COPS`` meta-architecture, ``COPSSemSegHead``,
-  ``AffinityHead`` and ``AMWCPostProcessor``).
-
-Without Detectron2 the package imports cleanly with only ``solvers`` and ``layers``; the
-Detectron2 parts (e.g. ``from detectron2_cops import add_cops_config``) then raise an
-``ImportError`` saying that Detectron2 is required.
+Importing the package registers everything: always :mod:`~detectron2_cops.solvers` (the native
+AMWC / MWC solvers; NumPy only) and :mod:`~detectron2_cops.layers` (AMWC layer, cost calibration,
+PQ surrogate, exact PQ; PyTorch only); with Detectron2 installed also
+:mod:`~detectron2_cops.config` (``add_cops_config``, also exported here),
+:mod:`~detectron2_cops.data` (dataset mapper; registers ``coco_panoptic_sample`` under
+``$DETECTRON2_DATASETS``), :mod:`~detectron2_cops.evaluation` and
+:mod:`~detectron2_cops.modeling` (the ``COPS`` meta-architecture, its heads and post-processor).
+Without Detectron2 those attributes raise an ``ImportError`` saying that Detectron2 is required.
 """
 import importlib.util
 

@@ -15,13 +15,17 @@ __all__ = ["add_cops_config"]
 
 
 def add_cops_config(cfg):
-    """Add the COPS config keys to a Detectron2 ``CfgNode`` in place (idempotent)."""
+    """Add the COPS config keys to a Detectron2 ``CfgNode`` in place (idempotent) and return it.
+
+    Only defaults are set here; the values are checked where they are read (the ``from_config``
+    of the model, its heads and post-processor, and ``detectron2_cops.optimizer``), naming the key.
+    """
     if hasattr(cfg.MODEL, "COPS"):
         return cfg
     add_deeplab_config(cfg)
 
     # ---------------------------------------------------------------- solver (optimizer)
-    # "ADAM" (the paper's setting) or "SGD"; read by tools/train_net.py.
+    # "ADAM" (the paper's setting) or "SGD" (detectron2_cops.optimizer, used by tools/train_net.py).
     cfg.SOLVER.OPTIMIZER = "ADAM"
 
     # ---------------------------------------------------------------- input / targets
@@ -126,20 +130,15 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.POST_PROCESSOR = "AMWCPostProcessor"
     # Whether inference also returns "instances" (masks, classes, boxes, scores).
     cfg.MODEL.COPS.PREDICT_INSTANCES = True
-    # Whether inference also returns "sem_seg_head" (softmax of the semantic head, upsampled to
-    # the output size; the evaluators then score its mIoU as well). It is the costliest part of
-    # the post-processing besides the AMWC solve (all K channels at full resolution); turn it off
-    # when only panoptic_seg / sem_seg (AMWC node labels) / instances are needed.
+    # Whether inference also returns "sem_seg_head" (softmax of the semantic head at the output
+    # size; the evaluators then score its mIoU too): after the AMWC solve the costliest output.
     cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = True
     # Log the exact PQ of the training batch's AMWC solution (fully differentiable stage).
     cfg.MODEL.COPS.LOG_TRAIN_PQ = True
-    _add_stage2_fidelity_config(cfg)
-    return cfg
 
-
-def _add_stage2_fidelity_config(cfg):
-    """Keys of the fully differentiable stage that follow the authors' code (issue 7, points 1-4;
-    issue 10's divergence guard). Defaults = the authors' behaviour."""
+    # ---------------------------------------------------------------- COPS, fully differentiable
+    # Keys that follow the authors' code (their train_net.py, utils.py, losses.py); the defaults
+    # are the authors' behaviour.
     cops = cfg.MODEL.COPS
     # One padded (empty) mask per ground-truth segment left unmatched, paired with it in the PQ
     # surrogate and an extra MWC label in the backward (authors' utils.py ComputeBestGroundTruth,
@@ -157,7 +156,6 @@ def _add_stage2_fidelity_config(cfg):
     # The surrogate's foreground probability uses INSTANCE_AREA / SURROGATE_INSTANCE_AREA_DIVISOR
     # and STUFF_AREA / SURROGATE_STUFF_AREA_DIVISOR grid pixels. Authors (training):
     # INSTANCE_AREA / 4 and STUFF_AREA / 4 / STUFF_AREA_DOWNSAMPLING_FACTOR_TRAIN (4) = / 16.
-    # (16 and 16 convert image-pixel areas to stride-4 grid areas.)
     cops.SURROGATE_INSTANCE_AREA_DIVISOR = 4.0
     cops.SURROGATE_STUFF_AREA_DIVISOR = 16.0
     # Weight of crowd pixels in the surrogate's IoUs and the AMWC layer's node gradient; they
@@ -194,3 +192,4 @@ def _add_stage2_fidelity_config(cfg):
     # Trainable parameters that match no pattern are frozen (authors: FINE_TUNING_MODE trains
     # only the listed parts: backbone and both decoders stay fixed). False: they train at BASE_LR.
     cfg.SOLVER.LR_GROUP_FREEZE_OTHERS = True
+    return cfg

@@ -75,17 +75,16 @@ def build_param_groups(
 
     Args:
         model: the model (``named_modules`` / ``named_parameters`` are searched).
-        base_lr: ``SOLVER.BASE_LR`` (finite, > 0).
-        patterns: parameter-name patterns (``SOLVER.LR_GROUP_PATTERNS``).
-        stages: one stage count ``>= 0`` per pattern (``SOLVER.LR_GROUP_STAGES``).
-        reduction_per_stage: ``> 0`` (``SOLVER.LR_REDUCTION_PER_STAGE``, authors: 20).
+        base_lr, patterns, stages, reduction_per_stage, freeze_others: ``SOLVER.BASE_LR``,
+            ``LR_GROUP_PATTERNS``, ``LR_GROUP_STAGES`` (one per pattern),
+            ``LR_REDUCTION_PER_STAGE`` (authors: 20), ``LR_GROUP_FREEZE_OTHERS``.
         weight_decay, weight_decay_norm, weight_decay_bias, bias_lr_factor: as Detectron2
             (``weight_decay_bias=None``: ``weight_decay``).
-        freeze_others: see above.
 
     Returns:
         ``(param_groups, summary)``: ``param_groups`` for ``torch.optim`` (one per
-        (pattern, lr, weight decay), each with the extra key ``"name"`` = the pattern);
+        (pattern, lr, weight decay), each with the extra key ``"name"`` = the pattern; empty
+        when no parameter trains, which :func:`build_optimizer` refuses);
         ``summary`` has one dict per pattern (and one ``"<other>"`` entry if unmatched
         parameters train) with ``pattern``, ``lr``, ``num_tensors``, ``num_params``.
 
@@ -93,8 +92,7 @@ def build_param_groups(
         ValueError: naming the ``SOLVER`` key: ``patterns`` and ``stages`` of different lengths,
             a stage that is not a finite number ``>= 0``, a ``base_lr`` or ``reduction_per_stage``
             that is not finite and ``> 0``, a pattern (the empty one included) that matches no
-            parameter of the model, a parameter matched by two patterns, or no trainable
-            parameter at all.
+            parameter of the model, or a parameter matched by two patterns.
     """
     patterns = [str(p) for p in patterns]
     if len(patterns) != len(stages):
@@ -159,51 +157,37 @@ def build_param_groups(
             entry["num_params"] += param.numel()
     if other["num_tensors"]:
         summary.append(other)
-    param_groups = list(groups.values())
-    if not param_groups:
-        raise ValueError(
-            "the model has no trainable parameter in any SOLVER.LR_GROUP_PATTERNS group "
-            "(check MODEL.COPS.FROZEN_PREFIXES and the patterns)"
-        )
     if frozen:
         logger.info(
             f"Stage-2 learning rates: froze {len(frozen)} trainable parameter tensors that match no "
             "SOLVER.LR_GROUP_PATTERNS entry (SOLVER.LR_GROUP_FREEZE_OTHERS)"
         )
-    return param_groups, summary
+    return list(groups.values()), summary
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or SGD from ``cfg.SOLVER.OPTIMIZER`` over the trainable parameters.
-
-    * Fully differentiable stage (``MODEL.COPS.FULLY_DIFFERENTIABLE``) with non-empty
-      ``SOLVER.LR_GROUP_PATTERNS``: :func:`build_param_groups` (the authors' per-part rates);
-      one log line per group: pattern, learning rate, number of tensors and parameters.
-    * Otherwise Detectron2's ``get_default_optimizer_params`` (``SOLVER.WEIGHT_DECAY``,
-      ``WEIGHT_DECAY_NORM``, ``WEIGHT_DECAY_BIAS``, ``BIAS_LR_FACTOR``).
-
-    Frozen parameters (``MODEL.COPS.FROZEN_PREFIXES``, ``FREEZE_BN``, ``MODEL.BACKBONE.FREEZE_AT``)
-    are left out. Gradient clipping follows ``SOLVER.CLIP_GRADIENTS``. The paper trains with Adam.
+    """Adam or SGD from ``cfg.SOLVER.OPTIMIZER`` over the trainable parameters: in the fully
+    differentiable stage with non-empty ``SOLVER.LR_GROUP_PATTERNS`` the groups of
+    :func:`build_param_groups` (the authors' per-part rates; one log line per group), otherwise
+    Detectron2's ``get_default_optimizer_params`` (``SOLVER.WEIGHT_DECAY*``, ``BIAS_LR_FACTOR``).
+    Frozen parameters are left out; gradient clipping follows ``SOLVER.CLIP_GRADIENTS``.
 
     Raises:
         ValueError: unknown ``SOLVER.OPTIMIZER`` (expected "ADAM" or "SGD"), no trainable
             parameter, or bad learning-rate groups (see :func:`build_param_groups`).
     """
-    optimizer_type = str(cfg.SOLVER.OPTIMIZER).upper()
+    solver = cfg.SOLVER
+    optimizer_type = str(solver.OPTIMIZER).upper()
     if optimizer_type not in ("ADAM", "SGD"):
-        raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAM' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
-    if cfg.MODEL.COPS.FULLY_DIFFERENTIABLE and len(cfg.SOLVER.LR_GROUP_PATTERNS):
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAM' or 'SGD', got {solver.OPTIMIZER!r}")
+    common = dict(
+        base_lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, weight_decay_norm=solver.WEIGHT_DECAY_NORM,
+        weight_decay_bias=solver.WEIGHT_DECAY_BIAS, bias_lr_factor=solver.BIAS_LR_FACTOR,
+    )
+    if cfg.MODEL.COPS.FULLY_DIFFERENTIABLE and len(solver.LR_GROUP_PATTERNS):
         params, summary = build_param_groups(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            patterns=list(cfg.SOLVER.LR_GROUP_PATTERNS),
-            stages=list(cfg.SOLVER.LR_GROUP_STAGES),
-            reduction_per_stage=cfg.SOLVER.LR_REDUCTION_PER_STAGE,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            freeze_others=cfg.SOLVER.LR_GROUP_FREEZE_OTHERS,
+            model, patterns=list(solver.LR_GROUP_PATTERNS), stages=list(solver.LR_GROUP_STAGES),
+            reduction_per_stage=solver.LR_REDUCTION_PER_STAGE, freeze_others=solver.LR_GROUP_FREEZE_OTHERS, **common,
         )
         for entry in summary:
             logger.info(
@@ -211,19 +195,12 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
                 f"{entry['num_tensors']} tensors, {entry['num_params']} parameters"
             )
     else:
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        params = get_default_optimizer_params(model, **common)
+    if not params:
+        raise ValueError(
+            "the model has no trainable parameter (all have requires_grad=False); check "
+            "MODEL.COPS.FROZEN_PREFIXES, MODEL.BACKBONE.FREEZE_AT and in stage 2 SOLVER.LR_GROUP_PATTERNS"
         )
-        if not params:
-            raise ValueError(
-                "the model has no trainable parameter (all have requires_grad=False); "
-                "check MODEL.COPS.FROZEN_PREFIXES and MODEL.BACKBONE.FREEZE_AT"
-            )
     num_trainable = sum(p.numel() for g in params for p in g["params"])
     logger.info(f"Optimizer {optimizer_type}: {num_trainable} trainable parameters in {len(params)} groups")
     if optimizer_type == "SGD":

@@ -324,9 +324,9 @@ def test_post_processor_bad_input():
     sem, cut = _toy_logits()
     pp = _pp()
     for args, match in [
-        ((sem[0], cut, [(24, 32)]), r"sem_seg_logits must be a \[B, K, h, w\] tensor"),
-        ((sem[:, :2], cut, [(24, 32)]), "K = num_classes = 3"),
-        ((sem.long(), cut, [(24, 32)]), "sem_seg_logits must be a float tensor"),
+        ((sem[0], cut, [(24, 32)]), r"sem_seg_logits must be a float \[B, K, h, w\] tensor, K = 3, got \[3, 6, 8\]"),
+        ((sem[:, :2], cut, [(24, 32)]), r"K = 3, got \[1, 2, 6, 8\]"),
+        ((sem.long(), cut, [(24, 32)]), "K = 3, got .* torch.int64"),
         ((sem, cut + cut, [(24, 32)]), "one .* per edge distance"),
         ((sem, [cut[0][..., :7]], [(24, 32)]), r"edge distance 1 .* shape \[1, 2, 6, 8\]"),
         ((sem, [c.to(torch.int32) for c in cut], [(24, 32)]), "edge distance 1 .* must be a float tensor"),

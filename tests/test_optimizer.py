@@ -120,3 +120,13 @@ def test_param_groups_rules_and_errors():
         kwargs = {"base_lr": 1.0, "reduction_per_stage": 20.0, **kwargs}
         with pytest.raises(ValueError, match=match):
             build_param_groups(_Toy(), **kwargs)
+
+
+@pytest.mark.parametrize("fully_differentiable", [False, True])
+def test_a_model_without_trainable_parameters_is_refused(synth_dataset, fully_differentiable):
+    cfg = tiny_cfg(synth_dataset, fully_differentiable=fully_differentiable)
+    model = build_model(cfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        build_optimizer(cfg, model)

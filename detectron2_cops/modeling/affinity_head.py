@@ -31,7 +31,7 @@ Parameter for parameter this is the authors' head: ``decoder.*`` as theirs,
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -67,8 +67,7 @@ the ``detectron2_cops.solvers.GridGraph`` convention.
 def build_affinity_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     """Build the affinity head named by ``cfg.MODEL.AFFINITY_HEAD.NAME`` from
     ``AFFINITY_HEAD_REGISTRY``. Raises ``KeyError`` (from the registry) for an unknown name."""
-    name = cfg.MODEL.AFFINITY_HEAD.NAME
-    return AFFINITY_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    return AFFINITY_HEAD_REGISTRY.get(cfg.MODEL.AFFINITY_HEAD.NAME)(cfg, input_shape)
 
 
 def centered_difference(features: torch.Tensor, distance: int, axis: int) -> torch.Tensor:
@@ -79,14 +78,9 @@ def centered_difference(features: torch.Tensor, distance: int, axis: int) -> tor
     ``features[..., y + hi, x] - features[..., y - lo, x]`` with ``(lo, hi) = edge_offsets(distance)``
     (the ``GridGraph`` convention, ``detectron2_cops/solvers/grid.py``), and 0 where
     ``y - lo < 0`` or ``y + hi > H - 1`` (the edge leaves the grid). ``axis = 1`` does the same
-    along x (edge-map channel 1). Differentiable.
-
-    Args:
-        features: ``[B, C, H, W]`` float tensor on the stride-4 grid.
-        distance: edge distance ``d >= 1`` in grid pixels.
-        axis: 0 (rows / y) or 1 (columns / x).
-    Returns:
-        ``[B, C, H, W]`` tensor, same dtype and device as ``features``.
+    along x (edge-map channel 1). ``features``: ``[B, C, H, W]`` float on the stride-4 grid;
+    ``distance``: ``d >= 1`` in grid pixels. Returns a differentiable ``[B, C, H, W]`` tensor of
+    the same dtype and device.
     """
     d = distance
     lo, hi = edge_offsets(d)
@@ -142,10 +136,8 @@ class AffinityHead(DeepLabV3PlusHead):
     ):
         """
         Args:
-            input_shape: backbone features the decoder reads (name -> ``ShapeSpec``).
-            decoder_channels: output channels of each decoder stage, finest to coarsest (the last
-                one is the ASPP width).
-            norm: normalization of all conv layers ("BN", "SyncBN", "GN", "" ...).
+            input_shape, decoder_channels, norm, **kwargs: the decoder's arguments, as
+                :class:`~detectron2_cops.modeling.sem_seg_head.COPSSemSegHead`.
             head_channels: channels of the head and classifier input; a multiple of 8.
             num_sem_seg_classes: K, channels of the semantic logits concatenated to the decoder.
             edge_distances: distances ``d`` in stride-4 grid pixels, distinct, e.g. [1, 4, 16, 32, 64].
@@ -154,9 +146,6 @@ class AffinityHead(DeepLabV3PlusHead):
             loss_top_k: fraction in ``(0, 1]`` of the hardest weighted edges that are kept.
             loss_normalization: ``"per_channel_mean"`` (the original) or ``"weight_sum"`` (see
                 the class docstring).
-            **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
-                ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
-                ``use_depthwise_separable_conv``).
 
         The values are checked where they are read from the config (:meth:`from_config`).
         """
@@ -170,23 +159,18 @@ class AffinityHead(DeepLabV3PlusHead):
         self.loss_weight = float(loss_weight)
         self.loss_top_k = float(loss_top_k)
         self.loss_normalization = loss_normalization
-        head_channels = int(head_channels)
-
         # Head on [decoder features, detached semantic logits].
         self.head = conv3x3_head(decoder_channels[0] + self.num_sem_seg_classes, decoder_channels[0], head_channels, norm)
-
-        classifiers = []
+        self.classifiers = nn.ModuleList()
         for d in self.edge_distances:
             # d = 1: one group on the features; d > 1: two groups, [row diffs, column diffs].
             groups = 1 if d == 1 else 2
-            c1 = groups * (head_channels // 4)
-            c2 = groups * (head_channels // 8)
+            c1, c2 = groups * (head_channels // 4), groups * (head_channels // 8)
             classifier = conv3x3_head(groups * head_channels, c1, c2, norm, groups=groups)
             # Dense over both groups (weight [2, c2, 1, 1]), as the original classifier's last conv.
             predictor = Conv2d(c2, 2, kernel_size=1, bias=True)
             weight_init.c2_xavier_fill(predictor)
-            classifiers.append(nn.ModuleDict({"convs": classifier, "predictor": predictor}))
-        self.classifiers = nn.ModuleList(classifiers)
+            self.classifiers.append(nn.ModuleDict({"convs": classifier, "predictor": predictor}))
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -226,26 +210,10 @@ class AffinityHead(DeepLabV3PlusHead):
         )
 
     # ------------------------------------------------------------------ forward
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        sem_seg_logits: torch.Tensor,
-        targets: Optional[List[torch.Tensor]] = None,
-        weights: Optional[List[torch.Tensor]] = None,
-    ) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
-        """
-        Args:
-            features: backbone features, name -> ``[B, C, H/stride, W/stride] float32``.
-            sem_seg_logits: ``[B, K, h, w] float32`` semantic logits at the decoder stride
-                (``h, w`` = the decoder output size); detached inside.
-            targets: one ``[B, 2, H_d, W_d]`` float map of cut targets per distance, or None.
-            weights: one ``[B, 2, H_d, W_d]`` float map of edge weights per distance, or None
-                (all edges weigh 1).
-        Returns:
-            ``(logits, losses)``: one ``[B, 2, H_d, W_d]`` cut-logit map per distance with
-            ``(H_d, W_d) = (ceil(h / s), ceil(w / s))``; losses as ``losses`` (``{}`` when
-            ``targets`` is None).
-        """
+    def forward(self, features: Dict[str, torch.Tensor], sem_seg_logits: torch.Tensor, targets=None, weights=None):
+        """``(logits, losses)``: :meth:`layers` of the backbone ``features`` and the ``[B, K, h, w]``
+        semantic logits (detached inside) and, given ``targets`` (one ``[B, 2, H_d, W_d]`` float map
+        per distance) and optional ``weights`` (default: all 1), :meth:`losses`."""
         logits = self.layers(features, sem_seg_logits)
         if targets is None:
             return logits, {}
@@ -259,17 +227,9 @@ class AffinityHead(DeepLabV3PlusHead):
         (``[B, 2C, h, w]``)."""
         if distance == 1:
             return head_features
-        return torch.cat(
-            [
-                centered_difference(head_features, distance, 0),
-                centered_difference(head_features, distance, 1),
-            ],
-            dim=1,
-        )
+        return torch.cat([centered_difference(head_features, distance, axis) for axis in (0, 1)], dim=1)
 
-    def layers(
-        self, features: Dict[str, torch.Tensor], sem_seg_logits: torch.Tensor
-    ) -> List[torch.Tensor]:
+    def layers(self, features: Dict[str, torch.Tensor], sem_seg_logits: torch.Tensor) -> List[torch.Tensor]:
         """Cut logits, one ``[B, 2, ceil(h / s), ceil(w / s)]`` map per distance (``h, w``: the
         decoder output size, i.e. the stride-4 grid); ``sem_seg_logits`` ``[B, K, h, w]``."""
         y = super().layers(features)
@@ -284,12 +244,7 @@ class AffinityHead(DeepLabV3PlusHead):
         return out
 
     # ------------------------------------------------------------------ loss
-    def losses(
-        self,
-        logits: List[torch.Tensor],
-        targets: List[torch.Tensor],
-        weights: List[torch.Tensor],
-    ) -> Dict[str, torch.Tensor]:
+    def losses(self, logits: List[torch.Tensor], targets: List[torch.Tensor], weights: List[torch.Tensor]):
         """Weighted binary cross entropy on the cut logits (see the class docstring).
 
         Args:
@@ -311,9 +266,7 @@ class AffinityHead(DeepLabV3PlusHead):
             elif self.loss_top_k < 1.0:
                 mask = w > 0
                 vals = edge_losses[mask]
-                k = int(self.loss_top_k * vals.numel())
-                if vals.numel() > 0:
-                    k = max(k, 1)
+                k = min(max(int(self.loss_top_k * vals.numel()), 1), vals.numel())
                 kept, idx = torch.topk(vals, k)
                 loss = kept.sum() / w[mask][idx].sum().clamp(min=1e-12)
             else:

@@ -3,15 +3,8 @@
 COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1) obtains its panoptic segmentation by solving the
 asymmetric multiway cut (AMWC) on the grid of the decoder output (output stride 4) with the
 calibrated semantic costs ``c_V`` and edge costs ``c_E``. This module turns that solution into
-Detectron2's standard model outputs (the format of Detectron2's ``projects/Panoptic-DeepLab``
-and ``PanopticFPN``):
-
-* ``panoptic_seg``: ``(Tensor[height, width] int32, segments_info)``, id 0 = void;
-* ``sem_seg``: ``[K, height, width]`` one-hot AMWC node labels (what the paper's mIoU scores);
-* ``sem_seg_head``: ``[K, height, width]`` softmax of the upsampled semantic logits (unless
-  ``MODEL.COPS.PREDICT_SEM_SEG_HEAD`` is off);
-* ``instances``: the thing segments as ``Instances`` (``pred_masks``, ``pred_classes``,
-  ``pred_boxes``, ``scores``).
+Detectron2's standard model outputs (``panoptic_seg``, ``sem_seg``, ``instances``, as
+Detectron2's ``projects/Panoptic-DeepLab`` and ``PanopticFPN``), see :class:`AMWCPostProcessor`.
 
 Post-processors are found through :data:`POST_PROCESSOR_REGISTRY` by the name in
 ``MODEL.COPS.POST_PROCESSOR``; :class:`AMWCPostProcessor` is the default.
@@ -42,23 +35,18 @@ __all__ = [
 
 POST_PROCESSOR_REGISTRY = Registry("POST_PROCESSOR")
 POST_PROCESSOR_REGISTRY.__doc__ = """
-Registry for the inference post-processors of COPS, which turn the semantic logits and cut logits
-of the network into Detectron2's standard outputs (``panoptic_seg``, ``sem_seg``, ``instances``).
-
-The registered object is called with ``cfg`` (``from_config``) and must be callable as
-``post_processor(sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration=None)``
-returning one dict per image (see :class:`AMWCPostProcessor`), and provide ``postprocess`` with
-the same arguments: the call without the input checks, which the meta-architecture uses for the
-outputs of its own heads. The meta-architecture picks it by the name in
-``cfg.MODEL.COPS.POST_PROCESSOR``.
+Registry for the inference post-processors of COPS (semantic and cut logits -> Detectron2's
+outputs), picked by the name in ``cfg.MODEL.COPS.POST_PROCESSOR`` and built with ``cfg``. As
+:class:`AMWCPostProcessor`, one is callable as ``post_processor(sem_seg_logits, cut_logits,
+image_sizes, output_sizes, calibration=None)`` (one dict per image) and provides ``postprocess``,
+the same call without the input checks, which the meta-architecture uses for its heads' outputs.
 """
 
 
 def cops_dataset_metadata(cfg) -> dict:
-    """Panoptic metadata of the dataset a COPS model is built for.
-
-    The dataset is ``cfg.DATASETS.TRAIN[0]``, or ``cfg.DATASETS.TEST[0]`` when no training set is
-    named (as Detectron2's Panoptic-DeepLab reads ``MetadataCatalog.get(DATASETS.TRAIN[0])``).
+    """Panoptic metadata of the dataset a COPS model is built for: ``cfg.DATASETS.TRAIN[0]``, or
+    ``TEST[0]`` when no training set is named (as Detectron2's Panoptic-DeepLab reads
+    ``MetadataCatalog.get(DATASETS.TRAIN[0])``).
 
     Returns:
         dict of :func:`detectron2_cops.data.get_panoptic_metadata` plus ``dataset_name``:
@@ -164,19 +152,14 @@ class AMWCPostProcessor:
     * ``"panoptic_seg"``: ``(Tensor[height, width] int32, segments_info)``; ``segments_info`` is
       a list of ``{"id": int >= 1, "category_id": contiguous class id, "isthing": bool,
       "area": output pixels}`` (Detectron2's panoptic output format);
-    * ``"sem_seg"``: ``[K, height, width] uint8``, one-hot of the AMWC node labels (the class
-      of every grid node, before the area filter of step 5), resized as in step 4: the authors'
-      ``"sem_seg"`` output (``panoptic_seg_affinity.py``: node labels of the AMC
-      post-processing, ignoring the void of the panoptic segmentation), the one the paper's
-      Cityscapes mIoU scores. ``uint8`` rather than float32: its consumers (``SemSegEvaluator``,
-      ``CityscapesSemSegEvaluator``, the ``Visualizer``,
-      :class:`detectron2_cops.evaluation.PanopticSemSegEvaluator`) take ``argmax(dim=0)``, the
-      same for both; ``.float()`` gives the float32 tensor;
-    * ``"sem_seg_head"``: ``[K, height, width] float32``, softmax over classes of the semantic
-      head's logits bilinearly upsampled by ``common_stride`` and ``sem_seg_postprocess``-ed
-      (the authors' ``"orig_sem_seg"``: semantic segmentation by direct argmax, no AMWC); only
-      when ``predict_sem_seg_head`` (the costliest output: all ``K`` channels at full
-      resolution);
+    * ``"sem_seg"``: ``[K, height, width] uint8``, one-hot of the AMWC node labels (before the
+      area filter of step 5), resized as in step 4: the authors' ``"sem_seg"`` output
+      (``panoptic_seg_affinity.py``), which the paper's Cityscapes mIoU scores. Its consumers
+      (``SemSegEvaluator``, the ``Visualizer``, ...) take ``argmax(dim=0)``; ``.float()`` gives
+      a float32 one-hot;
+    * ``"sem_seg_head"`` (when ``predict_sem_seg_head``, the costliest output):
+      ``[K, height, width] float32``, softmax of the semantic logits bilinearly upsampled by
+      ``common_stride`` and ``sem_seg_postprocess``-ed (the authors' ``"orig_sem_seg"``);
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -192,30 +175,25 @@ class AMWCPostProcessor:
     Unlike the original (which averages over all map positions, including non-edges), the means
     are over the edges themselves.
 
-    Args (each with the config key :meth:`from_config` reads it from):
+    Args (with the config key :meth:`from_config` reads; thing ids from the dataset):
         num_classes: K, number of semantic classes (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``).
-        thing_ids: contiguous ids of the thing (partitionable) classes (the dataset's).
-        edge_distances: edge distances ``d`` in pixels of the stride grid
-            (``MODEL.AFFINITY_HEAD.EDGE_DISTANCES``).
-        edge_sampling_intervals: one sampling interval per distance (default all 1;
-            ``MODEL.AFFINITY_HEAD.EDGE_SAMPLING_INTERVALS``).
+        thing_ids: contiguous ids of the thing (partitionable) classes.
+        edge_distances, edge_sampling_intervals: edge distances ``d`` in pixels of the stride
+            grid and one sampling interval each, default 1 (``MODEL.AFFINITY_HEAD.EDGE_*``).
         common_stride: stride of the grid in input pixels (``MODEL.AFFINITY_HEAD.COMMON_STRIDE``).
         stuff_area, instance_area: minimum areas of a stuff / thing segment, in output-image
             pixels (``MODEL.COPS.STUFF_AREA``, ``INSTANCE_AREA``).
-        predict_instances, predict_sem_seg_head: also return ``instances`` / ``sem_seg_head``.
-        local_search: run the AMWC local search after GAEC (``MODEL.COPS.LOCAL_SEARCH``).
-        num_threads: threads of the batch solver (0 = one per image, at most the CPU count;
-            ``MODEL.COPS.NUM_THREADS``).
+        predict_instances, predict_sem_seg_head, local_search: also return ``instances`` /
+            ``sem_seg_head``; run the AMWC local search after GAEC (``MODEL.COPS.<NAME>``).
+        num_threads: threads of the batch solver, 0 = one per image, at most the CPU count
+            (``MODEL.COPS.NUM_THREADS``).
         min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
-            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; 1 keeps all;
-            ``MODEL.COPS.MIN_THING_CLUSTER_SIZE``).
+            code's ``IGNORE_INSTANCE_SIZE_AMC // 4``; ``MODEL.COPS.MIN_THING_CLUSTER_SIZE``).
     Raises:
-        ValueError: naming the argument and its config key: a count, stride, size or id that is
-            not an integer (a bool or ``4.0`` included) in its range (``num_classes``,
-            ``common_stride``, distances, intervals, ``min_thing_cluster_size`` >= 1;
-            ``num_threads`` >= 0; thing ids in ``[0, num_classes)``), no distance or a number of
-            intervals other than of distances, an area that is not a finite number >= 0; on
-            call, see :meth:`__call__`.
+        ValueError: naming the argument and its key: a count, size or id that is not an integer
+            (bools and ``4.0`` included) in range (``num_threads``, thing ids >= 0, thing ids <
+            ``num_classes``, the others >= 1), no distance or not one interval per distance, an
+            area that is not a finite number >= 0. On call: see :meth:`__call__`.
     """
 
     @configurable
@@ -326,30 +304,22 @@ class AMWCPostProcessor:
             calibration: module mapping ``(sem_seg_logits, cut_logits)`` to ``(c_V, c_E)`` of the
                 same shapes (``CostCalibration``), or None for ``c = -logits``.
         Returns:
-            list of ``B`` dicts with ``panoptic_seg``, ``sem_seg`` (AMWC node labels),
-            ``sem_seg_head`` (head probabilities, if ``predict_sem_seg_head``) and ``instances``
-            (if ``predict_instances``), on the device of ``sem_seg_logits``.
+            ``B`` dicts with the outputs of the class docstring, on ``sem_seg_logits``' device.
         Raises:
-            ValueError: a tensor of the wrong rank, shape or dtype (``K`` != ``num_classes``, a
-                map per distance of the wrong size), a wrong number of sizes, a size that is not
-                two positive integers or an image size larger than the grid covers; costs that
-                the solver refuses (NaN / inf, or float64 logits beyond the float32 range it
-                reads).
+            ValueError: a tensor of the wrong type, rank, shape or dtype; not one size per image;
+                a size that is not two positive integers; an image larger than the grid covers;
+                costs the solver refuses (NaN / inf, float64 beyond the float32 range it reads).
         """
         image_sizes, output_sizes = self._check_inputs(sem_seg_logits, cut_logits, image_sizes, output_sizes)
         return self.postprocess(sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration)
 
     def _check_inputs(self, sem_seg_logits, cut_logits, image_sizes, output_sizes):
         """The checks of :meth:`__call__`; returns the sizes as lists of int pairs."""
-        if not isinstance(sem_seg_logits, torch.Tensor) or sem_seg_logits.dim() != 4:
-            got = list(sem_seg_logits.shape) if isinstance(sem_seg_logits, torch.Tensor) else type(sem_seg_logits)
-            raise ValueError(f"sem_seg_logits must be a [B, K, h, w] tensor, got {got}")
-        B, K, h, w = sem_seg_logits.shape
-        if K != self.num_classes or not sem_seg_logits.is_floating_point():
-            raise ValueError(
-                f"sem_seg_logits must be a float tensor with K = num_classes = {self.num_classes} "
-                f"channels, got shape {list(sem_seg_logits.shape)}, dtype {sem_seg_logits.dtype}"
-            )
+        x = sem_seg_logits
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.num_classes or not x.is_floating_point():
+            got = f"{list(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"sem_seg_logits must be a float [B, K, h, w] tensor, K = {self.num_classes}, got {got}")
+        B, K, h, w = x.shape
         if not isinstance(cut_logits, (list, tuple)) or len(cut_logits) != len(self.edge_distances):
             got = f"{len(cut_logits)} maps" if isinstance(cut_logits, (list, tuple)) else type(cut_logits).__name__
             raise ValueError(
@@ -362,21 +332,25 @@ class AMWCPostProcessor:
                 got = f"{list(m.shape)} {m.dtype}" if isinstance(m, torch.Tensor) else type(m).__name__
                 raise ValueError(
                     f"cut_logits for edge distance {d} (sampling interval {s}) must be a float tensor "
-                    f"of shape {want} for sem_seg_logits of shape {list(sem_seg_logits.shape)}, got {got}"
+                    f"of shape {want} for sem_seg_logits of shape {list(x.shape)}, got {got}"
                 )
-        sizes = {}
-        for name, given in (("image_sizes", image_sizes), ("output_sizes", image_sizes if output_sizes is None else output_sizes)):
-            sizes[name] = [as_int_list(sz, f"{name}[{i}]", 1) for i, sz in enumerate(given)]
-            if len(given) != B or any(len(sz) != 2 for sz in sizes[name]):
+
+        def pairs(name, given):
+            out = [as_int_list(size, f"{name}[{i}]", 1) for i, size in enumerate(given)]
+            if len(out) != B or any(len(size) != 2 for size in out):
                 raise ValueError(f"{name} must hold one pair (height, width) per image ({B}), got {list(given)!r}")
-        for i, (H, W) in enumerate(sizes["image_sizes"]):
+            return out
+
+        image_sizes = pairs("image_sizes", image_sizes)
+        output_sizes = image_sizes if output_sizes is None else pairs("output_sizes", output_sizes)
+        for i, (H, W) in enumerate(image_sizes):
             if H > h * self.common_stride or W > w * self.common_stride:
                 raise ValueError(
                     f"image_sizes[{i}] = {(H, W)} does not fit into the grid of sem_seg_logits "
                     f"({h}x{w} at stride {self.common_stride} covers "
                     f"{h * self.common_stride}x{w * self.common_stride} input pixels)"
                 )
-        return sizes["image_sizes"], sizes["output_sizes"]
+        return image_sizes, output_sizes
 
     @torch.no_grad()
     def postprocess(
@@ -396,23 +370,22 @@ class AMWCPostProcessor:
         else:
             sem_costs, edge_costs = -sem_seg_logits, [-m for m in cut_logits]
 
+        def image_maps(maps, b, hc, wc):  # image b's part of per-distance maps, float32 NumPy
+            return [
+                m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
+                for m, s in zip(maps, self.edge_sampling_intervals)
+            ]
+
         # One AMWC instance per image, on the image's part of the grid.
         instances, crops = [], []
         for b, (H, W) in enumerate(image_sizes):
             hc, wc = -(-H // self.common_stride), -(-W // self.common_stride)
             graph = self.graph(hc, wc)
             node_costs = sem_costs[b, :, :hc, :wc].detach().permute(1, 2, 0).reshape(hc * wc, -1)
-            maps = [
-                m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
-                for m, s in zip(edge_costs, self.edge_sampling_intervals)
-            ]
+            edge_values = graph.maps_to_edge_values(image_maps(edge_costs, b, hc, wc))
             instances.append(
-                (
-                    node_costs.float().cpu().numpy(),
-                    graph.edges,
-                    graph.maps_to_edge_values(maps).astype(np.float32, copy=False),
-                    self.partitionable,
-                )
+                (node_costs.float().cpu().numpy(), graph.edges, edge_values.astype(np.float32, copy=False),
+                 self.partitionable)
             )
             crops.append((hc, wc, graph))
         try:
@@ -423,40 +396,27 @@ class AMWCPostProcessor:
                 f"float32) are not valid AMWC costs: {err}"
             ) from None
 
-        outputs = []
-        for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops)):
-            cut_maps = [
-                m[b, :, : -(-hc // s), : -(-wc // s)].detach().float().cpu().numpy()
-                for m, s in zip(cut_logits, self.edge_sampling_intervals)
-            ]
-            outputs.append(
-                self._image_outputs(
-                    result, hc, wc, graph, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
-                    cut_maps, sem_seg_logits.device,
-                )
+        return [
+            self._image_outputs(
+                result, hc, wc, graph, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
+                image_maps(cut_logits, b, hc, wc), sem_seg_logits.device,
             )
-        return outputs
+            for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops))
+        ]
 
     def _upsampled_logits(self, logits, image_size, output_size):
         """``[K, height, width]`` upsampled logits of one image (``logits``: its ``[K, h, w]``
-        grid): bilinear upsampling by ``common_stride`` (``align_corners=False``) followed by
-        ``sem_seg_postprocess`` (crop to the image, bilinear resize to the output size), computed
-        without the parts that do not change the result:
-
-        * only the image's grid cells plus one row and column of context are upsampled (an output
-          row ``y < H`` interpolates grid rows ``floor((y + 0.5) / s - 0.5)`` and the next one, at
-          most ``ceil(H / s)``; with the scale given the coordinate map does not depend on the
-          input size), so padding elsewhere in the batch is never upsampled;
-        * the upsampling writes the ``H x W`` crop directly (ATen's ``upsample_bilinear2d`` with
-          the output size and the scale, which ``F.interpolate(scale_factor=s)`` calls with the
-          size ``floor(s * input)``), a contiguous tensor;
-        * the resize is skipped when the output size is the image size (a bilinear resize to the
-          same size with ``align_corners=False`` is the identity).
-        """
+        grid): bilinear upsampling by ``common_stride`` (``align_corners=False``), then
+        ``sem_seg_postprocess`` (crop to the image, bilinear resize to the output size), without
+        the work that does not change the result: only the image's grid cells plus one row and
+        column of context are upsampled (output row ``y < H`` reads grid rows
+        ``floor((y + 0.5) / s - 0.5)`` and the next one), straight into the ``H x W`` crop
+        (ATen's ``upsample_bilinear2d`` with size and scale, as ``F.interpolate(scale_factor=s)``
+        calls it); the resize to the image's own size (the identity) is skipped."""
         H, W = image_size
         s = self.common_stride
         h, w = logits.shape[-2:]
-        hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
+        hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)  # the image's cells + 1 of context
         src = logits[None, :, :hr, :wr]
         up = torch.ops.aten.upsample_bilinear2d.default(src, [H, W], False, float(s), float(s))[0]
         if tuple(output_size) != (H, W):
@@ -524,15 +484,11 @@ class AMWCPostProcessor:
     def _image_outputs(
         self, result, hc, wc, graph, image_size, output_size, logits, cut_maps, device
     ):
-        """Outputs of one image from its AMWC solution (see the class docstring).
-
-        Everything but the gathers that write full-resolution outputs works on the grid: the
-        nearest-neighbour resize maps grid row ``r`` to a contiguous band of output rows (the
-        sampled rows are non-decreasing), so areas, boxes and the mask regions follow from the
-        grid and the per-row / per-column sample counts; the instance scores are computed on the
-        grid (:meth:`_semantic_sums`). ``logits`` (``[K, h, w]``, the image's semantic logits) are
-        upsampled only for ``sem_seg_head``.
-        """
+        """Outputs of one image from its AMWC solution (see the class docstring), computed on the
+        grid but for the gathers that write full-resolution outputs: the nearest-neighbour resize
+        maps grid row ``r`` to a contiguous band of output rows, so areas, boxes and mask regions
+        follow from the per-row / per-column sample counts. ``logits`` (the image's ``[K, h, w]``)
+        are upsampled only for ``sem_seg_head``."""
         height, width = output_size
         node_labels = np.asarray(result.node_labels, dtype=np.int64)
         instance_ids = np.asarray(result.instance_ids, dtype=np.int64)
@@ -589,12 +545,7 @@ class AMWCPostProcessor:
         else:
             panoptic = torch.from_numpy(pan_grid).to(device).index_select(0, rows_d).index_select(1, cols_d)
         segments_info = [
-            {
-                "id": int(new_ids[k]),
-                "category_id": int(classes[k]),
-                "isthing": bool(is_thing[k]),
-                "area": int(areas[k]),
-            }
+            {"id": int(new_ids[k]), "category_id": int(classes[k]), "isthing": bool(is_thing[k]), "area": int(areas[k])}
             for k in np.flatnonzero(keep).tolist()
         ]
         # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
@@ -618,13 +569,9 @@ class AMWCPostProcessor:
         else:
             node_grid = torch.from_numpy(node_labels.reshape(hc, wc)).to(device)
             node_out = node_grid.index_select(0, rows_d).index_select(1, cols_d)
-            sem_seg = torch.zeros(
-                (self.num_classes, height, width), dtype=torch.uint8, device=device
-            ).scatter_(0, node_out[None], 1)
-        out = {
-            "panoptic_seg": (panoptic, segments_info),
-            "sem_seg": sem_seg,
-        }
+            sem_seg = torch.zeros((self.num_classes, height, width), dtype=torch.uint8, device=device)
+            sem_seg.scatter_(0, node_out[None], 1)
+        out = {"panoptic_seg": (panoptic, segments_info), "sem_seg": sem_seg}
         if self.predict_sem_seg_head:
             probs = self._upsampled_logits(logits, image_size, output_size)
             if probs.device.type == "cpu":
@@ -666,12 +613,9 @@ class AMWCPostProcessor:
 
     def _instances(self, panoptic, segments_info, new_ids, seg_grid, segment_class, graph,
                    cut_maps, logits, image_size, size, rows, cols, row_count, col_count):
-        """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring.
-
-        Boxes come from the grid (:meth:`_segment_boxes`), each mask is written inside its box
-        only, the scores are computed on the grid (:meth:`_semantic_sums`; ``logits``: the
-        image's ``[K, h, w]`` grid logits).
-        """
+        """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring; boxes
+        from the grid (:meth:`_segment_boxes`), masks written inside their boxes only, scores on
+        the grid (:meth:`_semantic_sums`; ``logits``: the image's ``[K, h, w]``)."""
         device = panoptic.device
         things = [s for s in segments_info if s["isthing"]]
         M = len(things)
@@ -679,22 +623,20 @@ class AMWCPostProcessor:
         on_cpu = device.type == "cpu"
         # [M, H, W]; on the CPU zeroed memory from NumPy (calloc: at this size fresh pages that
         # the kernel zeroes on first touch, so the pixels outside the boxes cost nothing here)
-        masks = (
-            torch.from_numpy(np.zeros((M,) + tuple(size), dtype=bool))
-            if on_cpu
-            else torch.zeros((M,) + tuple(size), dtype=torch.bool, device=device)
-        )
+        shape = (M,) + tuple(size)
+        if on_cpu:
+            masks = torch.from_numpy(np.zeros(shape, dtype=bool))
+        else:
+            masks = torch.zeros(shape, dtype=torch.bool, device=device)
 
         num = len(new_ids)
         segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
         segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
         thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
         rows_np, cols_np = rows.numpy(), cols.numpy()
-        boxes = (
-            self._segment_boxes(seg_grid, thing_segments, rows_np, cols_np, row_count, col_count)
-            if M
-            else np.zeros((0, 4), dtype=np.int64)
-        )
+        boxes = np.zeros((0, 4), dtype=np.int64)
+        if M:
+            boxes = self._segment_boxes(seg_grid, thing_segments, rows_np, cols_np, row_count, col_count)
         if on_cpu:
             masks_np, pan_np = masks.numpy(), panoptic.numpy()
             for m, s in enumerate(things):

@@ -5,9 +5,6 @@ branch (Cheng et al., CVPR 2020): a DeepLabV3+ decoder (ASPP on the coarsest fea
 low-level feature projections fused top-down), an extra head and a 1x1 predictor. Unlike
 Panoptic-DeepLab, the logits are returned at the decoder stride (``common_stride``, 4), because
 the asymmetric multiway cut is solved on that grid; they are upsampled only inside the loss.
-
-Reference implementations: Detectron2's ``projects/Panoptic-DeepLab`` (``PanopticDeepLabSemSegHead``)
-and the original COPS code (``PanopticAffinitySemSegHead`` in ``panoptic_seg_affinity.py``).
 """
 from __future__ import annotations
 
@@ -32,26 +29,19 @@ _LOSS_TYPES = ("cross_entropy", "hard_pixel_mining")
 
 
 def deeplab_head_config(cfg, input_shape: Dict[str, ShapeSpec], key: str) -> dict:
-    """The constructor arguments both COPS heads read from ``cfg.MODEL.<key>`` (``SEM_SEG_HEAD``
-    or ``AFFINITY_HEAD``), checked: the DeepLabV3+ decoder keys (as Detectron2's
-    ``DeepLabV3PlusHead.from_config``; the ASPP pooling window is the training crop when
-    ``INPUT.CROP.ENABLED``), ``HEAD_CHANNELS``, ``LOSS_WEIGHT`` and ``LOSS_TOP_K``.
+    """The constructor arguments both COPS heads read from ``cfg.MODEL.<key>`` (``key``:
+    ``"SEM_SEG_HEAD"`` or ``"AFFINITY_HEAD"``; ``input_shape``: the backbone's output name ->
+    ``ShapeSpec``), checked: the DeepLabV3+ decoder keys as Detectron2's
+    ``DeepLabV3PlusHead.from_config`` reads them (ASPP runs on the coarsest ``IN_FEATURES`` entry,
+    so ``PROJECT_FEATURES`` are all others, with one ``PROJECT_CHANNELS`` entry each; the ASPP
+    pooling window is the ``INPUT.CROP`` when enabled), ``HEAD_CHANNELS``, ``LOSS_WEIGHT``,
+    ``LOSS_TOP_K``.
 
-    DeepLabV3+ runs ASPP on the input feature with the largest stride and projects every other
-    one, so ``PROJECT_FEATURES`` must be exactly those others, with one ``PROJECT_CHANNELS``
-    entry each.
-
-    Args:
-        cfg: a config with the ``add_cops_config`` keys.
-        input_shape: backbone output name -> ``ShapeSpec`` (channels, stride in image pixels).
-        key: ``"SEM_SEG_HEAD"`` or ``"AFFINITY_HEAD"``.
     Raises:
-        ValueError: naming the key: ``IN_FEATURES`` empty or naming a feature the backbone does
-            not produce, ``PROJECT_FEATURES`` / ``PROJECT_CHANNELS`` other than described,
+        ValueError: naming the key: features the backbone lacks or other than described;
             ``COMMON_STRIDE`` or ``HEAD_CHANNELS`` not a positive integer, ``LOSS_WEIGHT`` not a
-            finite number >= 0, ``LOSS_TOP_K`` not in ``(0, 1]``; with ``INPUT.CROP.ENABLED``,
-            ``INPUT.CROP.TYPE`` other than ``"absolute"`` or ``INPUT.CROP.SIZE`` not two
-            positive integers.
+            finite number >= 0, ``LOSS_TOP_K`` not in ``(0, 1]``; an enabled ``INPUT.CROP`` not
+            of ``TYPE`` ``"absolute"`` with a ``SIZE`` of two positive integers.
     """
     head, prefix = cfg.MODEL[key], f"MODEL.{key}"
     in_features = list(head.IN_FEATURES)
@@ -115,17 +105,15 @@ def conv3x3_head(in_channels: int, mid_channels: int, out_channels: int, norm, g
 class COPSSemSegHead(DeepLabV3PlusHead):
     """Semantic segmentation head of COPS (Panoptic-DeepLab's semantic branch, stride-4 output).
 
-    Architecture: Detectron2's ``DeepLabV3PlusHead`` in decoder-only mode (its ASPP and decoder
-    fuse convs are depthwise-separable when ``use_depthwise_separable_conv``, as in the original
-    COPS configs), then an extra head with ``head_channels`` outputs, then a 1x1 predictor to
-    ``num_classes`` logits (weights ``N(0, 0.001)``, bias 0). The extra head is, by default, the
-    original COPS one (``PanopticAffinitySemSegHead`` in the authors' ``panoptic_seg_affinity.py``,
-    ``self.head``): two 3x3 conv + norm + ReLU, ``decoder_channels[0] -> decoder_channels[0] ->
-    head_channels``, c2-Xavier initialised; module names ``head.0``, ``head.1``, ``predictor``
-    as theirs, so their checkpoints map one to one. With ``head_depthwise_separable_conv``
-    (``MODEL.SEM_SEG_HEAD.HEAD_USE_DEPTHWISE_SEPARABLE_CONV``) it is instead one 5x5
-    depthwise-separable conv (Detectron2's ``PanopticDeepLabSemSegHead``), which cannot load
-    the authors' weights.
+    Architecture: Detectron2's ``DeepLabV3PlusHead`` in decoder-only mode (ASPP and decoder fuse
+    convs depthwise-separable with ``use_depthwise_separable_conv``, as the original COPS
+    configs), an extra head to ``head_channels``, a 1x1 predictor to ``num_classes`` logits
+    (weights ``N(0, 0.001)``, bias 0). The extra head is by default the authors' one
+    (``PanopticAffinitySemSegHead.head`` in their ``panoptic_seg_affinity.py``): two 3x3 conv +
+    norm + ReLU, c2-Xavier initialised; module names ``head.0``, ``head.1``, ``predictor`` as
+    theirs, so their checkpoints map one to one. With ``head_depthwise_separable_conv`` it is one
+    5x5 depthwise-separable conv (Detectron2's ``PanopticDeepLabSemSegHead``; cannot load the
+    authors' weights).
 
     Loss (pretraining stage, COPS Sec. 4): the logits are bilinearly upsampled by
     ``common_stride`` (``align_corners=False``) and scored with
@@ -157,10 +145,9 @@ class COPSSemSegHead(DeepLabV3PlusHead):
     ):
         """
         Args:
-            input_shape: backbone features the decoder reads (name -> ``ShapeSpec``).
-            decoder_channels: output channels of each decoder stage, ordered from the finest to
-                the coarsest feature (the last one is the ASPP width).
-            norm: normalization of all conv layers ("BN", "SyncBN", "GN", "" ...).
+            input_shape, decoder_channels, norm, **kwargs: the decoder's arguments, as Detectron2's
+                ``DeepLabV3PlusHead`` (``kwargs``: ``project_channels``, ``aspp_dilations``,
+                ``aspp_dropout``, ``common_stride``, ``train_size``, ``use_depthwise_separable_conv``).
             head_channels: channels of the extra head conv(s) before the predictor.
             loss_weight: weight of the semantic loss; 0 disables it (``losses`` returns ``{}``).
             loss_type: ``"hard_pixel_mining"`` or ``"cross_entropy"``.
@@ -169,9 +156,6 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             num_classes: number of semantic classes K (things and stuff).
             head_depthwise_separable_conv: extra head = one 5x5 depthwise-separable conv
                 (Panoptic-DeepLab) instead of the original COPS two 3x3 convs.
-            **kwargs: forwarded to ``DeepLabV3PlusHead`` (``project_channels``,
-                ``aspp_dilations``, ``aspp_dropout``, ``common_stride``, ``train_size``,
-                ``use_depthwise_separable_conv``).
 
         The values are checked where they are read from the config (:meth:`from_config`).
         """
@@ -190,14 +174,8 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             # One 5x5 depthwise-separable conv has the receptive field of two 3x3 convs
             # (Panoptic-DeepLab). Not the original COPS head: departure, off by default.
             self.head = DepthwiseSeparableConv2d(
-                decoder_channels[0],
-                head_channels,
-                kernel_size=5,
-                padding=2,
-                norm1=norm,
-                activation1=F.relu,
-                norm2=norm,
-                activation2=F.relu,
+                decoder_channels[0], head_channels, kernel_size=5, padding=2,
+                norm1=norm, activation1=F.relu, norm2=norm, activation2=F.relu,
             )
         else:
             # The original COPS head (PanopticAffinitySemSegHead.head).
@@ -206,10 +184,8 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         nn.init.normal_(self.predictor.weight, 0, 0.001)
         nn.init.constant_(self.predictor.bias, 0)
 
-        if loss_type == "hard_pixel_mining":
-            self.loss = DeepLabCE(ignore_label=ignore_value, top_k_percent_pixels=self.loss_top_k)
-        else:
-            self.loss = None  # weighted cross entropy, see losses()
+        hard = loss_type == "hard_pixel_mining"  # else the weighted cross entropy of losses()
+        self.loss = DeepLabCE(ignore_label=ignore_value, top_k_percent_pixels=self.loss_top_k) if hard else None
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -232,23 +208,10 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             head_depthwise_separable_conv=head.HEAD_USE_DEPTHWISE_SEPARABLE_CONV,
         )
 
-    def forward(
-        self,
-        features: Dict[str, torch.Tensor],
-        targets: Optional[torch.Tensor] = None,
-        weights: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """
-        Args:
-            features: backbone features, name -> ``[B, C, H/stride, W/stride] float32``.
-            targets: ``[B, H, W] int64`` semantic labels at image resolution (contiguous class
-                ids, ``ignore_value`` = ignored), or None.
-            weights: ``[B, H, W] float32`` per-pixel loss weights, or None (all 1).
-        Returns:
-            ``(logits, losses)``: logits ``[B, K, H/4, W/4] float32`` at the decoder stride (not
-            upsampled), losses ``{"loss_sem_seg": scalar}`` (``{}`` when ``targets`` is None or
-            the loss weight is 0).
-        """
+    def forward(self, features: Dict[str, torch.Tensor], targets=None, weights=None) -> Tuple[torch.Tensor, dict]:
+        """``(logits, losses)``: :meth:`layers` of the backbone ``features`` (name -> ``[B, C,
+        H/stride, W/stride] float32``) and, given ``targets`` (``[B, H, W] int64`` labels at image
+        resolution) and optional ``weights`` (``[B, H, W] float32``), :meth:`losses`."""
         logits = self.layers(features)
         if targets is None:
             return logits, {}
@@ -258,12 +221,7 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         """Decoder, head and predictor: ``[B, K, H/common_stride, W/common_stride]`` logits."""
         return self.predictor(self.head(super().layers(features)))
 
-    def losses(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        weights: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor, weights: Optional[torch.Tensor] = None):
         """Semantic loss on the logits upsampled by ``common_stride`` (see the class docstring).
 
         Args:
@@ -277,15 +235,11 @@ class COPSSemSegHead(DeepLabV3PlusHead):
             return {}
         if weights is not None:
             weights = weights.to(logits.dtype)
-        upsampled = F.interpolate(
-            logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False
-        )
+        upsampled = F.interpolate(logits, scale_factor=self.common_stride, mode="bilinear", align_corners=False)
         if self.loss is not None:
             loss = self.loss(upsampled, targets, weights)
         else:
-            pixel_losses = F.cross_entropy(
-                upsampled, targets, ignore_index=self.ignore_value, reduction="none"
-            )
+            pixel_losses = F.cross_entropy(upsampled, targets, ignore_index=self.ignore_value, reduction="none")
             if weights is not None:
                 pixel_losses = pixel_losses * weights
             num_valid = (targets != self.ignore_value).sum().clamp(min=1)
