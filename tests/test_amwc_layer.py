@@ -14,6 +14,7 @@ from detectron2_cops.layers import (
     AMWCLayer,
     AMWCOutput,
     CostCalibration,
+    NonFiniteError,
     PanopticQualitySurrogate,
     panoptic_quality,
 )
@@ -463,25 +464,25 @@ def _valid_inputs():
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda sc, ec: (sc[0], ec, {}), "4-D"),
-        (lambda sc, ec: (sc[:, :5], ec, {}), "num_classes"),
-        (lambda sc, ec: (sc.to(torch.int64), ec, {}), "floating"),
-        (lambda sc, ec: (sc.numpy(), ec, {}), "torch.Tensor"),
-        (lambda sc, ec: (sc.index_fill(2, torch.tensor([1]), float("nan")), ec, {}), "NaN"),
-        (lambda sc, ec: (sc.index_fill(2, torch.tensor([1]), float("inf")), ec, {}), "NaN or inf"),
-        (lambda sc, ec: (sc[:, :, :0], [e[:, :, :0] for e in ec], {}), "empty image"),
-        (lambda sc, ec: (sc[:0], [e[:0] for e in ec], {}), "empty batch"),
-        (lambda sc, ec: (sc, ec[:1], {}), "one map per edge distance"),
-        (lambda sc, ec: (sc, ec[0], {}), "list"),
-        (lambda sc, ec: (sc, [ec[0][:, :, :-1], ec[1]], {}), r"edge_costs\[0\]"),
-        (lambda sc, ec: (sc, [ec[0], ec[1].to(torch.int32)], {}), "floating"),
-        (lambda sc, ec: (sc, [ec[0], ec[1].index_fill(3, torch.tensor([0]), float("nan"))], {}), "NaN"),
-        (lambda sc, ec: (sc, ec, {"pixel_weights": torch.ones(1, 6, 6, dtype=torch.float64)}), "pixel_weights"),
-        (lambda sc, ec: (sc, ec, {"pixel_weights": -torch.ones(1, 6, 7, dtype=torch.float64)}), "non-negative"),
-        (lambda sc, ec: (sc, ec, {"edge_weights": [torch.ones_like(ec[0])]}), "edge_weights"),
+        (lambda sc, ec: (sc[0], ec, {}), r"semantic_costs must be a 4-D floating point torch.Tensor .*got torch.float64 \[6, 6, 7\]"),
+        (lambda sc, ec: (sc.to(torch.int64), ec, {}), "semantic_costs must be a 4-D floating point"),
+        (lambda sc, ec: (sc.numpy(), ec, {}), "semantic_costs must be a 4-D floating point torch.Tensor .*got ndarray"),
+        (lambda sc, ec: (sc[:, :5], ec, {}), r"K = num_classes = 6 .*got \[1, 5, 6, 7\]"),
+        (lambda sc, ec: (sc[:, :, :0], [e[:, :, :0] for e in ec], {}), r"B, H, W >= 1, got \[1, 6, 0, 7\]"),
+        (lambda sc, ec: (sc[:0], [e[:0] for e in ec], {}), r"B, H, W >= 1, got \[0, 6, 6, 7\]"),
+        (lambda sc, ec: (sc, ec[:1], {}), r"edge_costs must be a list of 2 tensors .*one map per edge distance \[1, 2\], got 1 maps"),
+        (lambda sc, ec: (sc, ec[0], {}), "edge_costs must be a list of 2 tensors .*got Tensor"),
+        (lambda sc, ec: (sc, [ec[0][:, :, :-1], ec[1]], {}), r"edge_costs\[0\] \(edge distance 1\) must be .* got torch.float64"),
+        (lambda sc, ec: (sc, [ec[0], ec[1].to(torch.int32)], {}), r"edge_costs\[1\] .* must be a floating point"),
+        (lambda sc, ec: (sc, ec, {"pixel_weights": torch.ones(1, 6, 6, dtype=torch.float64)}),
+         r"pixel_weights must be a floating point torch.Tensor \[B, H, W\] = \[1, 6, 7\], got torch.float64 \[1, 6, 6\]"),
+        (lambda sc, ec: (sc, ec, {"pixel_weights": -torch.ones(1, 6, 7, dtype=torch.float64)}),
+         "pixel_weights must be non-negative"),
+        (lambda sc, ec: (sc, ec, {"edge_weights": [torch.ones_like(ec[0])]}), "edge_weights must be a list of 2 tensors"),
         (lambda sc, ec: (sc, ec, {"edge_weights": [torch.ones_like(ec[0]), torch.ones_like(ec[1])[:, :, 1:]]}),
-         r"edge_weights\[1\]"),
-        (lambda sc, ec: (sc, ec, {"generator": 3}), "generator"),
+         r"edge_weights\[1\] \(edge distance 2\) must be"),
+        (lambda sc, ec: (sc, ec, {"generator": 3}), "generator must be None or a CPU torch.Generator, got 3"),
+        (lambda sc, ec: (sc, ec, {"pad_fn": 3}), "pad_fn must be None or callable, got int"),
     ],
 )
 def test_bad_forward_input_raises_value_error(mutate, match):
@@ -491,23 +492,50 @@ def test_bad_forward_input_raises_value_error(mutate, match):
         layer(sc2, ec2, **kw)
 
 
+@pytest.mark.parametrize("where", ["semantic_costs", "edge_costs", "pixel_weights", "edge_weights"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_input_raises_value_and_floating_point_error(where, value):
+    """NaN / inf costs or weights (in training: a diverged model) are refused with NonFiniteError,
+    both a ValueError and a FloatingPointError."""
+    layer, sc, ec = _valid_inputs()
+    kw = {"pixel_weights": torch.ones(1, 6, 7, dtype=torch.float64), "edge_weights": [torch.ones_like(e) for e in ec]}
+    if where == "semantic_costs":
+        sc = sc.index_fill(2, torch.tensor([1]), value)
+    elif where == "edge_costs":
+        ec = [ec[0], ec[1].index_fill(3, torch.tensor([0]), value)]
+    elif where == "pixel_weights":
+        kw[where] = kw[where].index_fill(1, torch.tensor([2]), value)
+    else:
+        kw[where] = [kw[where][0].index_fill(2, torch.tensor([0]), value), kw[where][1]]
+    with pytest.raises(NonFiniteError, match=where + r".* contains NaN or inf") as info:
+        layer(sc, ec, **kw)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, FloatingPointError)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_classes": 0}, "num_classes"),
-        ({"thing_classes": [6]}, "out of range"),
-        ({"thing_classes": [-1]}, "thing_classes"),
-        ({"edge_distances": [0]}, "edge_distances"),
-        ({"edge_sampling_intervals": [1]}, "edge_sampling_intervals"),
-        ({"num_samples": 0}, "num_samples"),
-        ({"lambda_min": 0.0}, "lambda_min"),
-        ({"lambda_min": 10.0, "lambda_max": 5.0}, "lambda_min <= lambda_max"),
+        ({"num_classes": 0}, "num_classes must be >= 1, got 0"),
+        ({"num_classes": 6.0}, "num_classes must be an integer, got 6.0"),
+        ({"thing_classes": [6]}, r"thing_classes \[6\] must lie in \[0, 6\)"),
+        ({"thing_classes": [-1]}, r"thing_classes\[0\] must be >= 0"),
+        ({"thing_classes": [True]}, r"thing_classes\[0\] must be an integer, got True"),
+        ({"edge_distances": [0]}, r"edge_distances\[0\] must be >= 1"),
+        ({"edge_distances": [4.0]}, r"edge_distances\[0\] must be an integer, got 4.0"),
+        ({"edge_sampling_intervals": [1]}, "edge_sampling_intervals must have one entry per edge distance"),
+        ({"num_samples": 0}, "num_samples must be >= 1"),
+        ({"lambda_min": 0.0}, "lambda_min must be >= 1e-300"),
         ({"lambda_min": 1e-310, "lambda_max": 1e-310}, "lambda_min must be >= 1e-300"),
-        ({"lambda_max": float("inf")}, "finite"),
-        ({"num_threads": -1}, "num_threads"),
+        ({"lambda_min": 10.0, "lambda_max": 5.0}, "lambda_max must be >= 10.0"),
+        ({"lambda_max": float("inf")}, "lambda_max must be finite"),
+        ({"lambda_max": "5"}, "lambda_max must be a real number"),
+        ({"num_threads": -1}, "num_threads must be >= 0"),
         ({"num_threads": 2**31}, "num_threads must be <= 2147483647"),
         ({"num_threads": 2.0}, "num_threads must be an integer"),
-        ({"min_thing_cluster_size": 0}, "min_thing_cluster_size"),
+        ({"min_thing_cluster_size": 0}, "min_thing_cluster_size must be >= 1"),
+        ({"local_search": 1}, "local_search must be a bool, got 1"),
+        ({"backward_warm_start": None}, "backward_warm_start must be a bool"),
+        ({"backward_float32": "yes"}, "backward_float32 must be a bool"),
     ],
 )
 def test_bad_constructor_arguments_raise_value_error(kwargs, match):
@@ -515,6 +543,11 @@ def test_bad_constructor_arguments_raise_value_error(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         AMWCLayer(**args)
+
+
+def test_thing_classes_may_be_any_collection_of_ids():
+    for things in ([2, 0], (0, 2), {0, 2}, range(0, 3, 2), np.array([2, 0]), torch.tensor([0, 2, 2])):
+        assert AMWCLayer(4, things, [1]).thing_classes == (0, 2)
 
 
 def test_half_precision_incoming_gradients_are_read_in_float32():
@@ -545,10 +578,10 @@ def test_backward_errors_name_the_perturbed_costs():
         out.masks.sum().backward()
 
 
-def test_nan_incoming_gradient_raises_value_error():
+def test_nan_incoming_gradient_raises_non_finite_error():
     sc, ec, _ = synthetic_costs([1], H=6, W=7, distances=(1, 2))
     out = make_layer(distances=(1, 2))(sc, ec)[0]
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(NonFiniteError, match="incoming gradient of the masks contains NaN or inf"):
         (out.masks * float("nan")).sum().backward()
 
 
@@ -710,7 +743,7 @@ def _planted_merge(margin=10.0):
 
 @pytest.mark.parametrize("pad", [False, True])
 def test_planted_merge_is_split_by_one_step_only_with_padded_ground_truth(pad):
-    """COPS pads one MWC label per unmatched ground-truth segment (issue 7 point 1): the pixels
+    """COPS pads one MWC label per unmatched ground-truth segment: the pixels
     of the missed instance B move to that label (same class), so the estimate cuts the A/B
     boundary and one gradient step splits the merge. Without it (only the predicted segment and
     the classes as labels) B's pixels could only change class, which the semantic margin
@@ -720,19 +753,17 @@ def test_planted_merge_is_split_by_one_step_only_with_padded_ground_truth(pad):
     layer = AMWCLayer(2, [1], D, num_samples=3, lambda_min=lam, lambda_max=2 * lam)
     loss_fn = PanopticQualitySurrogate([1], stuff_area=4, instance_area=4)
 
-    def pad_fn(b, masks, classes):
-        return [int(gt_classes[j]) for j in loss_fn.unmatched_gt(masks, classes, gt_masks, gt_classes)]
-
-    out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=pad_fn if pad else None)[0]
+    gt = ([gt_masks], [gt_classes])
+    padding = loss_fn.padding(*gt)
+    out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=padding if pad else None)[0]
     assert panoptic_quality(pred_ids(out, [1]), gt_pan, label_divisor=LD, thing_classes=[1])["All"]["pq"] < 1.0
     assert out.mask_classes.tolist() == ([0, 1, 1] if pad else [0, 1]) and out.num_padded == int(pad)
-    real = out.masks.shape[0] - out.num_padded
-    padded_gt = [loss_fn.unmatched_gt(out.masks[:real], out.mask_classes[:real], gt_masks, gt_classes)]
-    assert padded_gt == [[2]]  # the merged segment is matched to A; B is missed
     if pad:
-        assert out.masks[real:].sum() == 0
-    res = loss_fn([out.masks], [out.mask_classes], [gt_masks], [gt_classes],
-                  padded_gt=padded_gt if pad else None)
+        # the merged segment is matched to A; B is missed
+        assert padding.images[0].pairs == [(0, 0), (1, 1)] and padding.images[0].unmatched == [2]
+        assert out.masks[2:].sum() == 0
+    res = loss_fn([out.masks], [out.mask_classes], *gt, padding=padding if pad else None)
+    assert res.matches == ([[(0, 0), (1, 1), (2, 2)]] if pad else [[(0, 0), (1, 1)]])
     (10.0 * res.loss).backward()
     grad_norm = sc.grad.abs().sum() + sum(e.grad.abs().sum() for e in ec)
     with torch.no_grad():  # one step of gradient descent on the costs
@@ -763,8 +794,10 @@ def test_pad_fn_receives_masks_and_its_classes_are_validated():
     assert out.mask_classes.tolist() == [0, 1, 1, 0] * 2
     assert out.mask_is_padding.tolist() == [False, False, True, True] * 2
     assert out.masks[out.mask_is_padding].sum() == 0
-    for bad, match in ((lambda b, m, c: [2], r"outside \[0, 2\)"), (lambda b, m, c: 1, "sequence"),
-                       (lambda b, m, c: [0.5], "sequence"), (3, "callable")):
+    for bad, match in ((lambda b, m, c: [2], r"pad_fn returned class ids \[2\] for image 0, not all in \[0, 2\)"),
+                       (lambda b, m, c: 1, "the class ids pad_fn returned for image 0 must be a sequence"),
+                       (lambda b, m, c: [0.5], r"the class ids pad_fn returned for image 0\[0\] must be an integer"),
+                       (lambda b, m, c: [-1], r"the class ids pad_fn returned for image 0\[0\] must be >= 0")):
         with pytest.raises(ValueError, match=match):
             layer(sc.detach(), [e.detach() for e in ec], pad_fn=bad)
 
@@ -797,7 +830,7 @@ def test_small_thing_clusters_get_no_mask():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_planted_merge_split_with_padding_on_cuda_matches_cpu():
-    """The padded-label path (pad_fn, padded_gt, matches) with costs on the GPU gives the CPU's
+    """The padded-label path (the surrogate's padding as pad_fn) with costs on the GPU gives the CPU's
     masks and gradients."""
     grads = []
     for device in ("cpu", "cuda"):
@@ -807,17 +840,11 @@ def test_planted_merge_split_with_padding_on_cuda_matches_cpu():
         gt_masks, gt_classes = gt_masks.to(device), gt_classes.to(device)
         layer = AMWCLayer(2, [1], D, num_samples=3, lambda_min=50.0, lambda_max=100.0)
         loss_fn = PanopticQualitySurrogate([1], stuff_area=4, instance_area=4)
-        store = {}
-
-        def pad_fn(b, masks, classes):
-            store["pairs"] = loss_fn.match(masks, classes, gt_masks, gt_classes)
-            store["pad"] = loss_fn.unmatched_gt(masks, classes, gt_masks, gt_classes, pairs=store["pairs"])
-            return [int(gt_classes[j]) for j in store["pad"]]
-
-        out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=pad_fn)[0]
+        gt = ([gt_masks], [gt_classes])
+        padding = loss_fn.padding(*gt)
+        out = layer(sc, ec, generator=torch.Generator().manual_seed(0), pad_fn=padding)[0]
         assert out.masks.device.type == device and out.num_padded == 1
-        res = loss_fn([out.masks], [out.mask_classes], [gt_masks], [gt_classes],
-                      padded_gt=[store["pad"]], matches=[store["pairs"]])
+        res = loss_fn([out.masks], [out.mask_classes], *gt, padding=padding)
         res.loss.backward()
         grads.append([sc.grad.cpu()] + [e.grad.cpu() for e in ec])
     for a, b in zip(*grads):
@@ -827,17 +854,17 @@ def test_planted_merge_split_with_padding_on_cuda_matches_cpu():
 # ----------------------------------------------------------------------------- backward warm start
 def test_backward_warm_start_and_float32_switches_work_both_ways(monkeypatch):
     """backward_warm_start / backward_float32 reach the solver: warm solves get the forward
-    solution as initial labels (5th tuple element), float32 solves float32 costs."""
+    solution as initial labels (5th entry of the native tuple), float32 solves float32 costs."""
     import detectron2_cops.layers.amwc_layer as amwc_layer
 
     seen = []
-    real = amwc_layer.solve_amwc_batch
+    real = amwc_layer._solve_batch
 
-    def spy(instances, **kw):
-        seen.append([(len(t), t[0].dtype) for t in instances])
-        return real(instances, **kw)
+    def spy(instances, local_search, num_threads):
+        seen.append([(len(t) > 4 and t[4] is not None, t[0].dtype) for t in instances])
+        return real(instances, local_search, num_threads)
 
-    monkeypatch.setattr(amwc_layer, "solve_amwc_batch", spy)
+    monkeypatch.setattr(amwc_layer, "_solve_batch", spy)
     sc, ec, _ = synthetic_costs([3])
     for warm in (False, True):
         for f32 in (False, True):
@@ -847,24 +874,21 @@ def test_backward_warm_start_and_float32_switches_work_both_ways(monkeypatch):
             zero_grads(sc, ec)
             _random_upstream(layer, sc, ec, 0)
             forward, backward = seen
-            assert forward == [(4, np.float64)]
-            assert backward == [(5 if warm else 4, np.float32 if f32 else np.float64)] * 2
+            assert forward == [(False, np.float64)]
+            assert backward == [(warm, np.float32 if f32 else np.float64)] * 2
     # the default is warm + float32; local_search=False disables the warm start
     layer = make_layer()
     assert layer.backward_warm_start and layer.backward_float32
     seen.clear()
     zero_grads(sc, ec)
     _random_upstream(make_layer(num_samples=1, local_search=False), sc, ec, 0)
-    assert seen[1] == [(4, np.float32)]
-    for bad in (dict(backward_warm_start=1), dict(backward_float32="yes")):
-        with pytest.raises(ValueError, match="must be a bool"):
-            make_layer(**bad)
+    assert seen[1] == [(False, np.float32)]
 
 
 def test_warm_and_cold_gradients_agree_in_direction():
     """Cosine similarity of the warm-started and the cold (COPS) estimates, N = 5, same lambdas.
 
-    Measured (issue 9): 1.000 on all 30 PQ-surrogate training cases below (10 seeds of each
+    Measured: 1.000 on all 30 PQ-surrogate training cases below (10 seeds of each
     kind: both give the same estimate); 0.80-0.88 (mean 0.85) with a random dense upstream
     gradient on 24 x 32 noisy synthetic instances, seeds 40..47, where the cold solves also
     differ from the forward solution where the perturbation is tiny (GAEC from singletons on a

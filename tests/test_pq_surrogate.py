@@ -9,6 +9,7 @@ import torch
 
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import (
+    PaddedImage,
     PanopticQualitySurrogate,
     SurrogateOutput,
     match_segments,
@@ -453,27 +454,39 @@ def _set(lst, k, v):
     return lst
 
 
+# One entry per kind of bad per-image input: (edit of _good_inputs(), message).
+_BAD_IMAGES = [
+    (lambda a: (_set(a[0], 0, torch.zeros(4, 4)),) + a[1:], r"pred_masks\[0\] must be 3-D \[N, H, W\], got shape \(4, 4\)"),
+    (lambda a: (_set(a[0], 0, np.zeros((2, 4, 4))),) + a[1:], r"pred_masks\[0\] must be a torch.Tensor \[N, H, W\], got ndarray"),
+    (lambda a: (_set(a[0], 0, torch.zeros(2, 4, 4, dtype=torch.long)),) + a[1:],
+     r"pred_masks\[0\] must be a floating point tensor, got torch.int64"),
+    (lambda a: (_set(a[0], 0, torch.zeros(2, 4, 4, dtype=torch.bool)),) + a[1:], "pred_masks.* must be a floating point"),
+    (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), float("nan"))),) + a[1:], r"pred_masks\[0\] contains NaN or inf"),
+    (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), 1.5)),) + a[1:], r"pred_masks\[0\] values must lie in \[0, 1\]"),
+    (lambda a: a[:2] + (_set(a[2], 1, torch.full((2, 4, 5), float("inf"))),) + a[3:], r"gt_masks\[1\] contains NaN or inf"),
+    (lambda a: a[:2] + (_set(a[2], 1, torch.zeros(2, 4, 5, dtype=torch.long)),) + a[3:],
+     r"gt_masks\[1\] must be a bool or floating point tensor"),
+    (lambda a: (_set(a[0], 1, torch.zeros(1, 4, 4)),) + a[1:],
+     r"gt_masks\[1\] spatial size \[4, 5\] differs from pred_masks\[1\] \[4, 4\]"),
+    (lambda a: (a[0], _set(a[1], 0, torch.tensor([0]))) + a[2:], r"pred_classes\[0\] must have shape \[2\]"),
+    (lambda a: (a[0], _set(a[1], 0, torch.tensor([0.0, 1.0]))) + a[2:], r"pred_classes\[0\] must be an integer"),
+    (lambda a: (a[0], _set(a[1], 0, [0, 1])) + a[2:], r"pred_classes\[0\] must be an int64 torch.Tensor"),
+    (lambda a: (a[0], _set(a[1], 0, torch.tensor([0, -1]))) + a[2:], r"pred_classes\[0\] contains negative class ids"),
+    (lambda a: a[:3] + (_set(a[3], 1, torch.tensor([1])),) + a[4:], r"gt_classes\[1\] must have shape \[2\]"),
+    (lambda a: a[:4] + (_set(a[4], 1, torch.ones(4, 4)),), r"pixel_weights\[1\] must have shape \[H, W\] = \[4, 5\]"),
+    (lambda a: a[:4] + (_set(a[4], 0, torch.full((4, 4), float("nan"))),), r"pixel_weights\[0\] contains NaN or inf"),
+    (lambda a: a[:4] + (_set(a[4], 0, -torch.ones(4, 4)),), r"pixel_weights\[0\] must be non-negative"),
+    (lambda a: a[:4] + (_set(a[4], 0, torch.ones(4, 4, dtype=torch.long)),), r"pixel_weights\[0\] must be a floating"),
+]
+
+
 @pytest.mark.parametrize(
     "edit, message",
-    [
-        (lambda a: (a[0][:1],) + a[1:], "same length"),
-        (lambda a: a[:4] + ([torch.ones(4, 4)],), "same length"),
-        (lambda a: (_set(a[0], 0, torch.zeros(4, 4)),) + a[1:], "3-D"),
-        (lambda a: a[:2] + (_set(a[2], 0, torch.zeros(1, 4, 5, dtype=torch.bool)),) + a[3:], "spatial size"),
-        (lambda a: a[:4] + (_set(a[4], 1, torch.ones(4, 4)),), r"\[H, W\]"),
-        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0]))) + a[2:], "shape"),
-        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0.0, 1.0]))) + a[2:], "integer"),
-        (lambda a: (a[0], _set(a[1], 0, torch.tensor([0, -1]))) + a[2:], "negative"),
-        (lambda a: a[:3] + (_set(a[3], 1, torch.tensor([1])),) + a[4:], "shape"),
-        (lambda a: (_set(a[0], 0, torch.zeros(2, 4, 4, dtype=torch.long)),) + a[1:], "floating point"),
-        (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), float("nan"))),) + a[1:], "NaN"),
-        (lambda a: (_set(a[0], 0, torch.full((2, 4, 4), 1.5)),) + a[1:], r"\[0, 1\]"),
-        (lambda a: a[:2] + (_set(a[2], 1, torch.full((2, 4, 5), float("inf"))),) + a[3:], "NaN or inf"),
-        (lambda a: a[:2] + (_set(a[2], 1, torch.zeros(2, 4, 5, dtype=torch.long)),) + a[3:], "bool or floating"),
-        (lambda a: a[:4] + (_set(a[4], 0, torch.full((4, 4), float("nan"))),), "NaN"),
-        (lambda a: a[:4] + (_set(a[4], 0, -torch.ones(4, 4)),), "non-negative"),
-        (lambda a: (_set(a[0], 0, np.zeros((2, 4, 4))),) + a[1:], "torch.Tensor"),
-        (lambda a: (_set(a[0], 1, torch.zeros(1, 4, 5, dtype=torch.float64)),) + a[1:], "share dtype"),
+    _BAD_IMAGES + [
+        (lambda a: (a[0][:1],) + a[1:], "per-image lists must have the same length"),
+        (lambda a: a[:4] + ([torch.ones(4, 4)],), "per-image lists must have the same length"),
+        (lambda a: (_set(a[0], 1, torch.zeros(1, 4, 5, dtype=torch.float64)),) + a[1:],
+         r"pred_masks\[1\] is torch.float64 on cpu but pred_masks\[0\] is torch.float32 .* share dtype and device"),
         (lambda a: ([], [], [], [], None), "empty batch"),
     ],
 )
@@ -484,20 +497,50 @@ def test_bad_input_raises(edit, message):
         module(*args)
 
 
+@pytest.mark.parametrize("edit, message", _BAD_IMAGES)
+def test_match_segments_bad_input(edit, message):
+    """match_segments (one image) refuses what forward refuses (the same checks, once)."""
+    b = 1 if r"\[1\]" in message else 0
+    pm, pc, gm, gc, w = (x[b] for x in edit(_good_inputs()))
+    with pytest.raises(ValueError, match=message.replace(rf"\[{b}\]", "")):
+        match_segments(pm, pc, gm, gc, w, [0])
+
+
+def test_match_segments_bad_arguments_and_padding_bad_ground_truth():
+    pm, pc, gm, gc, w = (x[0] for x in _good_inputs())
+    for kwargs, message in ((dict(eps=0.0), "eps must be > 0"), (dict(eps="0.1"), "eps must be a real number"),
+                            (dict(thing_classes=[-1]), r"thing_classes\[0\] must be >= 0"),
+                            (dict(thing_classes=[0.0]), r"thing_classes\[0\] must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            match_segments(pm, pc, gm, gc, w, **{"thing_classes": [0], **kwargs})
+    module = Legacy([0], stuff_area=1.0, instance_area=1.0)
+    _, _, gm, gc, w = _good_inputs()
+    for args, message in (((gm, gc[:1], w), "per-image lists must have the same length"),
+                          (([], [], None), "empty batch"),
+                          ((gm, gc, [w[0], -w[1]]), r"pixel_weights\[1\] must be non-negative"),
+                          ((_set(gm, 1, torch.full((2, 4, 5), 2.0)), gc, w), r"gt_masks\[1\] values must lie in \[0, 1\]"),
+                          ((gm, _set(gc, 0, torch.tensor([-3])), w), r"gt_classes\[0\] contains negative class ids")):
+        with pytest.raises(ValueError, match=message):
+            module.padding(*args)
+
+
 def test_good_inputs_work_and_bad_constructor_arguments_raise():
     out = Legacy([0], stuff_area=1.0, instance_area=1.0)(*_good_inputs())
     assert torch.isfinite(out.loss)
-    for kwargs in (dict(eps=0.0), dict(beta=-1.0), dict(area_temperature=0.0), dict(ratio_eps=-0.1),
-                   dict(stuff_area=float("nan")), dict(instance_area="10")):
-        args = dict(stuff_area=1.0, instance_area=1.0)
+    for kwargs, message in ((dict(eps=0.0), "eps must be > 0"), (dict(beta=-1.0), "beta must be > 0"),
+                            (dict(area_temperature=0.0), "area_temperature must be > 0"),
+                            (dict(ratio_eps=-0.1), "ratio_eps must be >= 0.0"),
+                            (dict(stuff_area=float("nan")), "stuff_area must be finite"),
+                            (dict(instance_area="10"), "instance_area must be a real number"),
+                            (dict(rule="other"), r"rule must be one of \['original', 'pq'\]"),
+                            (dict(match_zero_overlap=1), "match_zero_overlap must be a bool"),
+                            (dict(thing_classes=[-1]), r"thing_classes\[0\] must be >= 0"),
+                            (dict(thing_classes=[True]), r"thing_classes\[0\] must be an integer")):
+        args = dict(thing_classes=[0], stuff_area=1.0, instance_area=1.0)
         args.update(kwargs)
-        with pytest.raises(ValueError):
-            Legacy([0], **args)
-    with pytest.raises(ValueError, match="thing_classes"):
-        Legacy([-1], stuff_area=1.0, instance_area=1.0)
-    with pytest.raises(ValueError, match="eps"):
-        match_segments(torch.zeros(1, 2, 2), torch.tensor([0]), torch.zeros(1, 2, 2), torch.tensor([0]),
-                       None, [0], eps=0.0)
+        with pytest.raises(ValueError, match=message):
+            PanopticQualitySurrogate(args.pop("thing_classes"), **args)
+    assert PanopticQualitySurrogate(range(2), stuff_area=1.0, instance_area=1.0).thing_classes == {0, 1}
 
 
 # --------------------------------------------------------------------------- the COPS code's variant
@@ -629,36 +672,37 @@ def test_padded_masks_are_paired_with_their_ground_truth_and_get_a_gradient():
     pred = torch.zeros(1, 6, 6)
     pred[0] = 1.0  # one thing over both gts (a merge)
     module = PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0)
-    gc = [torch.tensor([0, 0])]
-    assert module.unmatched_gt(pred, torch.tensor([0]), gt, gc[0]) == [1]
-    plain = module([pred], [torch.tensor([0])], [gt], gc)
+    gm, gc = [gt], [torch.tensor([0, 0])]
+    plain = module([pred], [torch.tensor([0])], gm, gc)
+    padding = module.padding(gm, gc)
+    assert padding(0, pred, torch.tensor([0])) == [0]  # the class of the missed ground truth
+    assert padding.images[0] == PaddedImage([0], [(0, 0)], [1])
     padded = torch.cat([pred, torch.zeros(1, 6, 6)]).requires_grad_(True)
-    out = module([padded], [torch.tensor([0, 0])], [gt], gc, padded_gt=[[1]])
+    out = module([padded], [torch.tensor([0, 0])], gm, gc, padding=padding)
     assert out.matches == [[(0, 0), (1, 1)]]
     # an empty padded mask gives the value of the constant empty prediction
     assert out.pq.item() == pytest.approx(plain.pq.item(), rel=1e-12)
     out.loss.backward()
     g = padded.grad[1]
     assert (g[3:] < 0).all() and (g[:3] > 0).all()  # grow on its gt, stay off the other one
-    for bad, message in (([[0]], "already matches"), ([[2]], "out of range"), ([[1, 1]], "repeats"),
-                         ([None], r"padded_gt\[0\] must be a sequence"), ([[True]], "integer ground-truth index")):
+
+    # a padding belongs to its module, its ground-truth lists and the masks it was called with
+    other = PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0)
+    masks, classes = [padded.detach()], [torch.tensor([0, 0])]
+    for pm, pc, gt_lists, pad, message in (
+        (masks, classes, ([gt], gc), padding, "padding must be this module's padding.* same lists"),
+        (masks, classes, (gm, gc), other.padding(gm, gc), "padding must be this module's padding"),
+        (masks, classes, (gm, gc), 5, "padding must be this module's padding"),
+        (masks, [torch.tensor([0, 1])], (gm, gc), padding, "not the masks the padding was called with"),
+        ([pred], [torch.tensor([0])], (gm, gc), padding, "not the masks the padding was called with"),
+    ):
         with pytest.raises(ValueError, match=message):
-            module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=bad)
-    # Given matches and the pairs of unmatched_gt are checked like padded_gt.
-    assert module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=[np.array([1])],
-                  matches=[[(0, 0)]]).matches == [[(0, 0), (1, 1)]]
-    for bad, message in (([None], r"matches\[0\] must be a sequence"), ([[(True, True)]], "pair of integers"),
-                         ([[(0,)]], "pair of integers"), ([[(0, 5)]], "out of range")):
-        with pytest.raises(ValueError, match=message):
-            module([padded.detach()], [torch.tensor([0, 0])], [gt], gc, padded_gt=[[1]], matches=bad)
-    assert module.unmatched_gt(padded[:1].detach(), torch.tensor([0]), gt, gc[0], pairs=[(0, 0)]) == [1]
-    for bad, message in ([(0, 99)], "out of range"), ([(0, 1.5)], "pair of integers"), (5, "sequence of"):
-        with pytest.raises(ValueError, match=message):
-            module.unmatched_gt(padded[:1].detach(), torch.tensor([0]), gt, gc[0], pairs=bad)
-    with pytest.raises(ValueError, match="class"):
-        module([padded.detach()], [torch.tensor([0, 1])], [gt], gc, padded_gt=[[1]])
-    with pytest.raises(ValueError, match="rule"):
-        PanopticQualitySurrogate([0], stuff_area=0.0, instance_area=2.0, rule="other")
+            module(pm, pc, *gt_lists, padding=pad)
+    fresh = module.padding(gm, gc)  # not called yet
+    with pytest.raises(ValueError, match="not the masks the padding was called with"):
+        module(masks, classes, gm, gc, padding=fresh)
+    with pytest.raises(ValueError, match="holds the ground truth of 1 images, not of image 1"):
+        fresh(1, pred, torch.tensor([0]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,9 +1,9 @@
 """COPS layers: the differentiable AMWC layer, cost calibration, the PQ surrogate loss with its
 segment matching, and exact panoptic quality. Pure PyTorch / NumPy / SciPy; no Detectron2 import."""
-from .amwc_layer import AMWCBatchOutput, AMWCFunction, AMWCLayer, AMWCOutput
+from .amwc_layer import AMWCBatchOutput, AMWCFunction, AMWCLayer, AMWCOutput, NonFiniteError
 from .calibration import CostCalibration, EdgeDropout, PixelDropout
 from .panoptic_quality import panoptic_quality
-from .pq_surrogate import PanopticQualitySurrogate, SurrogateOutput, match_segments
+from .pq_surrogate import GroundTruthPadding, PanopticQualitySurrogate, SurrogateOutput, match_segments
 
 __all__ = [
     "AMWCBatchOutput",
@@ -12,6 +12,8 @@ __all__ = [
     "AMWCOutput",
     "CostCalibration",
     "EdgeDropout",
+    "GroundTruthPadding",
+    "NonFiniteError",
     "PanopticQualitySurrogate",
     "PixelDropout",
     "SurrogateOutput",

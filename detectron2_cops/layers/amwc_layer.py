@@ -5,9 +5,8 @@ Differentiable Approach", NeurIPS 2021: Sec. 3.1 (AMWC on the pixel grid), Sec. 
 estimation by averaging over perturbation magnitudes, slides "Contribution 1") and Sec. 3.5
 (backward pass through a transformation to multiway cut, slides "Contribution 3"); the black-box
 differentiation estimator of Vlastelica et al., "Differentiation of Blackbox Combinatorial
-Solvers", ICLR 2020; ``DESIGN.md`` section 1. The reference implementation is the authors'
-``panoptic_affinity/multicut_solvers.py`` (``AsymmetricMultiCutSolver``, ``solve_mc_grad_avg``)
-and ``losses.py`` (``AMWCBackward``).
+Solvers", ICLR 2020. The reference implementation is the authors' ``panoptic_affinity/multicut_solvers.py``
+(``AsymmetricMultiCutSolver``, ``solve_mc_grad_avg``) and ``losses.py`` (``AMWCBackward``).
 
 Forward: per image, the AMWC
 
@@ -23,13 +22,14 @@ Backward: the incoming gradients ``dL/dP_m`` (masks), ``dL/dX`` (node one-hot) a
 padded segments of missed ground truth (``pad_fn``) and the classes without a segment, solved
 for ``N`` perturbation magnitudes ``lambda_i`` and averaged (see :class:`AMWCFunction`).
 
+Input checks: :class:`AMWCLayer` checks its arguments once (constructor, :meth:`AMWCLayer.forward`)
+and :meth:`AMWCFunction.backward` the incoming gradients; the solves behind them take the
+solver's unchecked path (the native extension keeps its own validation pass).
+
 Pure PyTorch + NumPy on top of :mod:`detectron2_cops.solvers`; imports no Detectron2.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 import threading
 import time
 from collections import OrderedDict
@@ -39,10 +39,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..solvers import GridGraph, solve_amwc_batch
-from ..checks import as_int as _check_int
+from ..checks import as_float, as_int, as_int_list, as_int_set
+from ..solvers import GridGraph
+from ..solvers.amwc import _solve_batch
 
-__all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "PadFn"]
+__all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "NonFiniteError", "PadFn"]
+
+
+class NonFiniteError(ValueError, FloatingPointError):
+    """NaN or inf in the costs or weights given to :class:`AMWCLayer`, or in the incoming
+    gradients of its backward: a ``ValueError`` (bad input) and a ``FloatingPointError`` (in
+    training, the sign that the model diverged)."""
 
 #: ``pad_fn(image_index, masks [M_b, H, W], classes [M_b] int64) -> class ids of the padded masks``
 PadFn = Callable[[int, Tensor, Tensor], Sequence[int]]
@@ -180,7 +187,7 @@ def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: i
     One segment per stuff class present (key = class), one per thing cluster (key = K + cluster
     id) of at least ``min_thing_cluster_size`` pixels (smaller thing clusters get no segment, as
     ``IGNORE_INSTANCE_SIZE_AMC`` in the COPS code's ``solve_amc``, ``multicut_solvers.py``
-    ~218-224); keys are compacted in ascending order (stuff classes, then clusters).
+   ); keys are compacted in ascending order (stuff classes, then clusters).
 
     Returns:
         ``(seg_of_pixel [N] int64 (-1: no segment), seg_classes [S] int64)``.
@@ -209,19 +216,11 @@ def _dense_masks(seg_of_pixel: np.ndarray, num_segments: int, dtype: torch.dtype
 
 
 def _check_pad_classes(value, b: int, K: int) -> np.ndarray:
-    """Validate what ``pad_fn`` returned for image ``b``: class ids in ``[0, K)``."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().tolist()
-    try:
-        out = [operator.index(v) for v in value]
-    except TypeError:
-        raise ValueError(
-            f"pad_fn must return a sequence of integer class ids for image {b}, got {value!r}"
-        ) from None
-    bad = [c for c in out if not 0 <= c < K]
-    if bad:
-        raise ValueError(f"pad_fn returned class ids {bad} for image {b}, outside [0, {K}) (num_classes)")
-    return np.asarray(out, dtype=np.int64)
+    """What ``pad_fn`` returned for image ``b``, checked: class ids in ``[0, K)``."""
+    classes = as_int_list(value, f"the class ids pad_fn returned for image {b}", 0)
+    if any(c >= K for c in classes):
+        raise ValueError(f"pad_fn returned class ids {classes} for image {b}, not all in [0, {K}) (num_classes)")
+    return np.asarray(classes, dtype=np.int64)
 
 
 def _mwc_label_classes(seg_classes: np.ndarray, K: int) -> np.ndarray:
@@ -422,8 +421,8 @@ class AMWCFunction(torch.autograd.Function):
     so that a seeded run is reproducible. Missing (None) incoming gradients count as zero.
     Gradients are returned on the device and in the dtype of each cost tensor.
 
-    Missed ground truth (COPS code: ``ComputeBestGroundTruth``, ``utils.py`` ~163-213;
-    ``add_semantic_costs_to_instance_costs``, ``losses.py`` ~203-227). A ground-truth segment
+    Missed ground truth (COPS code: ``ComputeBestGroundTruth``, ``utils.py``;
+    ``add_semantic_costs_to_instance_costs``, ``losses.py``). A ground-truth segment
     that no predicted segment is matched to (e.g. an instance merged into its neighbour) would
     have no MWC label: pixels the loss pushes out of the merged segment could then only change
     class. ``spec.pad_fn(b, masks_b, classes_b) -> classes`` (called in ``forward`` with image
@@ -451,11 +450,8 @@ class AMWCFunction(torch.autograd.Function):
         thing_mask = spec.thing_mask
 
         t0 = time.perf_counter()
-        results = solve_amwc_batch(
-            [(node_costs[b], grid.edges, edge_cost_values[b], thing_mask) for b in range(B)],
-            local_search=spec.local_search,
-            num_threads=spec.num_threads,
-        )
+        results = _solve_batch([(node_costs[b], grid.edges, edge_cost_values[b], thing_mask) for b in range(B)],
+                               spec.local_search, spec.num_threads)
         t_solver = time.perf_counter() - t0
 
         labels = np.stack([r.node_labels for r in results]).astype(np.int64)  # [B, N]
@@ -494,7 +490,7 @@ class AMWCFunction(torch.autograd.Function):
         one_hot = torch.zeros(B, K, N, dtype=dtype)
         one_hot.scatter_(1, labels_t[:, None, :], 1)
         one_hot = one_hot.reshape(B, K, H, W)
-        edge_maps = [torch.from_numpy(m) for m in grid.edge_values_to_maps(edge_labels)]
+        edge_maps = [torch.from_numpy(m) for m in grid._to_maps(edge_labels)]
 
         ctx.spec = spec
         ctx.shape = (B, K, H, W)
@@ -545,7 +541,7 @@ class AMWCFunction(torch.autograd.Function):
             if g.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16: NumPy-readable
                 g = g.float()
             if not _all_finite(g):
-                raise ValueError(f"AMWCFunction.backward: the incoming gradient of {name} contains NaN or inf")
+                raise NonFiniteError(f"AMWCFunction.backward: the incoming gradient of {name} contains NaN or inf")
             return g
 
         # Incoming gradients stay in their dtype (no float64 copy of the [M, H, W] mask gradient).
@@ -563,7 +559,9 @@ class AMWCFunction(torch.autograd.Function):
         fdt = np.float32 if spec.float32 else np.float64
         ws = _workspace  # the perturbed costs below live until the solver returns
         ws.reset()
-        instances, perturbations, plan = [], [], []  # plan: (image, MWC label -> class) per solved image
+        # the native entries (base, edges, edge costs, partitionable, warm labels, warm clusters,
+        # delta, lambda[, label classes]); plan: (image, MWC label -> class) per solved image
+        instances, plan = [], []
         for b in range(B):
             M_b = int(offsets[b + 1] - offsets[b])
             dP_b = None if dP is None or M_b == 0 else dP[offsets[b]:offsets[b + 1]]  # [M_b, N]
@@ -575,7 +573,7 @@ class AMWCFunction(torch.autograd.Function):
             if not (has_p or has_x or has_y):
                 continue
             c_E = ctx.edge_cost_values[b]
-            relabel = None  # MWC labels -> classes when the solver forms the MWC costs itself
+            relabel = ()  # (MWC labels -> classes,) when the solver forms the MWC costs itself
             if has_p:
                 # MWC transformation (COPS Sec. 3.5): labels = segments + classes without segment.
                 label_class = _mwc_label_classes(ctx.seg_classes[b], K)
@@ -593,10 +591,10 @@ class AMWCFunction(torch.autograd.Function):
                     # (delta, scale, label_classes) perturbation; the same values to the bit).
                     base = ctx.node_costs[b].astype(fdt, copy=False)
                     delta = dP_b.astype(fdt, copy=False)
-                    relabel = label_class
+                    relabel = (label_class,)
                 part = None
-                warm = ((_mwc_initial_labels(ctx.seg_of_pixel[b], ctx.labels[b], label_class),)
-                        if spec.warm_start else ())
+                warm = ((_mwc_initial_labels(ctx.seg_of_pixel[b], ctx.labels[b], label_class), None)
+                        if spec.warm_start else (None, None))
             else:
                 # Loss on node/edge labels only: perturb the AMWC itself (slides, naive pipeline).
                 label_class = np.arange(K)
@@ -608,26 +606,23 @@ class AMWCFunction(torch.autograd.Function):
                     delta.fill(0)
                 part = spec.thing_mask
                 warm = ((ctx.labels[b].astype(np.int32), ctx.instance_ids[b].astype(np.int32))
-                        if spec.warm_start else ())
+                        if spec.warm_start else (None, None))
             for i in range(S):
                 lam = float(lambdas[b, i])
                 # node costs base + lam * delta, formed by the solver on its worker thread (in fdt,
                 # as np.multiply(delta, fdt(lam)) + base): no [N, L] array per sample here
-                perturbations.append((delta, lam) if relabel is None else (delta, lam, relabel))
                 if has_y:
                     edge = np.multiply(dY_b, lam)
                     edge += c_E
                     edge = edge.astype(fdt, copy=False)
                 else:
                     edge = c_E
-                instances.append((base, grid.edges, edge, part) + warm)
+                instances.append((base, grid.edges, edge, part) + warm + (delta, lam) + relabel)
             plan.append((b, label_class))
 
         t0 = time.perf_counter()
         try:
-            results = (solve_amwc_batch(instances, local_search=spec.local_search, num_threads=spec.num_threads,
-                                        node_cost_perturbations=perturbations)
-                       if instances else [])
+            results = _solve_batch(instances, spec.local_search, spec.num_threads) if instances else []
         except ValueError as err:  # e.g. c + lambda * gradient beyond the float32 range
             raise ValueError(
                 "AMWCFunction.backward: the perturbed costs c + lambda * (incoming gradient) "
@@ -655,7 +650,7 @@ class AMWCFunction(torch.autograd.Function):
         g_sem = torch.from_numpy(grad_node).reshape(B, H, W, K).permute(0, 3, 1, 2)
         if spec.pixel_weights is not None:
             g_sem = g_sem * _to_cpu_f64(spec.pixel_weights)[:, None]
-        g_edges = [torch.from_numpy(m) for m in grid.edge_values_to_maps(grad_edge)]
+        g_edges = [torch.from_numpy(m) for m in grid._to_maps(grad_edge)]
         if spec.edge_weights is not None:
             g_edges = [g * _to_cpu_f64(w) for g, w in zip(g_edges, spec.edge_weights)]
         meta = ctx.cost_meta
@@ -667,29 +662,29 @@ class AMWCFunction(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
-
-
 def _check_tensor(x, name: str, shape: Tuple[int, ...], shape_desc: str, device, *, non_negative=False):
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {shape_desc}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {shape_desc} = {list(shape)}, got {list(x.shape)}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or tuple(x.shape) != tuple(shape):
+        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating point torch.Tensor {shape_desc} = {list(shape)}, got {got}")
     if x.device != device:
         raise ValueError(f"{name} is on {x.device} but semantic_costs is on {device}; use one device")
     xd = x.detach()
     if not _all_finite(xd):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise NonFiniteError(f"{name} contains NaN or inf")
     if non_negative and xd.numel() and bool((xd < 0).any()):
         raise ValueError(f"{name} must be non-negative")
+
+
+def _check_maps(maps, name: str, grid: GridGraph, B: int, device, *, non_negative=False):
+    """``maps``: a list with one tensor ``[B, 2, H_d, W_d]`` per edge distance of ``grid``."""
+    D = len(grid.map_shapes)
+    if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != D:
+        got = f"{len(maps)} maps" if isinstance(maps, (list, tuple)) else type(maps).__name__
+        raise ValueError(f"{name} must be a list of {D} tensors [B, 2, H_d, W_d], one map per edge distance "
+                         f"{grid.edge_distances}, got {got}")
+    for d, (m, shape) in enumerate(zip(maps, grid.map_shapes)):
+        _check_tensor(m, f"{name}[{d}] (edge distance {grid.edge_distances[d]})", (B,) + shape, "[B, 2, H_d, W_d]",
+                      device, non_negative=non_negative)
 
 
 # ----------------------------------------------------------------------------- module
@@ -713,10 +708,9 @@ class AMWCLayer(nn.Module):
             solution (mapped to the MWC labels: each pixel at its segment's label; the
             naive-pipeline AMWC at the forward's classes and instances) and improve it by the
             solver's local search, instead of running GAEC from singletons. A departure from
-            COPS, whose code solves each perturbed problem from scratch; see README (measured
-            section) for the speed-up, the objective gap and the gradient agreement with cold
-            solves. Ignored when ``local_search`` is False (the warm start would then be returned
-            unchanged: a zero gradient).
+            COPS, whose code solves each perturbed problem from scratch: faster, with gradients
+            that agree in direction with those of cold solves. Ignored when ``local_search`` is
+            False (the warm start would then be returned unchanged: a zero gradient).
         backward_float32: build the perturbed node costs (and edge costs, when an edge-label
             gradient is present) of the backward in float32 instead of float64 (half the memory
             and memory traffic; the solver sums them in float64). Gradients are accumulated in
@@ -736,15 +730,17 @@ class AMWCLayer(nn.Module):
     Example::
 
         layer = AMWCLayer(19, range(11, 19), [1, 4, 16, 32, 64])
-        outs = layer(semantic_costs, edge_costs, pixel_weights=weights)
+        padding = pq_surrogate.padding(gt_masks, gt_classes, weights)  # pads missed ground truth
+        outs = layer(semantic_costs, edge_costs, pixel_weights=torch.stack(weights), pad_fn=padding)
         loss = pq_surrogate([o.masks for o in outs], [o.mask_classes for o in outs],
-                            gt_masks, gt_classes).loss
+                            gt_masks, gt_classes, weights, padding=padding).loss
         loss.backward()  # gradients w.r.t. semantic_costs and edge_costs
 
     Raises:
-        ValueError: on bad constructor arguments (see the ranges above; thing class ids out of
-            range; non-positive distances or intervals, interval count != distance count;
-            ``backward_warm_start`` or ``backward_float32`` not a bool).
+        ValueError: on bad constructor arguments (see the ranges above; integers are what
+            ``operator.index`` accepts, never a bool or ``4.0``; thing class ids out of range;
+            distances or intervals not integers ``>= 1``, interval count != distance count;
+            ``local_search``, ``backward_warm_start`` or ``backward_float32`` not a bool).
     """
 
     _CACHE_SIZE = 8
@@ -766,44 +762,28 @@ class AMWCLayer(nn.Module):
         backward_float32: bool = True,
     ) -> None:
         super().__init__()
-        self.num_classes = _check_int(num_classes, "num_classes", 1)
-        if isinstance(thing_classes, Tensor):
-            thing_classes = thing_classes.tolist()
-        things = []
-        for i, c in enumerate(thing_classes):
-            c = _check_int(c, f"thing_classes[{i}]", 0)
-            if c >= self.num_classes:
-                raise ValueError(
-                    f"thing_classes[{i}] = {c} is out of range [0, {self.num_classes}) (num_classes)"
-                )
-            things.append(c)
-        self.thing_classes = tuple(sorted(set(things)))
+        self.num_classes = as_int(num_classes, "num_classes", 1)
+        self.thing_classes = tuple(sorted(as_int_set(thing_classes, "thing_classes", 0)))
+        if self.thing_classes and self.thing_classes[-1] >= self.num_classes:
+            raise ValueError(f"thing_classes {list(self.thing_classes)} must lie in [0, {self.num_classes}) (num_classes)")
         self._thing_mask = np.zeros(self.num_classes, dtype=bool)
         self._thing_mask[list(self.thing_classes)] = True
-        # GridGraph validates the distances and intervals.
+        # GridGraph checks the distances and intervals.
         probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
         self.edge_distances = tuple(probe.edge_distances)
         self.edge_sampling_intervals = tuple(probe.edge_sampling_intervals)
-        self.num_samples = _check_int(num_samples, "num_samples", 1)
-        self.lambda_min = _check_float(lambda_min, "lambda_min")
-        self.lambda_max = _check_float(lambda_max, "lambda_max")
-        if not 0 < self.lambda_min <= self.lambda_max:
-            raise ValueError(
-                f"need 0 < lambda_min <= lambda_max, got lambda_min={self.lambda_min}, "
-                f"lambda_max={self.lambda_max}"
-            )
-        if self.lambda_min < 1e-300:  # the estimate divides by lambda (Vlastelica et al. eq. (6)); 1 / lambda finite
-            raise ValueError(f"lambda_min must be >= 1e-300 (the gradient is divided by it), got {self.lambda_min}")
-        if not isinstance(local_search, (bool, np.bool_)):
-            raise ValueError(f"local_search must be a bool, got {local_search!r}")
-        self.local_search = bool(local_search)
-        self.num_threads = _check_int(num_threads, "num_threads", 0, 2**31 - 1)
-        self.min_thing_cluster_size = _check_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
-        for name, v in (("backward_warm_start", backward_warm_start), ("backward_float32", backward_float32)):
+        self.num_samples = as_int(num_samples, "num_samples", 1)
+        # the estimate divides by lambda (Vlastelica et al. eq. (6)): 1 / lambda must be finite
+        self.lambda_min = as_float(lambda_min, "lambda_min", 1e-300)
+        self.lambda_max = as_float(lambda_max, "lambda_max", self.lambda_min)
+        self.num_threads = as_int(num_threads, "num_threads", 0, 2**31 - 1)
+        self.min_thing_cluster_size = as_int(min_thing_cluster_size, "min_thing_cluster_size", 1)
+        flags = {"local_search": local_search, "backward_warm_start": backward_warm_start,
+                 "backward_float32": backward_float32}
+        for name, v in flags.items():
             if not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {v!r}")
-        self.backward_warm_start = bool(backward_warm_start)
-        self.backward_float32 = bool(backward_float32)
+        self.local_search, self.backward_warm_start, self.backward_float32 = map(bool, flags.values())
         self._grids: "OrderedDict[Tuple[int, int], GridGraph]" = OrderedDict()
         self.last_timing: Dict[str, float] = _new_timing()
 
@@ -831,55 +811,28 @@ class AMWCLayer(nn.Module):
             self._grids.move_to_end(key)
         return g
 
-    def _validate(self, semantic_costs, edge_costs, pixel_weights, edge_weights, generator) -> GridGraph:
-        if not isinstance(semantic_costs, Tensor):
-            raise ValueError(f"semantic_costs must be a torch.Tensor [B, K, H, W], got {type(semantic_costs).__name__}")
-        if semantic_costs.dim() != 4:
-            raise ValueError(f"semantic_costs must be 4-D [B, K, H, W], got shape {list(semantic_costs.shape)}")
-        if not semantic_costs.is_floating_point():
-            raise ValueError(f"semantic_costs must be a floating point tensor, got dtype {semantic_costs.dtype}")
-        B, K, H, W = semantic_costs.shape
-        if K != self.num_classes:
-            raise ValueError(f"semantic_costs has K = {K} classes (dim 1) but num_classes = {self.num_classes}")
-        if B == 0:
-            raise ValueError("semantic_costs is an empty batch (B = 0)")
-        if H == 0 or W == 0:
-            raise ValueError(f"semantic_costs has an empty image: H x W = {H} x {W}; need H, W >= 1")
-        if not _all_finite(semantic_costs):
-            raise ValueError("semantic_costs contains NaN or inf")
-        device = semantic_costs.device
+    def _validate(self, semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn) -> GridGraph:
+        """Check the arguments of :meth:`forward` (see there); returns the grid of the costs."""
+        sc = semantic_costs
+        if not isinstance(sc, Tensor) or sc.dim() != 4 or not sc.is_floating_point():
+            got = f"{sc.dtype} {list(sc.shape)}" if isinstance(sc, Tensor) else type(sc).__name__
+            raise ValueError(f"semantic_costs must be a 4-D floating point torch.Tensor [B, K, H, W], got {got}")
+        B, K, H, W = sc.shape
+        if K != self.num_classes or min(B, H, W) == 0:
+            raise ValueError(f"semantic_costs must have shape [B, K, H, W] with K = num_classes = {self.num_classes} "
+                             f"and B, H, W >= 1, got {list(sc.shape)}")
+        if not _all_finite(sc):
+            raise NonFiniteError("semantic_costs contains NaN or inf")
         grid = self.grid(H, W)
-        D = len(self.edge_distances)
-        if isinstance(edge_costs, Tensor) or not isinstance(edge_costs, (list, tuple)):
-            raise ValueError(
-                f"edge_costs must be a list of {D} tensors [B, 2, H_d, W_d] (one per edge distance), "
-                f"got {type(edge_costs).__name__}"
-            )
-        if len(edge_costs) != D:
-            raise ValueError(
-                f"edge_costs must hold one map per edge distance {list(self.edge_distances)}: "
-                f"expected {D}, got {len(edge_costs)}"
-            )
-        for d, (e, shape) in enumerate(zip(edge_costs, grid.map_shapes)):
-            _check_tensor(e, f"edge_costs[{d}] (edge distance {self.edge_distances[d]})", (B,) + shape,
-                          "[B, 2, H_d, W_d]", device)
+        _check_maps(edge_costs, "edge_costs", grid, B, sc.device)
         if pixel_weights is not None:
-            _check_tensor(pixel_weights, "pixel_weights", (B, H, W), "[B, H, W]", device, non_negative=True)
+            _check_tensor(pixel_weights, "pixel_weights", (B, H, W), "[B, H, W]", sc.device, non_negative=True)
         if edge_weights is not None:
-            if isinstance(edge_weights, Tensor) or not isinstance(edge_weights, (list, tuple)):
-                raise ValueError(f"edge_weights must be None or a list of {D} tensors [B, 2, H_d, W_d]")
-            if len(edge_weights) != D:
-                raise ValueError(
-                    f"edge_weights must hold one map per edge distance: expected {D}, got {len(edge_weights)}"
-                )
-            for d, (w, shape) in enumerate(zip(edge_weights, grid.map_shapes)):
-                _check_tensor(w, f"edge_weights[{d}] (edge distance {self.edge_distances[d]})", (B,) + shape,
-                              "[B, 2, H_d, W_d]", device, non_negative=True)
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-            if generator.device.type != "cpu":
-                raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+            _check_maps(edge_weights, "edge_weights", grid, B, sc.device, non_negative=True)
+        if generator is not None and not (isinstance(generator, torch.Generator) and generator.device.type == "cpu"):
+            raise ValueError(f"generator must be None or a CPU torch.Generator, got {generator!r}")
+        if pad_fn is not None and not callable(pad_fn):
+            raise ValueError(f"pad_fn must be None or callable, got {type(pad_fn).__name__}")
         return grid
 
     def forward_batched(
@@ -894,9 +847,7 @@ class AMWCLayer(nn.Module):
         """Like :meth:`forward` but returns the batched :class:`AMWCBatchOutput` (all outputs of
         :class:`AMWCFunction`, including the differentiable node one-hot and edge-label maps)."""
         t0 = time.perf_counter()
-        grid = self._validate(semantic_costs, edge_costs, pixel_weights, edge_weights, generator)
-        if pad_fn is not None and not callable(pad_fn):
-            raise ValueError(f"pad_fn must be None or callable, got {type(pad_fn).__name__}")
+        grid = self._validate(semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn)
         timing = _new_timing()
         self.last_timing = timing
         spec = _Spec(
@@ -941,17 +892,19 @@ class AMWCLayer(nn.Module):
                 after the solve with image ``b``'s masks (``[M_b, H, W]``, detached) and classes
                 (``[M_b] int64``); it returns the classes of the empty masks to append to that
                 image (the unmatched ground-truth segments, see :class:`AMWCFunction`;
-                ``PanopticQualitySurrogate.unmatched_gt`` computes them).
+                ``PanopticQualitySurrogate.padding`` makes such a ``pad_fn``).
 
         Returns:
             one :class:`AMWCOutput` per image (tensors on the costs' device).
 
         Raises:
             ValueError: ``semantic_costs`` not a 4-D floating tensor, ``K != num_classes``,
-                ``B``, ``H`` or ``W`` zero, NaN/inf in costs or weights; ``edge_costs`` not a list
-                with one map per distance, maps of the wrong shape, dtype or device; weights of
-                the wrong shape/dtype/device or negative; ``generator`` not a CPU generator;
-                ``pad_fn`` not callable or returning anything but class ids in ``[0, K)``.
+                ``B``, ``H`` or ``W`` zero; ``edge_costs`` not a list with one map per distance,
+                maps of the wrong shape, dtype or device; weights of the wrong
+                shape/dtype/device or negative; ``generator`` not a CPU generator; ``pad_fn``
+                not callable or returning anything but class ids in ``[0, K)``.
+            NonFiniteError: (a ``ValueError`` and a ``FloatingPointError``) NaN/inf in costs or
+                weights; in the backward, in the incoming gradients.
         """
         out = self.forward_batched(semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn)
         t0 = time.perf_counter()

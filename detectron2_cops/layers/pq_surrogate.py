@@ -2,27 +2,30 @@
 
 Source: Abbas & Swoboda, "Combinatorial Optimization for Panoptic Segmentation: A Fully
 Differentiable Approach", NeurIPS 2021, "Contribution 2: optimize panoptic quality surrogate"
-(slides; ``shared/reference/cops-slides.txt`` beside this repository) and the authors' code
+(the paper's slides) and the authors' code
 (``panoptic_affinity/losses.py``: ``iou_batch``, ``PanopticQualityLoss``; ``utils.py``:
 ``MatchMasksPair``; ``panoptic_seg_affinity.py``: ``compute_foreground_probabilities``). The
 exact definitions used here are listed in :class:`PanopticQualitySurrogate`.
+
+Input checks: :func:`match_segments`, :meth:`PanopticQualitySurrogate.padding` (the ground
+truth) and :meth:`PanopticQualitySurrogate.forward` check what they receive once; the matching
+and padding of a training step stay inside the module (:class:`GroundTruthPadding`), so they
+are never re-checked.
 
 Pure PyTorch + SciPy (``scipy.optimize.linear_sum_assignment``); no Detectron2 import.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
-from collections import abc
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-__all__ = ["PanopticQualitySurrogate", "SurrogateOutput", "match_segments"]
+from ..checks import as_float, as_int_set
+
+__all__ = ["GroundTruthPadding", "PanopticQualitySurrogate", "SurrogateOutput", "match_segments"]
 
 
 class SurrogateOutput(NamedTuple):
@@ -42,52 +45,6 @@ class SurrogateOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_number(value, name: str, *, positive: bool = False, non_negative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if non_negative and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _as_index(value, name: str, what: str) -> int:
-    """``value`` as a Python int (``operator.index``); ``ValueError`` "``name`` must be ``what``"
-    for bools and non-integers."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be {what}, got {value!r}") from None
-
-
-def _as_sequence(value, name: str, what: str):
-    """``value`` as a sequence: a list, tuple or other non-string sequence as it is, a tensor or
-    array as its ``tolist()``; ValueError for anything else (e.g. None)."""
-    if isinstance(value, (Tensor, np.ndarray)):
-        return value.tolist()
-    if isinstance(value, (str, bytes)) or not isinstance(value, abc.Sequence):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return value
-
-
-def _thing_set(thing_classes: Iterable[int]) -> Set[int]:
-    if isinstance(thing_classes, Tensor):
-        thing_classes = thing_classes.tolist()
-    out = set()
-    for i, c in enumerate(thing_classes):
-        c = _as_index(c, f"thing_classes[{i}]", "an integer class id")
-        if c < 0:
-            raise ValueError(f"thing_classes[{i}] must be >= 0, got {c}")
-        out.add(c)
-    return out
-
-
 def _check_masks(x, name: str, *, allow_bool: bool) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor [N, H, W], got {type(x).__name__}")
@@ -135,21 +92,31 @@ def _check_weights(x, name: str, hw: Tuple[int, int]) -> None:
         raise ValueError(f"{name} must be non-negative")
 
 
-def _check_image(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights, where: str):
-    """Validate one image's inputs; return (pred_cls list, gt_cls list)."""
-    _check_masks(pred_masks, f"pred_masks{where}", allow_bool=False)
+def _same_lengths(**lists) -> int:
+    lengths = {name: len(v) for name, v in lists.items() if v is not None}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"per-image lists must have the same length, got {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"empty batch: {', '.join(lengths)} are empty lists")
+    return n
+
+
+def _check_gt(gt_masks, gt_classes, pixel_weights, where: str) -> List[int]:
+    """Check one image's ground truth (and weights); returns its classes."""
     _check_masks(gt_masks, f"gt_masks{where}", allow_bool=True)
-    hw = tuple(pred_masks.shape[1:])
-    if tuple(gt_masks.shape[1:]) != hw:
-        raise ValueError(
-            f"gt_masks{where} spatial size {list(gt_masks.shape[1:])} differs from "
-            f"pred_masks{where} {list(hw)}"
-        )
     if pixel_weights is not None:
-        _check_weights(pixel_weights, f"pixel_weights{where}", hw)
-    pred_cls = _check_classes(pred_classes, f"pred_classes{where}", pred_masks.shape[0])
-    gt_cls = _check_classes(gt_classes, f"gt_classes{where}", gt_masks.shape[0])
-    return pred_cls, gt_cls
+        _check_weights(pixel_weights, f"pixel_weights{where}", tuple(gt_masks.shape[1:]))
+    return _check_classes(gt_classes, f"gt_classes{where}", gt_masks.shape[0])
+
+
+def _check_pred(pred_masks, pred_classes, gt_masks, where: str) -> List[int]:
+    """Check one image's predictions against its (checked) ground truth; returns their classes."""
+    _check_masks(pred_masks, f"pred_masks{where}", allow_bool=False)
+    if tuple(gt_masks.shape[1:]) != tuple(pred_masks.shape[1:]):
+        raise ValueError(f"gt_masks{where} spatial size {list(gt_masks.shape[1:])} differs from "
+                         f"pred_masks{where} {list(pred_masks.shape[1:])}")
+    return _check_classes(pred_classes, f"pred_classes{where}", pred_masks.shape[0])
 
 
 # ----------------------------------------------------------------------------- core pieces
@@ -175,7 +142,7 @@ def _assign(
     union: np.ndarray,
     pred_cls: Sequence[int],
     gt_cls: Sequence[int],
-    things: Set[int],
+    things: set,
     eps: float,
     match_zero_overlap: bool = True,
 ) -> List[Tuple[int, int]]:
@@ -223,7 +190,7 @@ def match_segments(
     ``(sum w p g + eps) / (sum w (p + g - p g) + eps)`` computed without gradient.
 
     * Thing classes, ``match_zero_overlap=True`` (default; the COPS ``MatchMasksPair``,
-      ``utils.py`` ~215-237): every pair competes with its eps-smoothed IoU, so
+      ``utils.py``): every pair competes with its eps-smoothed IoU, so
       ``min(M_c, G_c)`` pairs of class ``c`` are matched, also pairs that do not overlap.
     * Thing classes, ``match_zero_overlap=False``: pairs whose weighted intersection
       ``sum w p g`` is 0 get score 0 and are never returned.
@@ -247,11 +214,19 @@ def match_segments(
     Raises:
         ValueError: non-tensors, masks not 3-D or of the wrong dtype, ``H, W`` mismatch between
             masks and weights, class tensors of the wrong length/dtype or negative, NaN/inf or
-            values outside [0, 1] in masks, negative or non-finite weights, ``eps <= 0``.
+            values outside [0, 1] in masks, negative or non-finite weights; ``thing_classes``
+            not integers ``>= 0``, ``eps`` not a finite number ``> 0``.
     """
-    eps = _check_number(eps, "eps", positive=True)
-    things = _thing_set(thing_classes)
-    pred_cls, gt_cls = _check_image(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights, "")
+    eps = as_float(eps, "eps", positive=True)
+    things = as_int_set(thing_classes, "thing_classes", 0)
+    gt_cls = _check_gt(gt_masks, gt_classes, pixel_weights, "")
+    pred_cls = _check_pred(pred_masks, pred_classes, gt_masks, "")
+    return _match(pred_masks, pred_cls, gt_masks, gt_cls, pixel_weights, things, eps, bool(match_zero_overlap))
+
+
+def _match(pred_masks: Tensor, pred_cls: List[int], gt_masks: Tensor, gt_cls: List[int],
+           pixel_weights: Optional[Tensor], things, eps: float, match_zero_overlap: bool) -> List[Tuple[int, int]]:
+    """:func:`match_segments` without its checks, on float64 overlaps computed without gradient."""
     with torch.no_grad():
         p = pred_masks.detach().to(torch.float64)
         g = gt_masks.detach().to(device=p.device, dtype=torch.float64)
@@ -260,8 +235,50 @@ def match_segments(
         else:
             w = pixel_weights.detach().to(device=p.device, dtype=torch.float64)
         inter, union, _, _ = _weighted_overlaps(p, g, w)
-    return _assign(inter.cpu().numpy(), union.cpu().numpy(), pred_cls, gt_cls, things, eps,
-                   bool(match_zero_overlap))
+    return _assign(inter.cpu().numpy(), union.cpu().numpy(), pred_cls, gt_cls, things, eps, match_zero_overlap)
+
+
+class PaddedImage(NamedTuple):
+    """What :class:`GroundTruthPadding` found for one image: the classes of the masks it was
+    called with, their matching ``(pred_index, gt_index)`` and the unmatched ground truth (the
+    padded masks, in this order)."""
+
+    pred_classes: List[int]
+    pairs: List[Tuple[int, int]]
+    unmatched: List[int]
+
+
+class GroundTruthPadding:
+    """The ``pad_fn`` of :class:`~detectron2_cops.layers.AMWCLayer` that pads one empty mask per
+    ground-truth segment that the surrogate's matching leaves unmatched (COPS
+    ``ComputeBestGroundTruth``, ``utils.py``); made by :meth:`PanopticQualitySurrogate.padding`
+    and passed to its :meth:`~PanopticQualitySurrogate.forward`, which then uses the matching
+    and the padding found here.
+
+    ``padding(b, masks [M_b, H, W], classes [M_b] int64)`` (called by the layer with its masks
+    of image ``b``) returns the classes of the unmatched ground-truth segments, in ascending
+    index order. ``images[b]`` holds the :class:`PaddedImage` of image ``b``.
+
+    Raises:
+        ValueError: (on a call) ``b`` is not an image of the ground truth.
+    """
+
+    def __init__(self, surrogate: "PanopticQualitySurrogate", gt_masks, gt_classes, pixel_weights, gt_cls):
+        self.surrogate = surrogate
+        self.gt_masks, self.gt_classes, self.pixel_weights = gt_masks, gt_classes, pixel_weights
+        self.gt_cls: List[List[int]] = gt_cls
+        self.images: Dict[int, PaddedImage] = {}
+
+    def __call__(self, b: int, masks: Tensor, classes: Tensor) -> List[int]:
+        if not 0 <= b < len(self.gt_cls):
+            raise ValueError(f"this padding holds the ground truth of {len(self.gt_cls)} images, not of image {b}")
+        s, gt_cls, pred_cls = self.surrogate, self.gt_cls[b], classes.tolist()
+        w = None if self.pixel_weights is None else self.pixel_weights[b]
+        pairs = _match(masks, pred_cls, self.gt_masks[b], gt_cls, w, s.thing_classes, s.eps, s.match_zero_overlap)
+        matched = {j for _, j in pairs}
+        unmatched = [j for j in range(len(gt_cls)) if j not in matched]
+        self.images[b] = PaddedImage(pred_cls, pairs, unmatched)
+        return [gt_cls[j] for j in unmatched]
 
 
 _RULES = ("original", "pq")
@@ -281,12 +298,12 @@ class PanopticQualitySurrogate(nn.Module):
 
     * soft IoU with pixel weights ``w`` (0 on ignore regions):
       ``IoU = (sum w p g + eps) / (sum w (p + g - p g) + eps)``, ``eps = 0.1`` (``iou_batch``,
-      ``losses.py`` ~11-18);
+      ``losses.py``);
     * soft threshold at 0.5: ``h(u) = u^beta / (u^beta + (1 - u)^beta)``, ``beta = 4``;
     * foreground probability ``s(p) = sigmoid(area_temperature * (area(p) - min_area))``,
       ``area(p) = sum_x p(x)`` (unweighted, pixels of the masks' grid), ``min_area`` =
       ``instance_area`` for thing classes and ``stuff_area`` for stuff classes
-      (``compute_foreground_probabilities``, ``panoptic_seg_affinity.py`` ~135-160; in the grid
+      (``compute_foreground_probabilities``, ``panoptic_seg_affinity.py``; in the grid
       units the caller passes: the COPS code uses ``INSTANCE_AREA / 4`` and
       ``STUFF_AREA / 4 / 4`` grid pixels in training);
     * matching: :func:`match_segments` (per-class maximum-IoU assignment, stuff by class;
@@ -298,11 +315,11 @@ class PanopticQualitySurrogate(nn.Module):
 
     Two counting rules (``rule``):
 
-    * ``"original"`` (default; ``PanopticQualityLoss.forward``, ``losses.py`` ~24-101, with the
-      ground truth of ``ComputeBestGroundTruth``, ``utils.py`` ~163-213): every segment is in one
+    * ``"original"`` (default; ``PanopticQualityLoss.forward``, ``losses.py``, with the
+      ground truth of ``ComputeBestGroundTruth``, ``utils.py``): every segment is in one
       pair ``(p, g)``: matched pairs; an unmatched prediction with an *empty* ground truth; an
-      unmatched ground truth with an *empty* prediction (a padded mask: the ``padded_gt``
-      masks of :meth:`forward`, or, where the caller gave none, a constant zero mask). With
+      unmatched ground truth with an *empty* prediction (its padded mask, see :meth:`padding`,
+      or, where the caller gave none, a constant zero mask). With
       ``nz = [g is not empty]`` each pair adds ``h s nz IoU`` to the numerator, ``h s nz`` to
       TP~, ``(1 - h) nz`` to FN~ and ``(1 - nz) (1 - h) s`` to FP~. A matched pair below IoU 0.5
       thus counts as a (soft) false negative only, an unmatched prediction as
@@ -332,8 +349,9 @@ class PanopticQualitySurrogate(nn.Module):
 
     Raises:
         ValueError: on bad constructor arguments (non-finite numbers, non-positive ``eps``,
-            ``beta`` or ``area_temperature``, negative ``ratio_eps``, negative thing ids, an
-            unknown rule), and in ``forward`` on bad inputs (see :meth:`forward`).
+            ``beta`` or ``area_temperature``, negative ``ratio_eps``, thing ids that are not
+            integers ``>= 0``, an unknown rule, a ``match_zero_overlap`` that is not a bool), and
+            in :meth:`padding` and :meth:`forward` on bad inputs (see there).
     """
 
     def __init__(
@@ -350,13 +368,13 @@ class PanopticQualitySurrogate(nn.Module):
         match_zero_overlap: bool = True,
     ) -> None:
         super().__init__()
-        self.thing_classes = frozenset(_thing_set(thing_classes))
-        self.stuff_area = _check_number(stuff_area, "stuff_area")
-        self.instance_area = _check_number(instance_area, "instance_area")
-        self.eps = _check_number(eps, "eps", positive=True)
-        self.beta = _check_number(beta, "beta", positive=True)
-        self.area_temperature = _check_number(area_temperature, "area_temperature", positive=True)
-        self.ratio_eps = _check_number(ratio_eps, "ratio_eps", non_negative=True)
+        self.thing_classes = as_int_set(thing_classes, "thing_classes", 0)
+        self.stuff_area = as_float(stuff_area, "stuff_area")
+        self.instance_area = as_float(instance_area, "instance_area")
+        self.eps = as_float(eps, "eps", positive=True)
+        self.beta = as_float(beta, "beta", positive=True)
+        self.area_temperature = as_float(area_temperature, "area_temperature", positive=True)
+        self.ratio_eps = as_float(ratio_eps, "ratio_eps", 0.0)
         if rule not in _RULES:
             raise ValueError(f"rule must be one of {list(_RULES)}, got {rule!r}")
         self.rule = rule
@@ -386,47 +404,24 @@ class PanopticQualitySurrogate(nn.Module):
         )
         return torch.sigmoid(self.area_temperature * (areas - limits))
 
-    def match(
+    def padding(
         self,
-        pred_masks: Tensor,
-        pred_classes: Tensor,
-        gt_masks: Tensor,
-        gt_classes: Tensor,
-        pixel_weights: Optional[Tensor] = None,
-    ) -> List[Tuple[int, int]]:
-        """The matching of one image that :meth:`forward` uses (:func:`match_segments` with this
-        module's ``eps`` and ``match_zero_overlap``); no gradient. Raises ``ValueError`` on bad
-        inputs as :func:`match_segments`."""
-        return match_segments(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights,
-                              self.thing_classes, self.eps, self.match_zero_overlap)
+        gt_masks: List[Tensor],
+        gt_classes: List[Tensor],
+        pixel_weights: Optional[List[Tensor]] = None,
+    ) -> GroundTruthPadding:
+        """The ground truth of a batch, checked, as the ``pad_fn`` of an
+        :class:`~detectron2_cops.layers.AMWCLayer` call (see :class:`GroundTruthPadding`): the
+        layer appends one empty mask per ground-truth segment that this module's matching leaves
+        unmatched, and :meth:`forward` given ``padding=`` (with these same lists) pairs each with
+        its ground truth (COPS ``ComputeBestGroundTruth``), so that its loss gradient exists.
 
-    def unmatched_gt(
-        self,
-        pred_masks: Tensor,
-        pred_classes: Tensor,
-        gt_masks: Tensor,
-        gt_classes: Tensor,
-        pixel_weights: Optional[Tensor] = None,
-        pairs: Optional[Sequence[Tuple[int, int]]] = None,
-    ) -> List[int]:
-        """Indices (ascending) of the ground-truth segments of one image that the matching
-        (:meth:`match`, or the given ``pairs``) leaves unmatched: the segments for which the COPS
-        code pads an empty prediction (``ComputeBestGroundTruth``, ``utils.py`` ~163-213)."""
-        if pairs is None:
-            pairs = self.match(pred_masks, pred_classes, gt_masks, gt_classes, pixel_weights)
-        G = gt_masks.shape[0]
-        matched = set()
-        for k, pair in enumerate(_as_sequence(pairs, "pairs", "a sequence of (pred_index, gt_index) pairs")):
-            what = "a (pred_index, gt_index) pair of integers"
-            try:
-                _, j = pair
-            except (TypeError, ValueError):
-                raise ValueError(f"pairs[{k}] must be {what}, got {pair!r}") from None
-            j = _as_index(j, f"pairs[{k}]", what)
-            if not 0 <= j < G:
-                raise ValueError(f"pairs[{k}] names ground truth {j}, out of range [0, {G})")
-            matched.add(j)
-        return [j for j in range(gt_masks.shape[0]) if j not in matched]
+        Args and errors: ``gt_masks``, ``gt_classes``, ``pixel_weights`` as in :meth:`forward`.
+        """
+        n = _same_lengths(gt_masks=gt_masks, gt_classes=gt_classes, pixel_weights=pixel_weights)
+        gt_cls = [_check_gt(gt_masks[b], gt_classes[b], None if pixel_weights is None else pixel_weights[b], f"[{b}]")
+                  for b in range(n)]
+        return GroundTruthPadding(self, gt_masks, gt_classes, pixel_weights, gt_cls)
 
     def forward(
         self,
@@ -435,8 +430,7 @@ class PanopticQualitySurrogate(nn.Module):
         gt_masks: List[Tensor],
         gt_classes: List[Tensor],
         pixel_weights: Optional[List[Tensor]] = None,
-        padded_gt: Optional[List[Sequence[int]]] = None,
-        matches: Optional[List[Sequence[Tuple[int, int]]]] = None,
+        padding: Optional[GroundTruthPadding] = None,
     ) -> SurrogateOutput:
         """Compute the surrogate PQ and the loss ``1 - PQ~`` for a batch of images.
 
@@ -449,15 +443,12 @@ class PanopticQualitySurrogate(nn.Module):
             gt_masks: per image ``[G_b, H_b, W_b]`` bool or float in [0, 1]; ``G_b`` may be 0.
             gt_classes: per image ``[G_b]`` int64 class ids (>= 0).
             pixel_weights: per image ``[H_b, W_b]`` float >= 0 (0 = ignore), default all ones.
-            padded_gt: optional, per image the ground-truth indices ``j_1 .. j_P`` that the
-                *last* ``P`` masks of ``pred_masks[b]`` stand for (padded, normally empty masks
-                of the AMWC layer, ``AMWCLayer(pad_fn=...)``): they must be exactly ground
-                truths left unmatched by the matching of the other masks
-                (:meth:`unmatched_gt`), with their classes. Each padded mask is paired with its
-                ground truth (COPS ``ComputeBestGroundTruth``), so its loss gradient exists.
-            matches: optional, per image the ``(pred_index, gt_index)`` pairs of the non-padded
-                masks, precomputed with :meth:`match` (e.g. by the ``pad_fn`` that chose the
-                padded masks, so that both use one matching); default: computed here.
+            padding: optional, ``self.padding(gt_masks, gt_classes, pixel_weights)`` (the same
+                list objects) after it served as the ``pad_fn`` of the AMWC layer that made
+                ``pred_masks``: each image's masks are then the ones the padding was called
+                with followed by its padded masks, matched as the padding matched them, each
+                padded mask paired with its ground truth. Default: no padded masks, the
+                matching is computed here.
 
         All images' ``pred_masks`` must share one dtype and device; all computation runs there,
         in that dtype (float32 for half precision; ground truth, classes and weights are moved
@@ -472,34 +463,32 @@ class PanopticQualitySurrogate(nn.Module):
                 of the wrong dtype, with NaN/inf or values outside [0, 1]; ``H, W`` mismatch
                 between pred, gt and weights; class tensors of the wrong length, non-integer
                 dtype or with negative ids; weights negative or not finite; ``pred_masks`` of
-                different images with different dtype or device; ``padded_gt`` with more
-                entries than masks, out-of-range, repeated or matched ground-truth indices, or
-                a class that differs from its ground truth's; ``matches`` with out-of-range or
-                repeated indices or pairs of different classes.
+                different images with different dtype or device; a ``padding`` that is not
+                this module's for these ground-truth lists, or whose masks (classes, count)
+                differ from ``pred_masks`` / ``pred_classes``.
         """
-        n = len(pred_masks)
-        lengths = {"pred_masks": n, "pred_classes": len(pred_classes),
-                   "gt_masks": len(gt_masks), "gt_classes": len(gt_classes)}
-        if pixel_weights is not None:
-            lengths["pixel_weights"] = len(pixel_weights)
-        if padded_gt is not None:
-            lengths["padded_gt"] = len(padded_gt)
-        if matches is not None:
-            lengths["matches"] = len(matches)
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"per-image lists must have the same length, got {lengths}")
-        if n == 0:
-            raise ValueError("empty batch: pred_masks, pred_classes, gt_masks, gt_classes are empty lists")
+        if padding is None:
+            n = _same_lengths(pred_masks=pred_masks, pred_classes=pred_classes, gt_masks=gt_masks,
+                              gt_classes=gt_classes, pixel_weights=pixel_weights)
+            gt_cls_all = [_check_gt(gt_masks[b], gt_classes[b], None if pixel_weights is None else pixel_weights[b],
+                                    f"[{b}]") for b in range(n)]
+        else:
+            if not (isinstance(padding, GroundTruthPadding) and padding.surrogate is self and padding.gt_masks is gt_masks
+                    and padding.gt_classes is gt_classes and padding.pixel_weights is pixel_weights):
+                raise ValueError("padding must be this module's padding(gt_masks, gt_classes, pixel_weights) of the "
+                                 "same lists as given here")
+            n = _same_lengths(pred_masks=pred_masks, pred_classes=pred_classes, gt_masks=gt_masks)
+            gt_cls_all = padding.gt_cls
 
         ref = pred_masks[0]
 
-        # Pass 1: validate, compute overlaps and matches.
+        # Pass 1: check the predictions, compute overlaps and matches.
         per_image = []
-        all_classes: Set[int] = set()
+        all_classes = set()
         for b in range(n):
             where = f"[{b}]"
-            w_b = None if pixel_weights is None else pixel_weights[b]
-            pred_cls, gt_cls = _check_image(pred_masks[b], pred_classes[b], gt_masks[b], gt_classes[b], w_b, where)
+            gt_cls = gt_cls_all[b]
+            pred_cls = _check_pred(pred_masks[b], pred_classes[b], gt_masks[b], where)
             p = pred_masks[b]
             if p.device != ref.device or p.dtype != ref.dtype:
                 raise ValueError(
@@ -511,29 +500,24 @@ class PanopticQualitySurrogate(nn.Module):
                 # with weight 1): half-precision masks are computed in float32 (differentiably).
                 p = p.float()
             g = gt_masks[b].to(device=p.device, dtype=p.dtype)
-            if w_b is None:
+            if pixel_weights is None:
                 w = torch.ones(p.shape[1:], dtype=p.dtype, device=p.device)
             else:
-                w = w_b.to(device=p.device, dtype=p.dtype)
+                w = pixel_weights[b].to(device=p.device, dtype=p.dtype)
             inter, union, area_p, area_g = _weighted_overlaps(p, g, w)
-            pads = self._check_padded(padded_gt, b, len(pred_cls), pred_cls, gt_cls)
-            m_real = len(pred_cls) - len(pads)
-            inter_np = inter.detach().to(torch.float64).cpu().numpy()
-            union_np = union.detach().to(torch.float64).cpu().numpy()
-            if matches is None:
-                pairs = _assign(inter_np[:m_real], union_np[:m_real], pred_cls[:m_real], gt_cls,
-                                self.thing_classes, self.eps, self.match_zero_overlap)
+            if padding is None:
+                pairs = _assign(inter.detach().to(torch.float64).cpu().numpy(),
+                                union.detach().to(torch.float64).cpu().numpy(),
+                                pred_cls, gt_cls, self.thing_classes, self.eps, self.match_zero_overlap)
             else:
-                pairs = self._check_matches(matches[b], b, pred_cls[:m_real], gt_cls)
-            matched_gt = {j for _, j in pairs}
-            twice = sorted(matched_gt.intersection(pads))
-            if twice:
-                raise ValueError(
-                    f"padded_gt{where} names ground-truth segments {twice} that the matching of the "
-                    "other predicted masks already matches; pad only unmatched ground truth "
-                    "(PanopticQualitySurrogate.unmatched_gt)"
-                )
-            pairs = sorted(pairs + [(m_real + k, j) for k, j in enumerate(pads)])
+                image = padding.images.get(b)
+                if image is None or pred_cls != image.pred_classes + [gt_cls[j] for j in image.unmatched]:
+                    raise ValueError(
+                        f"pred_masks{where} / pred_classes{where} are not the masks the padding was called with "
+                        "(as the pad_fn of the AMWC layer that made them), followed by its padded masks"
+                    )
+                m = len(image.pred_classes)
+                pairs = image.pairs + [(m + k, j) for k, j in enumerate(image.unmatched)]
             g_nonzero = g.flatten(1).gt(0).any(1)  # [G]
             per_image.append((p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs))
             all_classes.update(pred_cls)
@@ -567,55 +551,6 @@ class PanopticQualitySurrogate(nn.Module):
         return SurrogateOutput(loss=1.0 - pq, pq=pq, per_class=per_class, matches=matches)
 
     # ------------------------------------------------------------------ pieces of forward
-    @staticmethod
-    def _check_matches(raw, b: int, pred_cls: List[int], gt_cls: List[int]) -> List[Tuple[int, int]]:
-        where = f"matches[{b}]"
-        pairs = []
-        for k, pair in enumerate(_as_sequence(raw, where, "a sequence of (pred_index, gt_index) pairs")):
-            what = "a (pred_index, gt_index) pair of integers"
-            try:
-                i, j = pair
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}[{k}] must be {what}, got {pair!r}") from None
-            i, j = _as_index(i, f"{where}[{k}]", what), _as_index(j, f"{where}[{k}]", what)
-            if not (0 <= i < len(pred_cls) and 0 <= j < len(gt_cls)):
-                raise ValueError(
-                    f"{where}[{k}] = {(i, j)} is out of range ({len(pred_cls)} non-padded predictions, "
-                    f"{len(gt_cls)} ground-truth segments)"
-                )
-            if pred_cls[i] != gt_cls[j]:
-                raise ValueError(f"{where}[{k}] = {(i, j)} pairs class {pred_cls[i]} with class {gt_cls[j]}")
-            pairs.append((i, j))
-        if len({i for i, _ in pairs}) != len(pairs) or len({j for _, j in pairs}) != len(pairs):
-            raise ValueError(f"{where} uses an index twice: {pairs}")
-        return pairs
-
-    @staticmethod
-    def _check_padded(padded_gt, b: int, m: int, pred_cls: List[int], gt_cls: List[int]) -> List[int]:
-        if padded_gt is None:
-            return []
-        where = f"padded_gt[{b}]"
-        raw = padded_gt[b]
-        if isinstance(raw, Tensor):
-            raw = raw.tolist()
-        pads = []
-        for k, j in enumerate(_as_sequence(raw, where, "a sequence of ground-truth indices")):
-            j = _as_index(j, f"{where}[{k}]", "an integer ground-truth index")
-            if not 0 <= j < len(gt_cls):
-                raise ValueError(f"{where}[{k}] = {j} is out of range [0, {len(gt_cls)}) (ground-truth segments)")
-            pads.append(j)
-        if len(set(pads)) != len(pads):
-            raise ValueError(f"{where} repeats a ground-truth index: {pads}")
-        if len(pads) > m:
-            raise ValueError(f"{where} names {len(pads)} padded masks but pred_masks[{b}] has only {m} masks")
-        for k, j in enumerate(pads):
-            c_pred = pred_cls[m - len(pads) + k]
-            if c_pred != gt_cls[j]:
-                raise ValueError(
-                    f"{where}[{k}]: the padded mask has class {c_pred} but ground truth {j} has class {gt_cls[j]}"
-                )
-        return pads
-
     def _matched_pairs(self, index_of, p, inter, union, pred_cls, gt_cls, pairs):
         """What both counting rules share: class indices of the predictions ``[M]`` and the
         ground truth ``[G]``, the foreground probabilities ``s`` of the predictions ``[M]``,
