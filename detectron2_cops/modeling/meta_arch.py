@@ -48,15 +48,11 @@ logger = logging.getLogger(__name__)
 def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> List[str]:
     """Set ``requires_grad=False`` on the parameters whose names start with one of ``prefixes``.
 
-    A prefix matches a parameter name that equals it or continues it at a module boundary
-    (``"sem_seg_head.decoder"`` matches ``"sem_seg_head.decoder.res2.project_conv.weight"``,
-    not ``"sem_seg_head.decoder2.weight"``); a trailing ``"."`` is ignored.
+    A prefix (``MODEL.COPS.FROZEN_PREFIXES``) matches a parameter name that equals it or
+    continues it at a module boundary (``"sem_seg_head.decoder"`` matches
+    ``"sem_seg_head.decoder.res2.project_conv.weight"``, not ``"sem_seg_head.decoder2.weight"``);
+    a trailing ``"."`` is ignored. Returns the names of the frozen parameters.
 
-    Args:
-        model: the module whose ``named_parameters()`` are searched.
-        prefixes: parameter-name prefixes (``MODEL.COPS.FROZEN_PREFIXES``).
-    Returns:
-        the names of the frozen parameters.
     Raises:
         ValueError: a prefix (the empty one included) that matches no parameter; names the
             prefix and the top-level modules that exist.
@@ -113,38 +109,32 @@ class COPS(nn.Module):
     ``amwc_layer`` (``AMWCLayer``), ``pixel_dropout`` (``PixelDropout``), ``edge_dropout``
     (``EdgeDropout``) and ``pq_surrogate`` (``PanopticQualitySurrogate``).
 
-    Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``),
+    Training (``model.train()``; ``batched_inputs`` from ``COPSDatasetMapper(cfg, True)``)
     returns a dict of scalar losses:
 
-    * pretraining (``fully_differentiable=False``, paper Sec. 4): ``loss_sem_seg`` (DeepLabCE with
-      ``sem_seg_weights``) and ``loss_affinity_d{d}`` (weighted BCE of the cut logits against
-      ``affinity_targets`` / ``affinity_weights``). Full-resolution targets are padded to the
-      decoder grid times the stride (``ignore_value`` / weight 0); the stride-4 targets are
-      padded (weight 0) or cropped to the network's grid.
+    * pretraining (paper Sec. 4): ``loss_sem_seg`` (DeepLabCE with ``sem_seg_weights``) and
+      ``loss_affinity_d{d}`` (weighted BCE of the cut logits against ``affinity_targets`` /
+      ``affinity_weights``); targets are padded (ignored / weight 0) or cropped to the grid.
     * fully differentiable (paper Sec. 3.3-3.5; the authors' ``PanopticAffinityAMWC``):
-      calibrated costs, dropout on whole pixels of the semantic costs and on single edge costs,
-      the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients) with pixel
-      weights (the mapper's ``pixel_weights`` plus ``crowd_weight`` on crowd pixels) and
-      ``affinity_weights``, and ``loss_pq = pq_loss_weight * (1 - PQ~)`` of the PQ surrogate
-      against ``gt_masks`` / ``gt_classes`` on the grid; plus the head losses when their loss
-      weights are non-zero. With ``pad_unmatched_gt`` every ground-truth segment the
-      surrogate's matching leaves unmatched gets an empty mask from the layer, paired with it in
-      the surrogate and an extra MWC label in the backward (the authors'
-      ``ComputeBestGroundTruth``). Every iteration the surrogate PQ (``train_pq_surrogate``,
-      percent), ``num_padded_gt``, the calibration scalars (``calib_*``), ``amwc_time`` and
-      ``amwc_solver_time`` (seconds of the layer's forward, of which in the native solver), the
-      previous iteration's backward (``amwc_backward_time_prev``,
-      ``amwc_backward_solver_time_prev``) and with ``log_train_pq`` the exact PQ of the batch's
-      AMWC solution on the grid (``train_pq``, ``train_pq_th``, ``train_pq_st``, percent;
-      segments under the grid area limits are void) go to Detectron2's ``EventStorage`` and
-      ``self.last_train_stats``; every ``log_period`` iterations one log line shows them.
+      ``loss_pq = pq_loss_weight * (1 - PQ~)``: calibrated costs with pixel and edge dropout go
+      through the AMWC layer (forward: GAEC; backward: averaged MWC black-box gradients; pixel
+      weights: the mapper's ``pixel_weights`` plus ``crowd_weight`` on crowd pixels), whose
+      masks the PQ surrogate scores against ``gt_masks`` / ``gt_classes``; plus the head losses
+      whose weights are non-zero. With ``pad_unmatched_gt`` every ground-truth segment left
+      unmatched gets an empty mask (an extra MWC label in the backward; the authors'
+      ``ComputeBestGroundTruth``). The surrogate PQ (``train_pq_surrogate``, percent),
+      ``num_padded_gt``, the calibration scalars (``calib_*``), the layer's forward and the
+      previous backward's times in seconds (``amwc_time``, ``amwc_solver_time``,
+      ``amwc_backward_time_prev``, ``amwc_backward_solver_time_prev``) and with ``log_train_pq``
+      the exact PQ of the solution on the grid (``train_pq``, ``train_pq_th``,
+      ``train_pq_st``) go to the ``EventStorage`` and ``self.last_train_stats`` every
+      iteration, to the log every ``log_period`` iterations.
 
-    Inference (``model.eval()``; ``DefaultPredictor``-compatible): a list with one dict per image
-    with ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU scores),
-    ``sem_seg_head`` (the semantic head's probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``)
-    and ``instances`` at the size ``(height, width)`` of the input dict (default: the image's
-    size), produced by the post-processor
-    (:class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`).
+    Inference (``model.eval()``; ``DefaultPredictor``-compatible): one dict per image with
+    ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU scores),
+    ``sem_seg_head`` (head probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``) and
+    ``instances`` at the input dict's ``(height, width)`` (default: the image's size), from
+    :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`.
     """
 
     @configurable
@@ -179,38 +169,26 @@ class COPS(nn.Module):
     ):
         """
         Args:
-            backbone: Detectron2 backbone.
-            sem_seg_head: semantic head with ``layers(features) -> [B, K, h, w]``,
-                ``losses(logits, targets, weights)`` and ``ignore_value``, ``common_stride``.
-            affinity_head: affinity head with ``layers(features, sem_seg_logits)`` (one
-                ``[B, 2, H_d, W_d]`` map per distance), ``losses(logits, targets, weights)``,
-                ``edge_distances``, ``edge_sampling_intervals`` and the same ``common_stride``.
-            calibration: ``CostCalibration``.
+            backbone, sem_seg_head, affinity_head, calibration: the modules of the class
+                docstring (the heads' ``layers`` / ``losses``, ``common_stride``, the affinity
+                head's ``edge_distances`` / ``edge_sampling_intervals`` are used).
             post_processor: as ``AMWCPostProcessor`` (callable, with ``postprocess``).
             pixel_mean, pixel_std: per-channel normalisation of the input image.
             size_divisibility: images are padded to a multiple of this (0 = no constraint).
-            thing_ids: contiguous ids of the thing classes.
-            label_divisor: panoptic id = class * label_divisor + instance (ground truth ids).
-            fully_differentiable: training stage (see the class docstring).
-            amwc_layer, pixel_dropout, pq_surrogate: required when ``fully_differentiable``.
-            pq_loss_weight: weight of ``1 - PQ~``.
-            log_train_pq: log the exact PQ of the training batch (fully differentiable stage).
-            stuff_area, instance_area: area limits in input-image pixels (for the logged PQ;
-                the surrogate and the post-processor are configured with theirs).
-            freeze_bn: convert every BatchNorm / SyncBatchNorm to ``FrozenBatchNorm2d`` (fixed
-                statistics and affine parameters, also under ``model.train()``).
+            thing_ids, label_divisor: contiguous ids of the thing classes; ground-truth panoptic
+                id = class * label_divisor + instance.
+            fully_differentiable: the training stage; ``amwc_layer``, ``pixel_dropout``,
+                ``pq_surrogate`` (and optionally ``edge_dropout``) are its modules.
+            pq_loss_weight, pad_unmatched_gt, log_train_pq, log_period: see the class docstring.
+            stuff_area, instance_area: area limits in input-image pixels of the logged PQ.
+            freeze_bn: convert every BatchNorm to ``FrozenBatchNorm2d`` (also under ``train()``).
             frozen_prefixes: parameter-name prefixes frozen with :func:`freeze_parameters`.
-            edge_dropout: optional ``EdgeDropout`` on the calibrated edge costs (stage 2).
-            pad_unmatched_gt: pad one empty mask per unmatched ground-truth segment (see the
-                class docstring).
-            crowd_weight: weight of crowd pixels (in no ground-truth segment) in the surrogate's
-                IoUs and the AMWC layer's gradient (authors: 1; ``pixel_weights`` has 0 there).
-            log_period: iterations between the stage-2 log lines.
-            min_input_size: ``(height, width)`` in input pixels (the absolute crop size,
-                ``INPUT.CROP.SIZE``) to which a batch is padded at least, in training and at
-                inference: ASPP with image pooling pools over ``crop size / output stride``
-                cells and needs inputs of that size. The padding has weight-0 targets; outputs
-                are cropped to each image's size. None: no minimum.
+            crowd_weight: weight of crowd pixels in the surrogate's IoUs and the layer's
+                gradient (authors: 1; ``pixel_weights`` has 0 there).
+            min_input_size: ``(height, width)`` in input pixels (the absolute crop,
+                ``INPUT.CROP.SIZE``) to which a batch is padded at least: ASPP with image
+                pooling needs inputs of that size. The padding has weight-0 targets; outputs are
+                cropped to each image. None: no minimum.
 
         The values are checked where they are read from the config (:meth:`from_config`).
         """
@@ -256,18 +234,14 @@ class COPS(nn.Module):
         and ``label_divisor`` come from ``DATASETS.TRAIN[0]`` (or ``TEST[0]``) via
         :func:`~detectron2_cops.modeling.post_processing.cops_dataset_metadata`.
 
-        The heads and the post-processor check the keys they read; the stage-2 modules check
-        their arguments and their errors are prefixed with the keys they come from.
-
         Raises:
-            ValueError: naming the key: as the heads, the post-processor,
-                ``cops_dataset_metadata`` and the stage-2 modules; ``MODEL.PIXEL_MEAN`` /
-                ``PIXEL_STD`` not of one length or a ``PIXEL_STD`` entry not > 0; the two heads'
-                ``COMMON_STRIDE`` not equal; ``MODEL.COPS.SIZE_DIVISIBILITY`` not an integer >= -1;
-                a ``MODEL.COPS.FROZEN_PREFIXES`` entry that matches no parameter; in the fully
-                differentiable stage ``PQ_LOSS_WEIGHT`` or ``SURROGATE_CROWD_WEIGHT`` not a finite
-                number >= 0, ``SURROGATE_*_AREA_DIVISOR`` not finite and > 0, ``LOG_PERIOD`` not
-                a positive integer.
+            ValueError: naming the key: the checks of the heads, the post-processor and
+                ``cops_dataset_metadata``; the stage-2 modules' (prefixed with their keys);
+                ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD`` of different lengths or a ``PIXEL_STD``
+                entry not > 0; the heads' ``COMMON_STRIDE`` not equal; ``SIZE_DIVISIBILITY`` not
+                an integer >= -1; a ``FROZEN_PREFIXES`` entry that matches no parameter; in stage
+                2 ``PQ_LOSS_WEIGHT`` or ``SURROGATE_CROWD_WEIGHT`` not a finite number >= 0,
+                ``SURROGATE_*_AREA_DIVISOR`` not finite and > 0, ``LOG_PERIOD`` not >= 1.
         """
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
@@ -290,28 +264,17 @@ class COPS(nn.Module):
         size_divisibility = as_int(cops.SIZE_DIVISIBILITY, "MODEL.COPS.SIZE_DIVISIBILITY", -1)
         distances = affinity_head.edge_distances
         intervals = affinity_head.edge_sampling_intervals
+        crop = cfg.INPUT.CROP  # checked by the heads, which read it too
         ret = dict(
-            backbone=backbone,
-            sem_seg_head=sem_seg_head,
-            affinity_head=affinity_head,
-            calibration=CostCalibration(len(distances)),
-            post_processor=build_post_processor(cfg),
-            pixel_mean=mean,
-            pixel_std=std,
+            backbone=backbone, sem_seg_head=sem_seg_head, affinity_head=affinity_head,
+            calibration=CostCalibration(len(distances)), post_processor=build_post_processor(cfg),
+            pixel_mean=mean, pixel_std=std,
             size_divisibility=size_divisibility if size_divisibility >= 0 else backbone.size_divisibility,
-            thing_ids=info["thing_ids"],
-            label_divisor=info["label_divisor"],
-            fully_differentiable=cops.FULLY_DIFFERENTIABLE,
-            log_train_pq=cops.LOG_TRAIN_PQ,
-            stuff_area=cops.STUFF_AREA,
-            instance_area=cops.INSTANCE_AREA,
-            freeze_bn=cops.FREEZE_BN,
-            frozen_prefixes=list(cops.FROZEN_PREFIXES),
-            min_input_size=(  # INPUT.CROP.SIZE is checked by the heads, which read it too
-                tuple(cfg.INPUT.CROP.SIZE)
-                if cfg.INPUT.CROP.ENABLED and cfg.INPUT.CROP.TYPE == "absolute"
-                else None
-            ),
+            thing_ids=info["thing_ids"], label_divisor=info["label_divisor"],
+            fully_differentiable=cops.FULLY_DIFFERENTIABLE, log_train_pq=cops.LOG_TRAIN_PQ,
+            stuff_area=cops.STUFF_AREA, instance_area=cops.INSTANCE_AREA,
+            freeze_bn=cops.FREEZE_BN, frozen_prefixes=list(cops.FROZEN_PREFIXES),
+            min_input_size=tuple(crop.SIZE) if crop.ENABLED and crop.TYPE == "absolute" else None,
         )
         if not cops.FULLY_DIFFERENTIABLE:
             return ret
@@ -330,18 +293,11 @@ class COPS(nn.Module):
             "MIN_THING_CLUSTER_SIZE, BACKWARD_WARM_START, BACKWARD_FLOAT32}"
         ):
             ret["amwc_layer"] = AMWCLayer(
-                sem_seg_head.num_classes,
-                info["thing_ids"],
-                distances,
-                intervals,
-                num_samples=cops.NUM_LAMBDA_SAMPLES,
-                lambda_min=cops.LAMBDA_MIN,
-                lambda_max=cops.LAMBDA_MAX,
-                local_search=cops.LOCAL_SEARCH,
-                num_threads=cops.NUM_THREADS,
+                sem_seg_head.num_classes, info["thing_ids"], distances, intervals,
+                num_samples=cops.NUM_LAMBDA_SAMPLES, lambda_min=cops.LAMBDA_MIN, lambda_max=cops.LAMBDA_MAX,
+                local_search=cops.LOCAL_SEARCH, num_threads=cops.NUM_THREADS,
                 min_thing_cluster_size=cops.MIN_THING_CLUSTER_SIZE,
-                backward_warm_start=cops.BACKWARD_WARM_START,
-                backward_float32=cops.BACKWARD_FLOAT32,
+                backward_warm_start=cops.BACKWARD_WARM_START, backward_float32=cops.BACKWARD_FLOAT32,
             )
         with _config_keys("MODEL.COPS.PIXEL_DROPOUT"):
             ret["pixel_dropout"] = PixelDropout(cops.PIXEL_DROPOUT)
@@ -352,12 +308,9 @@ class COPS(nn.Module):
             "SURROGATE_MATCH_ZERO_OVERLAP}"
         ):
             ret["pq_surrogate"] = PanopticQualitySurrogate(
-                info["thing_ids"],
-                stuff_area=cops.STUFF_AREA / stuff_divisor,
-                instance_area=cops.INSTANCE_AREA / instance_divisor,
-                ratio_eps=cops.SURROGATE_RATIO_EPS,
-                rule=cops.SURROGATE_RULE,
-                match_zero_overlap=cops.SURROGATE_MATCH_ZERO_OVERLAP,
+                info["thing_ids"], stuff_area=cops.STUFF_AREA / stuff_divisor,
+                instance_area=cops.INSTANCE_AREA / instance_divisor, ratio_eps=cops.SURROGATE_RATIO_EPS,
+                rule=cops.SURROGATE_RULE, match_zero_overlap=cops.SURROGATE_MATCH_ZERO_OVERLAP,
             )
         return ret
 
@@ -382,14 +335,8 @@ class COPS(nn.Module):
         images = []
         for i, x in enumerate(batched_inputs):
             img = x.get("image") if isinstance(x, dict) else None
-            if (
-                not isinstance(img, torch.Tensor)
-                or img.dim() != 3
-                or img.shape[0] not in (1, channels)
-                or img.numel() == 0
-                or img.dtype == torch.bool
-                or img.is_complex()
-            ):
+            shaped = isinstance(img, torch.Tensor) and img.dim() == 3 and img.shape[0] in (1, channels)
+            if not shaped or img.numel() == 0 or img.dtype == torch.bool or img.is_complex():
                 got = f"{list(img.shape)} {img.dtype}" if isinstance(img, torch.Tensor) else type(img).__name__
                 raise ValueError(
                     f"batched_inputs[{i}]['image'] must be a non-empty [C, H, W] tensor with C = "
@@ -418,17 +365,13 @@ class COPS(nn.Module):
                 :meth:`preprocess_image`); in training the targets of the class docstring; at
                 inference optionally ``height`` / ``width``, the output size in pixels.
         Returns:
-            training: ``dict[str, Tensor]`` of losses; inference: ``list[dict]`` with
-            ``panoptic_seg``, ``sem_seg``, ``sem_seg_head`` (if ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``),
-            ``instances`` (if ``MODEL.COPS.PREDICT_INSTANCES``) per image.
+            training: ``dict[str, Tensor]`` of losses; inference: one dict of outputs per image.
         Raises:
-            ValueError: naming the entry of ``batched_inputs``: a bad image (see
-                :meth:`preprocess_image`); in training a dict without a target the configured
-                stage reads, or ``affinity_targets`` / ``affinity_weights`` without one map per
-                edge distance; at inference a ``height`` or ``width`` that is not a positive
-                integer.
-            FloatingPointError: in the fully differentiable stage, the model diverged (NaN / inf
-                in the calibrated costs or ``loss_pq``); names the tensor and the iteration.
+            ValueError: naming the entry of ``batched_inputs``: a bad image; in training a missing
+                target, or ``affinity_targets`` / ``affinity_weights`` not one map per edge
+                distance; at inference a ``height`` / ``width`` that is not a positive integer.
+            FloatingPointError: the fully differentiable stage diverged (NaN / inf in the
+                calibrated costs or ``loss_pq``); names the tensor and the iteration.
         """
         images = self.preprocess_image(batched_inputs)
         if self.training:
@@ -444,12 +387,9 @@ class COPS(nn.Module):
         cut_logits = self.affinity_head.layers(features, sem_seg_logits)
         if self.training:
             return self.losses(batched_inputs, sem_seg_logits, cut_logits)
+        image_sizes = [tuple(int(v) for v in s) for s in images.image_sizes]
         return self.post_processor.postprocess(
-            sem_seg_logits,
-            cut_logits,
-            [tuple(int(v) for v in s) for s in images.image_sizes],
-            output_sizes,
-            calibration=self.calibration,
+            sem_seg_logits, cut_logits, image_sizes, output_sizes, calibration=self.calibration
         )
 
     # ------------------------------------------------------------------ targets
@@ -555,12 +495,8 @@ class COPS(nn.Module):
         amwc_time = time.perf_counter() - start
 
         surrogate = self.pq_surrogate(
-            [s.masks for s in solutions],
-            [s.mask_classes.to(self.device) for s in solutions],
-            gt_masks,
-            gt_classes,
-            weights,
-            padding=padding,
+            [s.masks for s in solutions], [s.mask_classes.to(self.device) for s in solutions],
+            gt_masks, gt_classes, weights, padding=padding,
         )
         losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
         if not bool(torch.isfinite(losses["loss_pq"].detach())):
@@ -598,7 +534,7 @@ class COPS(nn.Module):
         xd = x.detach()
         it = self._iteration()
         n_bad = int((~torch.isfinite(xd)).sum())
-        calib = {n: [round(v, 6) for v in p.detach().reshape(-1).tolist()] for n, p in self.calibration.named_parameters()}
+        calib = {k: round(v, 6) for k, v in self._calibration_scalars().items()}
         return FloatingPointError(
             f"COPS fully differentiable stage diverged"
             f"{'' if it is None else f' at iteration {it}'}: {what} has {n_bad} NaN/inf of "
@@ -607,6 +543,15 @@ class COPS(nn.Module):
         )
 
     # ------------------------------------------------------------------ logging
+    def _calibration_scalars(self) -> Dict[str, float]:
+        """The calibration parameters as ``calib_<name>[_<index>]`` -> value."""
+        scalars = {}
+        for name, param in self.calibration.named_parameters():
+            flat = param.detach().reshape(-1).tolist()
+            for j, v in enumerate(flat):
+                scalars[f"calib_{name.replace('.', '_')}" + (f"_{j}" if len(flat) > 1 else "")] = float(v)
+        return scalars
+
     def _solution_panoptic(self, solution, grid_size: Tuple[int, int], divisor: int) -> np.ndarray:
         """Panoptic id map on the grid of one AMWC solution (``class * divisor + k``; stuff has
         ``k = 0``, thing clusters ``k = 1, 2, ...``); segments under the grid area limits -> -1."""
@@ -645,23 +590,15 @@ class COPS(nn.Module):
             preds.append(self._solution_panoptic(s, grid, divisor))
             gts.append(gt)
             crowds.append(crowd)
-        pq = panoptic_quality(
-            preds, gts, label_divisor=divisor, thing_classes=self.thing_ids, gt_crowd_ids=crowds
-        )
-        return {
-            "train_pq": 100.0 * pq["All"]["pq"],
-            "train_pq_th": 100.0 * pq["Things"]["pq"],
-            "train_pq_st": 100.0 * pq["Stuff"]["pq"],
-        }
+        pq = panoptic_quality(preds, gts, label_divisor=divisor, thing_classes=self.thing_ids, gt_crowd_ids=crowds)
+        parts = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
+        return {f"train_pq{suffix}": 100.0 * pq[part]["pq"] for suffix, part in parts}
 
     def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time, previous_timing=None) -> None:
-        """Stage-2 statistics into the ``EventStorage`` (hence ``metrics.json``) every iteration
-        and into the log every ``log_period`` iterations (see the class docstring): the surrogate
-        PQ, the calibration scalars, the AMWC time, and with ``log_train_pq`` the exact PQ.
-        ``previous_timing`` is the AMWC layer's ``last_timing`` of the previous iteration, whose
-        backward has run since: logged as ``amwc_backward_time_prev`` (seconds of the layer's
-        backward, N perturbed MWC solves per image) and ``amwc_backward_solver_time_prev`` (of
-        which in the native solver)."""
+        """Stage-2 statistics (see the class docstring) into the ``EventStorage`` every iteration
+        and the log every ``log_period`` iterations. ``previous_timing``: the layer's
+        ``last_timing`` of the previous iteration, whose backward (N perturbed MWC solves per
+        image) has run since."""
         stats = {"train_pq_surrogate": 100.0 * float(surrogate.pq.detach())}
         if self.log_train_pq:
             stats.update(self._train_pq(batched_inputs, solutions))
@@ -675,11 +612,7 @@ class COPS(nn.Module):
                 previous_timing["backward_solver_s"] + previous_timing.get("backward_other_s", 0.0)
             )
         stats["num_padded_gt"] = float(sum(int(getattr(s, "num_padded", 0)) for s in solutions))
-        for name, param in self.calibration.named_parameters():
-            flat = param.detach().reshape(-1)
-            for j, v in enumerate(flat.tolist()):
-                key = f"calib_{name.replace('.', '_')}" + (f"_{j}" if flat.numel() > 1 else "")
-                stats[key] = float(v)
+        stats.update(self._calibration_scalars())
         self.last_train_stats = stats
         it = self._iteration()
         if it is None:  # called outside a Detectron2 trainer (no EventStorage)
