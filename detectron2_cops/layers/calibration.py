@@ -1,6 +1,6 @@
 """Learnable cost calibration and pixel dropout in front of the AMWC layer of COPS.
 
-Source: ``DESIGN.md`` section 1 and the authors' code (``panoptic_affinity/panoptic_seg_affinity.py``:
+Source: COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1) and the authors' code (``panoptic_affinity/panoptic_seg_affinity.py``:
 ``seg_cost_weights``, ``edge_costs_weights`` and ``seg_dropout_layer``; ``utils.py``:
 ``DropoutPixels``). The network predicts semantic logits and cut logits (high = the two pixels
 belong to different segments); the AMWC takes costs (low = preferred). The conversion has one
@@ -16,13 +16,12 @@ set to 0 without ``1 / (1 - p)`` rescaling. Pure PyTorch; no Detectron2 import.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from ..checks import as_float, as_int
 
 __all__ = ["CostCalibration", "EdgeDropout", "PixelDropout"]
 
@@ -37,7 +36,7 @@ def _check_logits(x, name: str, ndim_desc: str) -> None:
 
 
 class CostCalibration(nn.Module):
-    """Learnable affine maps from network logits to AMWC costs (COPS; ``DESIGN.md`` section 1).
+    """Learnable affine maps from network logits to AMWC costs (COPS Sec. 3.1).
 
     ``c_V = -(a * semantic_logits + b)`` and, per edge distance ``d``,
     ``c_E,d = -(|a_d| * cut_logits_d + b_d)``.
@@ -55,15 +54,7 @@ class CostCalibration(nn.Module):
 
     def __init__(self, num_edge_distances: int) -> None:
         super().__init__()
-        if isinstance(num_edge_distances, bool):
-            raise ValueError(f"num_edge_distances must be an integer, got {num_edge_distances!r}")
-        try:
-            D = operator.index(num_edge_distances)
-        except TypeError:
-            raise ValueError(f"num_edge_distances must be an integer, got {num_edge_distances!r}") from None
-        if D < 0:
-            raise ValueError(f"num_edge_distances must be >= 0, got {D}")
-        self.num_edge_distances = D
+        self.num_edge_distances = D = as_int(num_edge_distances, "num_edge_distances", 0)
         self.semantic_weight = nn.Parameter(torch.tensor(1.0))
         self.semantic_bias = nn.Parameter(torch.tensor(0.0))
         self.edge_weight = nn.Parameter(torch.ones(D))
@@ -122,11 +113,9 @@ class _CostDropout(nn.Module):
 
     def __init__(self, p: float, generator: Optional[torch.Generator]) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(float(p)):
-            raise ValueError(f"p must be a number in [0, 1], got {p!r}")
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must lie in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = as_float(p, "p", 0.0)
+        if self.p > 1.0:
+            raise ValueError(f"p must be <= 1, got {self.p}")
         self.generator = self._check_generator(generator)
 
     @staticmethod
@@ -188,7 +177,7 @@ class EdgeDropout(_CostDropout):
     In training mode every entry of every edge-cost map ``[B, 2, H_d, W_d]`` is, independently
     with probability ``p``, set to 0 (an edge with cost 0 is neutral between joining and
     cutting); kept entries are unchanged. This is the authors'
-    ``nn.Dropout(p)(c_E) * (1 - p)`` (``panoptic_seg_affinity.py`` ~176-180: the dropout's
+    ``nn.Dropout(p)(c_E) * (1 - p)`` (``panoptic_seg_affinity.py``: the dropout's
     ``1 / (1 - p)`` rescaling undone). In eval mode the identity.
 
     Args:

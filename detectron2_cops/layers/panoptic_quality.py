@@ -15,25 +15,16 @@ This module imports neither Detectron2 nor panopticapi.
 from __future__ import annotations
 
 import numbers
-import operator
 from collections import abc
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..checks import as_int, as_int_set
+
 __all__ = ["panoptic_quality"]
 
-_INT64_MAX = np.iinfo(np.int64).max
-
-
-def _to_index(value: Any, name: str) -> int:
-    """Return ``value`` as a Python int, or raise ValueError (bools and floats are rejected)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an integer, got bool {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})") from None
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _as_id_map(x: Any, name: str) -> np.ndarray:
@@ -61,14 +52,9 @@ def _as_id_map(x: Any, name: str) -> np.ndarray:
 def _crowd_array(ids: Iterable[Any], name: str, void_id: int) -> np.ndarray:
     if isinstance(ids, (str, bytes)) or not isinstance(ids, abc.Iterable):
         raise ValueError(f"{name} must be an iterable of integer panoptic ids, got {ids!r}")
-    out = []
-    for i, v in enumerate(ids):
-        v = _to_index(v, f"{name}[{i}]")
-        if v == void_id:
-            raise ValueError(f"{name}[{i}] = {v} equals void_id; void cannot be a crowd segment")
-        if not -(2**63) <= v < 2**63:
-            raise ValueError(f"{name}[{i}] = {v} is not an int64 panoptic id")
-        out.append(v)
+    out = [as_int(v, f"{name}[{i}]", _INT64_MIN, _INT64_MAX) for i, v in enumerate(ids)]
+    if void_id in out:
+        raise ValueError(f"{name}[{out.index(void_id)}] = {void_id} equals void_id; void cannot be a crowd segment")
     return np.asarray(out, dtype=np.int64)
 
 
@@ -219,21 +205,14 @@ def panoptic_quality(
     Raises:
         ValueError: maps not numpy/torch, not 2-D, non-integer dtype, shapes of ``pred`` and
             ``gt`` differ; list and non-list mixed or list lengths differ (including
-            ``gt_crowd_ids``); ``label_divisor`` not a positive int; ids other than ``void_id``
-            that decode to a negative class; a crowd id equal to ``void_id``.
+            ``gt_crowd_ids``); ``label_divisor`` not an integer in ``[1, 2**63)``, ``void_id`` or a
+            crowd id not an int64 integer, ``thing_classes`` not integers ``>= 0`` (integers are
+            what ``operator.index`` accepts, never a bool or ``4.0``); ids other than
+            ``void_id`` that decode to a negative class; a crowd id equal to ``void_id``.
     """
-    label_divisor = _to_index(label_divisor, "label_divisor")
-    if not 0 < label_divisor < 2**63:  # ids are int64
-        raise ValueError(f"label_divisor must be a positive integer below 2**63 (ids are int64), got {label_divisor}")
-    void_id = _to_index(void_id, "void_id")
-    if not -(2**63) <= void_id < 2**63:
-        raise ValueError(f"void_id must be an int64 value, got {void_id}")
-    things = set()
-    for i, c in enumerate(thing_classes):
-        c = _to_index(c, f"thing_classes[{i}]")
-        if c < 0:
-            raise ValueError(f"thing_classes[{i}] must be a non-negative class id, got {c}")
-        things.add(c)
+    label_divisor = as_int(label_divisor, "label_divisor", 1, _INT64_MAX)  # ids are int64
+    void_id = as_int(void_id, "void_id", _INT64_MIN, _INT64_MAX)
+    things = as_int_set(thing_classes, "thing_classes", 0)
 
     pred_is_list = isinstance(pred, (list, tuple))
     gt_is_list = isinstance(gt, (list, tuple))
