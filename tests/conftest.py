@@ -3,12 +3,89 @@
 Tests that need Detectron2 skip with the reason printed when it is not installed; everything
 under ``detectron2_cops.solvers`` and ``detectron2_cops.layers`` is tested without it.
 """
+import os
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "datasets" / "coco_panoptic_sample"
+# The bundled sample; COPS_TEST_DATASETS names another root that holds coco_panoptic_sample/.
+SAMPLE = (
+    pathlib.Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets")) / "coco_panoptic_sample"
+)
 
 # --- data: copies of the bundled sample (test_data*, test_evaluation) ---
+import json  # noqa: E402
+import shutil  # noqa: E402
+from uuid import uuid4  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def unique_name(prefix: str = "cops_test") -> str:
+    """A dataset name no other test registers."""
+    return f"{prefix}_{uuid4().hex[:8]}"
+
+
+def need_sample() -> None:
+    """Fail (not skip) when the bundled sample is missing."""
+    if not (SAMPLE / "panoptic.json").is_file():
+        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/"
+                    "coco_panoptic_sample in the repository; COPS_TEST_DATASETS overrides its root)")
+
+
+def copy_sample(folder: pathlib.Path, edit=None) -> pathlib.Path:
+    """A writable copy of the sample at ``folder``; ``edit(folder, json_data)`` may change the
+    files and the json before the copy's panoptic.json is written."""
+    need_sample()
+    shutil.copytree(SAMPLE, folder)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    data = json.loads((folder / "panoptic.json").read_text())
+    if edit is not None:
+        edit(folder, data)
+    (folder / "panoptic.json").write_text(json.dumps(data))
+    return folder
+
+
+def snapshot(root: pathlib.Path) -> dict:
+    """Every path under ``root``: its bytes (files), link target (links) or None (folders)."""
+    out = {}
+    for p in root.rglob("*"):  # links to folders are not followed
+        if p.is_symlink():
+            out[str(p.relative_to(root))] = ("link", os.readlink(p))
+        else:
+            out[str(p.relative_to(root))] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sample_dataset(tmp_path_factory) -> str:
+    """The bundled sample registered under a unique name (through a link to its folder)."""
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    need_sample()
+    from detectron2_cops.data.datasets import register_coco_panoptic_folder
+
+    name = unique_name("cops_sample")
+    root = tmp_path_factory.mktemp("root")
+    os.symlink(SAMPLE, root / name)
+    register_coco_panoptic_folder(name, str(root))
+    return name
+
+
+@pytest.fixture
+def register_sample_copy(tmp_path):
+    """``register(edit=None) -> (name, folder)``: a fresh copy of the sample under ``tmp_path``
+    (see :func:`copy_sample`), registered with ``register_coco_panoptic_folder``."""
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    from detectron2_cops.data.datasets import register_coco_panoptic_folder
+
+    def register(edit=None, prefix="cops_copy"):
+        name = unique_name(prefix)
+        folder = copy_sample(tmp_path / name, edit)
+        register_coco_panoptic_folder(name, str(tmp_path))
+        return name, folder
+
+    return register
+
 
 # --- modeling: a tiny config and synthetic dataset (test_meta_arch, test_optimizer) ---
 import uuid  # noqa: E402

@@ -201,8 +201,9 @@ def test_full_resolution_2048x1024_frame_with_a_512x256_model(tmp_path):
 
 def test_evaluation_subset_has_its_own_ground_truth(cs, tmp_path):
     assert evenly_spaced(10, 3) == [0, 3, 6] and evenly_spaced(2, 5) == [0, 1]
-    with pytest.raises(ValueError):
-        evenly_spaced(4, 0)
+    for total, count in ((4, 0), (4, 1.0), (-1, 2)):
+        with pytest.raises(ValueError, match="must be"):
+            evenly_spaced(total, count)
     name = register_panoptic_subset(cs["val"], "cs_sub_" + uuid.uuid4().hex[:6], [1], str(tmp_path))
     meta = MetadataCatalog.get(name)
     records = DatasetCatalog.get(name)
@@ -223,10 +224,6 @@ def test_evaluation_subset_has_its_own_ground_truth(cs, tmp_path):
     register_panoptic_subset(cs["val"], name, [0], str(tmp_path))
     gts = sorted(Path(MetadataCatalog.get(name).gt_dir).rglob("*_gtFine_instanceIds.png"))
     assert [p.name.split("_gtFine")[0] for p in gts] == [DatasetCatalog.get(cs["val"])[0]["image_id"]]
-    with pytest.raises(ValueError, match="out of range"):
-        register_panoptic_subset(cs["val"], "cs_bad", [5], str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="distinct"):
-        register_panoptic_subset(cs["val"], "cs_bad", [0, 0], str(tmp_path / "b"))
 
 
 def test_no_final_eval_drops_only_the_end_of_training_evaluation(cs, tmp_path):

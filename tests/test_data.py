@@ -1,15 +1,14 @@
-"""Tests of detectron2_cops.data: RGB id encoding, COPS target generator, dataset registration
-and the dataset mapper (the last two on the real COCO panoptic sample; they need Detectron2)."""
+"""Tests of detectron2_cops.data: RGB id encoding, COPS target generator, dataset registration,
+evaluation subsets and the dataset mapper (the last three on the real COCO panoptic sample; they
+need Detectron2). Each public entry point has one test of the bad input it refuses."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import REPO, SAMPLE, copy_sample, need_sample, snapshot, unique_name
 from detectron2_cops.data.panoptic_utils import id2rgb, rgb2id
 from detectron2_cops.data.target_generator import (
     COPSTargetGenerator,
@@ -25,23 +25,7 @@ from detectron2_cops.data.target_generator import (
 )
 from detectron2_cops.solvers.grid import GridGraph
 
-REPO = Path(__file__).resolve().parents[1]
-# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
-# names another dataset root that holds coco_panoptic_sample/.
-DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
-SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
-
 DISTANCES = [1, 4, 16, 32, 64]
-
-
-def _need_sample():
-    if not (SAMPLE / "panoptic.json").is_file():
-        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
-                    "in the repository; COPS_TEST_DATASETS overrides its root)")
-
-
-def _need_detectron2():
-    return pytest.importorskip("detectron2", reason="Detectron2 is not installed")
 
 
 # ----------------------------------------------------------------------------- brute force
@@ -122,7 +106,7 @@ def sample_segments(ann, categories):
 
 @pytest.fixture(scope="module")
 def sample_gt():
-    _need_sample()
+    need_sample()
     data = json.loads((SAMPLE / "panoptic.json").read_text())
     categories = json.loads((SAMPLE / "panoptic_coco_categories.json").read_text())
     out = []
@@ -141,12 +125,9 @@ def test_rgb2id_id2rgb_roundtrip_and_errors():
     assert rgb.dtype == np.uint8 and rgb.shape == (7, 9, 3)
     np.testing.assert_array_equal(rgb2id(rgb), ids)
     assert rgb2id(np.array([[[1, 2, 3]]], np.uint8))[0, 0] == 1 + 2 * 256 + 3 * 65536
-    with pytest.raises(ValueError, match="ids must lie"):
-        id2rgb(np.array([[-1]]))
-    with pytest.raises(ValueError, match="ids must lie"):
-        id2rgb(np.array([[256**3]]))
-    with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-        rgb2id(np.zeros((4, 4), np.uint8))
+    for bad in (np.array([[-1]]), np.array([[256**3]]), np.zeros((2, 2)), np.zeros(4, np.int64)):
+        with pytest.raises(ValueError, match=r"\[H, W\] integer array with values in \[0, 16777215\]"):
+            id2rgb(bad)
 
 
 # ----------------------------------------------------------------------------- grid sampling
@@ -446,25 +427,95 @@ def test_generator_no_segments_all_void():
     assert all(t.sum() == 0 for t in out["affinity_targets"])
 
 
-def test_generator_errors():
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(class_ids=[0, 1, 2, 255]), "contain ignore_label 255"),
+        (dict(thing_ids=[1, 7], class_ids=[0, 1, 7], ignore_label=7), "contain ignore_label 7"),
+        (dict(thing_ids=[1.0]), r"thing_ids\[0\] must be an integer, got 1.0"),
+        (dict(thing_ids=[True]), r"thing_ids\[0\] must be an integer, got True"),
+        (dict(class_ids="012"), "class_ids must be a sequence of integers, got '012'"),
+        (dict(class_ids=[-1, 1, 2]), r"class_ids\[0\] must be >= 0"),
+        (dict(class_ids=[0, 1]), r"thing_ids must be a subset of class_ids; not in class_ids: \[2\]"),
+        (dict(ignore_label=255.0), "ignore_label must be an integer"),
+        (dict(label_divisor=1000.0), "label_divisor must be an integer"),
+        (dict(instance_affinity_weight=-1), "instance_affinity_weight must be >= 0"),
+        (dict(small_instance_area=float("nan")), "small_instance_area must be finite"),
+        (dict(edge_distances=[1, 2], edge_sampling_intervals=[1]), "edge_sampling_intervals"),
+    ],
+)
+def test_generator_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        COPSTargetGenerator(**{"thing_ids": [1, 2], **kwargs})
+
+
+def _gen(**kw):
+    return COPSTargetGenerator(
+        thing_ids=[1, 2], class_ids=range(6), edge_distances=[1, 2], stride=2, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "k, key, value, match",
+    [
+        (1, "category_id", 1.0, r"segments_info\[1\]\['category_id'\] must be an integer, got 1.0"),
+        (1, "category_id", np.float64(1.0), "must be an integer"),
+        (1, "category_id", "1", "must be an integer, got '1'"),
+        (1, "category_id", True, "must be an integer, got True"),
+        (1, "id", 3.0, r"segments_info\[1\]\['id'\] must be an integer, got 3.0"),
+        (1, "id", np.float32(3.0), "must be an integer"),
+        (0, "id", 0, r"segments_info\[0\]\['id'\] must be >= 1"),
+        (1, "id", 7, r"duplicate segment ids \[7\]"),
+        (0, "category_id", 77, r"segments_info\[0\] \(segment id 7\) has category_id 77"),
+        (1, "iscrowd", "0", r"segments_info\[1\]\['iscrowd'\] \(0 or 1\) must be an integer"),
+        (1, "iscrowd", 2, r"\['iscrowd'\] \(0 or 1\) must be <= 1"),
+        (1, "iscrowd", 0.5, "must be an integer, got 0.5"),
+        (1, "iscrowd", None, "must be an integer, got None"),
+        (1, None, "not a dict", r"segments_info\[1\] must be a dict with 'id' and 'category_id'"),
+        (-1, None, None, r"panoptic has segment ids \[11\] that are not in segments_info"),
+        (None, "panoptic", np.float32, r"panoptic must be an \[H, W\] integer array"),
+    ],
+)
+def test_generator_refuses_bad_ground_truth(k, key, value, match):
+    """Coerced ids (3.0 would match the PNG's 3) and crowd flags ("0" is truthy) are refused."""
     pan, segments = _toy()
-    gen = COPSTargetGenerator(thing_ids=[1, 2], class_ids=range(6))
-    with pytest.raises(ValueError, match="not in segments_info"):
-        gen(pan, segments[:-1])
     bad = copy.deepcopy(segments)
-    bad[0]["category_id"] = 77
-    with pytest.raises(ValueError, match="category_id 77"):
-        gen(pan, bad)
-    bad = copy.deepcopy(segments)
-    bad[1]["id"] = 7
-    with pytest.raises(ValueError, match="duplicate"):
-        gen(pan, bad)
-    with pytest.raises(ValueError, match="integer array"):
-        gen(pan.astype(np.float32), segments)
-    with pytest.raises(ValueError, match="instance_affinity_weight"):
-        COPSTargetGenerator(thing_ids=[1], instance_affinity_weight=-1)
-    with pytest.raises(ValueError, match="edge_sampling_intervals"):
-        COPSTargetGenerator(thing_ids=[1], edge_distances=[1, 2], edge_sampling_intervals=[1])
+    if key == "panoptic":
+        pan = pan.astype(value)
+    elif key is not None:
+        bad[k][key] = value
+    elif value is not None:
+        bad[k] = value
+    else:
+        del bad[k]
+    with pytest.raises(ValueError, match=match):
+        _gen()(pan, bad)
+
+
+def test_generator_accepts_numpy_ints_bools_and_ranges_exactly_as_python_ints():
+    pan, segments = _toy()
+    ref = _gen()(pan, segments)
+    variants = [
+        [dict(s, id=np.int64(s["id"]), category_id=np.int32(s["category_id"])) for s in segments],
+        [dict(s, iscrowd=bool(s["iscrowd"])) for s in segments],
+        [dict(s, iscrowd=np.bool_(s["iscrowd"])) for s in segments],
+        [dict(s, iscrowd=np.uint8(s["iscrowd"])) for s in segments],
+        [{k: v for k, v in s.items() if k != "iscrowd" or v} for s in segments],  # 0 by default
+    ]
+    for segs in variants:
+        out = _gen()(pan, segs)
+        assert out.keys() == ref.keys()
+        for k, v in ref.items():
+            if isinstance(v, list):
+                assert all(torch.equal(a, b) for a, b in zip(v, out[k])), k
+            else:
+                assert torch.equal(v, out[k]), k
+    assert ref["crowd_ids"].tolist() == [1003]
+    gen = COPSTargetGenerator(
+        thing_ids=np.array([1, 2]), class_ids=torch.arange(6), edge_distances=[1, 2], stride=2
+    )
+    assert gen.class_ids == frozenset(range(6)) and gen.thing_ids == frozenset({1, 2})
+    assert torch.equal(gen(pan, segments)["panoptic_ids"], ref["panoptic_ids"])
 
 
 def test_generator_on_sample_matches_gridgraph_and_gt(sample_gt):
@@ -497,42 +548,13 @@ def test_generator_on_sample_matches_gridgraph_and_gt(sample_gt):
 # ============================================================================= Detectron2 side
 @pytest.fixture(scope="module")
 def d2():
-    _need_detectron2()
-    _need_sample()
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    need_sample()
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from detectron2_cops.data import datasets as cops_datasets
 
     return DatasetCatalog, MetadataCatalog, cops_datasets
-
-
-def _unique(prefix="cops_test"):
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def _copy_sample(tmp_path, name, edit=None):
-    """Copy the sample to tmp_path/name; ``edit(folder, json_data)`` may change it."""
-    folder = tmp_path / name
-    shutil.copytree(SAMPLE, folder)
-    for p in folder.rglob("*"):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-    os.chmod(folder, 0o755)
-    data = json.loads((folder / "panoptic.json").read_text())
-    if edit is not None:
-        edit(folder, data)
-    (folder / "panoptic.json").write_text(json.dumps(data))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def sample_name(d2, tmp_path_factory):
-    """The real sample registered under a unique name (a symlink to the bundled folder)."""
-    _, _, cops_datasets = d2
-    name = _unique("cops_sample")
-    root = tmp_path_factory.mktemp("root")
-    os.symlink(SAMPLE, root / name)
-    cops_datasets.register_coco_panoptic_folder(name, str(root))
-    return name
 
 
 def _cfg(**input_overrides):
@@ -557,13 +579,13 @@ def _mapper(cfg, name, is_train=True):
     return COPSDatasetMapper(cfg, is_train)
 
 
-def test_metadata_of_folder_and_builtin_datasets(d2, sample_name):
+def test_metadata_of_folder_and_builtin_datasets(d2, sample_dataset):
     DatasetCatalog, MetadataCatalog, cops_datasets = d2
-    info = cops_datasets.get_panoptic_metadata(sample_name)
+    info = cops_datasets.get_panoptic_metadata(sample_dataset)
     assert len(info["thing_ids"]) == 80 and info["class_ids"] == list(range(133))
     assert info["thing_ids"] == list(range(80))
     assert info["label_divisor"] == 1000 and info["ignore_label"] == 255
-    meta = MetadataCatalog.get(sample_name)
+    meta = MetadataCatalog.get(sample_dataset)
     assert meta.evaluator_type == "coco_panoptic_seg"
     assert (
         len(meta.thing_classes) == len(meta.stuff_classes) == 133 and len(meta.stuff_colors) == 133
@@ -581,15 +603,44 @@ def test_metadata_of_folder_and_builtin_datasets(d2, sample_name):
     assert "coco_panoptic_sample" in DatasetCatalog.list()
     folder = MetadataCatalog.get("coco_panoptic_sample").dataset_folder
     assert os.path.isabs(folder) and folder.endswith(os.sep + "coco_panoptic_sample")
-    with pytest.raises(ValueError, match="not registered"):
-        cops_datasets.get_panoptic_metadata("no_such_dataset_xyz")
-    with pytest.raises(ValueError, match="already registered"):
-        cops_datasets.register_coco_panoptic_folder(sample_name, "/somewhere/else")
 
 
-def test_loader_dicts(d2, sample_name):
+def test_registration_and_metadata_refuse_bad_datasets(d2, sample_dataset):
+    DatasetCatalog, MetadataCatalog, cops_datasets = d2
+    with pytest.raises(ValueError, match="'coco_panoptic_smaple' is not registered.*coco_panoptic_sample"):
+        cops_datasets.get_panoptic_metadata("coco_panoptic_smaple")
+    with pytest.raises(ValueError, match=f"'{sample_dataset}' is already registered from"):
+        cops_datasets.register_coco_panoptic_folder(sample_dataset, "/somewhere/else")
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        cops_datasets.register_coco_panoptic_folder("", "/somewhere")
+    layouts = [
+        ({10: 0}, {20: 1}, {}, None),  # valid
+        ({}, {}, {"stuff_classes": ["a"]}, "no_maps"),  # not panoptic
+        ({10: 0}, {20: 0}, {}, "overlap"),
+        ({10: 0}, {20: 255}, {}, "ignore"),
+        ({10: 0}, {20: 1000}, {}, "divisor"),
+    ]
+    for things, stuff, extra, problem in layouts:
+        name = unique_name("cops_layout")
+        DatasetCatalog.register(name, lambda: [])
+        if problem == "no_maps":
+            MetadataCatalog.get(name).set(**extra)
+            with pytest.raises(ValueError, match=f"'{name}' is not a panoptic dataset"):
+                cops_datasets.get_panoptic_metadata(name)
+            continue
+        MetadataCatalog.get(name).set(
+            thing_dataset_id_to_contiguous_id=things, stuff_dataset_id_to_contiguous_id=stuff
+        )
+        if problem is None:
+            assert cops_datasets.get_panoptic_metadata(name)["class_ids"] == [0, 1]
+        else:
+            with pytest.raises(ValueError, match=f"'{name}': the contiguous class ids of things"):
+                cops_datasets.get_panoptic_metadata(name)
+
+
+def test_loader_dicts(d2, sample_dataset):
     DatasetCatalog, _, _ = d2
-    dicts = DatasetCatalog.get(sample_name)
+    dicts = DatasetCatalog.get(sample_dataset)
     assert [d["image_id"] for d in dicts] == [142238, 439180]
     assert dicts[0]["file_name"].endswith("images/000000142238.jpg")
     assert (dicts[0]["height"], dicts[0]["width"]) == (427, 640)
@@ -598,6 +649,66 @@ def test_loader_dicts(d2, sample_name):
     categories = json.loads((SAMPLE / "panoptic_coco_categories.json").read_text())
     assert [c["id"] for c in categories].index(193) == 125
     assert s[-1]["isthing"] is False and s[-1]["category_id"] == 125  # dataset id 193
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda anns: anns[1].pop("segments_info"), r"annotations\[1\] must be a dict with"),
+        (lambda anns: anns[1].pop("file_name"), r"annotations\[1\] must be a dict with"),
+        (lambda anns: anns[1].update(segments_info={"id": 1}), r"annotations\[1\] must be"),
+        (lambda anns: anns[1]["segments_info"][2].pop("id"), r"annotations\[1\] must be"),
+        (lambda anns: anns.append([1, 2]), r"annotations\[2\] must be a dict with"),
+        (
+            lambda anns: anns[1]["segments_info"][3].update(category_id=999),
+            r"image 439180 \(000000439180.png\) has segments of unknown category ids \[999\]",
+        ),
+        (lambda anns: anns.clear(), "has no 'annotations' list"),
+    ],
+)
+def test_loader_refuses_malformed_annotations_naming_the_json(d2, register_sample_copy, edit, match):
+    DatasetCatalog, _, _ = d2
+    name, folder = register_sample_copy(lambda _, data: edit(data["annotations"]))
+    with pytest.raises(ValueError, match=match) as e:
+        DatasetCatalog.get(name)
+    assert str(folder / "panoptic.json") in str(e.value)
+
+
+def test_malformed_categories_error_now_or_on_use(d2, tmp_path, monkeypatch):
+    DatasetCatalog, _, cops_datasets = d2
+
+    def edit(folder, data):
+        (folder / "panoptic_coco_categories.json").write_text('[{"id": 1, "name": "person"}]')
+
+    name = unique_name()
+    folder = copy_sample(tmp_path / name, edit)
+    cats = str(folder / "panoptic_coco_categories.json")
+    with pytest.raises(ValueError, match="isthing") as e:
+        cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
+    assert cats in str(e.value)
+    # registering all default folders (on import) never raises; the error comes on use
+    monkeypatch.setattr(cops_datasets, "COCO_PANOPTIC_FOLDERS", (name,))
+    assert cops_datasets.register_all_coco_panoptic_folders(str(tmp_path)) == [name]
+    with pytest.raises(ValueError, match="isthing") as e:
+        DatasetCatalog.get(name)
+    assert cats in str(e.value)
+    assert cops_datasets.register_all_coco_panoptic_folders(str(tmp_path)) == []  # already there
+
+
+def test_missing_folder_errors_when_used(d2, tmp_path):
+    DatasetCatalog, _, cops_datasets = d2
+    name = unique_name()
+    cops_datasets.register_coco_panoptic_folder(name, str(tmp_path / "nowhere"))
+    folder = str(tmp_path / "nowhere" / name)
+    with pytest.raises(FileNotFoundError, match=f"'{folder}', which does not exist"):
+        DatasetCatalog.get(name)
+    with pytest.raises(FileNotFoundError, match=f"'{folder}', which does not exist"):
+        cops_datasets.get_panoptic_metadata(name)
+    # the folder appears later: metadata and dicts are filled in lazily
+    os.makedirs(tmp_path / "nowhere")
+    os.symlink(SAMPLE, tmp_path / "nowhere" / name)
+    assert len(DatasetCatalog.get(name)) == 2
+    assert len(cops_datasets.get_panoptic_metadata(name)["thing_ids"]) == 80
 
 
 _LOAD_SAMPLE = (
@@ -618,7 +729,7 @@ def _env_without_dataset_root(**extra):
 def test_default_registration_from_repository_root_in_subprocess():
     """From the repository root with no DETECTRON2_DATASETS, Detectron2's default root
     ``./datasets`` holds the bundled coco_panoptic_sample and it loads."""
-    _need_detectron2()
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
     if not (REPO / "datasets" / "coco_panoptic_sample" / "panoptic.json").is_file():
         pytest.fail("datasets/coco_panoptic_sample is missing from the repository")
     res = subprocess.run(
@@ -638,8 +749,8 @@ def test_default_registration_from_repository_root_in_subprocess():
 
 def test_default_registration_with_env_var_in_subprocess(tmp_path):
     """DETECTRON2_DATASETS=<another root> registers coco_panoptic_sample from that root."""
-    _need_detectron2()
-    _need_sample()
+    pytest.importorskip("detectron2", reason="Detectron2 is not installed")
+    need_sample()
     os.symlink(SAMPLE, tmp_path / "coco_panoptic_sample")
     res = subprocess.run(
         [sys.executable, "-c", _LOAD_SAMPLE],
@@ -656,44 +767,11 @@ def test_default_registration_with_env_var_in_subprocess(tmp_path):
     )
 
 
-def test_missing_folder_errors_when_used(d2, tmp_path):
-    DatasetCatalog, _, cops_datasets = d2
-    name = _unique()
-    cops_datasets.register_coco_panoptic_folder(name, str(tmp_path / "nowhere"))
-    folder = str(tmp_path / "nowhere" / name)
-    with pytest.raises(FileNotFoundError, match=folder):
-        DatasetCatalog.get(name)
-    with pytest.raises(FileNotFoundError, match=folder):
-        cops_datasets.get_panoptic_metadata(name)
-    with pytest.raises(FileNotFoundError, match=folder):
-        _mapper(_cfg(), name)
-    # the folder appears later: metadata and dicts are filled in lazily
-    os.makedirs(tmp_path / "nowhere")
-    os.symlink(SAMPLE, tmp_path / "nowhere" / name)
-    assert len(DatasetCatalog.get(name)) == 2
-    assert len(cops_datasets.get_panoptic_metadata(name)["thing_ids"]) == 80
-
-
-def test_unknown_category_in_json_names_file_and_id(d2, tmp_path):
-    DatasetCatalog, _, cops_datasets = d2
-    name = _unique()
-
-    def edit(folder, data):
-        data["annotations"][1]["segments_info"][3]["category_id"] = 999
-
-    folder = _copy_sample(tmp_path, name, edit)
-    cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
-    with pytest.raises(ValueError) as e:
-        DatasetCatalog.get(name)
-    assert str(folder / "panoptic.json") in str(e.value) and "999" in str(e.value)
-    assert "439180" in str(e.value)
-
-
-def test_mapper_on_sample_exact_targets(d2, sample_name, sample_gt):
+def test_mapper_on_sample_exact_targets(d2, sample_dataset, sample_gt):
     DatasetCatalog, _, _ = d2
     images, thing_ids, categories = sample_gt
-    mapper = _mapper(_cfg(), sample_name)
-    dicts = DatasetCatalog.get(sample_name)
+    mapper = _mapper(_cfg(), sample_dataset)
+    dicts = DatasetCatalog.get(sample_dataset)
     gen = COPSTargetGenerator(thing_ids=thing_ids, class_ids=range(133), edge_distances=DISTANCES)
     for d, (pan, segments, ann) in zip(dicts, images):
         before = copy.deepcopy(d)
@@ -792,11 +870,11 @@ def test_mapper_on_sample_exact_targets(d2, sample_name, sample_gt):
             np.testing.assert_array_equal(a, b.numpy())
 
 
-def test_mapper_small_instances_on_second_image(d2, sample_name):
+def test_mapper_small_instances_on_second_image(d2, sample_dataset):
     """439180 has trucks above and people below SMALL_INSTANCE_AREA = 4096."""
     DatasetCatalog, _, _ = d2
-    d = DatasetCatalog.get(sample_name)[1]
-    out = _mapper(_cfg(), sample_name)(d)
+    d = DatasetCatalog.get(sample_dataset)[1]
+    out = _mapper(_cfg(), sample_dataset)(d)
     pan = rgb2id(np.asarray(Image.open(d["pan_seg_file_name"]).convert("RGB")))
     sw = out["sem_seg_weights"].numpy()
     big = [s for s in d["segments_info"] if s["isthing"] and s["area"] >= 4096 and not s["iscrowd"]]
@@ -809,17 +887,17 @@ def test_mapper_small_instances_on_second_image(d2, sample_name):
     for s in small:
         assert (sw[pan == s["id"]] == 3.0).all()
     cfg = _cfg(SMALL_INSTANCE_AREA=100, SMALL_INSTANCE_WEIGHT=5)
-    sw2 = _mapper(cfg, sample_name)(d)["sem_seg_weights"].numpy()
+    sw2 = _mapper(cfg, sample_dataset)(d)["sem_seg_weights"].numpy()
     for s in d["segments_info"]:
         expect = 5.0 if (s["isthing"] and not s["iscrowd"] and s["area"] < 100) else 1.0
         assert (sw2[pan == s["id"]] == expect).all()
     assert (sw2 == 5.0).any()
 
 
-def test_mapper_ignore_crowd_in_semantic(d2, sample_name):
+def test_mapper_ignore_crowd_in_semantic(d2, sample_dataset):
     DatasetCatalog, _, _ = d2
-    d = DatasetCatalog.get(sample_name)[0]
-    out = _mapper(_cfg(IGNORE_CROWD_IN_SEMANTIC=True), sample_name)(d)
+    d = DatasetCatalog.get(sample_dataset)[0]
+    out = _mapper(_cfg(IGNORE_CROWD_IN_SEMANTIC=True), sample_dataset)(d)
     pan = rgb2id(np.asarray(Image.open(d["pan_seg_file_name"]).convert("RGB")))
     crowd = np.isin(pan, [s["id"] for s in d["segments_info"] if s["iscrowd"]])
     assert crowd.sum() == 24295
@@ -827,7 +905,7 @@ def test_mapper_ignore_crowd_in_semantic(d2, sample_name):
     assert (out["sem_seg_weights"].numpy()[crowd] == 0).all()
 
 
-def test_mapper_with_augmentation_is_consistent(d2, sample_name):
+def test_mapper_with_augmentation_is_consistent(d2, sample_dataset):
     DatasetCatalog, _, _ = d2
     from detectron2_cops.data.target_generator import grid_sample_coordinates as gsc
 
@@ -835,9 +913,9 @@ def test_mapper_with_augmentation_is_consistent(d2, sample_name):
     cfg.INPUT.CROP.ENABLED = True
     cfg.INPUT.CROP.TYPE = "absolute"
     cfg.INPUT.CROP.SIZE = [201, 254]
-    mapper = _mapper(cfg, sample_name)
+    mapper = _mapper(cfg, sample_dataset)
     np.random.seed(0)
-    for d in DatasetCatalog.get(sample_name):
+    for d in DatasetCatalog.get(sample_dataset):
         out = mapper(d)
         _, H, W = out["image"].shape
         assert (H, W) == (201, 254)
@@ -852,19 +930,18 @@ def test_mapper_with_augmentation_is_consistent(d2, sample_name):
             assert tuple(t.shape) == (2, h, w)
 
 
-def test_mapper_test_mode(d2, sample_name):
+def test_mapper_test_mode(d2, sample_dataset):
     DatasetCatalog, _, _ = d2
-    d = DatasetCatalog.get(sample_name)[0]
-    out = _mapper(_cfg(), sample_name, is_train=False)(d)
+    d = DatasetCatalog.get(sample_dataset)[0]
+    out = _mapper(_cfg(), sample_dataset, is_train=False)(d)
     assert tuple(out["image"].shape) == (3, 800, 1199)  # MIN_SIZE_TEST 800, 640x427 -> 1199x800
     assert (out["height"], out["width"]) == (427, 640)
     assert "sem_seg" not in out and "affinity_targets" not in out
     assert out["image_id"] == 142238 and out["pan_seg_file_name"] == d["pan_seg_file_name"]
 
 
-def test_mapper_grayscale_and_empty_image(d2, tmp_path):
-    DatasetCatalog, _, cops_datasets = d2
-    name = _unique()
+def test_mapper_grayscale_and_empty_image(d2, register_sample_copy):
+    DatasetCatalog, _, _ = d2
 
     def edit(folder, data):
         img = Image.open(folder / "images" / "000000142238.jpg").convert("L")
@@ -875,8 +952,7 @@ def test_mapper_grayscale_and_empty_image(d2, tmp_path):
         )
         data["annotations"][1]["segments_info"] = []
 
-    _copy_sample(tmp_path, name, edit)
-    cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
+    name, _ = register_sample_copy(edit)
     mapper = _mapper(_cfg(), name)
     gray, empty = DatasetCatalog.get(name)
     out = mapper(gray)
@@ -891,58 +967,235 @@ def test_mapper_grayscale_and_empty_image(d2, tmp_path):
     assert all(w.sum() == 0 for w in out["affinity_weights"])
 
 
-def test_mapper_errors_name_the_file(d2, sample_name, tmp_path):
+def test_mapper_errors_name_the_file(d2, sample_dataset, tmp_path):
     DatasetCatalog, _, _ = d2
-    mapper = _mapper(_cfg(), sample_name)
-    d = DatasetCatalog.get(sample_name)[0]
-
-    bad = copy.deepcopy(d)
-    bad["segments_info"][2]["category_id"] = 500
-    with pytest.raises(ValueError) as e:
-        mapper(bad)
-    assert d["pan_seg_file_name"] in str(e.value) and "500" in str(e.value)
-
-    bad = copy.deepcopy(d)
-    bad["file_name"] = str(tmp_path / "missing.jpg")
-    with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        mapper(bad)
-
-    garbage = tmp_path / "garbage.jpg"
-    garbage.write_bytes(b"not an image")
-    bad = copy.deepcopy(d)
-    bad["file_name"] = str(garbage)
-    with pytest.raises(ValueError, match="garbage.jpg"):
-        mapper(bad)
-
+    mapper = _mapper(_cfg(), sample_dataset)
+    d = DatasetCatalog.get(sample_dataset)[0]
     small_png = tmp_path / "small.png"
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(small_png)
-    bad = copy.deepcopy(d)
-    bad["pan_seg_file_name"] = str(small_png)
-    with pytest.raises(ValueError, match="small.png"):
-        mapper(bad)
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image")
+    cases = [
+        ("segments_info", d["segments_info"][1:], ValueError, "not in segments_info"),
+        ("pan_seg_file_name", str(small_png), ValueError, "small.png' has size 10x10"),
+        ("file_name", str(tmp_path / "missing.jpg"), FileNotFoundError, "missing.jpg"),
+        ("file_name", str(garbage), OSError, "garbage.jpg"),
+    ]
+    for key, value, error, match in cases:
+        with pytest.raises(error, match=match) as e:
+            mapper(dict(copy.deepcopy(d), **{key: value}))
+        if key == "segments_info":  # the target generator's error names the PNG
+            assert d["pan_seg_file_name"] in str(e.value)
 
-    bad = copy.deepcopy(d)
-    bad["segments_info"] = bad["segments_info"][1:]  # an id of the PNG is no longer listed
-    with pytest.raises(ValueError, match="not in segments_info"):
-        mapper(bad)
+
+# ----------------------------------------------------------------------------- subsets
+@pytest.fixture
+def subsets(d2):
+    from detectron2_cops.data import subsets
+
+    return subsets
 
 
-def test_malformed_categories_error_now_or_on_use(d2, tmp_path, monkeypatch):
-    DatasetCatalog, _, cops_datasets = d2
+def test_subset_refuses_the_base_datasets_own_folders(d2, subsets, register_sample_copy, tmp_path):
+    DatasetCatalog, _, _ = d2
+    base, folder = register_sample_copy()
+    before = snapshot(tmp_path)
+    link = tmp_path / "link_to_base"
+    os.symlink(folder, link)
+    targets = [
+        folder,  # would overwrite the base panoptic.json
+        folder / "images",
+        folder / "panoptic",
+        folder / "panoptic" / "sub",
+        tmp_path,  # contains the base folder
+        link,  # the base folder through a link
+    ]
+    for target in targets:
+        sub = unique_name("cops_sub")
+        with pytest.raises(ValueError, match="base dataset") as e:
+            subsets.register_panoptic_subset(base, sub, [0], str(target))
+        assert str(target) in str(e.value) and base in str(e.value)
+        assert sub not in DatasetCatalog.list()
+    os.remove(link)
+    assert snapshot(tmp_path) == before
+    assert len(DatasetCatalog.get(base)) == 2
 
-    def edit(folder, data):
-        (folder / "panoptic_coco_categories.json").write_text('[{"id": 1, "name": "person"}]')
 
-    name = _unique()
-    folder = _copy_sample(tmp_path, name, edit)
-    cats = str(folder / "panoptic_coco_categories.json")
-    with pytest.raises(ValueError, match="isthing") as e:
-        cops_datasets.register_coco_panoptic_folder(name, str(tmp_path))
-    assert cats in str(e.value)
-    # registering all default folders (on import) never raises; the error comes on use
-    monkeypatch.setattr(cops_datasets, "COCO_PANOPTIC_FOLDERS", (name,))
-    assert cops_datasets.register_all_coco_panoptic_folders(str(tmp_path)) == [name]
-    with pytest.raises(ValueError, match="isthing") as e:
-        DatasetCatalog.get(name)
-    assert cats in str(e.value)
-    assert cops_datasets.register_all_coco_panoptic_folders(str(tmp_path)) == []  # already there
+def test_subset_refuses_panoptic_json_linked_to_the_base_json(subsets, register_sample_copy, tmp_path):
+    base, folder = register_sample_copy()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(folder / "panoptic.json", out / "panoptic.json")
+    before = (folder / "panoptic.json").read_bytes()
+    with pytest.raises(ValueError, match="base dataset") as e:
+        subsets.register_panoptic_subset(base, unique_name("cops_sub"), [0], str(out))
+    assert f"'{out / 'panoptic.json'}'" in str(e.value)
+    assert str(folder / "panoptic.json") in str(e.value)  # the real path it resolves to
+    assert (folder / "panoptic.json").read_bytes() == before
+    assert os.path.islink(out / "panoptic.json")
+
+
+@pytest.mark.parametrize(
+    "name, indices, folder, match",
+    [
+        ("base", [0], "a", "base dataset's name"),
+        ("other", [0], "a", "is already registered"),
+        ("", [0], "a", "name must be a non-empty string"),
+        ("sub", [0.7], "a", r"indices\[0\] must be an integer, got 0.7"),
+        ("sub", [1.0], "a", r"indices\[0\] must be an integer, got 1.0"),
+        ("sub", [True], "a", r"indices\[0\] must be an integer, got True"),
+        ("sub", np.array([0.0]), "a", r"indices\[0\] must be an integer"),
+        ("sub", "0", "a", "indices must be a sequence of integers"),
+        ("sub", [-1], "a", r"indices\[0\] must be >= 0"),
+        ("sub", [], "a", r"indices must be distinct positions in \[0, 2\)"),
+        ("sub", [0, 0], "a", r"indices must be distinct positions in \[0, 2\)"),
+        ("sub", [2], "a", r"indices must be distinct positions in \[0, 2\)"),
+        ("sub", [0], "", "folder must be a non-empty path"),
+        ("sub", [0], "file", "File exists"),
+    ],
+)
+def test_subset_refuses_bad_arguments_and_writes_nothing(
+    d2, subsets, register_sample_copy, tmp_path, name, indices, folder, match
+):
+    DatasetCatalog, MetadataCatalog, _ = d2
+    base, _ = register_sample_copy()
+    other, _ = register_sample_copy(prefix="cops_other")
+    name = {"base": base, "other": other, "sub": unique_name("cops_sub")}.get(name, name)
+    (tmp_path / "file").write_text("a file in place of the folder")
+    before = snapshot(tmp_path)
+    with pytest.raises((ValueError, OSError), match=match):
+        subsets.register_panoptic_subset(base, name, indices, str(tmp_path / folder) if folder else "")
+    assert snapshot(tmp_path) == before
+    assert len(DatasetCatalog.get(base)) == len(DatasetCatalog.get(other)) == 2
+    assert "subset_of" not in MetadataCatalog.get(other).as_dict()
+    assert name in (base, other) or name not in DatasetCatalog.list()
+
+
+def test_subset_valid_use_and_reregistration(d2, subsets, register_sample_copy, tmp_path):
+    DatasetCatalog, MetadataCatalog, _ = d2
+    base, _ = register_sample_copy()
+    sub = unique_name("cops_sub")
+    out = tmp_path / "out"
+    assert subsets.register_panoptic_subset(base, sub, np.array([1]), str(out)) == sub
+    assert [d["image_id"] for d in DatasetCatalog.get(sub)] == [439180]
+    assert MetadataCatalog.get(sub).panoptic_json == str(out / "panoptic.json")
+    # re-registering the subset (another image, same folder) replaces it, as documented
+    subsets.register_panoptic_subset(base, sub, [np.int64(0)], str(out))
+    assert [d["image_id"] for d in DatasetCatalog.get(sub)] == [142238]
+    anns = json.loads((out / "panoptic.json").read_text())["annotations"]
+    assert [a["image_id"] for a in anns] == [142238]
+    # another subset may not take over the folder of a registered one (its json would change)
+    with pytest.raises(ValueError, match=f"registered dataset '{sub}'"):
+        subsets.register_panoptic_subset(base, unique_name("cops_sub"), [1], str(out))
+    assert json.loads((out / "panoptic.json").read_text())["annotations"] == anns
+    # a subset of the subset: then the first one cannot be replaced by a different subset
+    subsub = subsets.register_panoptic_subset(sub, unique_name("cops_subsub"), [0], str(tmp_path / "s"))
+    with pytest.raises(ValueError, match="is the base dataset of the subsets"):
+        subsets.register_panoptic_subset(base, sub, [1], str(out))
+    subsets.register_panoptic_subset(base, sub, [0], str(out))  # identical: fine
+    assert [d["image_id"] for d in DatasetCatalog.get(subsub)] == [142238]
+    with pytest.raises(ValueError, match="base dataset"):  # the subset's own folder is protected
+        subsets.register_panoptic_subset(sub, unique_name("cops_sub"), [0], str(out))
+
+
+# ------------------------------------------------------------------ subsets with Cityscapes gt
+@pytest.fixture
+def city_base(d2, tmp_path):
+    """A registered Cityscapes-like base dataset (metadata gt_dir) with two frames."""
+    DatasetCatalog, MetadataCatalog, _ = d2
+    root = tmp_path / "cs"
+    stems = ["aachen_000000_000019", "bonn_000001_000019"]
+    records, annotations = [], []
+    for stem in stems:
+        city = stem.split("_")[0]
+        (root / "gtFine" / "val" / city).mkdir(parents=True, exist_ok=True)
+        (root / "leftImg8bit" / "val" / city).mkdir(parents=True, exist_ok=True)
+        for suffix in ("_gtFine_instanceIds.png", "_gtFine_labelIds.png"):
+            (root / "gtFine" / "val" / city / (stem + suffix)).write_bytes(b"png")
+        records.append(
+            {
+                "file_name": str(root / "leftImg8bit" / "val" / city / (stem + "_leftImg8bit.png")),
+                "image_id": stem,
+                "pan_seg_file_name": str(root / "gtFine" / "pan" / (stem + "_gtFine_panoptic.png")),
+                "segments_info": [],
+            }
+        )
+        annotations.append(
+            {"image_id": stem, "file_name": stem + "_gtFine_panoptic.png", "segments_info": []}
+        )
+    (root / "gtFine" / "pan").mkdir()
+    pan_json = root / "gtFine" / "pan.json"
+    pan_json.write_text(json.dumps({"annotations": annotations, "categories": []}))
+    name = unique_name("cops_city")
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    MetadataCatalog.get(name).set(
+        panoptic_json=str(pan_json),
+        panoptic_root=str(root / "gtFine" / "pan"),
+        image_root=str(root / "leftImg8bit" / "val"),
+        gt_dir=str(root / "gtFine" / "val"),
+    )
+    yield name, root, stems
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def test_subset_never_deletes_a_gt_folder_it_did_not_write(d2, subsets, city_base, tmp_path):
+    DatasetCatalog, _, _ = d2
+    base, _, _ = city_base
+    out = tmp_path / "out"
+    (out / "gt" / "mine").mkdir(parents=True)
+    (out / "gt" / "mine" / "precious.txt").write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / subsets.GT_MARKER).write_text("")  # a marker behind a link
+    sub = unique_name("cops_sub")
+    for replace_gt_with_link in (False, True):
+        if replace_gt_with_link:
+            (out / "gt" / "mine" / "precious.txt").unlink()
+            (out / "gt" / "mine").rmdir()
+            os.rmdir(out / "gt")
+            os.symlink(tmp_path / "elsewhere", out / "gt")
+        before = snapshot(tmp_path)
+        with pytest.raises(ValueError, match="not a folder written by register_panoptic_subset") as e:
+            subsets.register_panoptic_subset(base, sub, [0], str(out))
+        assert str(out / "gt") in str(e.value)
+        assert snapshot(tmp_path) == before  # nothing deleted or followed, no panoptic.json
+        assert sub not in DatasetCatalog.list()
+
+
+def test_subset_replaces_its_own_gt_links(d2, subsets, city_base, tmp_path):
+    DatasetCatalog, MetadataCatalog, _ = d2
+    base, root, stems = city_base
+    out = tmp_path / "out"
+    sub = subsets.register_panoptic_subset(base, unique_name("cops_sub"), [0], str(out))
+    gt = Path(MetadataCatalog.get(sub).gt_dir)
+    assert gt == out / "gt" and (gt / subsets.GT_MARKER).is_file()
+    assert sorted(p.name for p in gt.rglob("*_instanceIds.png")) == [
+        stems[0] + "_gtFine_instanceIds.png"
+    ]
+    subsets.register_panoptic_subset(base, sub, [1], str(out))
+    links = sorted(p.relative_to(gt) for p in gt.rglob("*.png"))
+    assert links == [
+        Path("bonn") / (stems[1] + "_gtFine_instanceIds.png"),
+        Path("bonn") / (stems[1] + "_gtFine_labelIds.png"),
+    ]
+    assert all(os.path.islink(gt / p) for p in links)
+    assert (root / "gtFine" / "val" / "aachen" / (stems[0] + "_gtFine_instanceIds.png")).is_file()
+    assert [d["image_id"] for d in DatasetCatalog.get(sub)] == [stems[1]]
+
+
+def test_subset_of_cityscapes_refuses_missing_gt_and_gt_dir_and_writes_nothing(
+    subsets, city_base, tmp_path
+):
+    base, root, stems = city_base
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="lies inside gt_dir"):
+        subsets.register_panoptic_subset(
+            base, unique_name("cops_sub"), [0], str(root / "gtFine" / "val" / "x")
+        )
+    with pytest.raises(ValueError, match="base dataset"):
+        subsets.register_panoptic_subset(base, unique_name("cops_sub"), [0], str(root / "gtFine"))
+    assert snapshot(tmp_path) == before
+    (root / "gtFine" / "val" / "bonn" / (stems[1] + "_gtFine_instanceIds.png")).unlink()
+    with pytest.raises(FileNotFoundError, match=stems[1]):
+        subsets.register_panoptic_subset(base, unique_name("cops_sub"), [0, 1], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -42,16 +42,6 @@ def build_cops_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
     return augs
 
 
-def _read(path: str, image_format: str, what: str) -> np.ndarray:
-    """``detection_utils.read_image`` with errors that name the file."""
-    try:
-        return utils.read_image(path, format=image_format)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{what} '{path}' does not exist") from e
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"could not read {what} '{path}': {e}") from e
-
-
 class COPSDatasetMapper:
     """Map a Detectron2 panoptic dataset dict to the inputs and targets of COPS.
 
@@ -81,11 +71,13 @@ class COPSDatasetMapper:
         image_format: ``INPUT.FORMAT`` (e.g. ``"BGR"``).
         target_generator: required when ``is_train``.
     Raises (on call):
-        FileNotFoundError: a missing image or PNG (names the file).
-        ValueError: an unreadable image or PNG, a PNG whose size differs from the image's, a
-            segment with an unknown category or an id in the PNG missing from ``segments_info``
-            (names the file); ``SizeMismatchError`` (a ``ValueError``) from
-            ``check_image_size``.
+        FileNotFoundError, OSError: a missing or unreadable image or PNG (Detectron2's
+            ``read_image``; names the file).
+        ValueError: naming the panoptic PNG: a PNG whose size differs from the image's, or
+            ground truth refused by :class:`COPSTargetGenerator` (a segment with a non-integer
+            id, an unknown category, an ``iscrowd`` other than 0/1, an id of the PNG missing
+            from ``segments_info``, ...); ``SizeMismatchError`` (a ``ValueError``) from
+            ``check_image_size`` (the image against the dict's ``height``/``width``).
     """
 
     @configurable
@@ -159,8 +151,7 @@ class COPSDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         """Map one dataset dict (it is deep-copied, not modified). See the class docstring."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        file_name = dataset_dict["file_name"]
-        image = _read(file_name, self.image_format, "image")
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
 
         if not self.is_train:
@@ -171,17 +162,13 @@ class COPSDatasetMapper:
             )
             return dataset_dict
 
-        if "pan_seg_file_name" not in dataset_dict or "segments_info" not in dataset_dict:
-            raise ValueError(
-                f"dataset dict of '{file_name}' has no 'pan_seg_file_name'/'segments_info': "
-                "COPS trains on panoptic datasets"
-            )
         pan_file = dataset_dict["pan_seg_file_name"]
-        pan_rgb = _read(pan_file, "RGB", "panoptic PNG")
+        pan_rgb = utils.read_image(pan_file, "RGB")
         if pan_rgb.shape[:2] != image.shape[:2]:
             raise ValueError(
                 f"panoptic PNG '{pan_file}' has size {pan_rgb.shape[1]}x{pan_rgb.shape[0]} (WxH) "
-                f"but image '{file_name}' has size {image.shape[1]}x{image.shape[0]}"
+                f"but image '{dataset_dict['file_name']}' has size "
+                f"{image.shape[1]}x{image.shape[0]}"
             )
         # The RGB-encoded PNG is transformed like a segmentation (nearest neighbour), then decoded.
         aug_input = T.AugInput(image, sem_seg=pan_rgb)

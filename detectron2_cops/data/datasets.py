@@ -48,6 +48,9 @@ __all__ = [
     "register_all_coco_panoptic_folders",
     "load_coco_panoptic_folder",
     "check_dataset_files",
+    "cityscapes_gt_file",
+    "dataset_paths",
+    "require_registered",
     "get_panoptic_metadata",
     "register_panoptic_instances_view",
     "load_panoptic_as_instances",
@@ -84,13 +87,24 @@ def _describe_root() -> str:
 
 
 def _read_json(path: str, what: str):
-    if not PathManager.isfile(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
-    try:
-        with PathManager.open(path, "r") as f:
+    """The json at ``path``; FileNotFoundError (from the open) or ValueError naming it."""
+    with PathManager.open(path, "r") as f:
+        try:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} '{path}' is not valid json: {e}") from e
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what} '{path}' is not valid json: {e}") from e
+
+
+def require_registered(dataset_name: str) -> None:
+    """ValueError naming ``dataset_name`` (and registered names with its prefix) unless it is
+    registered in Detectron2's ``DatasetCatalog``."""
+    if dataset_name not in DatasetCatalog.list():
+        prefix = str(dataset_name).split("_")[0]
+        similar = [n for n in DatasetCatalog.list() if n.split("_")[0] == prefix]
+        raise ValueError(
+            f"dataset '{dataset_name}' is not registered"
+            + (f"; registered datasets with the same prefix: {similar[:20]}" if similar else "")
+        )
 
 
 def _folder_paths(folder: str) -> Dict[str, str]:
@@ -120,15 +134,14 @@ def _read_categories(folder: str) -> Tuple[List[dict], str]:
         categories = _read_json(source, "panoptic annotation file").get("categories")
     if not isinstance(categories, list) or not categories:
         raise ValueError(f"'{source}' must hold a non-empty list of categories")
-    seen = set()
     for k, cat in enumerate(categories):
         if not isinstance(cat, dict) or not {"id", "name", "isthing"} <= set(cat):
             raise ValueError(
                 f"'{source}': category {k} must be a dict with 'id', 'name' and 'isthing', got {cat!r}"
             )
-        if cat["id"] in seen:
-            raise ValueError(f"'{source}': duplicate category id {cat['id']}")
-        seen.add(cat["id"])
+    ids = [cat["id"] for cat in categories]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"'{source}': duplicate category ids in {ids}")
     return categories, source
 
 
@@ -136,10 +149,8 @@ def _metadata_from_categories(categories: List[dict], source: str) -> dict:
     """Metadata in the layout of Detectron2's standard COCO panoptic dataset: contiguous id =
     position in the category list; ``thing_*`` and ``stuff_*`` both list all categories."""
     names = [c["name"] for c in categories]
-    colors = [list(c["color"]) if "color" in c else None for c in categories]
-    if any(c is None for c in colors):
-        fallback = _default_colors(len(categories))
-        colors = [c if c is not None else fallback[i] for i, c in enumerate(colors)]
+    fallback = _default_colors(len(categories))
+    colors = [list(c.get("color", fallback[i])) for i, c in enumerate(categories)]
     thing_map, stuff_map = {}, {}
     for i, c in enumerate(categories):
         (thing_map if int(c["isthing"]) == 1 else stuff_map)[int(c["id"])] = i
@@ -176,35 +187,6 @@ def _ensure_folder_metadata(name: str) -> None:
     meta.set(**_metadata_from_categories(categories, source))
 
 
-def _check_annotation(json_file: str, index: int, ann) -> None:
-    """ValueError naming ``json_file`` and the annotation when ``annotations[index]`` lacks a key
-    the loader reads (``image_id``, ``file_name``, a ``segments_info`` list of dicts with ``id``
-    and ``category_id``)."""
-    if not isinstance(ann, dict):
-        raise ValueError(
-            f"'{json_file}': annotations[{index}] must be a dict, got {type(ann).__name__}"
-        )
-    where = (
-        f"'{json_file}': annotations[{index}] (image_id {ann.get('image_id', '?')!r}, "
-        f"file_name {ann.get('file_name', '?')!r})"
-    )
-    missing = [k for k in ("image_id", "file_name", "segments_info") if k not in ann]
-    if missing:
-        raise ValueError(f"{where} has no {', '.join(repr(k) for k in missing)}")
-    if not isinstance(ann["file_name"], str):
-        raise ValueError(f"{where}: 'file_name' must be a string")
-    if not isinstance(ann["segments_info"], list):
-        raise ValueError(
-            f"{where}: 'segments_info' must be a list, got {type(ann['segments_info']).__name__}"
-        )
-    for k, seg in enumerate(ann["segments_info"]):
-        if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
-            raise ValueError(
-                f"{where}: segments_info[{k}] must be a dict with 'id' and 'category_id', "
-                f"got {seg!r}"[:500]
-            )
-
-
 def load_coco_panoptic_folder(
     json_file: str, image_root: str, panoptic_root: str, metadata: dict
 ) -> List[dict]:
@@ -215,6 +197,8 @@ def load_coco_panoptic_folder(
     ``isthing``), plus ``height``/``width`` from the json's ``images``. Unlike Detectron2's
     loader, the image file name is taken from ``images`` (not assumed to be ``.jpg``; an image
     id missing from ``images`` falls back to the PNG name with ``.jpg``), and errors are clear.
+    The segments' ``id`` and ``iscrowd`` are checked where they are used, by
+    :class:`~detectron2_cops.data.target_generator.COPSTargetGenerator`.
 
     Args:
         json_file: ``panoptic.json`` path.
@@ -224,54 +208,52 @@ def load_coco_panoptic_folder(
     Returns:
         list of dataset dicts, one per annotation, in json order.
     Raises:
-        FileNotFoundError: the json, a folder or the first image/PNG is missing (names the path).
-        ValueError: no annotations; an annotation that is not a dict or lacks ``image_id``,
-            ``file_name`` or a ``segments_info`` list, or a segment that is not a dict with
-            ``id`` and ``category_id`` (names the json file and the annotation); or a segment
-            whose ``category_id`` is not a category of the dataset (names the json file, the
-            image and the id).
+        FileNotFoundError: the json, or the first image or PNG (so a missing folder too), is
+            missing (names the path).
+        ValueError: naming the json file: no ``annotations`` list; an annotation that is not a
+            dict with ``image_id``, ``file_name`` and a ``segments_info`` list of dicts with a
+            ``category_id`` (names the annotation); a segment whose ``category_id`` is not a
+            category of the dataset (names the image and the id).
     """
-    for path, what in [(image_root, "image folder"), (panoptic_root, "panoptic PNG folder")]:
-        if not PathManager.isdir(path):
-            raise FileNotFoundError(f"{what} '{path}' does not exist")
     data = _read_json(json_file, "panoptic annotation file")
     thing_map = metadata["thing_dataset_id_to_contiguous_id"]
     stuff_map = metadata["stuff_dataset_id_to_contiguous_id"]
     images = {img["id"]: img for img in data.get("images", [])}
-    annotations = data.get("annotations", [])
-    if not annotations:
-        raise ValueError(f"panoptic annotation file '{json_file}' has no annotations")
-    if not isinstance(annotations, list):
-        raise ValueError(
-            f"panoptic annotation file '{json_file}': 'annotations' must be a list, got "
-            f"{type(annotations).__name__}"
-        )
+    annotations = data.get("annotations")
+    if not isinstance(annotations, list) or not annotations:
+        raise ValueError(f"panoptic annotation file '{json_file}' has no 'annotations' list")
     ret = []
     for index, ann in enumerate(annotations):
-        _check_annotation(json_file, index, ann)
-        image_id = ann["image_id"]
+        try:
+            image_id, png, segments_info = ann["image_id"], ann["file_name"], ann["segments_info"]
+            id_category = [(seg["id"], seg["category_id"]) for seg in segments_info]
+            png = os.path.join(panoptic_root, png)  # TypeError unless a string
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"'{json_file}': annotations[{index}] must be a dict with 'image_id', "
+                "'file_name' and a 'segments_info' list of dicts with 'id' and 'category_id' "
+                f"({type(e).__name__}: {e}); got {ann!r}"[:600]
+            ) from e
+        unknown = [c for _, c in id_category if c not in thing_map and c not in stuff_map]
+        if unknown:
+            raise ValueError(
+                f"'{json_file}': image {image_id} ({ann['file_name']}) has segments of unknown "
+                f"category ids {unknown[:10]}; known category ids: "
+                f"{sorted(list(thing_map) + list(stuff_map))[:20]}..."
+            )
         info = images.get(image_id, {})
-        image_name = info.get("file_name", os.path.splitext(ann["file_name"])[0] + ".jpg")
-        segments_info = []
-        for seg in ann["segments_info"]:
-            seg = dict(seg)
-            cat = seg["category_id"]
-            if cat in thing_map:
-                seg["category_id"], seg["isthing"] = thing_map[cat], True
-            elif cat in stuff_map:
-                seg["category_id"], seg["isthing"] = stuff_map[cat], False
-            else:
-                raise ValueError(
-                    f"'{json_file}': segment {seg.get('id')} of image {image_id} "
-                    f"({ann['file_name']}) has unknown category id {cat}; known category ids: "
-                    f"{sorted(list(thing_map) + list(stuff_map))[:20]}..."
-                )
-            segments_info.append(seg)
         record = {
-            "file_name": os.path.join(image_root, image_name),
+            "file_name": os.path.join(
+                image_root, info.get("file_name", os.path.splitext(ann["file_name"])[0] + ".jpg")
+            ),
             "image_id": image_id,
-            "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
-            "segments_info": segments_info,
+            "pan_seg_file_name": png,
+            "segments_info": [
+                dict(seg, category_id=thing_map[cat], isthing=True)
+                if cat in thing_map
+                else dict(seg, category_id=stuff_map[cat], isthing=False)
+                for seg, (_, cat) in zip(segments_info, id_category)
+            ],
         }
         if "height" in info and "width" in info:
             record["height"], record["width"] = int(info["height"]), int(info["width"])
@@ -333,12 +315,7 @@ def register_coco_panoptic_folder(
                 f"dataset '{name}': could not read the categories in '{folder}'", exc_info=True
             )
     register_coco_panoptic(
-        name,
-        metadata,
-        paths["image_root"],
-        paths["panoptic_root"],
-        paths["panoptic_json"],
-        instances_json=None,
+        name, metadata, paths["image_root"], paths["panoptic_root"], paths["panoptic_json"]
     )
     MetadataCatalog.get(name).set(dataset_folder=folder)
     _REGISTERED_FOLDERS[name] = folder
@@ -384,46 +361,36 @@ def get_panoptic_metadata(dataset_name: str) -> dict:
         ``class_ids`` (sorted lists of contiguous ids: things, all classes), ``label_divisor``
         (default 1000 when the metadata has none) and ``ignore_label`` (default 255).
     Raises:
-        ValueError: ``dataset_name`` is not registered.
         FileNotFoundError: a folder dataset whose folder does not exist (names it).
-        ValueError: the metadata lacks the two id maps, or they overlap / collide with
-            ``ignore_label``.
+        ValueError: ``dataset_name`` is not registered; its metadata lacks the two id maps, or
+            their contiguous ids overlap, include ``ignore_label`` or reach ``label_divisor``.
     """
-    if dataset_name not in DatasetCatalog.list():
-        raise ValueError(
-            f"dataset '{dataset_name}' is not registered; registered panoptic datasets include "
-            f"{[n for n in DatasetCatalog.list() if 'panoptic' in n][:20]}"
-        )
+    require_registered(dataset_name)
     _ensure_folder_metadata(dataset_name)
     meta = MetadataCatalog.get(dataset_name)
-    missing = [
-        k
-        for k in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
-        if not hasattr(meta, k)
-    ]
-    if missing:
+    if not hasattr(meta, "thing_dataset_id_to_contiguous_id") or not hasattr(
+        meta, "stuff_dataset_id_to_contiguous_id"
+    ):
         raise ValueError(
-            f"dataset '{dataset_name}' is not a panoptic dataset: its metadata has no {missing}"
+            f"dataset '{dataset_name}' is not a panoptic dataset: its metadata lacks "
+            "thing_dataset_id_to_contiguous_id / stuff_dataset_id_to_contiguous_id"
         )
     thing_map = dict(meta.thing_dataset_id_to_contiguous_id)
     stuff_map = dict(meta.stuff_dataset_id_to_contiguous_id)
     thing_ids = sorted(set(thing_map.values()))
     stuff_ids = sorted(set(stuff_map.values()))
-    if set(thing_ids) & set(stuff_ids):
-        raise ValueError(
-            f"dataset '{dataset_name}': contiguous ids {sorted(set(thing_ids) & set(stuff_ids))} "
-            "are both thing and stuff"
-        )
     ignore_label = int(meta.get("ignore_label", _DEFAULT_IGNORE_LABEL))
     label_divisor = int(meta.get("label_divisor", _DEFAULT_LABEL_DIVISOR))
     class_ids = sorted(thing_ids + stuff_ids)
-    if ignore_label in class_ids:
+    if (
+        set(thing_ids) & set(stuff_ids)
+        or ignore_label in class_ids
+        or (class_ids and class_ids[-1] >= label_divisor)
+    ):
         raise ValueError(
-            f"dataset '{dataset_name}': ignore_label {ignore_label} is also a class id"
-        )
-    if class_ids and class_ids[-1] >= label_divisor:
-        raise ValueError(
-            f"dataset '{dataset_name}': class id {class_ids[-1]} >= label_divisor {label_divisor}"
+            f"dataset '{dataset_name}': the contiguous class ids of things {thing_ids} and stuff "
+            f"{stuff_ids} must be disjoint, differ from ignore_label {ignore_label} and be "
+            f"below label_divisor {label_divisor}"
         )
     return {
         "metadata": meta,
@@ -437,7 +404,7 @@ def get_panoptic_metadata(dataset_name: str) -> dict:
 
 
 #: Metadata keys of Detectron2's builtin and our datasets that name files or folders.
-_PATH_METADATA_KEYS = (
+PATH_METADATA_KEYS = (
     "dataset_folder",
     "image_root",
     "panoptic_root",
@@ -445,6 +412,24 @@ _PATH_METADATA_KEYS = (
     "gt_dir",
     "sem_seg_root",
 )
+
+
+def dataset_paths(metadata) -> Dict[str, str]:
+    """The local paths (not URLs) that ``metadata`` (a Detectron2 ``Metadata``) names under
+    :data:`PATH_METADATA_KEYS`, by key."""
+    paths = {key: metadata.get(key, None) for key in PATH_METADATA_KEYS}
+    return {k: p for k, p in paths.items() if isinstance(p, str) and p and "://" not in p}
+
+
+def cityscapes_gt_file(gt_dir: str, image_file: str, suffix="_gtFine_instanceIds.png") -> str:
+    """The Cityscapes ground truth ``<gt_dir>/<city>/<city>_<seq>_<frame><suffix>`` of the image
+    ``.../<city>_<seq>_<frame>_leftImg8bit.png``."""
+    stem = os.path.basename(image_file)
+    if stem.endswith("_leftImg8bit.png"):
+        stem = stem[: -len("_leftImg8bit.png")]
+    else:
+        stem = os.path.splitext(stem)[0]
+    return os.path.join(gt_dir, stem.split("_")[0], stem + suffix)
 
 
 def check_dataset_files(dataset_name: str) -> None:
@@ -464,21 +449,9 @@ def check_dataset_files(dataset_name: str) -> None:
         FileNotFoundError: a named path is missing; the message lists every missing path and
             the dataset root in effect (``$DETECTRON2_DATASETS`` or ``./datasets``).
     """
-    if dataset_name not in DatasetCatalog.list():
-        prefix = dataset_name.split("_")[0]
-        similar = [n for n in DatasetCatalog.list() if n.split("_")[0] == prefix]
-        raise ValueError(
-            f"dataset '{dataset_name}' is not registered"
-            + (f"; registered datasets with the same prefix: {similar[:20]}" if similar else "")
-        )
-    meta = MetadataCatalog.get(dataset_name)
-    missing = []
-    for key in _PATH_METADATA_KEYS:
-        path = meta.get(key, None)
-        if not isinstance(path, str) or not path or "://" in path:
-            continue
-        if not os.path.exists(path):
-            missing.append(f"{key} '{os.path.abspath(path)}'")
+    require_registered(dataset_name)
+    paths = dataset_paths(MetadataCatalog.get(dataset_name))
+    missing = [f"{k} '{os.path.abspath(p)}'" for k, p in paths.items() if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(
             f"dataset '{dataset_name}' is not there: {', '.join(missing)} does not exist. "
@@ -500,7 +473,6 @@ def load_panoptic_as_instances(panoptic_name: str) -> List[dict]:
 
     Raises:
         FileNotFoundError: a panoptic PNG is missing (names it).
-        ValueError: a PNG is not RGB (names it).
     """
     import pycocotools.mask as mask_util
     from detectron2.structures import BoxMode
@@ -509,10 +481,7 @@ def load_panoptic_as_instances(panoptic_name: str) -> List[dict]:
     thing_ids = set(info["thing_ids"])
     out = []
     for record in DatasetCatalog.get(panoptic_name):
-        png = record["pan_seg_file_name"]
-        if not PathManager.isfile(png):
-            raise FileNotFoundError(f"panoptic PNG '{png}' does not exist")
-        with PathManager.open(png, "rb") as f:
+        with PathManager.open(record["pan_seg_file_name"], "rb") as f:
             rgb = np.asarray(Image.open(f).convert("RGB"))
         ids = rgb2id(rgb)
         annotations = []

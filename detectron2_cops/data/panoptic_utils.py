@@ -20,19 +20,11 @@ def rgb2id(color: np.ndarray) -> np.ndarray:
     """Decode an RGB-encoded panoptic PNG into segment ids.
 
     Args:
-        color: ``[H, W, 3]`` integer array (usually ``uint8``), channels R, G, B.
+        color: ``[H, W, 3]`` integer array (a PNG read with ``convert("RGB")``), channels R, G, B.
     Returns:
         ``[H, W] int64`` ids ``R + 256 G + 256^2 B`` (0 = void).
-    Raises:
-        ValueError: ``color`` is not an ``[H, W, 3]`` integer array.
     """
-    color = np.asarray(color)
-    if color.ndim != 3 or color.shape[2] != 3 or not np.issubdtype(color.dtype, np.integer):
-        raise ValueError(
-            f"color must be an [H, W, 3] integer array (RGB), got shape {list(color.shape)} "
-            f"and dtype {color.dtype}"
-        )
-    color = color.astype(np.int64)
+    color = np.asarray(color, dtype=np.int64)
     return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]
 
 
@@ -47,14 +39,12 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
         ValueError: ``ids`` is not 2-D integer or has values outside ``[0, 256**3 - 1]``.
     """
     ids = np.asarray(ids)
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+    int_map = ids.ndim == 2 and np.issubdtype(ids.dtype, np.integer)
+    lo, hi = (int(ids.min()), int(ids.max())) if int_map and ids.size else (0, 0)
+    if not int_map or lo < 0 or hi > MAX_PANOPTIC_ID:
         raise ValueError(
-            f"ids must be an [H, W] integer array, got shape {list(ids.shape)} and dtype {ids.dtype}"
-        )
-    if ids.size and (ids.min() < 0 or ids.max() > MAX_PANOPTIC_ID):
-        raise ValueError(
-            f"ids must lie in [0, {MAX_PANOPTIC_ID}] to be stored as RGB, got range "
-            f"[{int(ids.min())}, {int(ids.max())}]"
+            f"ids must be an [H, W] integer array with values in [0, {MAX_PANOPTIC_ID}] (the RGB "
+            f"range), got shape {list(ids.shape)}, dtype {ids.dtype}, range [{lo}, {hi}]"
         )
     ids = ids.astype(np.int64)
     rgb = np.empty(ids.shape + (3,), dtype=np.uint8)

@@ -32,7 +32,9 @@ from typing import Dict, List, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .target_generator import _is_int
+from detectron2_cops.checks import as_int, as_int_list
+
+from .datasets import cityscapes_gt_file, dataset_paths, require_registered
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
 
@@ -49,42 +51,12 @@ def evenly_spaced(total: int, count: int) -> List[int]:
     Cityscapes lists it mixes the cities.
 
     Raises:
-        ValueError: ``count < 1`` or ``total < 0``.
+        ValueError: ``count`` not an integer >= 1 or ``total`` not an integer >= 0.
     """
-    if int(count) != count or count < 1:
-        raise ValueError(f"count must be a positive integer, got {count!r}")
-    if total < 0:
-        raise ValueError(f"total must be >= 0, got {total!r}")
+    count, total = as_int(count, "count", minimum=1), as_int(total, "total", minimum=0)
     if count >= total:
         return list(range(total))
     return [(i * total) // count for i in range(count)]
-
-
-def _check_indices(indices, base_name: str, total: int) -> List[int]:
-    try:
-        if isinstance(indices, (str, bytes)):
-            raise TypeError
-        indices = list(indices)
-    except TypeError:
-        raise ValueError(
-            f"indices must be a sequence of integer positions into '{base_name}', got "
-            f"{indices!r}"[:300]
-        ) from None
-    if not indices:
-        raise ValueError(f"indices must not be empty (positions into '{base_name}')")
-    bad = [i for i in indices if not _is_int(i)]
-    if bad:
-        raise ValueError(
-            f"indices must be integers (int or NumPy integer, not bool/float/str), got "
-            f"{bad[:5]!r} for '{base_name}'"
-        )
-    indices = [int(i) for i in indices]
-    if len(set(indices)) != len(indices):
-        raise ValueError(f"indices must be distinct, got repeated positions into '{base_name}'")
-    out = [i for i in indices if not 0 <= i < total]
-    if out:
-        raise ValueError(f"indices {out[:10]} out of range for {total} images of '{base_name}'")
-    return indices
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -99,20 +71,10 @@ def _check_folder(folder, base_name: str, name: str, meta) -> Tuple[str, str, st
     if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder):
         raise ValueError(f"folder must be a non-empty path, got {folder!r}")
     folder = os.fspath(folder)
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise ValueError(f"folder '{folder}' of subset '{name}' exists and is not a directory")
     json_path = os.path.join(folder, "panoptic.json")
     gt_dir = os.path.join(folder, "gt")
-    if os.path.isdir(json_path):
-        raise ValueError(f"'{json_path}' (the json of subset '{name}') exists and is a directory")
     targets = [(p, os.path.realpath(p)) for p in (folder, json_path, gt_dir)]
-    protected = (
-        "dataset_folder", "image_root", "panoptic_root", "panoptic_json", "gt_dir", "sem_seg_root"
-    )
-    for key in protected:
-        path = meta.get(key, None)
-        if not isinstance(path, str) or not path or "://" in path:
-            continue
+    for key, path in dataset_paths(meta).items():
         real = os.path.realpath(path)
         for target, real_target in targets:
             if _overlaps(real_target, real):
@@ -124,17 +86,13 @@ def _check_folder(folder, base_name: str, name: str, meta) -> Tuple[str, str, st
                     "folder"
                 )
     # the json of another registered dataset (e.g. another subset written to this folder)
-    real_json = targets[1][1]
     for other in MetadataCatalog.list():
-        if other == name:
-            continue
-        other_json = MetadataCatalog.get(other).get("panoptic_json", None)
-        if isinstance(other_json, str) and other_json and "://" not in other_json:
-            if os.path.realpath(other_json) == real_json:
-                raise ValueError(
-                    f"folder '{folder}' of subset '{name}' holds '{other_json}', the panoptic "
-                    f"json of the registered dataset '{other}'; give another folder"
-                )
+        other_json = dataset_paths(MetadataCatalog.get(other)).get("panoptic_json")
+        if other != name and other_json and os.path.realpath(other_json) == targets[1][1]:
+            raise ValueError(
+                f"folder '{folder}' of subset '{name}' holds '{other_json}', the panoptic json "
+                f"of the registered dataset '{other}'; give another folder"
+            )
     return folder, json_path, gt_dir
 
 
@@ -142,17 +100,12 @@ def _check_gt_dir(gt_dir: str, name: str) -> bool:
     """Whether ``gt_dir`` exists (then it must be a marked folder of an earlier subset)."""
     if not os.path.lexists(gt_dir):
         return False
-    if os.path.islink(gt_dir) or not os.path.isdir(gt_dir):
-        raise ValueError(
-            f"'{gt_dir}' (the Cityscapes ground-truth folder of subset '{name}') exists and is "
-            "not a folder written by register_panoptic_subset (a link or a file); remove it or "
-            "give another folder"
-        )
-    if not os.path.isfile(os.path.join(gt_dir, GT_MARKER)):
+    if os.path.islink(gt_dir) or not os.path.isfile(os.path.join(gt_dir, GT_MARKER)):
         raise ValueError(
             f"'{gt_dir}' (the Cityscapes ground-truth folder of subset '{name}') already exists "
-            f"and was not written by register_panoptic_subset (no '{GT_MARKER}' marker in it); "
-            "it is not deleted: remove it yourself or give another folder"
+            f"and is not a folder written by register_panoptic_subset (a link, a file, or a "
+            f"folder without the '{GT_MARKER}' marker); it is not deleted: remove it yourself or "
+            "give another folder"
         )
     return True
 
@@ -187,14 +140,15 @@ def register_panoptic_subset(
             equal to ``base_name``, registered by something else, or the base of another
             subset registered here (unless the call repeats that subset's registration
             exactly); empty, non-integer, repeated or out-of-range ``indices``; a ``folder``
-            as described above, an existing ``<folder>/gt`` without the marker (it is not
-            deleted) or a ``folder`` that is a file; a chosen image missing from the base json.
+            as described above or an existing ``<folder>/gt`` without the marker (it is not
+            deleted); a chosen image missing from the base json.
         FileNotFoundError: a Cityscapes ``*_gtFine_instanceIds.png`` of a chosen frame is missing.
+        OSError: ``folder`` or ``<folder>/panoptic.json`` exists and cannot be written (e.g. a
+            file in place of the folder); nothing is written then.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    if not isinstance(base_name, str) or base_name not in DatasetCatalog.list():
-        raise ValueError(f"dataset '{base_name}' is not registered")
+    require_registered(base_name)
     if name == base_name:
         raise ValueError(
             f"the subset name '{name}' is the base dataset's name; registering it would replace "
@@ -204,7 +158,12 @@ def register_panoptic_subset(
     if not meta.get("panoptic_json"):
         raise ValueError(f"dataset '{base_name}' has no 'panoptic_json' in its metadata")
     records = DatasetCatalog.get(base_name)
-    indices = _check_indices(indices, base_name, len(records))
+    indices = as_int_list(indices, "indices", minimum=0)
+    if not indices or len(set(indices)) != len(indices) or max(indices) >= len(records):
+        raise ValueError(
+            f"indices must be distinct positions in [0, {len(records)}) of the images of "
+            f"'{base_name}', at least one; got {indices[:20]}"
+        )
     folder, json_path, gt_dir = _check_folder(folder, base_name, name, meta)
 
     spec = (base_name, tuple(sorted(indices)), os.path.realpath(folder))
@@ -237,23 +196,15 @@ def register_panoptic_subset(
     if "images" in gt:
         gt["images"] = [im for im in gt["images"] if im.get("id") in ann_ids]
 
-    links = []  # (source, city, link name) of the Cityscapes ground truth
+    links = []  # Cityscapes ground-truth files of the chosen frames
     replace_gt = False
     if meta.get("gt_dir"):  # Cityscapes: instance AP reads every frame under gt_dir
         for r in chosen:
-            stem = os.path.basename(r["file_name"])
-            if stem.endswith("_leftImg8bit.png"):
-                stem = stem[: -len("_leftImg8bit.png")]
-            else:
-                stem = os.path.splitext(stem)[0]
-            city = stem.split("_")[0]
-            for suffix in ("_gtFine_instanceIds.png", "_gtFine_labelIds.png"):
-                src = os.path.join(meta.gt_dir, city, stem + suffix)
-                if not os.path.isfile(src):
-                    if suffix == "_gtFine_instanceIds.png":
-                        raise FileNotFoundError(f"Cityscapes ground truth '{src}' does not exist")
-                    continue
-                links.append((src, city, stem + suffix))
+            src = cityscapes_gt_file(meta.gt_dir, r["file_name"])
+            if not os.path.isfile(src):
+                raise FileNotFoundError(f"Cityscapes ground truth '{src}' does not exist")
+            labels = cityscapes_gt_file(meta.gt_dir, r["file_name"], "_gtFine_labelIds.png")
+            links += [src] + ([labels] if os.path.isfile(labels) else [])
         replace_gt = _check_gt_dir(gt_dir, name)
 
     # ---- every check passed: write
@@ -275,25 +226,19 @@ def register_panoptic_subset(
         os.makedirs(gt_dir)
         with open(os.path.join(gt_dir, GT_MARKER), "w") as f:
             f.write(f"written by register_panoptic_subset('{base_name}', '{name}')\n")
-        for src, city, link in links:
-            os.makedirs(os.path.join(gt_dir, city), exist_ok=True)
-            dst = os.path.join(gt_dir, city, link)
-            if os.path.lexists(dst):
-                os.remove(dst)
-            os.symlink(os.path.abspath(src), dst)
+        for src in links:  # <gt_dir>/<city>/<file name>
+            city_dir = os.path.join(gt_dir, os.path.basename(os.path.dirname(src)))
+            os.makedirs(city_dir, exist_ok=True)
+            os.symlink(os.path.abspath(src), os.path.join(city_dir, os.path.basename(src)))
         extra["gt_dir"] = gt_dir
 
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    keep = {os.path.basename(r["pan_seg_file_name"]) for r in chosen}
 
-    def _load(base_name=base_name, keep=keep):
-        return [
-            r
-            for r in DatasetCatalog.get(base_name)
-            if os.path.basename(r["pan_seg_file_name"]) in keep
-        ]
+    def _load(base_name=base_name, keep=png_names):
+        records = DatasetCatalog.get(base_name)
+        return [r for r in records if os.path.basename(r["pan_seg_file_name"]) in keep]
 
     DatasetCatalog.register(name, _load)
     base_meta = {k: v for k, v in meta.as_dict().items() if k != "name"}

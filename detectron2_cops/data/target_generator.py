@@ -31,6 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from detectron2_cops.checks import as_float, as_int, as_int_set
 from detectron2_cops.solvers.grid import GridGraph, edge_offsets
 
 __all__ = ["COPSTargetGenerator", "grid_size", "grid_sample_coordinates"]
@@ -40,13 +41,10 @@ def grid_size(height: int, width: int, stride: int = 4) -> Tuple[int, int]:
     """Size ``(ceil(height / stride), ceil(width / stride))`` of the stride grid of an image.
 
     Raises:
-        ValueError: non-positive ``stride`` or negative sizes.
+        ValueError: a ``stride`` that is not an integer >= 1.
     """
-    if int(stride) != stride or stride <= 0:
-        raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    if height < 0 or width < 0:
-        raise ValueError(f"height and width must be >= 0, got {height}x{width}")
-    return -(-int(height) // int(stride)), -(-int(width) // int(stride))
+    stride = as_int(stride, "stride", minimum=1)
+    return -(-int(height) // stride), -(-int(width) // stride)
 
 
 def grid_sample_coordinates(
@@ -66,38 +64,15 @@ def grid_sample_coordinates(
     return rows, cols
 
 
-def _is_int(value) -> bool:
-    """A Python or NumPy integer (not a bool, float or string)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _int_ids(values: Iterable[int], what: str) -> frozenset:
-    """``values`` as a set of Python ints; ValueError naming ``what`` on a non-integer."""
-    if isinstance(values, (str, bytes)):
-        raise ValueError(f"{what} must be an iterable of integer class ids, got {values!r}")
-    try:
-        items = list(values)
-    except TypeError:
-        raise ValueError(
-            f"{what} must be an iterable of integer class ids, got {type(values).__name__}"
-        ) from None
-    bad = [v for v in items if not _is_int(v)]
-    if bad:
-        raise ValueError(
-            f"{what} must be integer class ids (int or NumPy integer, not bool/float/str), got "
-            f"{bad[:5]!r}"
-        )
-    return frozenset(int(v) for v in items)
-
-
 class COPSTargetGenerator:
     """Semantic, panoptic and affinity training targets of COPS for one image.
 
     Args:
-        thing_ids: contiguous class ids of the *thing* (partitionable) classes (integers).
+        thing_ids: contiguous class ids of the *thing* (partitionable) classes: a list, tuple,
+            set, range, array or tensor of integers >= 0.
         class_ids: all contiguous class ids (things and stuff; integers >= 0, not
-            ``ignore_label``); a segment with another ``category_id`` is an error. ``None``:
-            any id in ``[0, label_divisor)`` other than ``ignore_label``.
+            ``ignore_label``), as ``thing_ids``; a segment with another ``category_id`` is an
+            error. ``None``: any id in ``[0, label_divisor)`` other than ``ignore_label``.
         ignore_label: semantic label of void pixels (Detectron2: 255).
         label_divisor: panoptic id = ``class * label_divisor + instance index``.
         edge_distances: edge distances ``d`` in pixels of the stride grid
@@ -133,9 +108,11 @@ class COPSTargetGenerator:
     (0 on void); an edge weighs ``max(w_u, w_v)`` if both ``w_u > 0`` and ``w_v > 0``, else 0.
 
     Raises:
-        ValueError: on invalid arguments (negative weights, non-positive stride, ...); a
-            ``thing_ids``/``class_ids`` entry that is not an integer (bool, float, str), is
-            negative, or equals ``ignore_label``; a non-integer ``ignore_label``.
+        ValueError: naming the argument: a non-integer (bool, float, str) ``label_divisor``,
+            ``stride``, ``size_divisibility``, ``ignore_label`` or entry of ``thing_ids`` /
+            ``class_ids``; a negative class id or one equal to ``ignore_label``; ``thing_ids``
+            not within ``class_ids``; a negative or non-finite weight or area; distances and
+            intervals refused by :class:`~detectron2_cops.solvers.grid.GridGraph`.
 
     ``__call__(panoptic, segments_info)`` returns a dict of tensors (``H, W``: image size;
     ``h, w = ceil(H/stride), ceil(W/stride)``: grid size; ``H_d, W_d``: map size of distance ``d``
@@ -182,58 +159,37 @@ class COPSTargetGenerator:
         size_divisibility: int = 0,
         padding_affinity_weight: float = 1.0,
     ):
-        if int(label_divisor) != label_divisor or label_divisor <= 0:
-            raise ValueError(f"label_divisor must be a positive integer, got {label_divisor!r}")
-        if int(stride) != stride or stride <= 0:
-            raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        for name, value in [
-            ("small_instance_area", small_instance_area),
-            ("small_instance_weight", small_instance_weight),
-            ("instance_affinity_weight", instance_affinity_weight),
-            ("padding_affinity_weight", padding_affinity_weight),
-        ]:
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not _is_int(ignore_label):
-            raise ValueError(f"ignore_label must be an integer, got {ignore_label!r}")
-        self.ignore_label = int(ignore_label)
-        self.thing_ids = _int_ids(thing_ids, "thing_ids")
-        self.class_ids = None if class_ids is None else _int_ids(class_ids, "class_ids")
-        for what, ids in [("thing_ids", self.thing_ids), ("class_ids", self.class_ids)]:
-            if ids is None:
-                continue
-            if self.ignore_label in ids:
-                raise ValueError(
-                    f"{what} contains ignore_label {self.ignore_label}: void pixels and that class "
-                    "could not be told apart"
-                )
-            if any(c < 0 for c in ids):
-                raise ValueError(
-                    f"{what} must be >= 0, got {sorted(c for c in ids if c < 0)[:5]}"
-                )
+        self.label_divisor = as_int(label_divisor, "label_divisor", minimum=1)
+        self.stride = as_int(stride, "stride", minimum=1)
+        self.size_divisibility = as_int(size_divisibility, "size_divisibility", minimum=0)
+        self.ignore_label = as_int(ignore_label, "ignore_label")
+        self.thing_ids = as_int_set(thing_ids, "thing_ids", minimum=0)
+        self.class_ids = None if class_ids is None else as_int_set(class_ids, "class_ids", 0)
+        if self.ignore_label in self.thing_ids | (self.class_ids or frozenset()):
+            raise ValueError(
+                f"thing_ids/class_ids contain ignore_label {self.ignore_label}: void pixels and "
+                "that class could not be told apart"
+            )
         if self.class_ids is not None and not self.thing_ids <= self.class_ids:
             raise ValueError(
                 f"thing_ids must be a subset of class_ids; not in class_ids: "
                 f"{sorted(self.thing_ids - self.class_ids)}"
             )
-        self.label_divisor = int(label_divisor)
-        self.stride = int(stride)
-        # GridGraph validates distances and intervals (raises ValueError on bad ones).
+        self.small_instance_area = as_float(small_instance_area, "small_instance_area", 0)
+        self.small_instance_weight = as_float(small_instance_weight, "small_instance_weight", 0)
+        self.instance_affinity_weight = as_float(
+            instance_affinity_weight, "instance_affinity_weight", 0
+        )
+        self.padding_affinity_weight = as_float(
+            padding_affinity_weight, "padding_affinity_weight", 0
+        )
+        # GridGraph checks the distances and intervals.
         probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
         self.edge_distances = probe.edge_distances
         self.edge_sampling_intervals = probe.edge_sampling_intervals
-        self.small_instance_area = float(small_instance_area)
-        self.small_instance_weight = float(small_instance_weight)
         self.ignore_crowd_in_semantic = bool(ignore_crowd_in_semantic)
         self.ignore_stuff_in_affinities = bool(ignore_stuff_in_affinities)
-        self.instance_affinity_weight = float(instance_affinity_weight)
         self.ignore_crowd_in_affinities = bool(ignore_crowd_in_affinities)
-        if int(size_divisibility) != size_divisibility or size_divisibility < 0:
-            raise ValueError(
-                f"size_divisibility must be a non-negative integer, got {size_divisibility!r}"
-            )
-        self.size_divisibility = int(size_divisibility)
-        self.padding_affinity_weight = float(padding_affinity_weight)
 
     def __repr__(self) -> str:
         return (
@@ -243,68 +199,48 @@ class COPSTargetGenerator:
             f"edge_sampling_intervals={self.edge_sampling_intervals})"
         )
 
-    # ------------------------------------------------------------------ input checks
     def _segment_table(self, segments_info: Sequence[dict]):
-        """Per-segment arrays: ids, classes, is_thing, is_crowd, panoptic ids (segment order)."""
-        if not isinstance(segments_info, (list, tuple)):
-            raise ValueError(
-                f"segments_info must be a list of dicts, got {type(segments_info).__name__}"
-            )
+        """Per-segment arrays (ids, classes, is_thing, is_crowd, panoptic ids), checked."""
         n = len(segments_info)
         ids = np.zeros(n, dtype=np.int64)
         classes = np.zeros(n, dtype=np.int64)
         is_crowd = np.zeros(n, dtype=bool)
         for k, seg in enumerate(segments_info):
+            where = f"segments_info[{k}]"
             if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
                 raise ValueError(
-                    f"segments_info[{k}] must be a dict with keys 'id' and 'category_id', got {seg!r}"
+                    f"{where} must be a dict with 'id' and 'category_id', got {seg!r}"[:300]
                 )
-            for key in ("id", "category_id"):
-                if not _is_int(seg[key]):
-                    raise ValueError(
-                        f"segments_info[{k}] (segment id {seg['id']!r}) has {key} {seg[key]!r} "
-                        f"of type {type(seg[key]).__name__}; expected an integer (int or NumPy "
-                        "integer, not bool/float/str)"
-                    )
-            sid, cat = int(seg["id"]), int(seg["category_id"])
+            ids[k] = as_int(seg["id"], f"{where}['id']", minimum=1)  # 0 is void
+            classes[k] = cat = as_int(seg["category_id"], f"{where}['category_id']")
             crowd = seg.get("iscrowd", 0)
-            if not (
-                isinstance(crowd, (bool, np.bool_)) or (_is_int(crowd) and int(crowd) in (0, 1))
-            ):
-                raise ValueError(
-                    f"segments_info[{k}] (segment id {sid}) has iscrowd {crowd!r} of type "
-                    f"{type(crowd).__name__}; expected 0 or 1 (or a bool)"
-                )
-            if sid <= 0:
-                raise ValueError(
-                    f"segments_info[{k}] has id {sid}; segment ids must be > 0 (0 is void)"
-                )
+            if not isinstance(crowd, (bool, np.bool_)):
+                crowd = as_int(crowd, f"{where}['iscrowd'] (0 or 1)", minimum=0, maximum=1)
+            is_crowd[k] = bool(crowd)
             if self.class_ids is not None:
                 known = cat in self.class_ids
             else:
                 known = 0 <= cat < self.label_divisor and cat != self.ignore_label
             if not known:
                 raise ValueError(
-                    f"segments_info[{k}] (segment id {sid}) has category_id {cat}, which is not a "
+                    f"{where} (segment id {ids[k]}) has category_id {cat}, which is not a "
                     "contiguous class id of the dataset"
                 )
-            ids[k], classes[k] = sid, cat
-            is_crowd[k] = bool(crowd)
-        if len(np.unique(ids)) != n:
-            uniq, counts = np.unique(ids, return_counts=True)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
             raise ValueError(f"segments_info has duplicate segment ids {uniq[counts > 1].tolist()}")
         is_thing = np.array([c in self.thing_ids for c in classes.tolist()], dtype=bool)
         instance = np.zeros(n, dtype=np.int64)
         counters: Dict[int, int] = {}
         for k in np.flatnonzero(is_thing).tolist():
             c = int(classes[k])
-            counters[c] = counters.get(c, 0) + 1
-            instance[k] = counters[c]
-            if instance[k] >= self.label_divisor:
-                raise ValueError(
-                    f"class {c} has more than {self.label_divisor - 1} thing segments; they do not "
-                    f"fit below label_divisor={self.label_divisor}"
-                )
+            counters[c] = instance[k] = counters.get(c, 0) + 1
+        crowded = [c for c, count in counters.items() if count >= self.label_divisor]
+        if crowded:
+            raise ValueError(
+                f"class {crowded[0]} has more than {self.label_divisor - 1} thing segments; they "
+                f"do not fit below label_divisor={self.label_divisor}"
+            )
         pan_ids = classes * self.label_divisor + instance
         return ids, classes, is_thing, is_crowd, pan_ids
 
@@ -319,11 +255,13 @@ class COPSTargetGenerator:
                 contiguous ``category_id`` (Python or NumPy ints) and ``iscrowd`` (0/1 or a
                 bool; 0 when absent).
         Raises:
-            ValueError: ``panoptic`` not a 2-D integer array; a segment without id/category, with
-                an ``id`` or ``category_id`` that is not an integer (bool, float, str), with
-                id <= 0, a duplicate id or an unknown ``category_id``; an ``iscrowd`` other than
-                0, 1 or a bool (e.g. ``"0"``, ``"false"``, ``0.5``); a non-zero id in
-                ``panoptic`` that is not in ``segments_info``.
+            ValueError: naming the segment: ``panoptic`` not a 2-D integer array; a segment that
+                is not a dict with ``id`` and ``category_id``; an ``id`` or ``category_id``
+                that is not an integer (``3.0``, ``"3"``, ``True``), an id <= 0 or repeated;
+                a ``category_id`` that is not a class of the dataset; an ``iscrowd`` other than
+                0, 1 or a bool (``"0"``, ``0.5``, ``None``); more thing segments of one class
+                than ``label_divisor - 1``; a non-zero id in ``panoptic`` that is not in
+                ``segments_info``.
         """
         panoptic = np.asarray(panoptic)
         if panoptic.ndim != 2 or not np.issubdtype(panoptic.dtype, np.integer):
@@ -445,16 +383,9 @@ class COPSTargetGenerator:
             node_weights: ``[h, w] float32`` per-node affinity weights (0: edges ignored).
         Returns:
             ``(targets, weights)``: lists of ``[2, H_d, W_d] float32`` (see the class docstring).
-        Raises:
-            ValueError: inputs of different shapes or not 2-D.
         """
         P = np.asarray(panoptic_ids)
         Wn = np.asarray(node_weights, dtype=np.float32)
-        if P.ndim != 2 or Wn.shape != P.shape:
-            raise ValueError(
-                "panoptic_ids and node_weights must be [h, w] arrays of one shape, "
-                f"got {list(np.shape(P))} and {list(np.shape(Wn))}"
-            )
         h, w = P.shape
         targets, weights = [], []
 
