@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators  # noqa: E402
 from detectron2.structures import BitMasks, Instances  # noqa: E402
 
+from conftest import SAMPLE, unique_name  # noqa: E402
 from detectron2_cops.config import add_cops_config  # noqa: E402
-from detectron2_cops.data.datasets import (
-    get_panoptic_metadata,
-    register_coco_panoptic_folder,
-)  # noqa: E402
+from detectron2_cops.data.datasets import get_panoptic_metadata  # noqa: E402
 from detectron2_cops.data.panoptic_utils import id2rgb, rgb2id  # noqa: E402
 from detectron2_cops.evaluation import (  # noqa: E402
     CityscapesInstanceEvaluator,
@@ -42,16 +39,7 @@ from detectron2_cops.evaluation import (  # noqa: E402
 )
 from detectron2_cops.evaluation.build import _coco_instances_dataset  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# The bundled sample (datasets/coco_panoptic_sample in the repository); COPS_TEST_DATASETS
-# names another dataset root that holds coco_panoptic_sample/.
-DATASETS_ROOT = Path(os.environ.get("COPS_TEST_DATASETS", REPO / "datasets"))
-SAMPLE = DATASETS_ROOT / "coco_panoptic_sample"
 PQ_KEYS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
-
-
-def _unique(prefix="cops_eval"):
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
 def _cfg(predict_instances=True, predict_sem_seg_head=True):
@@ -63,21 +51,11 @@ def _cfg(predict_instances=True, predict_sem_seg_head=True):
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    if not (SAMPLE / "panoptic.json").is_file():
-        pytest.fail(f"the bundled COCO panoptic sample is missing at {SAMPLE} (datasets/coco_panoptic_sample "
-                    "in the repository; COPS_TEST_DATASETS overrides its root)")
-    name = _unique("cops_eval_sample")
-    root = tmp_path_factory.mktemp("root")
-    os.symlink(SAMPLE, root / name)
-    register_coco_panoptic_folder(name, str(root))
-    info = get_panoptic_metadata(name)
-    records = DatasetCatalog.get(name)
-    gts = []
-    for r in records:
-        ids = rgb2id(np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB")))
-        gts.append(ids)
-    return name, info, records, gts
+def sample(sample_dataset):
+    """(name, panoptic metadata, dataset dicts, ground-truth id maps) of the bundled sample."""
+    records = DatasetCatalog.get(sample_dataset)
+    gts = [rgb2id(np.asarray(Image.open(r["pan_seg_file_name"]).convert("RGB"))) for r in records]
+    return sample_dataset, get_panoptic_metadata(sample_dataset), records, gts
 
 
 def gt_to_label_divisor(ids, segments_info, thing_ids):
@@ -278,28 +256,6 @@ def test_pq_compute_multiprocess_equals_single(sample, tmp_path):
     assert 0 < single["All"]["pq"] < 1
 
 
-def test_panoptic_evaluator_errors(sample):
-    name, info, records, gts = sample
-    ev = PanopticEvaluator(name)
-    ev.reset()
-    inp = {"file_name": records[0]["file_name"], "image_id": records[0]["image_id"]}
-    bad = torch.full((4, 4), 999 * 1000, dtype=torch.int64)  # class 999 does not exist
-    with pytest.raises(ValueError, match="class 999"):
-        ev.process([inp], [{"panoptic_seg": (bad, None)}])
-    with pytest.raises(ValueError, match="-1 for void"):
-        ev.process([inp], [{"panoptic_seg": (torch.full((4, 4), -5), None)}])
-    with pytest.raises(ValueError, match="integer"):
-        ev.process([inp], [{"panoptic_seg": (torch.zeros(4, 4), None)}])
-    # a prediction missing for a ground-truth image
-    preds = [gt_to_label_divisor(gts[0], records[0]["segments_info"], info["thing_ids"])]
-    with pytest.raises(ValueError, match="have no prediction"):
-        run_evaluator(PanopticEvaluator(name), records[:1], preds)
-    # an image predicted twice (e.g. by two processes with a sampler that repeats images)
-    preds = [gt_to_label_divisor(g, r["segments_info"], info["thing_ids"]) for g, r in zip(gts, records)]
-    with pytest.raises(ValueError, match=r"images \[142238\] were predicted more than once"):
-        run_evaluator(PanopticEvaluator(name), records + records[:1], preds + preds[:1])
-
-
 # ----------------------------------------------------------------------------- mIoU
 def _onehot(sem, num_classes):
     return (
@@ -404,7 +360,7 @@ def test_build_cops_evaluator_coco_sample_end_to_end(sample, tmp_path):
 
 
 def test_build_cops_evaluator_unknown_type_and_coco_builtin_mapping(tmp_path):
-    name = _unique("cops_semseg_only")
+    name = unique_name("cops_semseg_only")
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=["a"], ignore_label=255)
     with pytest.raises(ValueError, match="no evaluator for dataset"):
@@ -495,7 +451,7 @@ def cityscapes_like(tmp_path):
             c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES if not c["isthing"]
         },
     }
-    name = _unique("cops_cityscapes")
+    name = unique_name("cops_cityscapes")
     image_dir, gt_dir = str(root / "leftImg8bit/val"), str(root / "gtFine/cityscapes_panoptic_val")
     DatasetCatalog.register(
         name, lambda: load_cityscapes_panoptic(image_dir, gt_dir, str(gt_json), meta)
@@ -580,7 +536,7 @@ def test_cityscapes_instance_evaluator_files_and_ap(cityscapes_like):
 
 
 def test_cityscapes_instance_evaluator_missing_gt(tmp_path):
-    name = _unique("cops_city_nogt")
+    name = unique_name("cops_city_nogt")
     DatasetCatalog.register(name, lambda: [])
     MetadataCatalog.get(name).set(gt_dir=str(tmp_path), thing_classes=["car"])
     ev = CityscapesInstanceEvaluator(name)
@@ -606,27 +562,6 @@ def _process_all(ev, inputs, preds, segments=None):
         ev.process([inp], [{"panoptic_seg": (torch.from_numpy(p), None if segments is None else segments[k])}])
 
 
-@pytest.mark.parametrize("shape_of", ["1xW", "Hx1", "half", "transposed"])
-def test_panoptic_prediction_of_wrong_size_is_refused_in_process(sample, shape_of):
-    name, info, records, gts = sample
-    p = _perfect_preds(sample)[0]
-    bad = {"1xW": p[:1], "Hx1": p[:, :1], "half": p[::2, ::2], "transposed": p.T}[shape_of]
-    ev = PanopticEvaluator(name)
-    ev.reset()
-    with pytest.raises(ValueError, match=r"000000142238.*has shape .*expected the input's \[height, width\] = \[427, 640\]"):
-        ev.process(_inputs(records[:1]), [{"panoptic_seg": (torch.from_numpy(np.ascontiguousarray(bad)), None)}])
-
-
-def test_panoptic_prediction_of_wrong_size_without_input_size_is_refused_at_evaluate(sample):
-    name, info, records, gts = sample
-    preds = _perfect_preds(sample)
-    preds[1] = preds[1][:1]  # 1 x W: cityscapesscripts would broadcast it (PQ > 100)
-    ev = PanopticEvaluator(name)
-    _process_all(ev, _inputs(records, with_size=False), preds)
-    with pytest.raises(ValueError, match=r"image 439180.*size \(height, width\) \(1, 640\).*\(360, 640\)"):
-        ev.evaluate()
-
-
 def _segments_preds(sample):
     """Perfect predictions as (id map, segments_info with contiguous ids and isthing)."""
     name, info, records, gts = sample
@@ -642,53 +577,60 @@ def _segments_preds(sample):
     return maps, infos
 
 
-def test_panoptic_segments_info_is_checked(sample):
+def test_panoptic_evaluator_process_refuses_bad_predictions(sample):
+    """Shape (against the ground-truth PNG, with or without the input's height/width), dtype,
+    classes and image: refused in process, before anything is recorded or scored."""
     name, info, records, gts = sample
+    p = _perfect_preds(sample)[0]
     maps, infos = _segments_preds(sample)
-    inp = _inputs(records[:1])
+    size_msg = r"panoptic_seg\[0\] must be an integer map of the size \[H, W\] = \[427, 640\]"
+    cases = [
+        (p[:1], None, size_msg),  # 1 x W: cityscapesscripts would broadcast it (PQ > 100)
+        (p[:, :1], None, size_msg),
+        (p[::2, ::2], None, size_msg),
+        (p.T.copy(), None, size_msg),
+        (np.zeros((0, 5), np.int64), None, size_msg),
+        (p.astype(np.float32), None, "and dtype float32"),
+        (np.full_like(p, 999 * 1000), None, "predicted contiguous class 999 is not a class of"),
+        (np.full_like(p, -5), None, "predicted contiguous class -1 is not a class of"),
+        (maps[0], [dict(s, category_id=999) for s in infos[0]], "contiguous class 999"),
+        (maps[0], [dict(s, isthing=None, category_id=0) for s in infos[0]], "dataset class 0"),
+    ]
     ev = PanopticEvaluator(name)
     ev.reset()
-
-    def process(segs, img=maps[0]):
-        ev.process(inp, [{"panoptic_seg": (torch.from_numpy(img), segs)}])
-
-    dup = [dict(s) for s in infos[0]]
-    dup[1]["id"] = dup[0]["id"]  # two segments with one id (gave PQ 0.0)
-    img = np.where(maps[0] == 2, 1, maps[0])
-    with pytest.raises(ValueError, match=r"000000142238.*ids must be unique, ids \[1\]"):
-        process(dup, img)
-    with pytest.raises(ValueError, match=r"ids \[99\] are not in the map"):
-        process(infos[0] + [{"id": 99, "category_id": 1, "isthing": True}])
-    with pytest.raises(ValueError, match=r"map values \[1\] are not in segments_info"):
-        process(infos[0][1:])
-    with pytest.raises(ValueError, match=r"segments_info\[0\]\['id'\] must be an int, got 1.0"):
-        process([dict(infos[0][0], id=1.0)] + infos[0][1:])
-    with pytest.raises(ValueError, match=r"must lie in \[1, 16777215\] \(0 is void\), got 0"):
-        process([dict(infos[0][0], id=0)] + infos[0][1:])
-    with pytest.raises(ValueError, match=r"segments_info\[0\] must be a dict"):
-        process(["not a dict"])
-    with pytest.raises(ValueError, match="is empty"):
-        ev.process(_inputs(records[:1], with_size=False),
-                   [{"panoptic_seg": (torch.zeros(0, 5, dtype=torch.int64), None)}])
+    for with_size in (True, False):
+        for img, segs, match in cases:
+            with pytest.raises(ValueError, match=r"000000142238.jpg' \(image_id 142238\).*" + match):
+                ev.process(_inputs(records[:1], with_size), [{"panoptic_seg": (torch.from_numpy(img), segs)}])
+    unknown = dict(_inputs(records[:1])[0], image_id=123, file_name="other.jpg")
+    with pytest.raises(ValueError, match=r"'other.jpg' \(image_id 123\) is not an image of the ground truth"):
+        ev.process([unknown], [{"panoptic_seg": (torch.from_numpy(p), None)}])
     assert ev._predictions == []  # nothing half-recorded
 
-    # NumPy integer ids (json could not write them before) are valid and score like ints
+
+def test_panoptic_evaluator_evaluate_refuses_missing_and_repeated_images(sample):
+    name, info, records, gts = sample
+    preds = _perfect_preds(sample)
+    ev = PanopticEvaluator(name)
+    _process_all(ev, _inputs(records[:1]), preds[:1])
+    with pytest.raises(ValueError, match=r"1 ground-truth images have no prediction \(e.g. image ids \[439180\]\)"):
+        ev.evaluate()
+    # an image predicted twice (e.g. by two processes with a sampler that repeats images)
+    _process_all(ev, _inputs(records + records[:1]), preds + preds[:1])
+    with pytest.raises(ValueError, match=r"InferenceSampler\): images \[142238\] were predicted more than once"):
+        ev.evaluate()
+
+
+def test_panoptic_segments_info_with_numpy_ids_scores_like_ints(sample):
+    name, info, records, gts = sample
+    maps, infos = _segments_preds(sample)
     np_infos = [[dict(s, id=np.int64(s["id"]), category_id=np.int32(s["category_id"])) for s in i]
                 for i in infos]
+    ev = PanopticEvaluator(name)
     _process_all(ev, _inputs(records), maps, np_infos)
     res = ev.evaluate()["panoptic_seg"]
     for k in PQ_KEYS:
         assert res[k] == pytest.approx(100.0), k
-
-
-def test_panoptic_prediction_for_unknown_image_is_refused(sample):
-    name, info, records, gts = sample
-    preds = _perfect_preds(sample)
-    inputs = _inputs(records) + [dict(_inputs(records[:1])[0], image_id=123, file_name="other.jpg")]
-    ev = PanopticEvaluator(name)
-    _process_all(ev, inputs, preds + preds[:1])
-    with pytest.raises(ValueError, match=r"1 predictions are for images not in the ground truth.*\[123\]"):
-        ev.evaluate()
 
 
 def test_panoptic_images_with_the_same_basename_do_not_overwrite_each_other(sample, tmp_path):
@@ -708,31 +650,25 @@ def test_panoptic_images_with_the_same_basename_do_not_overwrite_each_other(samp
         assert names == {142238: "frame_id142238.png", 439180: "frame_id439180.png"}
 
 
-def _sample_copy_without(tmp_path, drop_keys, set_values=None):
-    """The bundled sample, registered from a copy of its json whose segments lack drop_keys
-    (and get set_values)."""
-    name = _unique("cops_eval_noarea")
-    folder = tmp_path / name
-    folder.mkdir()
-    for sub in ("images", "panoptic", "panoptic_coco_categories.json"):
-        os.symlink(SAMPLE / sub, folder / sub)
-    gt = json.loads((SAMPLE / "panoptic.json").read_text())
-    for a in gt["annotations"]:
-        for s in a["segments_info"]:
-            for key in drop_keys:
-                s.pop(key, None)
-            s.update(set_values or {})
-    (folder / "panoptic.json").write_text(json.dumps(gt))
-    register_coco_panoptic_folder(name, str(tmp_path))
-    return name, folder
-
-
-def test_ground_truth_without_area_is_scored_from_the_png(sample, tmp_path):
+def test_ground_truth_without_area_is_scored_from_the_png(sample, register_sample_copy, tmp_path):
     name, info, records, gts = sample
+
+    def copy_without(drop_keys, set_values=None):
+        """A registered copy of the sample whose json segments lack drop_keys."""
+
+        def edit(_, data):
+            for a in data["annotations"]:
+                for s in a["segments_info"]:
+                    for key in drop_keys:
+                        s.pop(key, None)
+                    s.update(set_values or {})
+
+        return register_sample_copy(edit, prefix="cops_eval_noarea")
+
     preds = perturbed_predictions(sample, seed=3)
     expected = run_evaluator(PanopticEvaluator(name), records, preds)["panoptic_seg"]
     assert 20 < expected["PQ"] < 95
-    no_area, folder = _sample_copy_without(tmp_path, ["area"])
+    no_area, folder = copy_without(["area"])
     res = run_evaluator(PanopticEvaluator(no_area), records, preds)["panoptic_seg"]
     assert res == expected  # the json's areas are the PNG's pixel counts: bit-for-bit the same
     # pq_compute itself, on the json without areas (iscrowd missing too: counts as 0)
@@ -741,8 +677,8 @@ def test_ground_truth_without_area_is_scored_from_the_png(sample, tmp_path):
     args = (str(SAMPLE / "panoptic.json"), str(out / "predictions.json"), str(SAMPLE / "panoptic"), str(out / "predictions"))
     with_area = pq_compute(*args)
     assert pq_compute(str(folder / "panoptic.json"), *args[1:]) == with_area
-    _, folder2 = _sample_copy_without(tmp_path, ["area", "iscrowd"])
-    _, folder3 = _sample_copy_without(tmp_path, [], {"iscrowd": 0})
+    _, folder2 = copy_without(["area", "iscrowd"])
+    _, folder3 = copy_without([], {"iscrowd": 0})
     no_crowd = pq_compute(str(folder2 / "panoptic.json"), *args[1:])
     assert no_crowd == pq_compute(str(folder3 / "panoptic.json"), *args[1:])
     assert no_crowd["All"]["pq"] != with_area["All"]["pq"]  # the sample has crowd segments
@@ -757,90 +693,79 @@ def test_pq_compute_refuses_inconsistent_prediction_json(sample, tmp_path):
     def run(modify):
         pj = json.loads(json.dumps(pred_json))
         modify(pj)
-        path = tmp_path / f"p_{uuid.uuid4().hex[:6]}.json"
+        path = tmp_path / f"{unique_name('p')}.json"
         path.write_text(json.dumps(pj))
         return pq_compute(str(SAMPLE / "panoptic.json"), str(path), str(SAMPLE / "panoptic"), str(out / "predictions"))
 
-    with pytest.raises(ValueError, match=r"more than one prediction for image ids \[142238\]"):
+    with pytest.raises(ValueError, match=r"images \[142238\] were predicted more than once"):
         run(lambda pj: pj["annotations"].append(dict(pj["annotations"][0])))
-    with pytest.raises(ValueError, match=r"images not in the ground truth.*\[7\]"):
+    with pytest.raises(ValueError, match=r"1 predictions are for images not in the ground truth \(e.g. image ids \[7\]\)"):
         run(lambda pj: pj["annotations"].append(dict(pj["annotations"][0], image_id=7)))
+    with pytest.raises(ValueError, match=r"1 ground-truth images have no prediction \(e.g. image ids \[439180\]\)"):
+        run(lambda pj: pj["annotations"].pop())
     with pytest.raises(ValueError, match=r"image 142238: segment ids \[\d+\] appear more than once"):
         run(lambda pj: pj["annotations"][0]["segments_info"].append(dict(pj["annotations"][0]["segments_info"][0])))
-    with pytest.raises(ValueError, match=r"image 439180: segment \d+ has category_id 999"):
-        run(lambda pj: pj["annotations"][1]["segments_info"][0].update(category_id=999))
     with pytest.raises(ValueError, match=r"image 142238.*size \(height, width\) \(360, 640\).*\(427, 640\)"):
         run(lambda pj: pj["annotations"][0].update(file_name=pj["annotations"][1]["file_name"]))
+    # cityscapesscripts' own check, with the image and segment named
+    with pytest.raises(KeyError, match=r"image with ID 439180 segment with ID \d+ has unknown category_id 999"):
+        run(lambda pj: pj["annotations"][1]["segments_info"][0].update(category_id=999))
 
 
 def test_cityscapes_instance_evaluator_refuses_bad_instances(cityscapes_like):
+    """Masks of the wrong size (against the ground-truth PNG, whatever the input or the
+    Instances say), non-binary masks, classes outside thing_classes, non-finite scores."""
     name, inst, boxes = cityscapes_like
     record = DatasetCatalog.get(name)[0]
     H, W = inst.shape
-    inp = {"file_name": record["file_name"], "image_id": record["image_id"], "height": H, "width": W}
     ev = CityscapesInstanceEvaluator(name)
     ev.reset()
-
-    def process(change, input=inp):
-        out = _cityscapes_outputs(inst, boxes)
-        change(out["instances"])
-        ev.process([input], [out])
-
-    def set_(key, value):
-        return lambda i: i.set(key, value)
-
-    masks = _cityscapes_outputs(inst, boxes)["instances"].pred_masks
-    with pytest.raises(ValueError, match=r"leftImg8bit.*pred_masks must have shape \[N, H, W\] = \[3, 96, 160\].*got \[3, 1, 160\]"):
-        process(set_("pred_masks", masks[:, :1]))  # was AP 50 instead of 100
-    with pytest.raises(ValueError, match=r"got \[3, 10, 10\]"):
-        process(set_("pred_masks", masks[:, :10, :10]))
-    with pytest.raises(ValueError, match="must be binary"):
-        process(set_("pred_masks", masks.float() * 0.7))
-    with pytest.raises(ValueError, match=r"pred_classes must lie in \[0, 19\).*got \[-1\]"):
-        process(set_("pred_classes", torch.tensor([13, -1, 11])))  # was thing_classes[-1]
-    with pytest.raises(ValueError, match=r"pred_classes must lie in \[0, 19\).*got \[99\]"):
-        process(set_("pred_classes", torch.tensor([13, 99, 11])))  # was a bare IndexError
-    with pytest.raises(ValueError, match="pred_classes must be an \\[N\\] integer tensor"):
-        process(set_("pred_classes", torch.tensor([13.0, 13.0, 11.0])))
-    with pytest.raises(ValueError, match=r"scores must be finite, not at indices \[1\]"):
-        process(set_("scores", torch.tensor([0.9, float("nan"), 0.5])))
-    # without height/width in the input: the Instances' image_size, and the ground truth at evaluate
-    no_size = {"file_name": inp["file_name"], "image_id": inp["image_id"]}
-    with pytest.raises(ValueError, match=r"image_size\), got \[3, 1, 160\]"):
-        process(set_("pred_masks", masks[:, :1]), no_size)
-    ev.reset()
-    out = _cityscapes_outputs(inst, boxes)
-    out["instances"] = Instances((1, W), pred_masks=masks[:, :1], pred_classes=out["instances"].pred_classes,
-                                 scores=out["instances"].scores)
-    ev.process([no_size], [out])
-    with pytest.raises(ValueError, match=r"has \(height, width\) \(1, 160\).*instanceIds.png' \(96, 160\)"):
-        ev.evaluate()
+    good = _cityscapes_outputs(inst, boxes)["instances"]
+    masks = good.pred_masks
+    cases = [
+        ("pred_masks", masks[:, :1], r"pred_masks must have shape \[N, H, W\] = \[3, 96, 160\] .*got \[3, 1, 160\]"),
+        ("pred_masks", masks[:, :10, :10], r"pred_masks .*got \[3, 10, 10\]"),
+        ("pred_masks", masks.float() * 0.7, r"pred_masks must be binary \(bool, or 0/1\)"),
+        ("pred_classes", torch.tensor([13, -1, 11]), r"pred_classes must lie in \[0, 19\), got \[13, -1, 11\]"),
+        ("pred_classes", torch.tensor([13, 99, 11]), r"pred_classes must lie in \[0, 19\)"),
+        ("pred_classes", torch.tensor([13.0, 13.0, 11.0]), r"pred_classes must be \[N\] integers"),
+        ("scores", torch.tensor([0.9, float("nan"), 0.5]), r"scores must be \[N\] finite"),
+    ]
+    for input in ({"file_name": record["file_name"], "height": H, "width": W}, {"file_name": record["file_name"]}):
+        for key, value, match in cases:
+            fields = {k: good.get(k) for k in ("pred_masks", "pred_classes", "scores")}
+            fields[key] = value
+            instances = Instances(tuple(value.shape[1:]) if key == "pred_masks" else (H, W), **fields)
+            with pytest.raises(ValueError, match=r"instances of image '.*_leftImg8bit.png': " + match):
+                ev.process([input], [{"instances": instances}])
+    assert os.listdir(ev.prediction_dir) == []  # nothing written
     # 0/1 uint8 masks are valid and score like bool masks
-    ev.reset()
-    process(set_("pred_masks", masks.to(torch.uint8)))
+    out = _cityscapes_outputs(inst, boxes)
+    out["instances"].pred_masks = masks.to(torch.uint8)
+    ev.process([{"file_name": record["file_name"]}], [out])
     assert ev.evaluate()["segm"]["AP"] == pytest.approx(100.0)
 
 
 def test_sem_seg_evaluator_refuses_bad_predictions(sample):
+    """Wrong class count or size (against the ground-truth PNG), NaN, not a tensor, an image
+    of another dataset: refused before anything is counted."""
     name, info, records, gts = sample
     H, W = gts[0].shape
     ev = PanopticSemSegEvaluator(name)
     ev.reset()
-    inp = _inputs(records[:1])
-
-    def process(pred, input=inp):
-        ev.process(input, [{"sem_seg": pred}])
-
-    with pytest.raises(ValueError, match=r"'sem_seg'.*000000142238.*K = 133 classes.*got \[2, 427, 640\]"):
-        process(torch.zeros(2, H, W))  # was scored silently
-    with pytest.raises(ValueError, match="has NaN or infinite values"):
-        process(torch.tensor(float("nan")).expand(133, H, W))  # was class 0 everywhere
-    with pytest.raises(ValueError, match=r"spatial size \[H, W\] = \[1, 1\], the input \[427, 640\]"):
-        process(torch.zeros(133, 1, 1))  # was broadcast silently
-    with pytest.raises(ValueError, match=r"spatial size \[H, W\] = \[10, 12\], the ground truth .*\[427, 640\]"):
-        process(torch.zeros(133, 10, 12), _inputs(records[:1], with_size=False))
-    with pytest.raises(ValueError, match=r"must be a torch.Tensor \[K, H, W\], got numpy.ndarray"):
-        process(np.zeros((133, H, W), np.float32))
+    shape_msg = r"must be a real torch.Tensor of shape \[K, H, W\] = \[133, 427, 640\]"
+    cases = [
+        (torch.zeros(2, H, W), shape_msg + r".*of shape \[2, 427, 640\]"),
+        (torch.zeros(133, 1, 1), shape_msg + r".*of shape \[133, 1, 1\]"),  # would broadcast
+        (torch.zeros(133, W, H), shape_msg),
+        (torch.zeros(133, H, W, dtype=torch.complex64), shape_msg),
+        (np.zeros((133, H, W), np.float32), shape_msg + ".*got numpy.ndarray"),
+        (torch.tensor(float("nan")).expand(133, H, W), "has NaN or infinite values"),  # argmax: 0
+    ]
+    for with_size in (True, False):
+        for pred, match in cases:
+            with pytest.raises(ValueError, match=r"outputs\['sem_seg'\] of image '.*000000142238.jpg'.*" + match):
+                ev.process(_inputs(records[:1], with_size), [{"sem_seg": pred}])
     with pytest.raises(ValueError, match="not an image of dataset"):
-        process(torch.zeros(133, H, W), [{"file_name": "elsewhere.jpg"}])
+        ev.process([{"file_name": "elsewhere.jpg"}], [{"sem_seg": torch.zeros(133, H, W)}])
     assert ev._conf_matrix.sum() == 0  # nothing was counted

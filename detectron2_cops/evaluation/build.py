@@ -8,7 +8,7 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
-from detectron2_cops.data.datasets import register_panoptic_instances_view
+from detectron2_cops.data.datasets import register_panoptic_instances_view, require_registered
 
 from .cityscapes_evaluation import CityscapesInstanceEvaluator
 from .panoptic_evaluation import PanopticEvaluator
@@ -57,11 +57,10 @@ def build_cops_evaluator(
     Returns:
         ``DatasetEvaluators``.
     Raises:
-        ValueError: the dataset's ``evaluator_type`` is missing or not in
-            :data:`SUPPORTED_EVALUATOR_TYPES`.
+        ValueError: the dataset is not registered, or its ``evaluator_type`` is missing or not
+            in :data:`SUPPORTED_EVALUATOR_TYPES`.
     """
-    if dataset_name not in DatasetCatalog.list():
-        raise ValueError(f"dataset '{dataset_name}' is not registered")
+    require_registered(dataset_name)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if evaluator_type not in SUPPORTED_EVALUATOR_TYPES:
         raise ValueError(

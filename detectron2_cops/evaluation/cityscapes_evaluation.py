@@ -32,6 +32,8 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from detectron2_cops.data.datasets import cityscapes_gt_file
+
 from .panoptic_evaluation import png_size
 
 __all__ = ["CityscapesInstanceEvaluator"]
@@ -61,22 +63,6 @@ def _numpy_compat(module):
         module.np = real
 
 
-def _check_mask_sizes(gt_file: str, pred_txt: str) -> None:
-    """Raise ValueError when a mask PNG listed in ``pred_txt`` differs in size from the
-    ground-truth PNG ``gt_file`` (cityscapesscripts would broadcast it or fail obscurely)."""
-    gt_size = png_size(gt_file)
-    folder = os.path.dirname(pred_txt)
-    with open(pred_txt) as f:
-        names = [ln.split()[0] for ln in f if ln.strip()]
-    for name in names:
-        size = png_size(os.path.join(folder, name))
-        if size != gt_size:
-            raise ValueError(
-                f"mask '{name}' of '{pred_txt}' has (height, width) {size}, its ground truth "
-                f"'{gt_file}' {gt_size}"
-            )
-
-
 class CityscapesInstanceEvaluator(DatasetEvaluator):
     """Cityscapes instance AP (``{"segm": {"AP", "AP50"}}`` in percent) with cityscapesscripts.
 
@@ -85,13 +71,13 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
     ids of ``pred_classes`` (Cityscapes names, mapped to label ids with
     ``cityscapesscripts.helpers.labels.name2label``).
 
-    ``process`` takes ``inputs[i]`` (``file_name``, optional ``height``/``width``) and
-    ``outputs[i]["instances"]`` (an ``Instances`` with ``pred_classes [N]`` integer in
-    ``[0, len(thing_classes))``, ``scores [N]`` finite, ``pred_masks [N, H, W]`` bool (or 0/1
-    integer/float) tensors, at the original image size: ``(H, W)`` is the input's
-    ``(height, width)`` when given, else the ``Instances``' ``image_size``; ``evaluate`` also
-    checks the masks against the ground-truth PNG size); an output without ``instances``
-    writes an empty prediction file (Cityscapes needs one per image).
+    ``process`` takes ``inputs[i]`` (``file_name`` of a Cityscapes frame
+    ``<city>_<seq>_<frame>_leftImg8bit.png``) and ``outputs[i]["instances"]``: an
+    ``Instances`` with ``pred_classes [N]`` integer in ``[0, len(thing_classes))``,
+    ``scores [N]`` finite and ``pred_masks [N, H, W]`` bool (or 0/1) tensors, ``(H, W)`` the
+    size of the frame's ground truth ``<gt_dir>/<city>/..._gtFine_instanceIds.png`` (the
+    original image size); an output without ``instances`` writes an empty prediction file
+    (Cityscapes needs one per image).
 
     Notes (as Detectron2's): does not work across several machines; contains a synchronisation
     and must be called on all ranks; only the main process evaluates.
@@ -99,18 +85,26 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
     Args:
         dataset_name: a registered Cityscapes dataset.
     Raises:
-        ValueError: (``process``, naming the image) a class name that is not a Cityscapes
-            label; missing fields, a field that is not a tensor or whose length differs from
-            the number of instances; masks that are not ``[N, H, W]`` of the expected size or
-            not binary; classes that are not integers in ``[0, len(thing_classes))``;
-            non-finite scores. (``evaluate``) no ground-truth ``*_gtFine_instanceIds.png``
-            under ``gt_dir``; a mask PNG whose size differs from its ground truth.
+        ValueError: (constructor) a thing class name that is not a Cityscapes label;
+            (``process``, naming the image) masks that are not binary ``[N, H, W]`` of the
+            ground truth's size, classes that are not integers in ``[0, len(thing_classes))``
+            or scores that are not finite; (``evaluate``) no ground-truth
+            ``*_gtFine_instanceIds.png`` under ``gt_dir``.
+        FileNotFoundError: (``process``) the frame has no ground truth under ``gt_dir``.
         RuntimeError: (``evaluate``) cityscapesscripts rejects the files (e.g. no prediction
             file for a ground-truth image); carries its message.
     """
 
     def __init__(self, dataset_name: str):
+        from cityscapesscripts.helpers.labels import name2label
+
         self._metadata = MetadataCatalog.get(dataset_name)
+        unknown = [n for n in self._metadata.thing_classes if n not in name2label]
+        if unknown:
+            raise ValueError(
+                f"thing classes {unknown} of dataset '{dataset_name}' are not Cityscapes labels"
+            )
+        self._label_ids = [name2label[n].id for n in self._metadata.thing_classes]
         self._dataset_name = dataset_name
         self._cpu_device = torch.device("cpu")
         self._logger = logging.getLogger(__name__)
@@ -134,90 +128,54 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         """Folder of the prediction files of the current evaluation round."""
         return self._temp_dir
 
-    def _check_instances(self, instances, input: dict, context: str) -> None:
-        """Raise ValueError unless ``instances`` holds valid predictions for ``input``."""
+    def _check_instances(self, instances, file_name: str) -> None:
+        """Raise ValueError unless ``instances`` are valid predictions for the frame."""
         n = len(instances)
         if n == 0:
             return
-        for key in ("pred_classes", "scores", "pred_masks"):
-            if not instances.has(key):
-                raise ValueError(f"{context}: instances have no '{key}'")
-            v = instances.get(key)
-            if not isinstance(v, torch.Tensor):
-                raise ValueError(
-                    f"{context}: instances.{key} must be a torch.Tensor, got {type(v).__name__}"
-                )
+        gt_file = cityscapes_gt_file(self._metadata.gt_dir, file_name)
+        size = [n, *png_size(gt_file)]
         classes, scores, masks = instances.pred_classes, instances.scores, instances.pred_masks
-        if "height" in input and "width" in input:
-            size, what = (int(input["height"]), int(input["width"])), "the input's (height, width)"
-        else:
-            size, what = tuple(int(x) for x in instances.image_size), "the instances' image_size"
-        if masks.dim() != 3 or tuple(masks.shape) != (n, *size):
-            raise ValueError(
-                f"{context}: instances.pred_masks must have shape [N, H, W] = {[n, *size]} "
-                f"(N instances, {what}), got {list(masks.shape)}"
+        problems = []
+        if list(masks.shape) != size:
+            problems.append(
+                f"pred_masks must have shape [N, H, W] = {size} (the size of '{gt_file}'), got "
+                f"{list(masks.shape)}"
             )
-        if masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
-            raise ValueError(
-                f"{context}: instances.pred_masks must be binary (bool, or 0/1), got dtype "
-                f"{masks.dtype} with other values"
-            )
-        if classes.dim() != 1 or classes.dtype == torch.bool or classes.is_floating_point() \
-                or classes.is_complex():
-            raise ValueError(
-                f"{context}: instances.pred_classes must be an [N] integer tensor, got shape "
-                f"{list(classes.shape)} and dtype {classes.dtype}"
-            )
-        num = len(self._metadata.thing_classes)
-        bad = classes[(classes < 0) | (classes >= num)]
-        if bad.numel():
-            raise ValueError(
-                f"{context}: instances.pred_classes must lie in [0, {num}) (thing_classes of "
-                f"dataset '{self._dataset_name}'), got {bad[:10].tolist()}"
-            )
-        if scores.dim() != 1 or scores.dtype == torch.bool or scores.is_complex():
-            raise ValueError(
-                f"{context}: instances.scores must be an [N] real tensor, got shape "
-                f"{list(scores.shape)} and dtype {scores.dtype}"
-            )
-        if not bool(torch.isfinite(scores).all()):
-            bad = torch.nonzero(~torch.isfinite(scores)).flatten()[:10].tolist()
-            raise ValueError(f"{context}: instances.scores must be finite, not at indices {bad}")
+        elif masks.dtype != torch.bool and not bool(((masks == 0) | (masks == 1)).all()):
+            problems.append(f"pred_masks must be binary (bool, or 0/1), got {masks.dtype}")
+        num = len(self._label_ids)
+        if classes.is_floating_point() or classes.dtype == torch.bool or classes.shape != (n,):
+            problems.append(f"pred_classes must be [N] integers, got {classes.dtype}")
+        elif ((classes < 0) | (classes >= num)).any():
+            problems.append(f"pred_classes must lie in [0, {num}), got {classes[:20].tolist()}")
+        if scores.shape != (n,) or not bool(torch.isfinite(scores).all()):
+            problems.append(f"scores must be [N] finite, got {scores[:20].tolist()}")
+        if problems:
+            raise ValueError(f"instances of image '{file_name}': " + "; ".join(problems))
 
     def process(self, inputs, outputs):
         """Write one ``<image>_pred.txt`` and one mask PNG per instance (see the class
         docstring).
 
         Raises:
-            ValueError: invalid instances (see the class docstring); names the image.
+            ValueError, FileNotFoundError: see the class docstring; names the image.
         """
-        from cityscapesscripts.helpers.labels import name2label
-
         for input, output in zip(inputs, outputs):
-            if "file_name" not in input:
-                raise ValueError(f"an input has no 'file_name' (keys: {sorted(input)})")
-            context = f"image '{input['file_name']}'"
             basename = os.path.splitext(os.path.basename(input["file_name"]))[0]
-            pred_txt = os.path.join(self._temp_dir, basename + "_pred.txt")
             lines = []
             if "instances" in output:
                 instances = output["instances"].to(self._cpu_device)
-                self._check_instances(instances, input, context)
+                self._check_instances(instances, input["file_name"])
                 for i in range(len(instances)):
                     pred_class = int(instances.pred_classes[i])
                     class_name = self._metadata.thing_classes[pred_class]
-                    if class_name not in name2label:
-                        raise ValueError(
-                            f"class {pred_class} ('{class_name}') of dataset "
-                            f"'{self._dataset_name}' is not a Cityscapes label name"
-                        )
-                    class_id = name2label[class_name].id
-                    score = float(instances.scores[i])
                     mask = instances.pred_masks[i].numpy().astype(np.uint8)
                     png_filename = f"{basename}_{i}_{class_name}.png"
                     Image.fromarray(mask * 255).save(os.path.join(self._temp_dir, png_filename))
-                    lines.append(f"{png_filename} {class_id} {score}\n")
-            with open(pred_txt, "w") as fout:
+                    score = float(instances.scores[i])
+                    lines.append(f"{png_filename} {self._label_ids[pred_class]} {score}\n")
+            with open(os.path.join(self._temp_dir, basename + "_pred.txt"), "w") as fout:
                 fout.writelines(lines)
 
     def evaluate(self):
@@ -226,8 +184,7 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         Returns:
             ``OrderedDict({"segm": {"AP": ..., "AP50": ...}})`` in percent (main process only).
         Raises:
-            ValueError: no ground truth under ``gt_dir``; a mask PNG whose size differs from
-                its ground-truth PNG (names both files).
+            ValueError: no ground truth under ``gt_dir``.
             RuntimeError: cityscapesscripts rejects the files (carries its message).
         """
         comm.synchronize()
@@ -260,8 +217,6 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
         try:
             with contextlib.redirect_stdout(log), _numpy_compat(cityscapes_eval):
                 pred_list = [cityscapes_eval.getPrediction(gt, args) for gt in gt_list]
-                for gt, pred in zip(gt_list, pred_list):
-                    _check_mask_sizes(gt, pred)
                 cityscapes_eval.setInstanceLabels(args)
                 gt_instances = cityscapes_eval.getGtInstances(gt_list, args)
                 matches = cityscapes_eval.matchGtWithPreds(pred_list, gt_list, gt_instances, args)

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import multiprocessing
-import numbers
 import os
 import re
 import tempfile
@@ -31,20 +30,21 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
-from tabulate import tabulate
 
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import COCOPanopticEvaluator
+from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from detectron2_cops.data.datasets import get_panoptic_metadata
-from detectron2_cops.data.panoptic_utils import MAX_PANOPTIC_ID, id2rgb
+from detectron2_cops.data.panoptic_utils import id2rgb, rgb2id
 
 __all__ = ["PanopticEvaluator", "pq_compute", "print_panoptic_results"]
 
 logger = logging.getLogger(__name__)
 
-_PQ_GROUPS = (("All", None), ("Things", True), ("Stuff", False))
+#: Logs the PQ/SQ/RQ table of :func:`pq_compute`'s result (Detectron2's own table).
+print_panoptic_results = _print_panoptic_results
 
 
 def _pq_chunk(args):
@@ -56,15 +56,9 @@ def _pq_chunk(args):
         return pq_compute_single_core(proc_id, pairs, gt_folder, pred_folder, categories)
 
 
-def _check_known_images(gt_ids, pred_ids, pred_what: str, gt_what: str) -> None:
-    """Raise when predictions name images that are not in the ground truth."""
-    known = set(gt_ids)
-    unknown = [i for i in pred_ids if i not in known]
-    if unknown:
-        raise ValueError(
-            f"{pred_what}: {len(unknown)} predictions are for images not in the ground truth "
-            f"{gt_what}, e.g. image ids {unknown[:10]}"
-        )
+def _load_json(path: str):
+    with PathManager.open(path, "r") as f:
+        return json.load(f)
 
 
 def png_size(path: str) -> Tuple[int, int]:
@@ -74,52 +68,72 @@ def png_size(path: str) -> Tuple[int, int]:
         return img.size[1], img.size[0]
 
 
-def _check_pair(gt_ann, pred_ann, gt_json_file, gt_folder, pred_folder, categories) -> None:
-    """Validate one (ground truth, prediction) pair before cityscapesscripts sees it; fill in
-    the ground truth's missing ``area`` (pixel counts of the PNG) and ``iscrowd`` (0)."""
-    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import rgb2id as cs_rgb2id
+def _pair_up(gt_annotations: List[dict], pred_annotations: List[dict], what: str):
+    """``[(ground truth, prediction)]`` matched by ``image_id``, in ground-truth order.
 
-    image = f"image {gt_ann['image_id']!r}"
-    where = f"'{gt_json_file}', {image} ('{gt_ann['file_name']}')"
-    for k, seg in enumerate(gt_ann["segments_info"]):
-        if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
-            raise ValueError(
-                f"{where}: ground-truth segments_info[{k}] must be a dict with 'id' and "
-                f"'category_id', got {seg!r}"[:500]
-            )
-    gt_size = png_size(os.path.join(gt_folder, gt_ann["file_name"]))
-    pred_size = png_size(os.path.join(pred_folder, pred_ann["file_name"]))
-    if pred_size != gt_size:
-        raise ValueError(
-            f"{image}: the prediction '{os.path.join(pred_folder, pred_ann['file_name'])}' has "
-            f"size (height, width) {pred_size}, the ground truth "
-            f"'{os.path.join(gt_folder, gt_ann['file_name'])}' {gt_size}"
-        )
-    ids = [s.get("id") for s in pred_ann["segments_info"]]
-    repeated = [i for i, n in collections.Counter(ids).items() if n > 1]
+    Raises:
+        ValueError: naming ``what``: an image predicted more than once, a ground-truth image
+            without a prediction or a prediction for an image not in the ground truth.
+    """
+    counts = collections.Counter(a["image_id"] for a in pred_annotations)
+    repeated = [i for i, n in counts.items() if n > 1]
     if repeated:
+        raise ValueError(f"{what}: images {repeated[:10]} were predicted more than once")
+    gt_ids = {a["image_id"] for a in gt_annotations}
+    missing = [a["image_id"] for a in gt_annotations if a["image_id"] not in counts]
+    unknown = [i for i in counts if i not in gt_ids]
+    if missing or unknown:
         raise ValueError(
-            f"prediction of {image}: segment ids {repeated[:10]} appear more than once"
+            f"{what}: {len(missing)} ground-truth images have no prediction (e.g. image ids "
+            f"{missing[:10]}) and {len(unknown)} predictions are for images not in the ground "
+            f"truth (e.g. image ids {unknown[:10]})"
         )
-    for seg in pred_ann["segments_info"]:
-        if seg.get("category_id") not in categories:
-            raise ValueError(
-                f"prediction of {image}: segment {seg.get('id')} has category_id "
-                f"{seg.get('category_id')!r}, not a category id of the ground truth "
-                f"(e.g. {sorted(categories)[:10]})"
-            )
-    if any("area" not in s for s in gt_ann["segments_info"]):
+    by_image = {a["image_id"]: a for a in pred_annotations}
+    return [(a, by_image[a["image_id"]]) for a in gt_annotations]
+
+
+def _complete_ground_truth(gt_ann: dict, gt_folder: str) -> None:
+    """Fill in the ``area`` (pixel count of the id in the PNG) and ``iscrowd`` (0) that
+    cityscapesscripts reads and a ground-truth json may lack."""
+    segments = gt_ann["segments_info"]
+    if any("area" not in s for s in segments):
         with Image.open(os.path.join(gt_folder, gt_ann["file_name"])) as img:
-            pan_gt = cs_rgb2id(np.array(img, dtype=np.uint32))
-        labels, counts = np.unique(pan_gt, return_counts=True)
-        area = dict(zip(labels.tolist(), counts.tolist()))
-        missing = [s["id"] for s in gt_ann["segments_info"] if "area" not in s]
-        logger.info(f"{where}: computing 'area' of segments {missing[:10]} from the PNG")
-        for s in gt_ann["segments_info"]:
-            if "area" not in s:
-                s["area"] = int(area.get(s["id"], 0))
-    for s in gt_ann["segments_info"]:
+            ids, counts = np.unique(rgb2id(np.asarray(img.convert("RGB"))), return_counts=True)
+        area = dict(zip(ids.tolist(), counts.tolist()))
+        for s in segments:
+            s.setdefault("area", int(area.get(s["id"], 0)))
+    for s in segments:
         s.setdefault("iscrowd", 0)
+
+
+def _pq_average(pairs, gt_folder: str, pred_folder: str, categories, num_processes: int):
+    """cityscapesscripts' PQ statistics of matched (ground truth, prediction) annotations."""
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import PQStat
+
+    categories = {c["id"]: c for c in categories}
+    for gt_ann, _ in pairs:
+        _complete_ground_truth(gt_ann, gt_folder)
+    n = max(1, min(int(num_processes), len(pairs)))
+    jobs = [(i, pairs[i::n], gt_folder, pred_folder, categories) for i in range(n)]
+    if n == 1:
+        stats = [_pq_chunk(jobs[0])]
+    else:
+        with multiprocessing.Pool(n) as pool:
+            stats = pool.map(_pq_chunk, jobs)
+    pq_stat = PQStat()
+    for s in stats:
+        pq_stat += s
+
+    results: Dict[str, dict] = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        try:
+            results[name], per_class = pq_stat.pq_average(categories, isthing=isthing)
+        except ZeroDivisionError:  # no category of this group in ground truth or predictions
+            results[name] = {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
+            per_class = {}
+        if name == "All":
+            results["per_class"] = per_class
+    return results
 
 
 def pq_compute(
@@ -156,126 +170,75 @@ def pq_compute(
     Raises:
         ValueError: no categories; ground-truth images without a prediction, predictions for
             images not in the ground truth, or an image predicted twice (names the image ids);
-            a ground-truth segment without ``id``/``category_id``; a prediction with duplicate
-            segment ids or a ``category_id`` not in ``categories``; a prediction PNG whose size
-            differs from the ground-truth PNG (names the image and both files and sizes).
+            a prediction with duplicate segment ids, or whose PNG size differs from the
+            ground-truth PNG (names the image and both files and sizes).
         FileNotFoundError: a ground-truth or prediction PNG is missing.
-        KeyError: inconsistent prediction files (raised by cityscapesscripts: a segment id in a
-            PNG missing from the json or vice versa).
+        KeyError: from cityscapesscripts, naming the image and segment: a prediction segment
+            whose ``category_id`` is not in ``categories``, a segment id in a PNG missing from
+            the json or vice versa.
     """
-    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import PQStat
-
-    with PathManager.open(gt_json_file, "r") as f:
-        gt_json = json.load(f)
-    with PathManager.open(pred_json_file, "r") as f:
-        pred_json = json.load(f)
-    if categories is None:
-        categories = gt_json.get("categories")
+    gt_json, pred_json = _load_json(gt_json_file), _load_json(pred_json_file)
+    categories = categories or gt_json.get("categories")
     if not categories:
         raise ValueError(f"no categories: '{gt_json_file}' has none and none were given")
-    categories = {c["id"]: c for c in categories}
-    pred_counts = collections.Counter(a["image_id"] for a in pred_json["annotations"])
-    repeated = [i for i, n in pred_counts.items() if n > 1]
-    if repeated:
-        raise ValueError(
-            f"'{pred_json_file}' has more than one prediction for image ids {repeated[:10]}"
-        )
-    pred_by_image = {a["image_id"]: a for a in pred_json["annotations"]}
-    missing = [a["image_id"] for a in gt_json["annotations"] if a["image_id"] not in pred_by_image]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} ground-truth images of '{gt_json_file}' have no prediction in "
-            f"'{pred_json_file}', e.g. image ids {missing[:10]}"
-        )
-    _check_known_images(
-        [a["image_id"] for a in gt_json["annotations"]],
-        [a["image_id"] for a in pred_json["annotations"]],
-        f"'{pred_json_file}'",
-        f"'{gt_json_file}'",
-    )
-    pairs = [(a, pred_by_image[a["image_id"]]) for a in gt_json["annotations"]]
+    pairs = _pair_up(gt_json["annotations"], pred_json["annotations"], f"'{pred_json_file}'")
     for gt_ann, pred_ann in pairs:
-        _check_pair(gt_ann, pred_ann, gt_json_file, gt_folder, pred_folder, categories)
-
-    num_processes = max(1, min(int(num_processes), len(pairs)))
-    chunks = [pairs[i::num_processes] for i in range(num_processes)]
-    jobs = [(i, c, gt_folder, pred_folder, categories) for i, c in enumerate(chunks)]
-    if num_processes == 1:
-        stats = [_pq_chunk(jobs[0])]
-    else:
-        with multiprocessing.Pool(num_processes) as pool:
-            stats = pool.map(_pq_chunk, jobs)
-    pq_stat = PQStat()
-    for s in stats:
-        pq_stat += s
-
-    results: Dict[str, dict] = {}
-    for name, isthing in _PQ_GROUPS:
-        try:
-            results[name], per_class = pq_stat.pq_average(categories, isthing=isthing)
-        except ZeroDivisionError:  # no category of this group in ground truth or predictions
-            results[name] = {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
-            per_class = {}
-        if name == "All":
-            results["per_class"] = per_class
-    return results
+        gt_png = os.path.join(gt_folder, gt_ann["file_name"])
+        pred_png = os.path.join(pred_folder, pred_ann["file_name"])
+        gt_size, pred_size = png_size(gt_png), png_size(pred_png)
+        if pred_size != gt_size:
+            raise ValueError(
+                f"image {gt_ann['image_id']!r}: the prediction '{pred_png}' has size (height, "
+                f"width) {pred_size}, the ground truth '{gt_png}' {gt_size}"
+            )
+        ids = [s["id"] for s in pred_ann["segments_info"]]
+        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+        if repeated:
+            raise ValueError(
+                f"prediction of image {gt_ann['image_id']!r}: segment ids {repeated[:10]} appear "
+                "more than once"
+            )
+    return _pq_average(pairs, gt_folder, pred_folder, categories, num_processes)
 
 
-def print_panoptic_results(pq_res: Dict[str, dict]) -> str:
-    """Log (and return) the table Detectron2's ``COCOPanopticEvaluator`` prints."""
-    headers = ["", "PQ", "SQ", "RQ", "#categories"]
-    data = []
-    for name, _ in _PQ_GROUPS:
-        row = [name] + [pq_res[name][k] * 100 for k in ["pq", "sq", "rq"]] + [pq_res[name]["n"]]
-        data.append(row)
-    table = tabulate(
-        data, headers=headers, tablefmt="pipe", floatfmt=".3f", stralign="center", numalign="center"
-    )
-    logger.info("Panoptic Evaluation Results:\n" + table)
-    return table
-
-
-def _unique_png_names(predictions: List[dict]) -> List[dict]:
-    """Rename the PNGs of images whose basenames coincide to ``<stem>_id<image_id>.png``."""
-    counts = collections.Counter(p["file_name"] for p in predictions)
-    if all(n == 1 for n in counts.values()):
-        return predictions
-    renamed = []
-    for p in predictions:
-        if counts[p["file_name"]] > 1:
-            tag = re.sub(r"[^A-Za-z0-9_.-]", "_", str(p["image_id"]))
-            p = dict(p, file_name=f"{os.path.splitext(p['file_name'])[0]}_id{tag}.png")
-        renamed.append(p)
-    clash = [n for n, c in collections.Counter(p["file_name"] for p in renamed).items() if c > 1]
+def _make_png_names_unique(annotations: List[dict]) -> None:
+    """Rename (in place) the PNGs of images whose basenames coincide to
+    ``<stem>_id<image_id>.png``."""
+    counts = collections.Counter(a["file_name"] for a in annotations)
+    for a in annotations:
+        if counts[a["file_name"]] > 1:
+            tag = re.sub(r"[^A-Za-z0-9_.-]", "_", str(a["image_id"]))
+            a["file_name"] = f"{os.path.splitext(a['file_name'])[0]}_id{tag}.png"
+    counts = collections.Counter(a["file_name"] for a in annotations)
+    clash = [n for n, c in counts.items() if c > 1]
     if clash:
         raise ValueError(
             f"prediction PNG names {clash[:10]} are not unique even with the image id appended; "
             "give the images distinct file names or image ids"
         )
-    return renamed
 
 
-class PanopticEvaluator(DatasetEvaluator):
+class PanopticEvaluator(COCOPanopticEvaluator):
     """Evaluate PQ/SQ/RQ like Detectron2's ``COCOPanopticEvaluator``, with cityscapesscripts.
 
-    Works for every dataset with panoptic metadata (``panoptic_json``, ``panoptic_root``,
+    Detectron2's evaluator with its constructor, prediction files and result keys; PQ is
+    computed with the implementation shipped in cityscapesscripts instead of panopticapi. Works
+    for every dataset with panoptic metadata (``panoptic_json``, ``panoptic_root``,
     ``thing_dataset_id_to_contiguous_id``, ``stuff_dataset_id_to_contiguous_id``,
     ``label_divisor`` (default 1000)): COCO panoptic, Cityscapes panoptic, COCO-panoptic
     folders. It contains a synchronisation and must be called from all workers; only the main
     process scores.
 
-    ``process`` takes ``inputs[i]`` with ``file_name``, ``image_id`` and optionally ``height``,
-    ``width``, and ``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``:
+    ``process`` takes ``inputs[i]`` with ``file_name`` and ``image_id`` (an image of the
+    ground-truth json), and ``outputs[i]["panoptic_seg"] = (panoptic_img, segments_info)``:
 
-    * ``panoptic_img`` non-empty ``[H, W]`` integer tensor (or array) at the input image's
-      original size: ``(H, W) == (height, width)`` of the input when it has them, else the size
-      of the ground-truth PNG (checked by ``evaluate``);
-    * ``segments_info`` a list of dicts (``id``, ``category_id`` ints, optional ``isthing``:
-      the contiguous id is mapped back to the dataset id when ``isthing`` is given, as in
-      Detectron2), with id 0 = void: the ids are unique, in ``[1, 256**3 - 1]``, and exactly the
-      non-zero values of ``panoptic_img``; or ``None``: then ``panoptic_img`` holds
-      ``class * label_divisor + instance`` with -1 = void (Panoptic-DeepLab / COPS convention),
-      and segments are derived from its unique values.
+    * ``panoptic_img`` an ``[H, W]`` integer tensor (or array) of the size of the image's
+      ground-truth PNG (the original image size);
+    * ``segments_info`` a list of dicts (``id``, ``category_id``, optional ``isthing``: the
+      category is a contiguous class id when ``isthing`` is given, else a dataset category id,
+      as in Detectron2) with id 0 = void, taken as the model gives it; or ``None``: then
+      ``panoptic_img`` holds ``class * label_divisor + instance`` with -1 = void
+      (Panoptic-DeepLab / COPS convention), and segments are derived from its unique values.
 
     ``evaluate`` writes ``predictions.json`` (the ground-truth json with the predicted
     ``annotations``) and the PNGs: into ``output_dir`` (PNGs under
@@ -291,197 +254,97 @@ class PanopticEvaluator(DatasetEvaluator):
         output_dir: where to save the predictions (optional).
         num_processes: processes of the PQ computation (keyword only; default 1).
     Raises:
-        ValueError: (constructor) not a panoptic dataset or no ``panoptic_json``/``panoptic_root``;
-            (``process``, naming the image) an input without ``file_name``/``image_id``, an
-            output without a ``(panoptic_img, segments_info)`` pair under ``panoptic_seg``, a
-            ``panoptic_img`` that is not a non-empty ``[H, W]`` integer map or not of the input's
-            ``(height, width)``, ids outside the PNG range, classes unknown to the dataset, or
-            a ``segments_info`` with non-dict entries, non-integer, duplicate or zero ids, or
-            ids that are not exactly the non-zero values of ``panoptic_img``; (``evaluate``)
-            see :meth:`evaluate`.
+        ValueError: (constructor) not a panoptic dataset; (``process``, naming the image) an
+            ``image_id`` that is not in the ground truth, a ``panoptic_img`` that is not an
+            integer map of its ground truth's size, or a class that is not one of the dataset;
+            (``evaluate``) see :meth:`evaluate`.
+        AttributeError: (constructor, from Detectron2's ``Metadata``) the dataset has no
+            ``panoptic_json``/``panoptic_root``.
     """
 
     def __init__(
         self, dataset_name: str, output_dir: Optional[str] = None, *, num_processes: int = 1
     ):
         info = get_panoptic_metadata(dataset_name)
+        super().__init__(dataset_name, output_dir)
         self._dataset_name = dataset_name
-        self._metadata = info["metadata"]
-        for key in ("panoptic_json", "panoptic_root"):
-            if not self._metadata.get(key):
-                raise ValueError(f"dataset '{dataset_name}' has no '{key}' in its metadata")
         self._label_divisor = info["label_divisor"]
-        self._thing_contiguous_id_to_dataset_id = {
-            v: k for k, v in info["thing_dataset_id_to_contiguous_id"].items()
+        self._contiguous_to_dataset = {
+            **self._thing_contiguous_id_to_dataset_id,
+            **self._stuff_contiguous_id_to_dataset_id,
         }
-        self._stuff_contiguous_id_to_dataset_id = {
-            v: k for k, v in info["stuff_dataset_id_to_contiguous_id"].items()
-        }
-        self._output_dir = output_dir
-        if self._output_dir is not None:
-            PathManager.mkdirs(self._output_dir)
+        self._dataset_ids = set(self._contiguous_to_dataset.values())
         self._num_processes = int(num_processes)
-        self._predictions: List[dict] = []
+        self._gt_png = {
+            a["image_id"]: os.path.join(self._metadata.panoptic_root, a["file_name"])
+            for a in _load_json(self._metadata.panoptic_json)["annotations"]
+        }
+        self.reset()
 
-    def reset(self):
-        self._predictions = []
-
-    def _convert_category_id(self, segment_info: dict, context: str) -> dict:
-        segment_info = dict(segment_info)
-        isthing = segment_info.pop("isthing", None)
-        if isthing is None:
-            # the model produces dataset category ids directly
-            return segment_info
-        table = (
-            self._thing_contiguous_id_to_dataset_id
-            if isthing
-            else self._stuff_contiguous_id_to_dataset_id
+    def _category(self, category_id, contiguous: bool, context: str) -> int:
+        """The dataset category id of a predicted class (a contiguous class id if
+        ``contiguous``, else a dataset category id)."""
+        cat = int(category_id)
+        if contiguous and cat in self._contiguous_to_dataset:
+            return self._contiguous_to_dataset[cat]
+        if not contiguous and cat in self._dataset_ids:
+            return cat
+        raise ValueError(
+            f"{context}: predicted {'contiguous' if contiguous else 'dataset'} class {cat} is "
+            f"not a class of dataset '{self._dataset_name}'"
         )
-        cat = int(segment_info["category_id"])
-        if cat not in table:
-            raise ValueError(
-                f"{context}: segment {segment_info.get('id')} has contiguous "
-                f"{'thing' if isthing else 'stuff'} class {cat}, unknown to dataset "
-                f"'{self._dataset_name}'"
-            )
-        segment_info["category_id"] = table[cat]
-        return segment_info
-
-    def _segments_from_label_divisor(self, panoptic_img: np.ndarray, context: str):
-        if panoptic_img.size and panoptic_img.min() < -1:
-            raise ValueError(
-                f"{context}: panoptic_seg with segments_info=None must use -1 for void and "
-                f"class * label_divisor + instance otherwise, got value {int(panoptic_img.min())}"
-            )
-        segments_info = []
-        for label in np.unique(panoptic_img).tolist():
-            if label == -1:
-                continue
-            pred_class = label // self._label_divisor
-            if pred_class in self._thing_contiguous_id_to_dataset_id:
-                isthing = True
-            elif pred_class in self._stuff_contiguous_id_to_dataset_id:
-                isthing = False
-            else:
-                raise ValueError(
-                    f"{context}: panoptic id {label} has class {pred_class} (label_divisor "
-                    f"{self._label_divisor}), unknown to dataset '{self._dataset_name}'"
-                )
-            # the official evaluation uses 0 for void: shift every id by one
-            segments_info.append({"id": label + 1, "category_id": pred_class, "isthing": isthing})
-        return panoptic_img + 1, segments_info
-
-    @staticmethod
-    def _check_segments_info(segments_info, panoptic_img: np.ndarray, context: str) -> list:
-        """Validate a given ``segments_info`` against ``panoptic_img``; returns copies with
-        ``id``/``category_id`` as Python ints."""
-        if isinstance(segments_info, (str, bytes, dict)) or not hasattr(
-            segments_info, "__iter__"
-        ):
-            raise ValueError(
-                f"{context}: panoptic_seg[1] (segments_info) must be a list of dicts or None, "
-                f"got {type(segments_info).__name__}"
-            )
-        checked = []
-        for k, seg in enumerate(segments_info):
-            if not isinstance(seg, dict) or "id" not in seg or "category_id" not in seg:
-                raise ValueError(
-                    f"{context}: segments_info[{k}] must be a dict with 'id' and 'category_id', "
-                    f"got {seg!r}"[:500]
-                )
-            seg = dict(seg)
-            for key in ("id", "category_id"):
-                v = seg[key]
-                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                    raise ValueError(
-                        f"{context}: segments_info[{k}]['{key}'] must be an int, got {v!r} "
-                        f"({type(v).__name__})"
-                    )
-                seg[key] = int(v)
-            if not 1 <= seg["id"] <= MAX_PANOPTIC_ID:
-                raise ValueError(
-                    f"{context}: segments_info[{k}]['id'] must lie in [1, {MAX_PANOPTIC_ID}] "
-                    f"(0 is void), got {seg['id']}"
-                )
-            checked.append(seg)
-        ids = [s["id"] for s in checked]
-        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-        if repeated:
-            raise ValueError(
-                f"{context}: segments_info ids must be unique, ids {repeated[:10]} appear more "
-                "than once"
-            )
-        in_img = set(np.unique(panoptic_img).tolist()) - {0}
-        not_in_img = sorted(set(ids) - in_img)
-        not_listed = sorted(in_img - set(ids))
-        if not_in_img or not_listed:
-            raise ValueError(
-                f"{context}: segments_info ids must be the non-zero values of panoptic_seg[0]: "
-                f"ids {not_in_img[:10]} are not in the map, map values {not_listed[:10]} are "
-                "not in segments_info"
-            )
-        return checked
 
     def process(self, inputs, outputs):
         """Check and encode the ``panoptic_seg`` of each output (see the class docstring).
 
         Raises:
-            ValueError: invalid input or output (see the class docstring); names the image.
+            ValueError: see the class docstring; names the image.
         """
         for input, output in zip(inputs, outputs):
-            context = f"image '{input.get('file_name', input.get('image_id'))}'"
-            for key in ("file_name", "image_id"):
-                if key not in input:
-                    raise ValueError(f"{context}: the input has no '{key}' (keys: {sorted(input)})")
-            pan = output.get("panoptic_seg") if isinstance(output, dict) else None
-            if not isinstance(pan, (tuple, list)) or len(pan) != 2:
+            context = f"image '{input['file_name']}' (image_id {input['image_id']!r})"
+            gt_png = self._gt_png.get(input["image_id"])
+            if gt_png is None:
                 raise ValueError(
-                    f"{context}: outputs must hold 'panoptic_seg' = (panoptic_img, segments_info), "
-                    f"got {type(pan).__name__}"
+                    f"{context} is not an image of the ground truth "
+                    f"'{self._metadata.panoptic_json}'"
                 )
-            panoptic_img, segments_info = pan
-            panoptic_img = np.asarray(
-                panoptic_img.cpu().numpy() if hasattr(panoptic_img, "cpu") else panoptic_img
-            )
-            if panoptic_img.ndim != 2 or not np.issubdtype(panoptic_img.dtype, np.integer):
+            panoptic_img, segments_info = output["panoptic_seg"]
+            if hasattr(panoptic_img, "cpu"):
+                panoptic_img = panoptic_img.cpu().numpy()
+            panoptic_img, size = np.asarray(panoptic_img), png_size(gt_png)
+            if panoptic_img.shape != size or not np.issubdtype(panoptic_img.dtype, np.integer):
                 raise ValueError(
-                    f"{context}: panoptic_seg[0] must be an [H, W] integer tensor, got shape "
+                    f"{context}: panoptic_seg[0] must be an integer map of the size [H, W] = "
+                    f"{list(size)} of the ground truth '{gt_png}', got shape "
                     f"{list(panoptic_img.shape)} and dtype {panoptic_img.dtype}"
                 )
-            if panoptic_img.size == 0:
-                raise ValueError(
-                    f"{context}: panoptic_seg[0] is empty (shape {list(panoptic_img.shape)})"
-                )
-            if "height" in input and "width" in input:
-                expected = (int(input["height"]), int(input["width"]))
-                if panoptic_img.shape != expected:
-                    raise ValueError(
-                        f"{context}: panoptic_seg[0] has shape {list(panoptic_img.shape)}, "
-                        f"expected the input's [height, width] = {list(expected)}"
-                    )
-            panoptic_img = panoptic_img.astype(np.int64)
-            if segments_info is None:
-                panoptic_img, segments_info = self._segments_from_label_divisor(
-                    panoptic_img, context
-                )
+            if segments_info is None:  # class * label_divisor + instance, -1 = void
+                divisor = self._label_divisor
+                segments_info = [
+                    {"id": v + 1, "category_id": self._category(v // divisor, True, context)}
+                    for v in np.unique(panoptic_img).tolist()
+                    if v != -1
+                ]
+                panoptic_img = panoptic_img.astype(np.int64) + 1  # the COCO format: 0 = void
             else:
-                segments_info = self._check_segments_info(segments_info, panoptic_img, context)
-            if panoptic_img.size and (
-                panoptic_img.min() < 0 or panoptic_img.max() > MAX_PANOPTIC_ID
-            ):
-                raise ValueError(
-                    f"{context}: panoptic ids must lie in [0, {MAX_PANOPTIC_ID}] to be written as "
-                    f"RGB, got [{int(panoptic_img.min())}, {int(panoptic_img.max())}]"
-                )
-            segments_info = [self._convert_category_id(s, context) for s in segments_info]
-            file_name_png = os.path.splitext(os.path.basename(input["file_name"]))[0] + ".png"
+                segments_info = [
+                    {
+                        **{k: v for k, v in s.items() if k != "isthing"},
+                        "id": int(s["id"]),
+                        "category_id": self._category(
+                            s["category_id"], s.get("isthing") is not None, context
+                        ),
+                    }
+                    for s in segments_info
+                ]
             with io.BytesIO() as out:
                 Image.fromarray(id2rgb(panoptic_img)).save(out, format="PNG")
                 png_string = out.getvalue()
+            stem = os.path.splitext(os.path.basename(input["file_name"]))[0]
             self._predictions.append(
                 {
                     "image_id": input["image_id"],
-                    "file_name": file_name_png,
+                    "file_name": stem + ".png",
                     "png_string": png_string,
                     "segments_info": segments_info,
                 }
@@ -494,44 +357,31 @@ class PanopticEvaluator(DatasetEvaluator):
         Raises:
             ValueError: (rank 0) an image predicted more than once over all processes (an
                 inference sampler that does not split the images into disjoint shards, e.g. a
-                training sampler, would count it twice); predictions for image ids that are not
-                in the ground-truth json, or ground-truth images without a prediction (names
-                the ids); a prediction whose size differs from its ground-truth PNG, or the
-                other errors of :func:`pq_compute` (names the image).
+                training sampler, would count it twice), or ground-truth images without a
+                prediction (names the image ids).
         """
         comm.synchronize()
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
         if not comm.is_main_process():
             return None
-        counts = collections.Counter(p["image_id"] for p in predictions)
-        repeated = [i for i, n in counts.items() if n > 1]
-        if repeated:
-            raise ValueError(
-                f"dataset '{self._dataset_name}': images {repeated[:10]} were predicted more than "
-                f"once over {comm.get_world_size()} process(es); each image must be evaluated "
-                "once (use Detectron2's InferenceSampler, as build_detection_test_loader does)"
-            )
         logger.info(
             f"Panoptic evaluation of {len(predictions)} images gathered from "
             f"{comm.get_world_size()} process(es)"
         )
-
         gt_json = PathManager.get_local_path(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        with open(gt_json, "r") as f:
-            json_data = json.load(f)
+        json_data = _load_json(gt_json)
         categories = json_data.get("categories")
         if not categories and self._metadata.get("categories_file"):
-            with open(self._metadata.categories_file, "r") as f:
-                categories = json.load(f)
-
-        _check_known_images(
-            [a["image_id"] for a in json_data.get("annotations", [])],
-            [p["image_id"] for p in predictions],
-            f"dataset '{self._dataset_name}'",
-            f"'{gt_json}'",
+            categories = _load_json(self._metadata.categories_file)
+        annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
+        pairs = _pair_up(
+            json_data["annotations"],
+            annotations,
+            f"dataset '{self._dataset_name}' ({comm.get_world_size()} process(es); each image "
+            "must be evaluated once, e.g. with Detectron2's InferenceSampler)",
         )
-        predictions = _unique_png_names(predictions)
+        _make_png_names_unique(annotations)
 
         with contextlib.ExitStack() as stack:
             if self._output_dir is not None:
@@ -543,25 +393,13 @@ class PanopticEvaluator(DatasetEvaluator):
                     tempfile.TemporaryDirectory(prefix="panoptic_eval")
                 )
             logger.info(f"Writing all panoptic predictions to {pred_dir} ...")
-            annotations = []
-            for p in predictions:
-                p = dict(p)
-                with PathManager.open(os.path.join(pred_dir, p["file_name"]), "wb") as f:
-                    f.write(p.pop("png_string"))
-                annotations.append(p)
+            for p, a in zip(predictions, annotations):
+                with PathManager.open(os.path.join(pred_dir, a["file_name"]), "wb") as f:
+                    f.write(p["png_string"])
             json_data["annotations"] = annotations
-            predictions_json = os.path.join(out_dir, "predictions.json")
-            with PathManager.open(predictions_json, "w") as f:
+            with PathManager.open(os.path.join(out_dir, "predictions.json"), "w") as f:
                 f.write(json.dumps(json_data))
-
-            pq_res = pq_compute(
-                gt_json,
-                PathManager.get_local_path(predictions_json),
-                gt_folder=gt_folder,
-                pred_folder=pred_dir,
-                categories=categories,
-                num_processes=self._num_processes,
-            )
+            pq_res = _pq_average(pairs, gt_folder, pred_dir, categories, self._num_processes)
 
         res = {}
         for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
@@ -62,12 +62,11 @@ OUTPUT_KEY_DESCRIPTIONS = {
 class PanopticSemSegEvaluator(SemSegEvaluator):
     """Detectron2's ``SemSegEvaluator`` with the ground truth taken from the panoptic PNGs.
 
-    ``process`` takes ``inputs[i]`` (``file_name`` of a dataset image, optional
-    ``height``/``width``) and ``outputs[i][output_key]``: a ``[K, H, W]`` ``torch.Tensor`` of
-    finite scores (real dtype; bool is read as 0/1) at the original image size, with
-    ``K = len(stuff_classes)`` (Detectron2's panoptic metadata lists all classes there) and
-    ``(H, W)`` the input's ``(height, width)`` when given and always the ground-truth PNG's
-    size. ``evaluate`` returns Detectron2's
+    ``process`` takes ``inputs[i]`` (``file_name`` of a dataset image) and
+    ``outputs[i][output_key]``: a ``[K, H, W]`` ``torch.Tensor`` of finite scores (real dtype;
+    bool is read as 0/1) with ``K = len(stuff_classes)`` (Detectron2's panoptic metadata lists
+    all classes there) and ``(H, W)`` the size of the image's ground-truth PNG (the original
+    image size). ``evaluate`` returns Detectron2's
     ``{output_key: {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent: the
     result key names the output that was scored. COPS models output ``"sem_seg"`` (one-hot
     AMWC node labels, what the paper's mIoU measures) and ``"sem_seg_head"`` (the semantic
@@ -81,48 +80,32 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
             (``sem_seg_predictions.json``; use one folder per ``output_key``).
         output_key: the model output to score (default ``"sem_seg"``).
     Raises:
-        ValueError: not a panoptic dataset, or dataset dicts without ``pan_seg_file_name``;
-            (``process``, naming the image and ``output_key``) an output without
-            ``output_key``, an input whose ``file_name`` is not in the dataset, a prediction
-            that is not a ``torch.Tensor``, not ``[K, H, W]`` with ``K = len(stuff_classes)``,
-            not of the expected size, of a complex dtype, or with NaN/inf values.
+        ValueError: (constructor) not a panoptic dataset, or class ids beyond
+            ``stuff_classes``; (``process``, naming the image and ``output_key``) an input whose
+            ``file_name`` is not an image of the dataset, a prediction that is not a real
+            ``[K, H, W]`` tensor of the ground truth's size, or one with NaN/inf values.
+        KeyError: (``process``) an output without ``output_key``.
     """
 
     def __init__(
         self, dataset_name: str, distributed: bool = True, output_dir=None, *, output_key="sem_seg"
     ):
-        if not isinstance(output_key, str) or not output_key:
-            raise ValueError(f"output_key must be a non-empty string, got {output_key!r}")
         self._output_key = output_key
         # Not calling SemSegEvaluator.__init__: it requires "sem_seg_file_name" in every dataset
         # dict. The attributes below are the ones its process()/evaluate() read.
         info = get_panoptic_metadata(dataset_name)
-        meta = info["metadata"]
         self._logger = logging.getLogger(__name__)
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._output_dir = output_dir
         self._cpu_device = torch.device("cpu")
         self._ignore_label = info["ignore_label"]
-        self._segments: Dict[str, List[dict]] = {}
-        self.input_file_to_gt_file = {}
-        for record in DatasetCatalog.get(dataset_name):
-            if "pan_seg_file_name" not in record:
-                raise ValueError(
-                    f"dataset '{dataset_name}': record of '{record['file_name']}' has no "
-                    "'pan_seg_file_name'"
-                )
-            self.input_file_to_gt_file[record["file_name"]] = record["pan_seg_file_name"]
-            self._segments[record["pan_seg_file_name"]] = record["segments_info"]
-        self._contiguous_id_to_dataset_id = {
-            v: k
-            for m in (
-                info["thing_dataset_id_to_contiguous_id"],
-                info["stuff_dataset_id_to_contiguous_id"],
-            )
-            for k, v in m.items()
-        }
-        self._class_names = list(meta.stuff_classes)
+        records = DatasetCatalog.get(dataset_name)
+        self.input_file_to_gt_file = {r["file_name"]: r["pan_seg_file_name"] for r in records}
+        self._segments = {r["pan_seg_file_name"]: r["segments_info"] for r in records}
+        maps = ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id")
+        self._contiguous_id_to_dataset_id = {v: k for m in maps for k, v in info[m].items()}
+        self._class_names = list(info["metadata"].stuff_classes)
         self._num_classes = len(self._class_names)
         if info["class_ids"] and info["class_ids"][-1] >= self._num_classes:
             raise ValueError(
@@ -145,54 +128,33 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
         return self._output_key
 
     def _check_prediction(self, input: dict, pred) -> torch.Tensor:
-        """Raise ValueError unless ``pred`` is valid ``[K, H, W]`` scores for ``input``."""
-        context = f"outputs['{self._output_key}'] of image '{input.get('file_name')}'"
-        if input.get("file_name") not in self.input_file_to_gt_file:
+        """``pred`` if it is valid ``[K, H, W]`` scores for ``input`` (bool read as uint8)."""
+        context = f"outputs['{self._output_key}'] of image '{input['file_name']}'"
+        gt_file = self.input_file_to_gt_file.get(input["file_name"])
+        if gt_file is None:
+            raise ValueError(f"{context}: not an image of dataset '{self._dataset_name}'")
+        expected = [self._num_classes, *png_size(gt_file)]
+        if not isinstance(pred, torch.Tensor) or list(pred.shape) != expected or pred.is_complex():
             raise ValueError(
-                f"{context}: file_name is not an image of dataset '{self._dataset_name}'"
+                f"{context} must be a real torch.Tensor of shape [K, H, W] = {expected} "
+                f"(stuff_classes of dataset '{self._dataset_name}', size of the ground truth "
+                f"'{gt_file}'), got {type(pred).__module__}.{type(pred).__name__} of shape "
+                f"{list(getattr(pred, 'shape', []))}"
             )
-        if not isinstance(pred, torch.Tensor):
-            raise ValueError(
-                f"{context} must be a torch.Tensor [K, H, W], got {type(pred).__module__}."
-                f"{type(pred).__name__}"
-            )
-        if pred.dim() != 3 or pred.shape[0] != self._num_classes:
-            raise ValueError(
-                f"{context} must have shape [K, H, W] with K = {self._num_classes} classes "
-                f"(stuff_classes of dataset '{self._dataset_name}'), got {list(pred.shape)}"
-            )
-        if pred.is_complex():
-            raise ValueError(f"{context} must have a real dtype, got {pred.dtype}")
-        if pred.dtype == torch.bool:
-            pred = pred.to(torch.uint8)
         if pred.is_floating_point() and not bool(torch.isfinite(pred).all()):
             raise ValueError(f"{context} has NaN or infinite values")
-        gt_file = self.input_file_to_gt_file[input["file_name"]]
-        sizes = [(png_size(gt_file), f"the ground truth '{gt_file}'")]
-        if "height" in input and "width" in input:
-            sizes.insert(0, ((int(input["height"]), int(input["width"])), "the input"))
-        for size, what in sizes:
-            if tuple(pred.shape[1:]) != size:
-                raise ValueError(
-                    f"{context} has spatial size [H, W] = {list(pred.shape[1:])}, {what} "
-                    f"{list(size)}"
-                )
-        return pred
+        return pred.to(torch.uint8) if pred.dtype == torch.bool else pred
 
     def process(self, inputs, outputs):
         """Accumulate the confusion matrix (Detectron2's ``SemSegEvaluator.process``).
 
         Raises:
-            ValueError: invalid prediction (see the class docstring); names the image.
+            ValueError, KeyError: see the class docstring; names the image.
         """
-        selected = []
-        for input, output in zip(inputs, outputs):
-            if self._output_key not in output:
-                raise ValueError(
-                    f"output of '{input.get('file_name')}' has no '{self._output_key}' "
-                    f"(keys: {sorted(output)})"
-                )
-            selected.append({"sem_seg": self._check_prediction(input, output[self._output_key])})
+        selected = [
+            {"sem_seg": self._check_prediction(input, output[self._output_key])}
+            for input, output in zip(inputs, outputs)
+        ]
         super().process(inputs, selected)
 
     def evaluate(self):
