@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
 from detectron2_cops import _C
-from detectron2_cops.checks import as_float, as_int, as_int_list
+from detectron2_cops.checks import as_float, as_int, as_int_list, as_int_set
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
 
@@ -214,7 +214,7 @@ class AMWCPostProcessor:
         min_thing_cluster_size: int = 1,
     ):
         self.num_classes = as_int(num_classes, "num_classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)", 1)
-        self.thing_ids = sorted(set(as_int_list(thing_ids, "thing_ids", 0)))
+        self.thing_ids = sorted(as_int_set(thing_ids, "thing_ids", 0))
         if self.thing_ids and self.thing_ids[-1] >= self.num_classes:
             raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {self.thing_ids}")
         self.partitionable = np.zeros(self.num_classes, dtype=bool)
