@@ -464,13 +464,13 @@ def _valid_inputs():
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda sc, ec: (sc[0], ec, {}), r"semantic_costs must be a 4-D floating point torch.Tensor .*got torch.float64 \[6, 6, 7\]"),
-        (lambda sc, ec: (sc.to(torch.int64), ec, {}), "semantic_costs must be a 4-D floating point"),
-        (lambda sc, ec: (sc.numpy(), ec, {}), "semantic_costs must be a 4-D floating point torch.Tensor .*got ndarray"),
+        (lambda sc, ec: (sc[0], ec, {}), r"semantic_costs must be a floating point torch.Tensor \[B, K, H, W\], got torch.float64 \[6, 6, 7\]"),
+        (lambda sc, ec: (sc.to(torch.int64), ec, {}), "semantic_costs must be a floating point torch.Tensor .* got torch.int64"),
+        (lambda sc, ec: (sc.numpy(), ec, {}), "semantic_costs must be a floating point torch.Tensor .*got ndarray"),
         (lambda sc, ec: (sc[:, :5], ec, {}), r"K = num_classes = 6 .*got \[1, 5, 6, 7\]"),
         (lambda sc, ec: (sc[:, :, :0], [e[:, :, :0] for e in ec], {}), r"B, H, W >= 1, got \[1, 6, 0, 7\]"),
         (lambda sc, ec: (sc[:0], [e[:0] for e in ec], {}), r"B, H, W >= 1, got \[0, 6, 6, 7\]"),
-        (lambda sc, ec: (sc, ec[:1], {}), r"edge_costs must be a list of 2 tensors .*one map per edge distance \[1, 2\], got 1 maps"),
+        (lambda sc, ec: (sc, ec[:1], {}), r"edge_costs must be a list of 2 tensors .*one map per edge distance \[1, 2\], got 1 entries"),
         (lambda sc, ec: (sc, ec[0], {}), "edge_costs must be a list of 2 tensors .*got Tensor"),
         (lambda sc, ec: (sc, [ec[0][:, :, :-1], ec[1]], {}), r"edge_costs\[0\] \(edge distance 1\) must be .* got torch.float64"),
         (lambda sc, ec: (sc, [ec[0], ec[1].to(torch.int32)], {}), r"edge_costs\[1\] .* must be a floating point"),

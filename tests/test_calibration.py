@@ -63,13 +63,13 @@ def test_calibration_keeps_dtype_and_allows_no_edges():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda sem, cut: (sem[0], cut), "4-D"),
-        (lambda sem, cut: (sem.long(), cut), "floating"),
-        (lambda sem, cut: (sem, cut[:1]), "one map per edge distance"),
-        (lambda sem, cut: (sem, cut[0]), "list"),
-        (lambda sem, cut: (sem, [cut[0][:1], cut[1]]), r"cut_logits\[0\]"),
-        (lambda sem, cut: (sem, [cut[0], cut[1][:, :1]]), r"cut_logits\[1\]"),
-        (lambda sem, cut: (sem, [cut[0], cut[1].int()]), "floating"),
+        (lambda sem, cut: (sem[0], cut), r"semantic_logits must be a floating point torch.Tensor \[B, K, H, W\], got .* \[5, 6, 7\]"),
+        (lambda sem, cut: (sem.long(), cut), "semantic_logits must be a floating point torch.Tensor .* got torch.int64"),
+        (lambda sem, cut: (sem, cut[:1]), r"cut_logits must be a list of 2 tensors \[B, 2, H_d, W_d\], one per edge distance, got 1 entries"),
+        (lambda sem, cut: (sem, cut[0]), "cut_logits must be a list of 2 tensors .* got Tensor"),
+        (lambda sem, cut: (sem, [cut[0][:1], cut[1]]), r"cut_logits\[0\] must have shape \[B, 2, H_d, W_d\] with B = 2, got \[1, 2, 6, 7\]"),
+        (lambda sem, cut: (sem, [cut[0], cut[1][:, :1]]), r"cut_logits\[1\] must have shape \[B, 2, H_d, W_d\] with B = 2, got \[2, 1, 3, 4\]"),
+        (lambda sem, cut: (sem, [cut[0], cut[1].int()]), r"cut_logits\[1\] must be a floating point torch.Tensor"),
     ],
 )
 def test_calibration_bad_input_raises_value_error(make, match):
@@ -127,7 +127,7 @@ def test_pixel_dropout_bad_p(p):
 
 
 def test_pixel_dropout_bad_input():
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(ValueError, match=r"x must be a floating point torch.Tensor \[B, K, H, W\], got torch.float32 \[3, 4, 5\]"):
         PixelDropout(0.5).train()(torch.zeros(3, 4, 5))
     with pytest.raises(ValueError, match="generator"):
         PixelDropout(0.5, generator=1)
@@ -161,7 +161,7 @@ def test_edge_dropout_bad_arguments():
     for p in (-0.1, 1.5, float("nan"), True):
         with pytest.raises(ValueError, match="p must"):
             EdgeDropout(p)
-    with pytest.raises(ValueError, match="list"):
+    with pytest.raises(ValueError, match="edge_costs must be a list of tensors .* got Tensor"):
         EdgeDropout(0.1)(torch.zeros(1, 2, 3, 3))
-    with pytest.raises(ValueError, match="4-D"):
+    with pytest.raises(ValueError, match=r"edge_costs\[0\] must be a floating point torch.Tensor \[B, 2, H_d, W_d\], got"):
         EdgeDropout(0.1)([torch.zeros(2, 3, 3)])

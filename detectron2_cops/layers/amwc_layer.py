@@ -5,22 +5,14 @@ Differentiable Approach", NeurIPS 2021: Sec. 3.1 (AMWC on the pixel grid), Sec. 
 estimation by averaging over perturbation magnitudes, slides "Contribution 1") and Sec. 3.5
 (backward pass through a transformation to multiway cut, slides "Contribution 3"); the black-box
 differentiation estimator of Vlastelica et al., "Differentiation of Blackbox Combinatorial
-Solvers", ICLR 2020. The reference implementation is the authors' ``panoptic_affinity/multicut_solvers.py``
-(``AsymmetricMultiCutSolver``, ``solve_mc_grad_avg``) and ``losses.py`` (``AMWCBackward``).
+Solvers", ICLR 2020. The reference implementation is the authors'
+``panoptic_affinity/multicut_solvers.py`` (``AsymmetricMultiCutSolver``, ``solve_mc_grad_avg``)
+and ``losses.py`` (``AMWCBackward``).
 
-Forward: per image, the AMWC
-
-    min_{x, y}  sum_i c_V(i, x(i)) + sum_{ij} c_E(ij) y(ij)
-
-on the grid graph of :class:`~detectron2_cops.solvers.GridGraph` (thing classes partitionable) is
-solved by the native GAEC solver (all images of a batch in parallel); the solution is returned as
-class labels, contiguous instance ids, edge labels (1 = cut) and one binary *panoptic mask* per
-predicted segment (one per stuff class present, one per thing instance).
-
-Backward: the incoming gradients ``dL/dP_m`` (masks), ``dL/dX`` (node one-hot) and ``dL/dY``
-(edge labels) are turned into a multiway cut (MWC) whose labels are the predicted segments, the
-padded segments of missed ground truth (``pad_fn``) and the classes without a segment, solved
-for ``N`` perturbation magnitudes ``lambda_i`` and averaged (see :class:`AMWCFunction`).
+The forward solves the AMWC of every image on the grid graph of
+:class:`~detectron2_cops.solvers.GridGraph` and returns its panoptic segments as masks; the
+backward estimates the gradient through a multiway cut over those segments (see
+:class:`AMWCFunction`).
 
 Input checks: :class:`AMWCLayer` checks its arguments once (constructor, :meth:`AMWCLayer.forward`)
 and :meth:`AMWCFunction.backward` the incoming gradients; the solves behind them take the
@@ -33,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -42,14 +35,9 @@ from torch import Tensor, nn
 from ..checks import as_float, as_int, as_int_list, as_int_set
 from ..solvers import GridGraph
 from ..solvers.amwc import _solve_batch
+from ._checks import NonFiniteError, all_finite, check_tensor, check_tensor_list
 
 __all__ = ["AMWCOutput", "AMWCBatchOutput", "AMWCFunction", "AMWCLayer", "NonFiniteError", "PadFn"]
-
-
-class NonFiniteError(ValueError, FloatingPointError):
-    """NaN or inf in the costs or weights given to :class:`AMWCLayer`, or in the incoming
-    gradients of its backward: a ``ValueError`` (bad input) and a ``FloatingPointError`` (in
-    training, the sign that the model diverged)."""
 
 #: ``pad_fn(image_index, masks [M_b, H, W], classes [M_b] int64) -> class ids of the padded masks``
 PadFn = Callable[[int, Tensor, Tensor], Sequence[int]]
@@ -116,33 +104,25 @@ class AMWCBatchOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- configuration
+@dataclass
 class _Spec:
     """Everything :class:`AMWCFunction` needs besides the cost tensors (one object per call)."""
 
-    __slots__ = (
-        "grid", "thing_mask", "num_samples", "lambda_min", "lambda_max", "local_search",
-        "num_threads", "generator", "pixel_weights", "edge_weights", "timing",
-        "min_thing_cluster_size", "pad_fn", "warm_start", "float32",
-    )
-
-    def __init__(self, grid, thing_mask, num_samples, lambda_min, lambda_max, local_search,
-                 num_threads, generator, pixel_weights, edge_weights, timing,
-                 min_thing_cluster_size=1, pad_fn=None, warm_start=False, float32=False):
-        self.grid = grid
-        self.thing_mask = thing_mask
-        self.num_samples = num_samples
-        self.lambda_min = lambda_min
-        self.lambda_max = lambda_max
-        self.local_search = local_search
-        self.num_threads = num_threads
-        self.generator = generator
-        self.pixel_weights = pixel_weights
-        self.edge_weights = edge_weights
-        self.timing = timing
-        self.min_thing_cluster_size = min_thing_cluster_size
-        self.pad_fn = pad_fn
-        self.warm_start = warm_start
-        self.float32 = float32
+    grid: GridGraph
+    thing_mask: np.ndarray
+    num_samples: int
+    lambda_min: float
+    lambda_max: float
+    local_search: bool
+    num_threads: int
+    generator: Optional[torch.Generator]
+    pixel_weights: Optional[Tensor]
+    edge_weights: Optional[List[Tensor]]
+    timing: Dict[str, float]
+    min_thing_cluster_size: int = 1
+    pad_fn: Optional["PadFn"] = None
+    warm_start: bool = False
+    float32: bool = False
 
 
 def _new_timing() -> Dict[str, float]:
@@ -161,17 +141,6 @@ def _to_cpu_f64(x: Tensor) -> Tensor:
     return x.detach().to(device="cpu", dtype=torch.float64)
 
 
-def _all_finite(x: Tensor) -> bool:
-    """True if ``x`` has no NaN/inf. One reduction without a temporary: a finite sum implies that
-    every entry is finite; only a non-finite sum (NaN/inf, or overflow) triggers the exact check."""
-    x = x.detach()
-    if x.numel() == 0:
-        return True
-    if bool(torch.isfinite(x.sum())):
-        return True
-    return bool(torch.isfinite(x).all())
-
-
 def _node_costs_f64(semantic_costs: Tensor) -> np.ndarray:
     """``[B, K, H, W]`` -> C-contiguous ``[B, H*W, K] float64`` on the CPU, in one copy."""
     B, K, H, W = semantic_costs.shape
@@ -186,8 +155,8 @@ def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: i
 
     One segment per stuff class present (key = class), one per thing cluster (key = K + cluster
     id) of at least ``min_thing_cluster_size`` pixels (smaller thing clusters get no segment, as
-    ``IGNORE_INSTANCE_SIZE_AMC`` in the COPS code's ``solve_amc``, ``multicut_solvers.py``
-   ); keys are compacted in ascending order (stuff classes, then clusters).
+    ``IGNORE_INSTANCE_SIZE_AMC`` in the COPS code's ``solve_amc``, ``multicut_solvers.py``); keys
+    are compacted in ascending order (stuff classes, then clusters).
 
     Returns:
         ``(seg_of_pixel [N] int64 (-1: no segment), seg_classes [S] int64)``.
@@ -540,7 +509,7 @@ class AMWCFunction(torch.autograd.Function):
             g = g.detach().to("cpu")
             if g.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16: NumPy-readable
                 g = g.float()
-            if not _all_finite(g):
+            if not all_finite(g):
                 raise NonFiniteError(f"AMWCFunction.backward: the incoming gradient of {name} contains NaN or inf")
             return g
 
@@ -662,29 +631,13 @@ class AMWCFunction(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_tensor(x, name: str, shape: Tuple[int, ...], shape_desc: str, device, *, non_negative=False):
-    if not isinstance(x, Tensor) or not x.is_floating_point() or tuple(x.shape) != tuple(shape):
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a floating point torch.Tensor {shape_desc} = {list(shape)}, got {got}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but semantic_costs is on {device}; use one device")
-    xd = x.detach()
-    if not _all_finite(xd):
-        raise NonFiniteError(f"{name} contains NaN or inf")
-    if non_negative and xd.numel() and bool((xd < 0).any()):
-        raise ValueError(f"{name} must be non-negative")
-
-
 def _check_maps(maps, name: str, grid: GridGraph, B: int, device, *, non_negative=False):
     """``maps``: a list with one tensor ``[B, 2, H_d, W_d]`` per edge distance of ``grid``."""
-    D = len(grid.map_shapes)
-    if isinstance(maps, Tensor) or not isinstance(maps, (list, tuple)) or len(maps) != D:
-        got = f"{len(maps)} maps" if isinstance(maps, (list, tuple)) else type(maps).__name__
-        raise ValueError(f"{name} must be a list of {D} tensors [B, 2, H_d, W_d], one map per edge distance "
-                         f"{grid.edge_distances}, got {got}")
+    check_tensor_list(maps, name, f"[B, 2, H_d, W_d], one map per edge distance {grid.edge_distances}",
+                      len(grid.map_shapes))
     for d, (m, shape) in enumerate(zip(maps, grid.map_shapes)):
-        _check_tensor(m, f"{name}[{d}] (edge distance {grid.edge_distances[d]})", (B,) + shape, "[B, 2, H_d, W_d]",
-                      device, non_negative=non_negative)
+        check_tensor(m, f"{name}[{d}] (edge distance {grid.edge_distances[d]})", f"[B, 2, H_d, W_d] = {[B, *shape]}",
+                     shape=(B,) + shape, device=device, non_negative=non_negative)
 
 
 # ----------------------------------------------------------------------------- module
@@ -814,19 +767,16 @@ class AMWCLayer(nn.Module):
     def _validate(self, semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn) -> GridGraph:
         """Check the arguments of :meth:`forward` (see there); returns the grid of the costs."""
         sc = semantic_costs
-        if not isinstance(sc, Tensor) or sc.dim() != 4 or not sc.is_floating_point():
-            got = f"{sc.dtype} {list(sc.shape)}" if isinstance(sc, Tensor) else type(sc).__name__
-            raise ValueError(f"semantic_costs must be a 4-D floating point torch.Tensor [B, K, H, W], got {got}")
+        check_tensor(sc, "semantic_costs", "[B, K, H, W]", ndim=4)
         B, K, H, W = sc.shape
         if K != self.num_classes or min(B, H, W) == 0:
             raise ValueError(f"semantic_costs must have shape [B, K, H, W] with K = num_classes = {self.num_classes} "
                              f"and B, H, W >= 1, got {list(sc.shape)}")
-        if not _all_finite(sc):
-            raise NonFiniteError("semantic_costs contains NaN or inf")
         grid = self.grid(H, W)
         _check_maps(edge_costs, "edge_costs", grid, B, sc.device)
         if pixel_weights is not None:
-            _check_tensor(pixel_weights, "pixel_weights", (B, H, W), "[B, H, W]", sc.device, non_negative=True)
+            check_tensor(pixel_weights, "pixel_weights", f"[B, H, W] = {[B, H, W]}", shape=(B, H, W), device=sc.device,
+                         non_negative=True)
         if edge_weights is not None:
             _check_maps(edge_weights, "edge_weights", grid, B, sc.device, non_negative=True)
         if generator is not None and not (isinstance(generator, torch.Generator) and generator.device.type == "cpu"):

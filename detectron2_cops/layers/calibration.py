@@ -1,8 +1,8 @@
 """Learnable cost calibration and pixel dropout in front of the AMWC layer of COPS.
 
-Source: COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1) and the authors' code (``panoptic_affinity/panoptic_seg_affinity.py``:
-``seg_cost_weights``, ``edge_costs_weights`` and ``seg_dropout_layer``; ``utils.py``:
-``DropoutPixels``). The network predicts semantic logits and cut logits (high = the two pixels
+Source: COPS (Abbas & Swoboda, NeurIPS 2021, Sec. 3.1) and the authors' code
+(``panoptic_affinity/panoptic_seg_affinity.py``: ``seg_cost_weights``, ``edge_costs_weights`` and
+``seg_dropout_layer``; ``utils.py``: ``DropoutPixels``). The network predicts semantic logits and cut logits (high = the two pixels
 belong to different segments); the AMWC takes costs (low = preferred). The conversion has one
 learnable scale and offset for the semantic costs and one per edge distance:
 
@@ -22,17 +22,19 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import as_float, as_int
+from ._checks import check_tensor, check_tensor_list
 
 __all__ = ["CostCalibration", "EdgeDropout", "PixelDropout"]
 
 
-def _check_logits(x, name: str, ndim_desc: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor {ndim_desc}, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D {ndim_desc}, got shape {list(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating point tensor, got dtype {x.dtype}")
+def _check_maps(maps, name: str, count=None, batch=None) -> None:
+    """A list of ``count`` (any number if None) 4-D floating tensors ``[B, 2, H_d, W_d]``."""
+    check_tensor_list(maps, name, "[B, 2, H_d, W_d], one per edge distance", count)
+    for d, m in enumerate(maps):
+        check_tensor(m, f"{name}[{d}]", "[B, 2, H_d, W_d]" + ("" if batch is None else f" with B = {batch}"), ndim=4,
+                     finite=False)
+        if batch is not None and (m.shape[0] != batch or m.shape[1] != 2):
+            raise ValueError(f"{name}[{d}] must have shape [B, 2, H_d, W_d] with B = {batch}, got {list(m.shape)}")
 
 
 class CostCalibration(nn.Module):
@@ -79,24 +81,8 @@ class CostCalibration(nn.Module):
             ValueError: inputs not 4-D floating tensors, wrong number of cut-logit maps, batch
                 sizes that differ.
         """
-        _check_logits(semantic_logits, "semantic_logits", "[B, K, H, W]")
-        if isinstance(cut_logits, Tensor) or not isinstance(cut_logits, (list, tuple)):
-            raise ValueError(
-                f"cut_logits must be a list of {self.num_edge_distances} tensors [B, 2, H_d, W_d], "
-                f"got {type(cut_logits).__name__}"
-            )
-        if len(cut_logits) != self.num_edge_distances:
-            raise ValueError(
-                f"cut_logits must hold one map per edge distance: expected {self.num_edge_distances}, "
-                f"got {len(cut_logits)}"
-            )
-        B = semantic_logits.shape[0]
-        for d, c in enumerate(cut_logits):
-            _check_logits(c, f"cut_logits[{d}]", "[B, 2, H_d, W_d]")
-            if c.shape[0] != B or c.shape[1] != 2:
-                raise ValueError(
-                    f"cut_logits[{d}] must have shape [B={B}, 2, H_d, W_d], got {list(c.shape)}"
-                )
+        check_tensor(semantic_logits, "semantic_logits", "[B, K, H, W]", ndim=4, finite=False)
+        _check_maps(cut_logits, "cut_logits", self.num_edge_distances, semantic_logits.shape[0])
         a = self.semantic_weight.to(semantic_logits.dtype)
         b = self.semantic_bias.to(semantic_logits.dtype)
         semantic_costs = -(a * semantic_logits + b)
@@ -161,7 +147,7 @@ class PixelDropout(_CostDropout):
         Raises:
             ValueError: ``x`` not a 4-D floating tensor; bad generator.
         """
-        _check_logits(x, "x", "[B, K, H, W]")
+        check_tensor(x, "x", "[B, K, H, W]", ndim=4, finite=False)
         g = self._check_generator(generator) if generator is not None else self.generator
         if not self.training or self.p == 0.0:
             return x
@@ -206,10 +192,7 @@ class EdgeDropout(_CostDropout):
         Raises:
             ValueError: ``edge_costs`` not a list of 4-D floating tensors; bad generator.
         """
-        if isinstance(edge_costs, Tensor) or not isinstance(edge_costs, (list, tuple)):
-            raise ValueError(f"edge_costs must be a list of [B, 2, H_d, W_d] tensors, got {type(edge_costs).__name__}")
-        for d, e in enumerate(edge_costs):
-            _check_logits(e, f"edge_costs[{d}]", "[B, 2, H_d, W_d]")
+        _check_maps(edge_costs, "edge_costs")
         g = self._check_generator(generator) if generator is not None else self.generator
         if not self.training or self.p == 0.0:
             return list(edge_costs)

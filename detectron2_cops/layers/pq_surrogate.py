@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from ..checks import as_float, as_int_set
+from ._checks import check_tensor
 
 __all__ = ["GroundTruthPadding", "PanopticQualitySurrogate", "SurrogateOutput", "match_segments"]
 
@@ -45,26 +46,6 @@ class SurrogateOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _check_masks(x, name: str, *, allow_bool: bool) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [N, H, W], got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"{name} must be 3-D [N, H, W], got shape {tuple(x.shape)}")
-    if x.dtype == torch.bool:
-        if not allow_bool:
-            raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
-        return
-    if not x.is_floating_point():
-        kinds = "bool or floating point" if allow_bool else "floating point"
-        raise ValueError(f"{name} must be a {kinds} tensor, got {x.dtype}")
-    if x.numel() > 0:
-        xd = x.detach()
-        if not bool(torch.isfinite(xd).all()):
-            raise ValueError(f"{name} contains NaN or inf")
-        if bool((xd < 0).any()) or bool((xd > 1).any()):
-            raise ValueError(f"{name} values must lie in [0, 1]")
-
-
 def _check_classes(x, name: str, n: int) -> List[int]:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be an int64 torch.Tensor [{n}], got {type(x).__name__}")
@@ -76,20 +57,6 @@ def _check_classes(x, name: str, n: int) -> List[int]:
     if any(v < 0 for v in values):
         raise ValueError(f"{name} contains negative class ids: {values}")
     return values
-
-
-def _check_weights(x, name: str, hw: Tuple[int, int]) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor [H, W], got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating point tensor, got {x.dtype}")
-    if tuple(x.shape) != tuple(hw):
-        raise ValueError(f"{name} must have shape [H, W] = {list(hw)}, got {list(x.shape)}")
-    xd = x.detach()
-    if not bool(torch.isfinite(xd).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    if bool((xd < 0).any()):
-        raise ValueError(f"{name} must be non-negative")
 
 
 def _same_lengths(**lists) -> int:
@@ -104,15 +71,16 @@ def _same_lengths(**lists) -> int:
 
 def _check_gt(gt_masks, gt_classes, pixel_weights, where: str) -> List[int]:
     """Check one image's ground truth (and weights); returns its classes."""
-    _check_masks(gt_masks, f"gt_masks{where}", allow_bool=True)
+    check_tensor(gt_masks, f"gt_masks{where}", "[G, H, W]", ndim=3, allow_bool=True, at_most=1)
     if pixel_weights is not None:
-        _check_weights(pixel_weights, f"pixel_weights{where}", tuple(gt_masks.shape[1:]))
+        hw = list(gt_masks.shape[1:])
+        check_tensor(pixel_weights, f"pixel_weights{where}", f"[H, W] = {hw}", shape=hw, non_negative=True)
     return _check_classes(gt_classes, f"gt_classes{where}", gt_masks.shape[0])
 
 
 def _check_pred(pred_masks, pred_classes, gt_masks, where: str) -> List[int]:
     """Check one image's predictions against its (checked) ground truth; returns their classes."""
-    _check_masks(pred_masks, f"pred_masks{where}", allow_bool=False)
+    check_tensor(pred_masks, f"pred_masks{where}", "[M, H, W]", ndim=3, at_most=1)
     if tuple(gt_masks.shape[1:]) != tuple(pred_masks.shape[1:]):
         raise ValueError(f"gt_masks{where} spatial size {list(gt_masks.shape[1:])} differs from "
                          f"pred_masks{where} {list(pred_masks.shape[1:])}")
