@@ -34,7 +34,7 @@ CONFIG_DIRS = [
 ALL_DATASET_CONFIGS = sorted(p for d in CONFIG_DIRS for p in d.glob("*.yaml"))
 # The paper's settings; the *_512x256_* configs are CPU-scale versions (R-18, lengths / 4).
 PAPER_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" not in p.name]
-CPU_SCALE_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" in p.name]
+CPU_SCALE_CONFIGS = [p for p in ALL_DATASET_CONFIGS if "512x256" in p.name and p.name.startswith("cops_")]
 
 NUM_CLASSES = 5
 # Image 72x100 -> stride-4 grid 18x25: not a multiple of the distances; d = 32 is larger than the
