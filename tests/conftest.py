@@ -164,3 +164,18 @@ def tiny_cfg(dataset: str, fully_differentiable: bool = False):
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.DATASETS.TEST = (dataset,)
     return cfg
+
+
+# --- layers: panoptic id maps as masks (test_amwc_layer, test_pq_surrogate) ---
+LD = 1000  # label divisor of the layers' tests: id = class * LD + instance
+
+
+def masks_from_ids(id_map, void_id=-1, dtype=None):
+    """``[H, W]`` panoptic id map -> (``[N, H, W]`` masks of ``dtype`` (default float32), ``[N]``
+    int64 classes ``id // LD``, the ``N`` ids in ascending order), void left out."""
+    import numpy as np
+    import torch
+
+    ids = [i for i in np.unique(id_map).tolist() if i != void_id]
+    m = torch.from_numpy(np.stack([id_map == i for i in ids]) if ids else np.zeros((0,) + id_map.shape, bool))
+    return m.to(dtype or torch.float32), torch.tensor([i // LD for i in ids], dtype=torch.long), ids

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LD, masks_from_ids
 from detectron2_cops.layers import (
     AMWCLayer,
     AMWCOutput,
@@ -20,8 +21,6 @@ from detectron2_cops.layers import (
 )
 from detectron2_cops.solvers import GridGraph, solve_amwc, solve_mwc
 from detectron2_cops.solvers.synthetic import synthetic_instance
-
-LD = 1000
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -39,12 +38,6 @@ def synthetic_costs(seeds, H=14, W=18, K=6, num_things=3, distances=(1, 2, 4), d
 
 def make_layer(K=6, num_things=3, distances=(1, 2, 4), **kw):
     return AMWCLayer(K, list(range(num_things)), list(distances), **kw)
-
-
-def gt_from_ids(gt_id):
-    ids = np.unique(gt_id)
-    masks = torch.from_numpy(np.stack([gt_id == i for i in ids]))
-    return masks, torch.tensor([int(i) // LD for i in ids])
 
 
 def pred_ids(out: AMWCOutput, things):
@@ -427,7 +420,7 @@ def test_gradient_flows_to_calibration_parameters():
     outs = layer(sem_costs, edge_costs, generator=torch.Generator().manual_seed(0))
     gt_masks, gt_classes = [], []
     for inst in insts:
-        m, c = gt_from_ids(inst.semantic * LD + inst.instance)
+        m, c = masks_from_ids(inst.semantic * LD + inst.instance, dtype=torch.bool)[:2]
         gt_masks.append(m)
         gt_classes.append(c)
     loss_fn = PanopticQualitySurrogate([0, 1], stuff_area=4, instance_area=4, ratio_eps=0.1)
@@ -658,7 +651,7 @@ def steps_to_ground_truth(kind: str, seed: int, max_steps: int = 50):
     sc, ec, gt_id = training_case(kind, seed)
     layer = AMWCLayer(K_TRAIN, THINGS_TRAIN, D_TRAIN, num_samples=5, lambda_min=1.0, lambda_max=5000.0)
     loss_fn = PanopticQualitySurrogate(THINGS_TRAIN, stuff_area=4, instance_area=4, ratio_eps=0.1)
-    gt_masks, gt_classes = gt_from_ids(gt_id)
+    gt_masks, gt_classes = masks_from_ids(gt_id, dtype=torch.bool)[:2]
     opt = torch.optim.Adam([sc] + ec, lr=0.1)
     gen = torch.Generator().manual_seed(seed)
     for step in range(max_steps + 1):
@@ -694,7 +687,7 @@ def test_estimated_gradient_drives_the_solution_to_the_ground_truth():
 # ----------------------------------------------------------------------------- variance
 def test_averaging_over_lambdas_lowers_the_variance():
     sc, ec, gt_id = training_case("merged", 3)
-    gt_masks, gt_classes = gt_from_ids(gt_id)
+    gt_masks, gt_classes = masks_from_ids(gt_id, dtype=torch.bool)[:2]
     loss_fn = PanopticQualitySurrogate(THINGS_TRAIN, stuff_area=4, instance_area=4, ratio_eps=0.1)
 
     def estimates(n):
@@ -897,7 +890,7 @@ def test_warm_and_cold_gradients_agree_in_direction():
     for kind in ("merged", "split", "wrong_class"):
         for seed in range(3):
             sc, ec, gt_id = training_case(kind, seed)
-            gt_masks, gt_classes = gt_from_ids(gt_id)
+            gt_masks, gt_classes = masks_from_ids(gt_id, dtype=torch.bool)[:2]
             g = []
             for warm in (False, True):
                 layer = AMWCLayer(K_TRAIN, THINGS_TRAIN, D_TRAIN, num_samples=5, backward_warm_start=warm)

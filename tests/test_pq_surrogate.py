@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import LD, masks_from_ids
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import (
     PaddedImage,
@@ -15,7 +16,6 @@ from detectron2_cops.layers.pq_surrogate import (
     match_segments,
 )
 
-LD = 1000
 THINGS = (0, 1, 2)
 STUFF = (3, 4)
 EXTRA_STUFF = 5  # a stuff class never present in the ground truth
@@ -27,13 +27,6 @@ LEGACY = dict(ratio_eps=0.0, rule="pq", match_zero_overlap=False)
 
 def Legacy(*args, **kwargs):
     return PanopticQualitySurrogate(*args, **{**LEGACY, **kwargs})
-
-
-def masks_from_ids(id_map, void_id=-1, dtype=torch.float32):
-    """[H, W] id map -> ([N, H, W] masks, [N] int64 classes, ids)."""
-    ids = [i for i in np.unique(id_map).tolist() if i != void_id]
-    m = torch.from_numpy(np.stack([id_map == i for i in ids]) if ids else np.zeros((0,) + id_map.shape, bool))
-    return m.to(dtype), torch.tensor([i // LD for i in ids], dtype=torch.long), ids
 
 
 def hard_batch(seed, n_cells=6, cell=3):

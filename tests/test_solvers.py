@@ -509,10 +509,12 @@ def test_grid_graph_bad_input():
         with pytest.raises(ValueError, match=match):
             edge_offsets(bad)
     g = GridGraph(4, 5, [1, 2])
-    with pytest.raises(ValueError, match="one map per edge distance"):
+    with pytest.raises(ValueError, match=r"maps must hold one map per edge distance \[1, 2\], .* got \[\[2, 4, 5\]\]"):
         g.maps_to_edge_values([np.zeros((2, 4, 5))])
-    with pytest.raises(ValueError, match=r"maps\[1\].*shape"):
+    with pytest.raises(ValueError, match=r"of shapes \[\[2, 4, 5\], \[2, 4, 5\]\], got \[\[2, 4, 5\], \[2, 4, 4\]\]"):
         g.maps_to_edge_values([np.zeros((2, 4, 5)), np.zeros((2, 4, 4))])
+    with pytest.raises(ValueError, match=r"of shapes \[\[3, 2, 4, 5\], \[3, 2, 4, 5\]\], got \[\[3, 2, 4, 5\], \[2, 2, 4, 5\]\]"):
+        g.maps_to_edge_values([np.zeros((3, 2, 4, 5)), np.zeros((2, 2, 4, 5))])
     with pytest.raises(ValueError, match="values must have shape"):
         g.edge_values_to_maps(np.zeros(g.num_edges + 1))
     # A fill that the values' dtype cannot hold is refused instead of wrapping or raising OverflowError.

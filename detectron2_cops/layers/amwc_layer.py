@@ -202,14 +202,9 @@ def _mwc_label_classes(seg_classes: np.ndarray, K: int) -> np.ndarray:
 
 
 def _mwc_initial_labels(seg_of_pixel: np.ndarray, labels: np.ndarray, label_class: np.ndarray) -> np.ndarray:
-    """The forward solution as a labelling of the backward's MWC (its warm start).
-
-    A pixel with a segment takes that segment's MWC label (the segments are the first labels of
-    ``label_class``, see :func:`_mwc_label_classes`); a pixel without one (a thing cluster under
-    ``min_thing_cluster_size``) takes the first MWC label of its class (a segment of its class, or
-    the label of its class when the class has no segment), so that the start has the forward's
-    classes everywhere. Returns ``[N] int32``.
-    """
+    """The forward solution as a labelling of the backward's MWC (its warm start), ``[N] int32``:
+    a pixel takes its segment's label (the first labels, see :func:`_mwc_label_classes`), a pixel
+    without one (a thing cluster under ``min_thing_cluster_size``) the first label of its class."""
     L = len(label_class)
     first = np.empty(int(label_class.max()) + 1 if L else 0, dtype=np.int64)
     first[label_class[::-1]] = np.arange(L - 1, -1, -1)
@@ -218,20 +213,12 @@ def _mwc_initial_labels(seg_of_pixel: np.ndarray, labels: np.ndarray, label_clas
 
 def _accumulate_node_gradient(acc: np.ndarray, row_start: np.ndarray, fwd: np.ndarray,
                               sample_classes: Sequence[np.ndarray], inv: np.ndarray, total: float) -> None:
-    """Node part of the gradient estimator's sum over the perturbed solutions (COPS Sec. 3.4/3.5,
-    before the division by ``N``):
-    ``acc[n * K + c] += sum over samples i with sample_classes[i][n] == c of inv[i]``, then
-    ``acc[n * K + fwd[n]] -= total``.
-
-    ``acc``: ``[N * K]`` float64, zero on entry (a view of the image's gradient); ``row_start``:
-    ``[N]`` int64 ``n * K``; ``fwd``: ``[N]`` int64 forward classes; ``sample_classes``: ``S``
-    arrays ``[N]`` int64 (each perturbed solve's classes); ``inv``: ``[S]`` float64 ``1 /
-    lambda_i``; ``total``: ``inv.sum()``. Every entry's additions run in sample order from 0, so
-    the result is the same to the bit as ``S`` scatters ``acc[row_start + classes_i] += inv[i]``
-    followed by ``acc[row_start + fwd] -= total``. Nodes whose class is the forward's in every
-    sample (after a warm start, most) all hold ``(inv[0] + ... + inv[S-1]) - total``, written with
-    one scatter; only the others are summed per sample.
-    """
+    """Node part of the estimator's sum over the perturbed solutions (COPS Sec. 3.4/3.5, before
+    the division by ``N``): into ``acc`` ``[N * K]`` float64 (zero on entry), ``S`` scatters
+    ``acc[row_start + sample_classes[i]] += inv[i]`` (``row_start[n] = n * K``, ``inv[i] = 1 /
+    lambda_i``), then ``acc[row_start + fwd] -= total`` (``total = inv.sum()``), to the bit. The
+    nodes whose class is the forward's in every sample (after a warm start, most) all hold
+    ``(inv[0] + ... + inv[S-1]) - total``, written with one scatter."""
     same = np.ones(len(fwd), dtype=bool)
     for c in sample_classes:
         same &= c == fwd
@@ -256,19 +243,10 @@ _EDGE_TABLE_MAX_SAMPLES = 15
 
 def _accumulate_edge_gradient(acc: np.ndarray, fwd: np.ndarray, sample_labels: Sequence[np.ndarray],
                               inv: np.ndarray, total: float) -> None:
-    """Edge part of the gradient estimator's sum over the perturbed solutions (COPS Sec. 3.4/3.5,
-    before the division by ``N``):
-    ``acc[e] = sum_i sample_labels[i][e] * inv[i] - fwd[e] * total``, the additions of every
-    entry in sample order from 0 (the same to the bit as ``acc += y_i * inv[i]`` per sample,
-    then ``acc -= fwd * total``).
-
-    ``acc``: ``[E]`` float64, zero on entry; ``fwd``: ``[E]`` uint8 forward edge labels (0/1);
-    ``sample_labels``: ``S`` arrays ``[E]`` uint8 (0/1); ``inv``: ``[S]`` float64; ``total``:
-    ``inv.sum()``. The value of an edge depends only on its ``S + 1`` labels, so for ``S <=
-    15`` they are packed into one code per edge and the ``2^(S+1)`` possible sums are looked up
-    (one gather instead of ``S`` passes over float64 arrays); more samples take the per-sample
-    passes.
-    """
+    """Edge part of that sum: ``acc[e] = sum_i sample_labels[i][e] * inv[i] - fwd[e] * total``
+    (``[E]`` float64, zero on entry; labels uint8 0/1), to the bit as ``acc += y_i * inv[i]`` per
+    sample, then ``acc -= fwd * total``. An edge's value depends only on its ``S + 1`` labels: for
+    ``S <= 15`` they are packed into one code per edge and the ``2^(S+1)`` sums looked up."""
     S = len(sample_labels)
     if S > _EDGE_TABLE_MAX_SAMPLES:
         tmp = np.empty(len(acc), dtype=np.float64)
@@ -290,16 +268,11 @@ def _accumulate_edge_gradient(acc: np.ndarray, fwd: np.ndarray, sample_labels: S
 
 # ----------------------------------------------------------------------------- autograd function
 class _Workspace(threading.local):
-    """Per-thread scratch memory for the backward's per-image MWC costs (the base ``[N, L]`` and
-    its perturbation direction ``[N, L]``), reused by the next backward on this thread.
-
-    Fresh arrays of that size are page-faulted on first write, which costs more than filling
-    them (measured: ~2 ms per 7.6 MB array); they only live until the solver returns, so one
-    buffer serves every step. A request that does not fit gets a fresh array, and the buffer
-    grows to the last pass's total at the next :meth:`reset`: from the second step on of a run
-    with fixed sizes nothing is allocated. Views start at multiples of 64 bytes from the buffer's
-    start. The arrays handed out must not outlive the pass (none is returned to the caller).
-    """
+    """Per-thread scratch memory for the backward's per-image MWC costs (base and direction,
+    ``[N, L]`` each), reused by the next backward on this thread: fresh arrays of that size are
+    page-faulted on first write, which costs more than filling them. A request that does not fit
+    gets a fresh array, and the buffer grows to the last pass's total at the next :meth:`reset`.
+    Views are 64-byte aligned; they must not outlive the pass."""
 
     _ALIGN = 64
 
@@ -376,14 +349,10 @@ class AMWCFunction(torch.autograd.Function):
     singletons; its result is never worse than that start on the perturbed objective. Where the
     perturbation is too small to move any pixel, the estimate is then exactly zero, whereas a
     cold GAEC solve of the (different) MWC problem may differ from ``s(c)`` for reasons unrelated
-    to the loss. The ``N`` perturbed node costs ``c + lambda_i * delta`` of an image are formed by
-    the solver on its worker threads from one base and one ``delta`` per image
-    (``solve_amwc_batch(..., node_cost_perturbations=...)``, the same rounding as NumPy's
-    multiply-then-add); with the mask gradient alone (the COPS loss) the solver also forms the
-    ``[N, L]`` MWC costs themselves, once per image, from the ``[N, K]`` costs, the label classes
-    and the ``[M, N]`` mask gradient (the ``(delta, scale, label_classes)`` form). With
-    ``spec.float32`` they are float32 (the solver reads them as they are, summing in float64);
-    the gradient is accumulated in float64 either way.
+    to the loss. The solver forms the ``N`` perturbed costs of an image on its worker threads from
+    one base and one direction (``solve_amwc_batch``'s ``node_cost_perturbations``; with the mask
+    gradient alone, the COPS loss, also the ``[N, L]`` MWC costs from the ``[N, K]`` ones), in
+    float32 with ``spec.float32``; the gradient is accumulated in float64 either way.
 
     The lambdas are drawn in ``backward`` from ``spec.generator`` (CPU ``torch.Generator``, or the
     global RNG if None), ``B * N`` values in image-major order, whether an image is solved or not,
@@ -658,16 +627,12 @@ class AMWCLayer(nn.Module):
         min_thing_cluster_size: ``>= 1``; thing clusters with fewer grid pixels get no mask
             (the COPS code: ``IGNORE_INSTANCE_SIZE_AMC // 4 = 12 // 4 = 3``; 1 keeps all).
         backward_warm_start: start every perturbed solve of the backward from the forward
-            solution (mapped to the MWC labels: each pixel at its segment's label; the
-            naive-pipeline AMWC at the forward's classes and instances) and improve it by the
-            solver's local search, instead of running GAEC from singletons. A departure from
-            COPS, whose code solves each perturbed problem from scratch: faster, with gradients
-            that agree in direction with those of cold solves. Ignored when ``local_search`` is
-            False (the warm start would then be returned unchanged: a zero gradient).
-        backward_float32: build the perturbed node costs (and edge costs, when an edge-label
-            gradient is present) of the backward in float32 instead of float64 (half the memory
-            and memory traffic; the solver sums them in float64). Gradients are accumulated in
-            float64 as before.
+            solution instead of GAEC from singletons (a departure from COPS, see
+            :class:`AMWCFunction`). Ignored when ``local_search`` is False (the start would come
+            back unchanged: a zero gradient).
+        backward_float32: form the backward's perturbed costs in float32 instead of float64
+            (half the memory traffic; the solver sums in float64, gradients accumulate in
+            float64).
 
     Attributes:
         last_timing: ``{"forward_solver_s", "forward_other_s", "backward_solver_s",

@@ -14,7 +14,6 @@ This module imports neither Detectron2 nor panopticapi.
 """
 from __future__ import annotations
 
-import numbers
 from collections import abc
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
@@ -215,37 +214,14 @@ def panoptic_quality(
     things = as_int_set(thing_classes, "thing_classes", 0)
 
     pred_is_list = isinstance(pred, (list, tuple))
-    gt_is_list = isinstance(gt, (list, tuple))
-    if pred_is_list != gt_is_list:
-        raise ValueError(
-            "pred and gt must both be single [H, W] maps or both lists of maps, got "
-            f"{type(pred).__name__} and {type(gt).__name__}"
-        )
+    if pred_is_list != isinstance(gt, (list, tuple)):
+        raise ValueError("pred and gt must both be single [H, W] maps or both lists of maps, got "
+                         f"{type(pred).__name__} and {type(gt).__name__}")
     if pred_is_list:
-        if len(pred) != len(gt):
-            raise ValueError(f"pred and gt lists must have the same length, got {len(pred)} and {len(gt)}")
-        preds: List[Any] = list(pred)
-        gts: List[Any] = list(gt)
-        if not isinstance(gt_crowd_ids, (list, tuple)):
-            gt_crowd_ids = list(gt_crowd_ids)
-            if len(gt_crowd_ids) > 0:
-                raise ValueError(
-                    "for a list of images, gt_crowd_ids must be a list of iterables, one per image"
-                )
-        if len(gt_crowd_ids) == 0:
-            crowds: List[Any] = [()] * len(gts)
-        elif len(gt_crowd_ids) != len(gts):
-            raise ValueError(
-                "gt_crowd_ids must hold one iterable of crowd ids per image: got "
-                f"{len(gt_crowd_ids)} entries for {len(gts)} images"
-            )
-        else:
-            crowds = list(gt_crowd_ids)
-            for i, c in enumerate(crowds):
-                if isinstance(c, (numbers.Number, np.generic, str, bytes)) or not isinstance(c, abc.Iterable):
-                    raise ValueError(
-                        f"gt_crowd_ids[{i}] must be an iterable of crowd ids of image {i}, got {c!r}"
-                    )
+        preds, gts, crowds = list(pred), list(gt), list(gt_crowd_ids) or [()] * len(pred)
+        if not len(preds) == len(gts) == len(crowds):
+            raise ValueError("pred, gt and gt_crowd_ids (one iterable of crowd ids per image, or () for none) must "
+                             f"have the same length, got {len(preds)}, {len(gts)} and {len(crowds)}")
     else:
         preds, gts, crowds = [pred], [gt], [gt_crowd_ids]
 

@@ -164,30 +164,6 @@ class GridGraph:
         )
 
     # ------------------------------------------------------------------ conversions
-    def _check_maps(self, maps, name: str, batch: bool) -> List[np.ndarray]:
-        if len(maps) != len(self.map_shapes):
-            raise ValueError(
-                f"{name} must hold one map per edge distance ({len(self.map_shapes)}), got {len(maps)}"
-            )
-        out = []
-        lead = None
-        for i, (m, shape) in enumerate(zip(maps, self.map_shapes)):
-            m = np.asarray(m)
-            got = m.shape[-3:] if batch else m.shape
-            if m.ndim != (4 if batch else 3) or tuple(got) != shape:
-                want = ("[B, " if batch else "[") + ", ".join(map(str, shape)) + "]"
-                raise ValueError(
-                    f"{name}[{i}] (edge distance {self.edge_distances[i]}) must have shape {want}, "
-                    f"got {list(m.shape)}"
-                )
-            if batch:
-                if lead is None:
-                    lead = m.shape[0]
-                elif m.shape[0] != lead:
-                    raise ValueError(f"{name}: all maps must have the same batch size")
-            out.append(m)
-        return out
-
     def maps_to_edge_values(self, maps: Sequence[np.ndarray]) -> np.ndarray:
         """Read per-edge values (costs or labels) off edge maps.
 
@@ -198,15 +174,15 @@ class GridGraph:
         Raises:
             ValueError: wrong number of maps or a map of the wrong shape.
         """
-        if len(maps) > 0 and np.asarray(maps[0]).ndim == 4:
-            ms = self._check_maps(maps, "maps", batch=True)
-            flat = np.concatenate([m.reshape(m.shape[0], int(np.prod(m.shape[1:]))) for m in ms], 1)  # B = 0 too
-            return flat[:, self.map_index]
-        ms = self._check_maps(maps, "maps", batch=False)
+        ms = [np.asarray(m) for m in maps]
+        lead = ms[0].shape[:1] if ms and ms[0].ndim == 4 else ()  # (B,) for a batch
+        if len(ms) != len(self.map_shapes) or any(m.shape != lead + s for m, s in zip(ms, self.map_shapes)):
+            raise ValueError(f"maps must hold one map per edge distance {self.edge_distances}, of shapes "
+                             f"{[list(lead + s) for s in self.map_shapes]}, got {[list(m.shape) for m in ms]}")
         if not ms:
             return np.zeros(0, dtype=np.float64)
-        flat = np.concatenate([m.reshape(-1) for m in ms], 0)
-        return flat[self.map_index]
+        flat = np.concatenate([m.reshape(lead + (int(np.prod(m.shape[len(lead):])),)) for m in ms], -1)  # B = 0 too
+        return flat[..., self.map_index]
 
     def edge_values_to_maps(self, values: np.ndarray, fill=0) -> List[np.ndarray]:
         """Scatter per-edge values back into maps; invalid positions get ``fill``.
