@@ -539,7 +539,7 @@ def test_good_inputs_work_and_bad_constructor_arguments_raise():
 # --------------------------------------------------------------------------- the COPS code's variant
 def _cops_reference(preds, pred_cls, gts, gt_cls, weights, things, inst_area, stuff_area, eps=0.1, ratio_eps=0.1):
     """The authors' surrogate written out in NumPy, step by step as ``ComputeBestGroundTruth`` /
-    ``MatchMasksPair`` (utils.py ~163-237) and ``PanopticQualityLoss.forward`` (losses.py ~24-101):
+    ``MatchMasksPair`` (utils.py) and ``PanopticQualityLoss.forward`` (losses.py):
     pred channels padded with one zero mask per unmatched gt; gt channel = matched gt (zeros for
     unmatched predictions)."""
     from scipy.optimize import linear_sum_assignment
