@@ -129,7 +129,7 @@ class LocalSearch {
   }
 
   int64_t search(int max_rounds, bool incremental, LocalSearchStats* stats) {
-    // Round 1 evaluates every node; later rounds only the nodes of segments that a cluster move
+    // The first round evaluates every node; later ones only the nodes of segments that a cluster move
     // changed (and their neighbours): elsewhere the node moves have already converged.
     std::vector<int32_t>& seeds = seeds_;
     seeds.resize(n_);
