@@ -534,12 +534,13 @@ def test_stage2_stops_with_a_clear_message_on_nan(synth_dataset):
     model.train()
     with torch.no_grad():
         model.calibration.edge_bias[1] = float("nan")
-    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match=r"iteration 7: edge costs of distance 2"):
+    named = r"iteration 7: AMWC layer input edge_costs\[1\] \(edge distance 2\) contains NaN"
+    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match=named):
         model([synthetic_input(64, 96, 0)])
     with torch.no_grad():
         model.calibration.edge_bias[1] = 0.0
         model.calibration.semantic_weight.fill_(float("inf"))
-    with pytest.raises(FloatingPointError, match="semantic costs"):
+    with pytest.raises(FloatingPointError, match="semantic_costs contains NaN or inf"):
         model([synthetic_input(64, 96, 0)])
 
 

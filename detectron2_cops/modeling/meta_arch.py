@@ -32,7 +32,7 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
 from detectron2_cops.checks import as_float, as_int
-from detectron2_cops.layers.amwc_layer import AMWCLayer
+from detectron2_cops.layers.amwc_layer import AMWCLayer, NonFiniteError
 from detectron2_cops.layers.calibration import CostCalibration, EdgeDropout, PixelDropout
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
 from detectron2_cops.layers.pq_surrogate import PanopticQualitySurrogate
@@ -482,16 +482,9 @@ class COPS(nn.Module):
                 semantic_costs, edge_costs, pixel_weights=pixel_weights, edge_weights=edge_weights,
                 pad_fn=padding,
             )
-        except ValueError as err:
-            # The layer refuses non-finite costs; costs the model computed itself are non-finite
-            # only when training diverged.
-            named = [("semantic costs", semantic_costs)] + [
-                (f"edge costs of distance {d}", e) for d, e in zip(self.edge_distances, edge_costs)
-            ]
-            bad = [(what, c) for what, c in named if not bool(torch.isfinite(c.detach()).all())]
-            if not bad:
-                raise
-            raise self._diverged(f"{bad[0][0]} (calibrated)", bad[0][1]) from err
+        except NonFiniteError as err:
+            # Costs the model computed itself are non-finite only when training diverged.
+            raise self._diverged(f"AMWC layer input {err}") from err
         amwc_time = time.perf_counter() - start
 
         surrogate = self.pq_surrogate(
@@ -500,7 +493,7 @@ class COPS(nn.Module):
         )
         losses["loss_pq"] = self.pq_loss_weight * surrogate.loss
         if not bool(torch.isfinite(losses["loss_pq"].detach())):
-            raise self._diverged("loss_pq (PQ surrogate loss)", losses["loss_pq"])
+            raise self._diverged(f"loss_pq (PQ surrogate loss) is {float(losses['loss_pq'])}")
 
         self._log_train_stats(batched_inputs, solutions, surrogate, amwc_time, previous_timing)
         return losses
@@ -528,17 +521,14 @@ class COPS(nn.Module):
         except AssertionError:  # outside a Detectron2 trainer
             return None
 
-    def _diverged(self, what: str, x: torch.Tensor) -> FloatingPointError:
-        """The error that stops the fully differentiable stage when ``x`` has NaN / inf: names
-        the tensor, the iteration and the calibration scalars."""
-        xd = x.detach()
+    def _diverged(self, what: str) -> FloatingPointError:
+        """The error that stops the fully differentiable stage on NaN / inf: names the tensor
+        (``what``), the iteration and the calibration scalars."""
         it = self._iteration()
-        n_bad = int((~torch.isfinite(xd)).sum())
         calib = {k: round(v, 6) for k, v in self._calibration_scalars().items()}
         return FloatingPointError(
-            f"COPS fully differentiable stage diverged"
-            f"{'' if it is None else f' at iteration {it}'}: {what} has {n_bad} NaN/inf of "
-            f"{xd.numel()} values (shape {list(xd.shape)}). Calibration scalars: {calib}. "
+            f"COPS fully differentiable stage diverged{'' if it is None else f' at iteration {it}'}: "
+            f"{what}. Calibration scalars: {calib}. "
             "Lower SOLVER.BASE_LR or MODEL.COPS.PQ_LOSS_WEIGHT, or resume from an earlier checkpoint."
         )
 
