@@ -500,12 +500,8 @@ class PanopticQualitySurrogate(nn.Module):
 
         # Pass 2: soft TP / FP / FN per class, summed over the batch.
         sums = [ref.new_zeros(num_classes, dtype=per_image[0][0].dtype) for _ in range(4)]  # numerator, TP, FP, FN
-        for p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs in per_image:
-            if self.rule == "original":
-                self._accumulate_original(sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
-                                          pred_cls, gt_cls, pairs)
-            else:
-                self._accumulate_pq(sums, index_of, p, inter, union, pred_cls, gt_cls, pairs)
+        for image in per_image:
+            self._accumulate(sums, index_of, *image)
         numerator, tp_sum, fp_sum, fn_sum = sums
 
         denominator = tp_sum + 0.5 * (fp_sum + fn_sum)
@@ -519,18 +515,18 @@ class PanopticQualitySurrogate(nn.Module):
         return SurrogateOutput(loss=1.0 - pq, pq=pq, per_class=per_class, matches=matches)
 
     # ------------------------------------------------------------------ pieces of forward
-    def _matched_pairs(self, index_of, p, inter, union, pred_cls, gt_cls, pairs):
-        """What both counting rules share: class indices of the predictions ``[M]`` and the
-        ground truth ``[G]``, the foreground probabilities ``s`` of the predictions ``[M]``,
-        matched flags, and for the ``pairs`` their prediction / ground-truth indices, soft IoUs
-        ``(inter + eps) / (union + eps)`` and soft thresholds ``h`` (None without pairs)."""
-        dev = p.device
+    def _accumulate(self, sums, index_of, p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls,
+                    pairs) -> None:
+        """Add one image's soft counts to ``sums`` (numerator, TP~, FP~, FN~ per class index) by
+        ``self.rule`` (see the class docstring): ``"original"``, the COPS ``PanopticQualityLoss``
+        (every segment in one pair, empty counterparts where unmatched), or ``"pq"``."""
+        numerator, tp_sum, fp_sum, fn_sum = sums
+        dev, dt = p.device, p.dtype
         pred_idx = torch.tensor([index_of[c] for c in pred_cls], dtype=torch.long, device=dev)
         gt_idx = torch.tensor([index_of[c] for c in gt_cls], dtype=torch.long, device=dev)
         s = self.foreground_probability(p.flatten(1).sum(1), pred_cls)  # [M]
         matched_pred = torch.zeros(len(pred_cls), dtype=torch.bool, device=dev)
         matched_gt = torch.zeros(len(gt_cls), dtype=torch.bool, device=dev)
-        mp = mg = iou = h = None
         if pairs:
             mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
             mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
@@ -538,31 +534,28 @@ class PanopticQualitySurrogate(nn.Module):
             matched_gt[mg] = True
             iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
             h = self.soft_threshold(iou)
-        return pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h
-
-    def _accumulate_original(self, sums, index_of, p, inter, union, area_p, area_g, g_nonzero,
-                             pred_cls, gt_cls, pairs) -> None:
-        """COPS ``PanopticQualityLoss``: every segment in one pair, empty counterparts where
-        unmatched (see the class docstring)."""
-        numerator, tp_sum, fp_sum, fn_sum = sums
-        dev, dt = p.device, p.dtype
-        pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h = self._matched_pairs(
-            index_of, p, inter, union, pred_cls, gt_cls, pairs
-        )
-        if pairs:
-            nz = g_nonzero[mg].to(dt)
-            s_m = s[mp]
-            cls_m = pred_idx[mp]
-            numerator.index_add_(0, cls_m, h * s_m * nz * iou)
-            tp_sum.index_add_(0, cls_m, h * s_m * nz)
-            fn_sum.index_add_(0, cls_m, (1.0 - h) * nz)
-            fp_sum.index_add_(0, cls_m, (1.0 - nz) * (1.0 - h) * s_m)
-        un_p = ~matched_pred
+            s_m, cls_m = s[mp], pred_idx[mp]
+            if self.rule == "original":
+                nz = g_nonzero[mg].to(dt)
+                numerator.index_add_(0, cls_m, h * s_m * nz * iou)
+                tp_sum.index_add_(0, cls_m, h * s_m * nz)
+                fn_sum.index_add_(0, cls_m, (1.0 - h) * nz)
+                fp_sum.index_add_(0, cls_m, (1.0 - nz) * (1.0 - h) * s_m)
+            else:
+                t = h * s_m
+                numerator.index_add_(0, cls_m, t * iou)
+                tp_sum.index_add_(0, cls_m, t)
+                fp_sum.index_add_(0, cls_m, (1.0 - h) * s_m)
+                fn_sum.index_add_(0, cls_m, 1.0 - h)
+        un_p, un_g = ~matched_pred, ~matched_gt
+        if self.rule == "pq":
+            fp_sum.index_add_(0, pred_idx[un_p], s[un_p])
+            fn_sum.index_add_(0, gt_idx[un_g], torch.ones(int(un_g.sum()), dtype=dt, device=dev))
+            return
         if bool(un_p.any()):
             # paired with an empty ground truth: IoU = eps / (area_w(p) + eps), nz = 0
             iou0 = self.eps / (area_p[un_p] + self.eps)
             fp_sum.index_add_(0, pred_idx[un_p], (1.0 - self.soft_threshold(iou0)) * s[un_p])
-        un_g = ~matched_gt
         if bool(un_g.any()):
             # paired with a constant empty prediction (no padded mask given): area 0
             iou0 = self.eps / (area_g[un_g] + self.eps)
@@ -573,26 +566,6 @@ class PanopticQualitySurrogate(nn.Module):
             numerator.index_add_(0, gt_idx[un_g], h0 * s0 * nz * iou0)
             tp_sum.index_add_(0, gt_idx[un_g], h0 * s0 * nz)
             fn_sum.index_add_(0, gt_idx[un_g], (1.0 - h0) * nz)
-
-    def _accumulate_pq(self, sums, index_of, p, inter, union, pred_cls, gt_cls, pairs) -> None:
-        """Soft PQ counts (rule ``"pq"``, see the class docstring)."""
-        numerator, tp_sum, fp_sum, fn_sum = sums
-        dev, dt = p.device, p.dtype
-        pred_idx, gt_idx, s, matched_pred, matched_gt, mp, mg, iou, h = self._matched_pairs(
-            index_of, p, inter, union, pred_cls, gt_cls, pairs
-        )
-        if pairs:
-            s_m = s[mp]
-            t = h * s_m
-            cls_m = pred_idx[mp]
-            numerator.index_add_(0, cls_m, t * iou)
-            tp_sum.index_add_(0, cls_m, t)
-            fp_sum.index_add_(0, cls_m, (1.0 - h) * s_m)
-            fn_sum.index_add_(0, cls_m, 1.0 - h)
-        un_p = ~matched_pred
-        fp_sum.index_add_(0, pred_idx[un_p], s[un_p])
-        un_g = ~matched_gt
-        fn_sum.index_add_(0, gt_idx[un_g], torch.ones(int(un_g.sum()), dtype=dt, device=dev))
 
     @staticmethod
     def _empty_output(pred_masks: List[Tensor], matches) -> SurrogateOutput:
