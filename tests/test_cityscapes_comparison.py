@@ -79,7 +79,11 @@ def fake_eval(monkeypatch):
 
     def evaluate(name, eval_dir, config_file, opts, weights, dataset, num_images, echo=print):
         calls.append((name, weights, list(opts), dataset, num_images))
-        res = _fake_results(20.0, 30.0, 3.0) if name == "stage1" else _fake_results(21.5, 29.0, 4.0)
+        res = {
+            "stage1": _fake_results(20.0, 30.0, 3.0),
+            "stage2": _fake_results(21.5, 29.0, 4.0),
+            "baseline": _fake_results(18.0, 31.0, 5.0),
+        }[name]
         return {"results": res, "wall_s": 1.0, "dataset": dataset or "val"}
 
     monkeypatch.setattr(tool, "evaluate_checkpoint", evaluate)
@@ -162,6 +166,30 @@ def test_resume_interrupted_stage_and_refuse_other_settings(tmp_path, fake_eval)
     with pytest.raises(tool.ComparisonError, match="other settings"):
         tool.run(_args(tmp_path, "--seed", "2"), echo=lambda s: None, runner=other)
     assert other.commands == []
+
+
+def test_baseline_is_trained_with_the_common_overrides_and_gets_two_columns(tmp_path, fake_eval):
+    baseline = REPO / "configs" / "Cityscapes-PanopticSegmentation" / "panoptic_deeplab_R_18_512x256.yaml"
+    trainer = FakeTrainer()
+    args = _args(
+        tmp_path, "--seed", "3", "--opts", "SOLVER.IMS_PER_BATCH 4", "--stage1-opts", "SOLVER.MAX_ITER 3",
+        "--baseline-config", str(baseline), "--baseline-opts", "SOLVER.MAX_ITER 5",
+    )
+    summary = tool.run(args, echo=lambda s: None, runner=trainer)
+    out = tmp_path / "out"
+    c1, c2, cb = trainer.commands
+    assert _opt(cb, "--config-file") == str(baseline) and _opt(cb, "SEED") == "3"
+    assert _opt(cb, "SOLVER.IMS_PER_BATCH") == "4" and _opt(cb, "SOLVER.MAX_ITER") == "5"
+    assert _opt(cb, "OUTPUT_DIR") == str(out / "baseline") and "MODEL.WEIGHTS" not in cb
+    assert [c[0] for c in fake_eval] == ["stage1", "stage2", "baseline"]
+    assert fake_eval[2][1] == str(out / "baseline" / "model_final.pth")
+    rows = {r["metric"]: r for r in summary["rows"]}
+    assert rows["PQ"]["baseline"] == 18.0 and rows["PQ"]["lead"] == pytest.approx(3.5)
+    assert rows["AP"]["lead"] == pytest.approx(-1.0)
+    md = (out / "comparison.md").read_text()
+    assert "| PQ | 20.00 | 21.50 | +1.50 | 18.00 | +3.50 |" in md and "baseline training" in md
+    with pytest.raises(tool.ComparisonError, match="--baseline-config"):
+        tool.run(_args(tmp_path, "--baseline-config", str(tmp_path / "nope.yaml")), runner=trainer)
 
 
 def test_pretrained_skips_stage1_and_bad_inputs(tmp_path, fake_eval):

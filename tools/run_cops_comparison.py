@@ -2,6 +2,8 @@
 """Compare COPS' two training stages in one command: train stage 1 (pretraining), train stage 2
 (fully differentiable, from stage 1's final checkpoint), evaluate both on the same validation
 set and print one table (PQ, PQ_th, PQ_st, SQ, RQ, mIoU, AP; stage 1, stage 2, difference).
+With ``--baseline-config`` (e.g. the Panoptic-DeepLab config trained with the same recipe) a
+third model is trained and evaluated alike and the table gains its column and stage 2's lead.
 
 Each training stage runs ``tools/train_net.py`` in a subprocess (always with ``--resume``:
 Detectron2 continues from ``<stage>/last_checkpoint`` if there is one, else starts from
@@ -17,7 +19,7 @@ stage from its last checkpoint. A re-run with different stage settings (config, 
 seed, start weights) in the same folder stops with an error instead of mixing runs.
 Wall time is recorded per stage (summed over resumed runs) and per evaluation.
 
-Outputs in ``--output-dir``: ``stage1/``, ``stage2/`` (Detectron2 output folders),
+Outputs in ``--output-dir``: ``stage1/``, ``stage2/``, ``baseline/`` (Detectron2 output folders),
 ``comparison.json`` and ``comparison.md`` (the table, the stage times, the settings).
 
 Examples (run from the repository root; data in the official Cityscapes layout under
@@ -35,6 +37,9 @@ Examples (run from the repository root; data in the official Cityscapes layout u
 
     # quick check on 50 evenly spaced validation images
     ... --eval-images 50
+
+    # with Panoptic-DeepLab trained on the same recipe as a third column
+    ... --baseline-config configs/Cityscapes-PanopticSegmentation/panoptic_deeplab_R_18_512x256.yaml
 """
 from __future__ import annotations
 
@@ -67,7 +72,7 @@ DEFAULT_STAGE2_CONFIG = os.path.join(
 # This checkout's detectron2_cops first (as for the training children), not another install.
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-STAGES = ("stage1", "stage2")
+STAGES = ("stage1", "stage2", "baseline")
 STATE_FILE = "comparison_stage.json"
 
 #: (row name, result task, result key) of the comparison table, in order.
@@ -131,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage1-opts", action="append", default=[], help="overrides of stage 1")
     p.add_argument("--stage2-opts", action="append", default=[], help="overrides of stage 2")
+    p.add_argument(
+        "--baseline-config", default=None,
+        help="a model to compare with, trained (with --opts, SEED) and evaluated like the stages, "
+        "e.g. configs/Cityscapes-PanopticSegmentation/panoptic_deeplab_R_18_512x256.yaml",
+    )
+    p.add_argument("--baseline-opts", action="append", default=[], help="overrides of the baseline")
     p.add_argument(
         "--eval-opts", action="append", default=[],
         help="overrides of both evaluations only (e.g. INPUT.MIN_SIZE_TEST 1024)",
@@ -339,11 +350,13 @@ def evaluate_checkpoint(
     from detectron2.config import get_cfg
 
     from detectron2_cops.config import add_cops_config
+    from detectron2_cops.panoptic_deeplab import add_panoptic_deeplab_config
 
     os.makedirs(eval_dir, exist_ok=True)
     train_net = _load_train_net()
     cfg = get_cfg()
     add_cops_config(cfg)
+    add_panoptic_deeplab_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.WEIGHTS = weights
@@ -410,13 +423,18 @@ def _metric(results: dict, task: str, key: str) -> float:
     return float(value) if value is not None else math.nan
 
 
-def comparison_rows(results1: dict, results2: dict) -> List[dict]:
+def comparison_rows(results1: dict, results2: dict, baseline: Optional[dict] = None) -> List[dict]:
     """One row per metric of :data:`TABLE_ROWS`: ``{"metric", "stage1", "stage2", "diff"}``
-    (``diff = stage2 - stage1``, NaN where a metric is missing)."""
+    (``diff = stage2 - stage1``), plus ``"baseline"`` and ``"lead" = stage2 - baseline`` when
+    ``baseline`` results are given; NaN where a metric is missing."""
     rows = []
     for label, task, key in TABLE_ROWS:
         a, b = _metric(results1, task, key), _metric(results2, task, key)
-        rows.append({"metric": label, "stage1": a, "stage2": b, "diff": b - a})
+        row = {"metric": label, "stage1": a, "stage2": b, "diff": b - a}
+        if baseline is not None:
+            row["baseline"] = _metric(baseline, task, key)
+            row["lead"] = b - row["baseline"]
+        rows.append(row)
     return rows
 
 
@@ -428,12 +446,21 @@ def _fmt(v: float, signed: bool = False) -> str:
 
 def format_markdown(rows: List[dict], times: Dict[str, Optional[float]], header: str) -> str:
     """The table (and stage times) as markdown."""
-    lines = [header, "", "| metric | stage 1 | stage 2 | stage 2 - stage 1 |", "|---|---:|---:|---:|"]
+    with_baseline = bool(rows) and "baseline" in rows[0]
+    head = "| metric | stage 1 | stage 2 | stage 2 - stage 1 |"
+    rule = "|---|---:|---:|---:|"
+    if with_baseline:
+        head += " baseline | stage 2 - baseline |"
+        rule += "---:|---:|"
+    lines = [header, "", head, rule]
     for r in rows:
-        lines.append(
+        line = (
             f"| {r['metric']} | {_fmt(r['stage1'])} | {_fmt(r['stage2'])} | "
             f"{_fmt(r['diff'], signed=True)} |"
         )
+        if with_baseline:
+            line += f" {_fmt(r['baseline'])} | {_fmt(r['lead'], signed=True)} |"
+        lines.append(line)
     lines += ["", "| wall time | seconds |", "|---|---:|"]
     for key, value in times.items():
         lines.append(f"| {key} | {'n/a' if value is None else f'{value:.0f}'} |")
@@ -455,7 +482,10 @@ def run(args, echo: Callable[[str], None] = print, runner=run_subprocess) -> Opt
     opts1 = common + parse_opts(args.stage1_opts)
     opts2 = common + parse_opts(args.stage2_opts)
     eval_opts = parse_opts(args.eval_opts)
-    for label, path in (("--stage1-config", args.stage1_config), ("--stage2-config", args.stage2_config)):
+    configs = [("--stage1-config", args.stage1_config), ("--stage2-config", args.stage2_config)]
+    if args.baseline_config:
+        configs.append(("--baseline-config", args.baseline_config))
+    for label, path in configs:
         if not os.path.isfile(path):
             raise ComparisonError(f"{label} '{path}' does not exist")
     seed = ["SEED", str(args.seed)]
@@ -486,22 +516,35 @@ def run(args, echo: Callable[[str], None] = print, runner=run_subprocess) -> Opt
     )
     stage2_weights = os.path.join(dirs["stage2"], "model_final.pth")
     times["stage2 training"] = state["wall_s"]
+    stages = [
+        ("stage1", args.stage1_config, opts1, stage1_weights),
+        ("stage2", args.stage2_config, opts2, stage2_weights),
+    ]
+    if args.baseline_config:
+        opts_b = common + parse_opts(args.baseline_opts)
+        state = train_stage(
+            "baseline", dirs["baseline"], args.baseline_config,
+            opts_b + seed + ["OUTPUT_DIR", dirs["baseline"]], args.num_gpus, runner, echo,
+        )
+        times["baseline training"] = state["wall_s"]
+        baseline_weights = os.path.join(dirs["baseline"], "model_final.pth")
+        stages.append(("baseline", args.baseline_config, opts_b, baseline_weights))
     if args.skip_eval:
         echo("--skip-eval: no evaluation")
         return None
 
     evals = {}
-    for name, config, opts, weights in (
-        ("stage1", args.stage1_config, opts1, stage1_weights),
-        ("stage2", args.stage2_config, opts2, stage2_weights),
-    ):
+    for name, config, opts, weights in stages:
         evals[name] = evaluate_checkpoint(
             name, os.path.join(dirs[name], "eval"), config, opts + eval_opts, weights,
             args.eval_dataset, args.eval_images, echo,
         )
         times[f"{name} evaluation"] = evals[name]["wall_s"]
 
-    rows = comparison_rows(evals["stage1"]["results"], evals["stage2"]["results"])
+    rows = comparison_rows(
+        evals["stage1"]["results"], evals["stage2"]["results"],
+        evals["baseline"]["results"] if "baseline" in evals else None,
+    )
     dataset = evals["stage2"]["dataset"]
     header = f"COPS stage 1 vs stage 2 on `{dataset}` (seed {args.seed}; stage 1: `{stage1_weights}`)"
     markdown = format_markdown(rows, times, header)
@@ -515,6 +558,7 @@ def run(args, echo: Callable[[str], None] = print, runner=run_subprocess) -> Opt
         "stage2_weights": stage2_weights,
         "stage1_config": os.path.abspath(args.stage1_config),
         "stage2_config": os.path.abspath(args.stage2_config),
+        "baseline_config": os.path.abspath(args.baseline_config) if args.baseline_config else None,
         "stage1_opts": opts1,
         "stage2_opts": opts2,
         "eval_opts": eval_opts,
