@@ -571,7 +571,7 @@ def test_train_pq_is_exact_for_a_perfect_solution(synth_dataset):
     _, inst = torch.unique(gt, return_inverse=True)
     sol = AMWCOutput(labels, inst, [], torch.zeros(0, *gt.shape), torch.zeros(0, dtype=torch.long), 0.0)
     surrogate = type("S", (), {"pq": torch.tensor(1.0)})()
-    model._log_train_stats([x], [sol], surrogate, 0.0)
+    model._log_train_stats([x], [sol], surrogate, 0.0, model.amwc_layer.last_timing)
     assert model.last_train_stats["train_pq"] == pytest.approx(100.0)
 
 

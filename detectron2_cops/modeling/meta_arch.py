@@ -206,7 +206,6 @@ class COPS(nn.Module):
         self.label_divisor = int(label_divisor)
         self.common_stride = int(sem_seg_head.common_stride)
         self.edge_distances = list(affinity_head.edge_distances)
-        self.edge_sampling_intervals = list(affinity_head.edge_sampling_intervals)
         self.fully_differentiable = bool(fully_differentiable)
         self.amwc_layer = amwc_layer
         self.pixel_dropout = pixel_dropout
@@ -475,7 +474,7 @@ class COPS(nn.Module):
 
         # The previous call's timing dict holds its backward times by now (the layer starts a
         # new dict per call); logged below as the previous iteration's backward.
-        previous_timing = getattr(self.amwc_layer, "last_timing", None)
+        previous_timing = self.amwc_layer.last_timing
         start = time.perf_counter()
         try:
             solutions = self.amwc_layer(
@@ -584,7 +583,7 @@ class COPS(nn.Module):
         parts = (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
         return {f"train_pq{suffix}": 100.0 * pq[part]["pq"] for suffix, part in parts}
 
-    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time, previous_timing=None) -> None:
+    def _log_train_stats(self, batched_inputs, solutions, surrogate, amwc_time, previous_timing) -> None:
         """Stage-2 statistics (see the class docstring) into the ``EventStorage`` every iteration
         and the log every ``log_period`` iterations. ``previous_timing``: the layer's
         ``last_timing`` of the previous iteration, whose backward (N perturbed MWC solves per
@@ -593,15 +592,12 @@ class COPS(nn.Module):
         if self.log_train_pq:
             stats.update(self._train_pq(batched_inputs, solutions))
         stats["amwc_time"] = float(amwc_time)
-        timing = getattr(self.amwc_layer, "last_timing", None)
-        if isinstance(timing, dict) and "forward_solver_s" in timing:
-            stats["amwc_solver_time"] = float(timing["forward_solver_s"])
-        if isinstance(previous_timing, dict) and previous_timing.get("backward_solver_s", 0.0) > 0:
-            stats["amwc_backward_solver_time_prev"] = float(previous_timing["backward_solver_s"])
-            stats["amwc_backward_time_prev"] = float(
-                previous_timing["backward_solver_s"] + previous_timing.get("backward_other_s", 0.0)
-            )
-        stats["num_padded_gt"] = float(sum(int(getattr(s, "num_padded", 0)) for s in solutions))
+        stats["amwc_solver_time"] = self.amwc_layer.last_timing["forward_solver_s"]
+        backward_solver_time = previous_timing["backward_solver_s"]
+        if backward_solver_time > 0:
+            stats["amwc_backward_solver_time_prev"] = backward_solver_time
+            stats["amwc_backward_time_prev"] = backward_solver_time + previous_timing["backward_other_s"]
+        stats["num_padded_gt"] = float(sum(s.num_padded for s in solutions))
         stats.update(self._calibration_scalars())
         self.last_train_stats = stats
         it = self._iteration()
