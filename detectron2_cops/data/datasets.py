@@ -70,11 +70,6 @@ _DEFAULT_LABEL_DIVISOR = 1000
 _DEFAULT_IGNORE_LABEL = 255
 
 
-def _default_root() -> str:
-    """Detectron2's dataset root: ``$DETECTRON2_DATASETS`` or ``datasets``."""
-    return os.getenv("DETECTRON2_DATASETS", "datasets")
-
-
 def _describe_root() -> str:
     """Where dataset folders are looked up, for error messages."""
     env = os.getenv("DETECTRON2_DATASETS")
@@ -289,7 +284,9 @@ def register_coco_panoptic_folder(
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    folder = os.path.abspath(os.path.join(root if root is not None else _default_root(), name))
+    if root is None:
+        root = os.getenv("DETECTRON2_DATASETS", "datasets")  # Detectron2's dataset root
+    folder = os.path.abspath(os.path.join(root, name))
     if name in DatasetCatalog.list():
         if not overwrite:
             if _REGISTERED_FOLDERS.get(name) == folder:

@@ -137,10 +137,6 @@ def _flat_maps(maps: Sequence[Tensor], batch: int) -> Tensor:
     return torch.cat([m.detach().to("cpu").reshape(batch, -1) for m in maps], 1)
 
 
-def _to_cpu_f64(x: Tensor) -> Tensor:
-    return x.detach().to(device="cpu", dtype=torch.float64)
-
-
 def _node_costs_f64(semantic_costs: Tensor) -> np.ndarray:
     """``[B, K, H, W]`` -> C-contiguous ``[B, H*W, K] float64`` on the CPU, in one copy."""
     B, K, H, W = semantic_costs.shape
@@ -587,10 +583,10 @@ class AMWCFunction(torch.autograd.Function):
 
         g_sem = torch.from_numpy(grad_node).reshape(B, H, W, K).permute(0, 3, 1, 2)
         if spec.pixel_weights is not None:
-            g_sem = g_sem * _to_cpu_f64(spec.pixel_weights)[:, None]
+            g_sem = g_sem * spec.pixel_weights.to("cpu", torch.float64)[:, None]
         g_edges = [torch.from_numpy(m) for m in grid._to_maps(grad_edge)]
         if spec.edge_weights is not None:
-            g_edges = [g * _to_cpu_f64(w) for g, w in zip(g_edges, spec.edge_weights)]
+            g_edges = [g * w.to("cpu", torch.float64) for g, w in zip(g_edges, spec.edge_weights)]
         meta = ctx.cost_meta
         out = [g_sem.to(device=meta[0][0], dtype=meta[0][1])]
         out += [g.to(device=dev, dtype=dt) for g, (dev, dt) in zip(g_edges, meta[1:])]
