@@ -47,9 +47,7 @@ def grid_size(height: int, width: int, stride: int = 4) -> Tuple[int, int]:
     return -(-int(height) // stride), -(-int(width) // stride)
 
 
-def grid_sample_coordinates(
-    height: int, width: int, stride: int = 4
-) -> Tuple[np.ndarray, np.ndarray]:
+def grid_sample_coordinates(height: int, width: int, stride: int = 4) -> Tuple[np.ndarray, np.ndarray]:
     """Image rows and columns read by the stride grid (see the module docstring).
 
     Returns:
@@ -177,12 +175,8 @@ class COPSTargetGenerator:
             )
         self.small_instance_area = as_float(small_instance_area, "small_instance_area", 0)
         self.small_instance_weight = as_float(small_instance_weight, "small_instance_weight", 0)
-        self.instance_affinity_weight = as_float(
-            instance_affinity_weight, "instance_affinity_weight", 0
-        )
-        self.padding_affinity_weight = as_float(
-            padding_affinity_weight, "padding_affinity_weight", 0
-        )
+        self.instance_affinity_weight = as_float(instance_affinity_weight, "instance_affinity_weight", 0)
+        self.padding_affinity_weight = as_float(padding_affinity_weight, "padding_affinity_weight", 0)
         # GridGraph checks the distances and intervals.
         probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
         self.edge_distances = probe.edge_distances
@@ -290,6 +284,7 @@ class COPSTargetGenerator:
                 "that are not in segments_info"
             )
         area = np.bincount(seg_index.ravel(), minlength=n + 1)[:n]
+        small = is_thing & ~is_crowd & (area < self.small_instance_area)  # small instances, not crowd
 
         def lut(values, void):
             return np.append(np.asarray(values), np.asarray(void, dtype=np.asarray(values).dtype))
@@ -300,9 +295,7 @@ class COPSTargetGenerator:
             sem_values[is_crowd] = self.ignore_label
         sem_seg = lut(sem_values, self.ignore_label)[seg_index]
         weight_values = np.ones(n, dtype=np.float32)
-        weight_values[is_thing & ~is_crowd & (area < self.small_instance_area)] = (
-            self.small_instance_weight
-        )
+        weight_values[small] = self.small_instance_weight
         sem_seg_weights = lut(weight_values, 0.0)[seg_index]
         sem_seg_weights[sem_seg == self.ignore_label] = 0.0
 
@@ -331,7 +324,7 @@ class COPSTargetGenerator:
 
         # ---- affinities on the grid graph (of the padded image if size_divisibility > 0)
         node_weight = np.where(is_thing, self.instance_affinity_weight, 1.0)
-        node_weight[is_thing & ~is_crowd & (area < self.small_instance_area)] *= self.small_instance_weight
+        node_weight[small] *= self.small_instance_weight
         if self.ignore_stuff_in_affinities:
             node_weight[~is_thing] = 0.0
         if self.ignore_crowd_in_affinities:
