@@ -84,34 +84,29 @@ def build_post_processor(cfg):
     return POST_PROCESSOR_REGISTRY.get(cfg.MODEL.COPS.POST_PROCESSOR)(cfg)
 
 
-def _linear_resize_weights(
-    out_len: int, in_len: int, stride: int, grid_len: int, device=None
-) -> torch.Tensor:
+def _linear_resize_weights(out_len: int, in_len: int, stride: int, grid_len: int) -> torch.Tensor:
     """``[grid_len, out_len] float64`` weights of the 1-d version of
     :meth:`AMWCPostProcessor._upsampled_logits`: entry ``[q, y]`` is the weight of grid row ``q``
     in output row ``y`` after linear upsampling by ``stride`` (``align_corners=False``, cropped to
     ``in_len``) and the linear resize to ``out_len``. Bilinear interpolation is this map applied
     along rows and along columns (it is separable), so the upsampled logits are
     ``A^T @ logits @ B`` with ``A``, ``B`` these weights for rows and columns."""
-    eye = torch.eye(grid_len, dtype=torch.float64, device=device)[None]
+    eye = torch.eye(grid_len, dtype=torch.float64)[None]
     w = F.interpolate(eye, scale_factor=stride, mode="linear", align_corners=False)[0, :, :in_len]
     if out_len != in_len:
         w = F.interpolate(w[None], size=out_len, mode="linear", align_corners=False)[0]
     return w
 
 
-def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int, device) -> torch.Tensor:
+def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int) -> torch.Tensor:
     """Grid row (or column) read by each output row (column), nearest-neighbour sampling.
 
     Output pixel ``y`` of ``out_len`` lies at input-image row ``floor((y + 0.5) * in_len /
     out_len)``, which lies in grid cell ``row // stride`` (grid pixel ``i`` covers image rows
     ``[stride * i, stride * (i + 1))``).
     """
-    pos = torch.div(
-        (torch.arange(out_len, device=device, dtype=torch.float64) + 0.5) * in_len, out_len,
-        rounding_mode="floor",
-    ).to(torch.int64)
-    pos = pos.clamp_(0, max(in_len - 1, 0))
+    pos = torch.div((torch.arange(out_len, dtype=torch.float64) + 0.5) * in_len, out_len, rounding_mode="floor")
+    pos = pos.to(torch.int64).clamp_(0, max(in_len - 1, 0))
     return torch.div(pos, stride, rounding_mode="floor").clamp_(max=max(grid_len - 1, 0))
 
 
@@ -423,8 +418,7 @@ class AMWCPostProcessor:
             up = F.interpolate(up[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
         return up
 
-    def _semantic_sums(self, logits, image_size, output_size, hc, wc, rows, cols, seg_grid,
-                       segment_class, segments):
+    def _semantic_sums(self, logits, image_size, output_size, rows, cols, seg_grid, segment_class, segments):
         """Sum over the output pixels of each of ``segments`` (grid segment indices) of the
         upsampled logit (:meth:`_upsampled_logits`) of the segment's class, float64, computed on
         the grid.
@@ -441,6 +435,7 @@ class AMWCPostProcessor:
         height, width = output_size
         s = self.common_stride
         h, w = logits.shape[-2:]
+        hc, wc = seg_grid.shape
         hr, wr = min(h, -(-H // s) + 1), min(w, -(-W // s) + 1)
         num = int(seg_grid.max()) + 1
         channel = np.full(num, -1, dtype=np.int64)  # class of each requested segment, else -1
@@ -518,8 +513,8 @@ class AMWCPostProcessor:
 
         # Nearest-neighbour resize: the grid row (column) read by each output row (column), and
         # how many output rows (columns) read each grid row (column).
-        rows = _nearest_index(height, image_size[0], self.common_stride, hc, "cpu")
-        cols = _nearest_index(width, image_size[1], self.common_stride, wc, "cpu")
+        rows = _nearest_index(height, image_size[0], self.common_stride, hc)
+        cols = _nearest_index(width, image_size[1], self.common_stride, wc)
         rows_np, cols_np = rows.numpy(), cols.numpy()
         row_count = np.bincount(rows_np, minlength=hc)
         col_count = np.bincount(cols_np, minlength=wc)
@@ -649,10 +644,8 @@ class AMWCPostProcessor:
         # Semantic term: mean logit of the segment's class over its output pixels.
         sem_score = np.zeros(M, dtype=np.float64)
         if M:
-            sums = self._semantic_sums(
-                logits, image_size, size, seg_grid.shape[0], seg_grid.shape[1], rows, cols,
-                seg_grid, segment_class, thing_segments,
-            )
+            sums = self._semantic_sums(logits, image_size, size, rows, cols, seg_grid, segment_class,
+                                       thing_segments)
             sem_score = sums / np.asarray([s["area"] for s in things], dtype=np.float64)
 
         # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
