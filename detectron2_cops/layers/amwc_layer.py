@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from ..checks import as_float, as_int, as_int_list, as_int_set
 from ..solvers import GridGraph
+from ..solvers.grid import cached_grid_graph
 from ..solvers.amwc import _solve_batch
 from ._checks import NonFiniteError, all_finite, check_tensor, check_tensor_list
 
@@ -657,8 +657,6 @@ class AMWCLayer(nn.Module):
             ``local_search``, ``backward_warm_start`` or ``backward_float32`` not a bool).
     """
 
-    _CACHE_SIZE = 8
-
     def __init__(
         self,
         num_classes: int,
@@ -698,7 +696,6 @@ class AMWCLayer(nn.Module):
             if not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {v!r}")
         self.local_search, self.backward_warm_start, self.backward_float32 = map(bool, flags.values())
-        self._grids: "OrderedDict[Tuple[int, int], GridGraph]" = OrderedDict()
         self.last_timing: Dict[str, float] = _new_timing()
 
     def extra_repr(self) -> str:
@@ -713,17 +710,9 @@ class AMWCLayer(nn.Module):
         )
 
     def grid(self, height: int, width: int) -> GridGraph:
-        """The (cached, LRU of 8 sizes) :class:`GridGraph` of a ``height x width`` grid."""
-        key = (int(height), int(width))
-        g = self._grids.get(key)
-        if g is None:
-            g = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
-            self._grids[key] = g
-            while len(self._grids) > self._CACHE_SIZE:
-                self._grids.popitem(last=False)
-        else:
-            self._grids.move_to_end(key)
-        return g
+        """The (cached, :func:`~detectron2_cops.solvers.grid.cached_grid_graph`) :class:`GridGraph`
+        of a ``height x width`` grid."""
+        return cached_grid_graph(int(height), int(width), self.edge_distances, self.edge_sampling_intervals)
 
     def _validate(self, semantic_costs, edge_costs, pixel_weights, edge_weights, generator, pad_fn) -> GridGraph:
         """Check the arguments of :meth:`forward` (see there); returns the grid of the costs."""

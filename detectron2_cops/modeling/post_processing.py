@@ -25,6 +25,7 @@ from detectron2_cops import _C
 from detectron2_cops.checks import as_float, as_int, as_int_list, as_int_set
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
+from detectron2_cops.solvers.grid import cached_grid_graph
 
 __all__ = [
     "POST_PROCESSOR_REGISTRY",
@@ -235,7 +236,6 @@ class AMWCPostProcessor:
         self.predict_instances = bool(predict_instances)
         self.predict_sem_seg_head = bool(predict_sem_seg_head)
         self.local_search = bool(local_search)
-        self._graphs: Dict[Tuple[int, int], GridGraph] = {}
         # (sizes) -> the banded resize matrices of _semantic_sums and their diagonals
         self._band_cache: Dict[tuple, tuple] = {}
 
@@ -267,15 +267,10 @@ class AMWCPostProcessor:
         )
 
     def graph(self, height: int, width: int) -> GridGraph:
-        """The (cached) :class:`GridGraph` of a ``height x width`` grid with this post-processor's
-        edge distances and sampling intervals."""
-        key = (int(height), int(width))
-        g = self._graphs.get(key)
-        if g is None:
-            if len(self._graphs) > 64:
-                self._graphs.clear()
-            g = self._graphs[key] = GridGraph(key[0], key[1], self.edge_distances, self.edge_sampling_intervals)
-        return g
+        """The (cached, :func:`~detectron2_cops.solvers.grid.cached_grid_graph`) :class:`GridGraph`
+        of a ``height x width`` grid with this post-processor's edge distances and sampling intervals."""
+        return cached_grid_graph(int(height), int(width), tuple(self.edge_distances),
+                                 tuple(self.edge_sampling_intervals))
 
     # ------------------------------------------------------------------ main entry
     def __call__(

@@ -22,13 +22,14 @@ channel 0 before channel 1, valid map positions in row-major order.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..checks import as_int, as_int_list
 
-__all__ = ["GridGraph", "edge_offsets"]
+__all__ = ["GridGraph", "cached_grid_graph", "edge_offsets"]
 
 
 def edge_offsets(distance: int) -> Tuple[int, int]:
@@ -216,3 +217,12 @@ class GridGraph:
             out.append(flat[..., offset : offset + n].reshape(lead + shape))
             offset += n
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def cached_grid_graph(height: int, width: int, edge_distances: Tuple[int, ...],
+                      edge_sampling_intervals: Tuple[int, ...]) -> GridGraph:
+    """``GridGraph(height, width, edge_distances, edge_sampling_intervals)`` from an LRU cache of
+    the last 64 argument tuples, shared by the AMWC layer and the post-processor (the graph is
+    read, never modified)."""
+    return GridGraph(height, width, edge_distances, edge_sampling_intervals)
