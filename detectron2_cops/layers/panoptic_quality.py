@@ -134,19 +134,11 @@ def _image_stats(
 
 
 def _average(per_class: Dict[int, Dict[str, float]], selected: Iterable[int]) -> Dict[str, float]:
-    pq = sq = rq = 0.0
-    n = 0
-    for c in selected:
-        st = per_class[c]
-        if st["tp"] + st["fp"] + st["fn"] == 0:
-            continue
-        n += 1
-        pq += st["pq"]
-        sq += st["sq"]
-        rq += st["rq"]
-    if n == 0:
-        return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
-    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}
+    """Mean pq / sq / rq over the ``selected`` classes with ``TP + FP + FN > 0`` (0.0 if none)."""
+    counted = [per_class[c] for c in selected if per_class[c]["tp"] + per_class[c]["fp"] + per_class[c]["fn"] > 0]
+    n = len(counted)
+    means = {k: sum(st[k] for st in counted) / n if n else 0.0 for k in ("pq", "sq", "rq")}
+    return dict(means, n=n)
 
 
 def panoptic_quality(

@@ -159,12 +159,8 @@ def solve_mwc(
     return _result(_C.solve_amwc(node_costs, edges, edge_costs, None, bool(local_search), initial_labels, None))
 
 
-#: ``(node_costs, edges, edge_costs, partitionable[, initial_labels[, initial_clusters]])``
-Instance = Tuple
-
-
 def solve_amwc_batch(
-    instances: Sequence[Instance],
+    instances: Sequence[Tuple],
     *,
     local_search: bool = True,
     num_threads: int = 0,
