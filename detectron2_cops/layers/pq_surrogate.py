@@ -436,17 +436,14 @@ class PanopticQualitySurrogate(nn.Module):
                 differ from ``pred_masks`` / ``pred_classes``.
         """
         if padding is None:
-            n = _same_lengths(pred_masks=pred_masks, pred_classes=pred_classes, gt_masks=gt_masks,
-                              gt_classes=gt_classes, pixel_weights=pixel_weights)
-            gt_cls_all = [_check_gt(gt_masks[b], gt_classes[b], None if pixel_weights is None else pixel_weights[b],
-                                    f"[{b}]") for b in range(n)]
+            gt_cls_all = self.padding(gt_masks, gt_classes, pixel_weights).gt_cls  # checks the ground truth
+        elif not (isinstance(padding, GroundTruthPadding) and padding.surrogate is self and padding.gt_masks is gt_masks
+                  and padding.gt_classes is gt_classes and padding.pixel_weights is pixel_weights):
+            raise ValueError("padding must be this module's padding(gt_masks, gt_classes, pixel_weights) of the "
+                             "same lists as given here")
         else:
-            if not (isinstance(padding, GroundTruthPadding) and padding.surrogate is self and padding.gt_masks is gt_masks
-                    and padding.gt_classes is gt_classes and padding.pixel_weights is pixel_weights):
-                raise ValueError("padding must be this module's padding(gt_masks, gt_classes, pixel_weights) of the "
-                                 "same lists as given here")
-            n = _same_lengths(pred_masks=pred_masks, pred_classes=pred_classes, gt_masks=gt_masks)
             gt_cls_all = padding.gt_cls
+        n = _same_lengths(pred_masks=pred_masks, pred_classes=pred_classes, gt_masks=gt_masks)
 
         ref = pred_masks[0]
 
