@@ -401,14 +401,7 @@ def get_panoptic_metadata(dataset_name: str) -> dict:
 
 
 #: Metadata keys of Detectron2's builtin and our datasets that name files or folders.
-PATH_METADATA_KEYS = (
-    "dataset_folder",
-    "image_root",
-    "panoptic_root",
-    "panoptic_json",
-    "gt_dir",
-    "sem_seg_root",
-)
+PATH_METADATA_KEYS = ("dataset_folder", "image_root", "panoptic_root", "panoptic_json", "gt_dir", "sem_seg_root")
 
 
 def dataset_paths(metadata) -> Dict[str, str]:
@@ -430,9 +423,8 @@ def cityscapes_gt_file(gt_dir: str, image_file: str, suffix="_gtFine_instanceIds
 
 
 def check_dataset_files(dataset_name: str) -> None:
-    """Check that the files and folders a registered dataset names in its metadata
-    (``dataset_folder``, ``image_root``, ``panoptic_root``, ``panoptic_json``, ``gt_dir``,
-    ``sem_seg_root``; those that are set and local) exist. Used by
+    """Check that the files and folders a registered dataset names in its metadata (under
+    :data:`PATH_METADATA_KEYS`; those that are set and local) exist. Used by
     ``tools/train_net.py`` before any process starts, so that a dataset that is not there is
     reported with the folder it was looked for in, not by an assertion deep in a loader.
 
