@@ -172,9 +172,8 @@ def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: i
     return remap[key], key_class[present]
 
 
-def _dense_masks(seg_of_pixel: np.ndarray, num_segments: int, dtype: torch.dtype) -> Tensor:
-    """``[S, N]`` binary masks (CPU, ``dtype``) from a pixel -> segment map (-1: no mask)."""
-    masks = torch.zeros(num_segments, seg_of_pixel.shape[0], dtype=dtype)
+def _scatter_masks(masks: Tensor, seg_of_pixel: np.ndarray) -> Tensor:
+    """``masks[seg_of_pixel[n], n] = 1`` in the ``[S, N]`` CPU ``masks`` where ``seg_of_pixel[n] >= 0``."""
     on = np.flatnonzero(seg_of_pixel >= 0)
     masks[torch.from_numpy(seg_of_pixel[on]), torch.from_numpy(on)] = 1
     return masks
@@ -401,7 +400,8 @@ class AMWCFunction(torch.autograd.Function):
             seg_of_pixel, classes_b = _segments(labels[b], inst[b], thing_mask, K, spec.min_thing_cluster_size)
             pad_b = np.zeros(0, dtype=np.int64)
             if spec.pad_fn is not None:
-                masks_b = _dense_masks(seg_of_pixel, len(classes_b), dtype).reshape(len(classes_b), H, W)
+                masks_b = _scatter_masks(torch.zeros(len(classes_b), N, dtype=dtype), seg_of_pixel)
+                masks_b = masks_b.reshape(len(classes_b), H, W)
                 pad_b = _check_pad_classes(spec.pad_fn(b, masks_b, torch.from_numpy(classes_b)), b, K)
             seg_of_pixels.append(seg_of_pixel)
             seg_classes.append(np.concatenate([classes_b, pad_b]))
@@ -413,9 +413,9 @@ class AMWCFunction(torch.autograd.Function):
         masks = torch.zeros(M_total, N, dtype=dtype)
         mask_is_padding = torch.zeros(M_total, dtype=torch.bool)
         for b in range(B):
-            on = np.flatnonzero(seg_of_pixels[b] >= 0)
-            masks[torch.from_numpy(seg_of_pixels[b][on] + offsets[b]), torch.from_numpy(on)] = 1
-            mask_is_padding[int(offsets[b + 1]) - len(pad_classes[b]):int(offsets[b + 1])] = True
+            start, end = int(offsets[b]), int(offsets[b + 1])
+            _scatter_masks(masks[start:end], seg_of_pixels[b])  # a view: writes into masks
+            mask_is_padding[end - len(pad_classes[b]):end] = True
         masks = masks.reshape(M_total, H, W)
         mask_image_index = torch.repeat_interleave(torch.arange(B), torch.tensor(seg_counts, dtype=torch.long))
         mask_classes = torch.from_numpy(np.concatenate(seg_classes).astype(np.int64))
