@@ -105,20 +105,9 @@ def _weighted_overlaps(pred: Tensor, gt: Tensor, weights: Tensor) -> Tuple[Tenso
     return inter, union, area_p, area_g
 
 
-def _assign(
-    inter: np.ndarray,
-    union: np.ndarray,
-    pred_cls: Sequence[int],
-    gt_cls: Sequence[int],
-    things: set,
-    eps: float,
-    match_zero_overlap: bool = True,
-) -> List[Tuple[int, int]]:
-    """Per-class maximum-IoU bipartite matching on (no-grad) float64 overlap matrices.
-
-    ``match_zero_overlap`` (the COPS ``MatchMasksPair``): every thing pair competes with its
-    eps-smoothed IoU, so ``min(M_c, G_c)`` pairs are matched per class even without overlap;
-    False: thing pairs without overlap get score 0 and are never matched."""
+def _assign(inter: np.ndarray, union: np.ndarray, pred_cls: Sequence[int], gt_cls: Sequence[int], things: set,
+            eps: float, match_zero_overlap: bool) -> List[Tuple[int, int]]:
+    """The matching of :func:`match_segments` on its (no-grad) float64 ``[M, G]`` overlap matrices."""
     pairs: List[Tuple[int, int]] = []
     pred_arr = np.asarray(pred_cls, dtype=np.int64)
     gt_arr = np.asarray(gt_cls, dtype=np.int64)
