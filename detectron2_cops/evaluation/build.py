@@ -26,10 +26,7 @@ def _coco_instances_dataset(dataset_name: str) -> str:
     else an instances view of the panoptic ground truth."""
     if dataset_name.endswith("_panoptic"):
         candidate = dataset_name[: -len("_panoptic")]
-        if (
-            candidate in DatasetCatalog.list()
-            and MetadataCatalog.get(candidate).get("evaluator_type") == "coco"
-        ):
+        if candidate in DatasetCatalog.list() and MetadataCatalog.get(candidate).get("evaluator_type") == "coco":
             return candidate
     return register_panoptic_instances_view(dataset_name)
 
@@ -67,26 +64,15 @@ def build_cops_evaluator(
             f"COPS has no evaluator for dataset '{dataset_name}' with evaluator_type "
             f"{evaluator_type!r}; supported: {list(SUPPORTED_EVALUATOR_TYPES)} (panoptic datasets)"
         )
-    evaluators = [
-        PanopticEvaluator(dataset_name, output_folder),
-        PanopticSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder),
-    ]
+    evaluators = [PanopticEvaluator(dataset_name, output_folder),
+                  PanopticSemSegEvaluator(dataset_name, output_dir=output_folder)]
     if cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD:
-        evaluators.append(
-            PanopticSemSegEvaluator(
-                dataset_name,
-                distributed=True,
-                output_dir=os.path.join(output_folder, "sem_seg_head") if output_folder else None,
-                output_key="sem_seg_head",
-            )
-        )
+        head_dir = os.path.join(output_folder, "sem_seg_head") if output_folder else None
+        evaluators.append(PanopticSemSegEvaluator(dataset_name, output_dir=head_dir, output_key="sem_seg_head"))
     if cfg.MODEL.COPS.PREDICT_INSTANCES:
         if evaluator_type == "cityscapes_panoptic_seg":
             evaluators.append(CityscapesInstanceEvaluator(dataset_name))
         else:
-            evaluators.append(
-                COCOEvaluator(
-                    _coco_instances_dataset(dataset_name), tasks=("segm",), output_dir=output_folder
-                )
-            )
+            instances = _coco_instances_dataset(dataset_name)
+            evaluators.append(COCOEvaluator(instances, tasks=("segm",), output_dir=output_folder))
     return DatasetEvaluators(evaluators)

@@ -106,7 +106,6 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             )
         self._label_ids = [name2label[n].id for n in self._metadata.thing_classes]
         self._dataset_name = dataset_name
-        self._cpu_device = torch.device("cpu")
         self._logger = logging.getLogger(__name__)
         self._working_dir = None
 
@@ -165,7 +164,7 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             basename = os.path.splitext(os.path.basename(input["file_name"]))[0]
             lines = []
             if "instances" in output:
-                instances = output["instances"].to(self._cpu_device)
+                instances = output["instances"].to("cpu")
                 self._check_instances(instances, input["file_name"])
                 for i in range(len(instances)):
                     pred_class = int(instances.pred_classes[i])
@@ -232,11 +231,7 @@ class CityscapesInstanceEvaluator(DatasetEvaluator):
             for name, v in averages["classes"].items()
         )
         self._logger.info("Cityscapes instance segmentation results:\n" + table)
-        ret = OrderedDict()
-        ret["segm"] = {
-            "AP": 100.0 * float(averages["allAp"]),
-            "AP50": 100.0 * float(averages["allAp50%"]),
-        }
         self._working_dir.cleanup()
         self._working_dir = None
-        return ret
+        segm = {"AP": 100.0 * float(averages["allAp"]), "AP50": 100.0 * float(averages["allAp50%"])}
+        return OrderedDict(segm=segm)
