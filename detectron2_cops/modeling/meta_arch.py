@@ -421,18 +421,16 @@ class COPS(nn.Module):
                     f"edge distance {self.edge_distances}, got {counts} (mapper and model configs differ?)"
                 )
 
-    def _grid_targets(self, batched_inputs, key: str, size: Tuple[int, int], value, dtype=None) -> torch.Tensor:
-        """Stack the per-image maps ``batched_inputs[i][key]`` (as ``dtype``) padded/cropped to
-        ``size`` -> ``[B, *size]``."""
-        return torch.stack([_pad_or_crop(x[key].to(self.device, dtype), size, value) for x in batched_inputs])
+    def _stack(self, maps: List[torch.Tensor], size: Tuple[int, int], value, dtype=None) -> torch.Tensor:
+        """Stack the per-image ``maps`` (as ``dtype``) padded (with ``value``) or cropped to ``size``
+        -> ``[B, *size]``."""
+        return torch.stack([_pad_or_crop(m.to(self.device, dtype), tuple(size), value) for m in maps])
 
     def _edge_maps(self, batched_inputs, key: str, cut_logits) -> List[torch.Tensor]:
         """The per-distance maps ``batched_inputs[i][key][d]`` (``affinity_targets`` or
         ``affinity_weights``), padded (with 0) or cropped to the cut logits' grids."""
-        return [
-            torch.stack([_pad_or_crop(x[key][d].to(self.device), tuple(m.shape[-2:]), 0.0) for x in batched_inputs])
-            for d, m in enumerate(cut_logits)
-        ]
+        return [self._stack([x[key][d] for x in batched_inputs], m.shape[-2:], 0.0)
+                for d, m in enumerate(cut_logits)]
 
     def head_losses(self, batched_inputs, sem_seg_logits, cut_logits) -> Dict[str, torch.Tensor]:
         """The pretraining losses of both heads (see the class docstring); heads whose loss
@@ -441,8 +439,9 @@ class COPS(nn.Module):
         h, w = sem_seg_logits.shape[-2:]
         full = (h * self.common_stride, w * self.common_stride)
         if getattr(self.sem_seg_head, "loss_weight", 1.0) != 0:
-            targets = self._grid_targets(batched_inputs, "sem_seg", full, self.sem_seg_head.ignore_value, torch.long)
-            weights = self._grid_targets(batched_inputs, "sem_seg_weights", full, 0.0, torch.float32)
+            ignore = self.sem_seg_head.ignore_value
+            targets = self._stack([x["sem_seg"] for x in batched_inputs], full, ignore, torch.long)
+            weights = self._stack([x["sem_seg_weights"] for x in batched_inputs], full, 0.0, torch.float32)
             losses.update(self.sem_seg_head.losses(sem_seg_logits, targets, weights))
         if getattr(self.affinity_head, "loss_weight", 1.0) != 0:
             targets = self._edge_maps(batched_inputs, "affinity_targets", cut_logits)
@@ -501,7 +500,7 @@ class COPS(nn.Module):
         """``[B, h, w]`` pixel weights of the PQ surrogate and the AMWC layer's node gradient: the
         mapper's ``pixel_weights`` (0 on void and crowd) plus ``crowd_weight`` on crowd pixels
         (authors: ``panoptic_weights`` = 1 on crowd, 0 on void)."""
-        weights = self._grid_targets(batched_inputs, "pixel_weights", grid, 0.0).float()
+        weights = self._stack([x["pixel_weights"] for x in batched_inputs], grid, 0.0).float()
         if self.crowd_weight == 0:
             return weights
         for b, x in enumerate(batched_inputs):
