@@ -118,15 +118,9 @@ def synthetic_instance(
         raise ValueError("num_thing_classes must lie in [0, num_classes]")
     rng = np.random.default_rng(seed)
     thing_classes = list(range(num_thing_classes))
-    sem, inst = synthetic_panoptic_map(
-        height,
-        width,
-        num_classes,
-        thing_classes,
-        num_stuff_regions=num_stuff_regions,
-        num_things=num_things if num_thing_classes else 0,
-        rng=rng,
-    )
+    sem, inst = synthetic_panoptic_map(height, width, num_classes, thing_classes, rng=rng,
+                                       num_stuff_regions=num_stuff_regions,
+                                       num_things=num_things if num_thing_classes else 0)
     N = height * width
     class_field = _correlated_noise(rng, (num_classes, height, width), noise_smoothing)
     logits = class_noise * class_field.reshape(num_classes, N).T
