@@ -30,11 +30,10 @@ import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.file_io import PathManager
 
 from detectron2_cops.checks import as_int, as_int_list
 
-from .datasets import cityscapes_gt_file, dataset_paths, require_registered
+from .datasets import _read_json, cityscapes_gt_file, dataset_paths, require_registered
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
 
@@ -182,8 +181,7 @@ def register_panoptic_subset(
             )
     chosen = [records[i] for i in sorted(indices)]
 
-    with PathManager.open(meta.panoptic_json, "r") as f:
-        gt = json.load(f)
+    gt = _read_json(meta.panoptic_json, "panoptic_json")
     png_names = {os.path.basename(r["pan_seg_file_name"]) for r in chosen}
     annotations = [a for a in gt["annotations"] if a["file_name"] in png_names]
     if len(annotations) != len(png_names):

@@ -36,7 +36,7 @@ from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from detectron2_cops.data.datasets import get_panoptic_metadata
+from detectron2_cops.data.datasets import _read_json, get_panoptic_metadata
 from detectron2_cops.data.panoptic_utils import id2rgb, rgb2id
 
 __all__ = ["PanopticEvaluator", "pq_compute", "print_panoptic_results"]
@@ -54,11 +54,6 @@ def _pq_chunk(args):
     proc_id, pairs, gt_folder, pred_folder, categories = args
     with contextlib.redirect_stdout(io.StringIO()):
         return pq_compute_single_core(proc_id, pairs, gt_folder, pred_folder, categories)
-
-
-def _load_json(path: str):
-    with PathManager.open(path, "r") as f:
-        return json.load(f)
 
 
 def png_size(path: str) -> Tuple[int, int]:
@@ -177,7 +172,8 @@ def pq_compute(
             whose ``category_id`` is not in ``categories``, a segment id in a PNG missing from
             the json or vice versa.
     """
-    gt_json, pred_json = _load_json(gt_json_file), _load_json(pred_json_file)
+    gt_json = _read_json(gt_json_file, "ground-truth json")
+    pred_json = _read_json(pred_json_file, "prediction json")
     categories = categories or gt_json.get("categories")
     if not categories:
         raise ValueError(f"no categories: '{gt_json_file}' has none and none were given")
@@ -269,15 +265,13 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         super().__init__(dataset_name, output_dir)
         self._dataset_name = dataset_name
         self._label_divisor = info["label_divisor"]
-        self._contiguous_to_dataset = {
-            **self._thing_contiguous_id_to_dataset_id,
-            **self._stuff_contiguous_id_to_dataset_id,
-        }
+        thing, stuff = self._thing_contiguous_id_to_dataset_id, self._stuff_contiguous_id_to_dataset_id
+        self._contiguous_to_dataset = {**thing, **stuff}
         self._dataset_ids = set(self._contiguous_to_dataset.values())
         self._num_processes = int(num_processes)
         self._gt_png = {
             a["image_id"]: os.path.join(self._metadata.panoptic_root, a["file_name"])
-            for a in _load_json(self._metadata.panoptic_json)["annotations"]
+            for a in _read_json(self._metadata.panoptic_json, "panoptic_json")["annotations"]
         }
         self.reset()
 
@@ -370,10 +364,10 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         )
         gt_json = PathManager.get_local_path(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        json_data = _load_json(gt_json)
+        json_data = _read_json(gt_json, "panoptic_json")
         categories = json_data.get("categories")
         if not categories and self._metadata.get("categories_file"):
-            categories = _load_json(self._metadata.categories_file)
+            categories = _read_json(self._metadata.categories_file, "category file")
         annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
         pairs = _pair_up(
             json_data["annotations"],
