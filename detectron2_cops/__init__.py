@@ -26,7 +26,7 @@ if HAS_DETECTRON2:
     from . import config, data, evaluation, modeling
     from .config import add_cops_config
 
-    __all__ += list(_DETECTRON2_ATTRIBUTES)
+    __all__ += ["add_cops_config", "config", "data", "evaluation", "modeling"]
 else:
 
     def __getattr__(name):

@@ -26,7 +26,6 @@ from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-import detectron2_cops  # noqa: E402,F401
 from detectron2_cops.config import add_cops_config  # noqa: E402
 from detectron2_cops.data import COPSDatasetMapper, get_panoptic_metadata  # noqa: E402
 from detectron2_cops.data.subsets import evenly_spaced, register_panoptic_subset  # noqa: E402

@@ -595,7 +595,7 @@ def test_cops_formula_by_hand_small_case():
     pred[1, 3, 0:2] = 1    # thing 0, no overlap with anything of class 0 -> matched to gt 1 (zero overlap)
     pred[2, 2:4, 2:6] = 1  # stuff 1, 8 px of the 12
     W = np.ones((h_, w_))
-    eps, inst, stuff = 0.1, 2.0, 6.0
+    inst, stuff = 2.0, 6.0  # the module's eps is the default 0.1 used below
     sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
     h = lambda u: u ** 4 / (u ** 4 + (1 - u) ** 4)  # noqa: E731
     # class 0: pairs (pred0, gt0) IoU (2+.1)/(6+.1), (pred1, gt1) IoU .1/(6+.1) (zero overlap matches)

@@ -505,7 +505,7 @@ def run_inference(args):
                      f"{rest * 1e3:.0f}", f"{ratio:.2f}",
                      "-" if args.skip_network else f"{(net + med(post_t)) * 1e3:.0f}", f"{authors_s:.1f} s",
                      len(out[0]["panoptic_seg"][1])])
-        del model
+        model = None  # freed before the next dataset's model is built
     print_table(["dataset", "image", "network ms", "solver ms", "rest ms", "(solver + rest) / solver", "total ms",
                  "authors (1 GPU)", "segments"], rows,
                 "authors: the per-image time the COPS paper reports (one GPU, network included).")

@@ -55,8 +55,7 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_s
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import detectron2_cops  # noqa: F401  (importing registers the COPS components and datasets)
-from detectron2_cops.config import add_cops_config
+from detectron2_cops.config import add_cops_config  # importing the package registers its components and datasets
 from detectron2_cops.data import COPSDatasetMapper
 from detectron2_cops.data.datasets import check_dataset_files
 from detectron2_cops.evaluation import build_cops_evaluator
