@@ -850,11 +850,12 @@ def test_backward_warm_start_and_float32_switches_work_both_ways(monkeypatch):
     solution as initial labels (5th entry of the native tuple), float32 solves float32 costs."""
     import detectron2_cops.layers.amwc_layer as amwc_layer
 
-    seen = []
+    seen, searched = [], []
     real = amwc_layer._solve_batch
 
     def spy(instances, local_search, num_threads):
         seen.append([(len(t) > 4 and t[4] is not None, t[0].dtype) for t in instances])
+        searched.append(local_search)
         return real(instances, local_search, num_threads)
 
     monkeypatch.setattr(amwc_layer, "_solve_batch", spy)
@@ -869,13 +870,17 @@ def test_backward_warm_start_and_float32_switches_work_both_ways(monkeypatch):
             forward, backward = seen
             assert forward == [(False, np.float64)]
             assert backward == [(warm, np.float32 if f32 else np.float64)] * 2
-    # the default is warm + float32; local_search=False disables the warm start
+    # the default is warm + float32; with local_search=False the forward solve is plain GAEC,
+    # a warm-started backward still improves its start by local search, a cold one does not
     layer = make_layer()
     assert layer.backward_warm_start and layer.backward_float32
-    seen.clear()
-    zero_grads(sc, ec)
-    _random_upstream(make_layer(num_samples=1, local_search=False), sc, ec, 0)
-    assert seen[1] == [(False, np.float32)]
+    for warm in (True, False):
+        seen.clear()
+        searched.clear()
+        zero_grads(sc, ec)
+        _random_upstream(make_layer(num_samples=1, local_search=False, backward_warm_start=warm), sc, ec, 0)
+        assert seen[1] == [(warm, np.float32)]
+        assert searched == [False, warm]
 
 
 def test_warm_and_cold_gradients_agree_in_direction():

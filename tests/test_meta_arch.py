@@ -423,13 +423,16 @@ def test_fully_differentiable_step_reaches_heads_and_calibration(synth_dataset):
     assert model.pq_surrogate.instance_area == pytest.approx(16 / 4)
     assert model.pq_surrogate.ratio_eps == pytest.approx(0.1) and model.pq_surrogate.rule == "original"
     assert model.amwc_layer.min_thing_cluster_size == 3 and model.edge_dropout.p == pytest.approx(0.1)
-    # MODEL.COPS.BACKWARD_WARM_START / BACKWARD_FLOAT32 reach the layer
-    assert model.amwc_layer.backward_warm_start and model.amwc_layer.backward_float32
-    cfg_cold = cfg.clone()
-    cfg_cold.MODEL.COPS.BACKWARD_WARM_START = False
-    cfg_cold.MODEL.COPS.BACKWARD_FLOAT32 = False
-    cold = build_model(cfg_cold).amwc_layer
-    assert not cold.backward_warm_start and not cold.backward_float32
+    # MODEL.COPS.LOCAL_SEARCH / BACKWARD_WARM_START / BACKWARD_FLOAT32 reach the layer; the
+    # defaults are the authors' solver and backward (no local search, cold float32 solves)
+    layer = model.amwc_layer
+    assert not layer.local_search and not layer.backward_warm_start and layer.backward_float32
+    cfg_other = cfg.clone()
+    cfg_other.MODEL.COPS.LOCAL_SEARCH = True
+    cfg_other.MODEL.COPS.BACKWARD_WARM_START = True
+    cfg_other.MODEL.COPS.BACKWARD_FLOAT32 = False
+    other = build_model(cfg_other).amwc_layer
+    assert other.local_search and other.backward_warm_start and not other.backward_float32
     # a model that predicts the large stuff class 2 everywhere (an overlap with the ground truth,
     # so the PQ surrogate has a gradient)
     with torch.no_grad():

@@ -556,7 +556,8 @@ class AMWCFunction(torch.autograd.Function):
 
         t0 = time.perf_counter()
         try:
-            results = _solve_batch(instances, spec.local_search, spec.num_threads) if instances else []
+            results = (_solve_batch(instances, spec.local_search or spec.warm_start, spec.num_threads)
+                       if instances else [])
         except ValueError as err:  # e.g. c + lambda * gradient beyond the float32 range
             raise ValueError(
                 "AMWCFunction.backward: the perturbed costs c + lambda * (incoming gradient) "
@@ -618,14 +619,16 @@ class AMWCLayer(nn.Module):
         num_samples: ``N >= 1``, number of perturbation magnitudes averaged in backward (COPS: 5).
         lambda_min, lambda_max: ``1e-300 <= lambda_min <= lambda_max``, the range of
             ``lambda ~ U(lambda_min, lambda_max)`` (COPS: 1 and 5000).
-        local_search: run the solver's local search after GAEC (forward and backward).
+        local_search: run the solver's local search after GAEC in the forward solve and in cold
+            backward solves.
         num_threads: solver threads, ``0`` = one per instance up to the core count.
         min_thing_cluster_size: ``>= 1``; thing clusters with fewer grid pixels get no mask
             (the COPS code: ``IGNORE_INSTANCE_SIZE_AMC // 4 = 12 // 4 = 3``; 1 keeps all).
         backward_warm_start: start every perturbed solve of the backward from the forward
             solution instead of GAEC from singletons (a departure from COPS, see
-            :class:`AMWCFunction`). Ignored when ``local_search`` is False (the start would come
-            back unchanged: a zero gradient).
+            :class:`AMWCFunction`), improved by the solver's local search whatever
+            ``local_search`` says (unimproved, the start would come back unchanged: a zero
+            gradient).
         backward_float32: form the backward's perturbed costs in float32 instead of float64
             (half the memory traffic; the solver sums in float64, gradients accumulate in
             float64).
@@ -757,7 +760,7 @@ class AMWCLayer(nn.Module):
             pixel_weights=None if pixel_weights is None else pixel_weights.detach(),
             edge_weights=None if edge_weights is None else [w.detach() for w in edge_weights],
             timing=timing, min_thing_cluster_size=self.min_thing_cluster_size, pad_fn=pad_fn,
-            warm_start=self.backward_warm_start and self.local_search, float32=self.backward_float32,
+            warm_start=self.backward_warm_start, float32=self.backward_float32,
         )
         outs = AMWCFunction.apply(spec, semantic_costs, *edge_costs)
         result = AMWCBatchOutput(*outs[:8], edge_label_maps=list(outs[8:]))
