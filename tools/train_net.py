@@ -13,6 +13,10 @@ training stages use it; the YAML decides which (``MODEL.COPS.FULLY_DIFFERENTIABL
     # evaluation
     python tools/train_net.py --eval-only --config-file <yaml> MODEL.WEIGHTS <model.pth>
 
+It also trains and evaluates Detectron2's own Panoptic-DeepLab (``META_ARCHITECTURE:
+"PanopticDeepLab"``, e.g. ``configs/Cityscapes-PanopticSegmentation/panoptic_deeplab_R_18_512x256.yaml``)
+with its own dataset mapper and the same evaluators, as the baseline to compare COPS with.
+
 Several processes (Detectron2's ``launch``, ``torch.distributed``): ``--num-gpus N`` starts N
 processes per machine, ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` joins M
 machines. On GPUs each process drives one GPU and they communicate with NCCL; on a machine
