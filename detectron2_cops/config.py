@@ -103,9 +103,10 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.LAMBDA_MAX = 5000.0
     cfg.MODEL.COPS.NUM_LAMBDA_SAMPLES = 5
     # Backward of the AMWC layer: start each perturbed multiway-cut solve from the forward
-    # solution and improve it by local search (whatever LOCAL_SEARCH says), instead of GAEC from
-    # scratch as the COPS code does (AMWCLayer(backward_warm_start=...)). Off, as the authors;
-    # the CPU-scale stage-2 configs turn it on (measured in docs/departures.md).
+    # solution and improve it by local search, instead of GAEC from scratch as the COPS code does
+    # (AMWCLayer(backward_warm_start=...)); the layer's forward solve then searches locally too,
+    # whatever LOCAL_SEARCH says (which still governs inference). Off, as the authors; the
+    # CPU-scale stage-2 configs turn it on (measured in docs/departures.md).
     cfg.MODEL.COPS.BACKWARD_WARM_START = False
     # Build the backward's perturbed costs in float32 instead of float64 (half the memory).
     cfg.MODEL.COPS.BACKWARD_FLOAT32 = True
@@ -115,9 +116,9 @@ def add_cops_config(cfg):
     # they are the area limits of the foreground probability of the PQ surrogate.
     cfg.MODEL.COPS.STUFF_AREA = 2048
     cfg.MODEL.COPS.INSTANCE_AREA = 200
-    # Run the local-search pass of the AMWC solver after GAEC in the forward solve (inference and
-    # training) and in cold backward solves. Off, as the authors' solver: it lowers the objective
-    # but did not raise PQ (docs/departures.md).
+    # Run the local-search pass of the AMWC solver after GAEC (inference, and the AMWC layer in
+    # training). Off, as the authors' solver: it lowers the objective but did not raise PQ
+    # (docs/departures.md).
     cfg.MODEL.COPS.LOCAL_SEARCH = False
     # Threads of the batch solver; 0 = one per image, at most the number of CPU cores.
     cfg.MODEL.COPS.NUM_THREADS = 0

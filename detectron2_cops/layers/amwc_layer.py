@@ -556,8 +556,7 @@ class AMWCFunction(torch.autograd.Function):
 
         t0 = time.perf_counter()
         try:
-            results = (_solve_batch(instances, spec.local_search or spec.warm_start, spec.num_threads)
-                       if instances else [])
+            results = _solve_batch(instances, spec.local_search, spec.num_threads) if instances else []
         except ValueError as err:  # e.g. c + lambda * gradient beyond the float32 range
             raise ValueError(
                 "AMWCFunction.backward: the perturbed costs c + lambda * (incoming gradient) "
@@ -619,16 +618,16 @@ class AMWCLayer(nn.Module):
         num_samples: ``N >= 1``, number of perturbation magnitudes averaged in backward (COPS: 5).
         lambda_min, lambda_max: ``1e-300 <= lambda_min <= lambda_max``, the range of
             ``lambda ~ U(lambda_min, lambda_max)`` (COPS: 1 and 5000).
-        local_search: run the solver's local search after GAEC in the forward solve and in cold
-            backward solves.
+        local_search: run the solver's local search after GAEC (forward and backward; implied by
+            ``backward_warm_start``).
         num_threads: solver threads, ``0`` = one per instance up to the core count.
         min_thing_cluster_size: ``>= 1``; thing clusters with fewer grid pixels get no mask
             (the COPS code: ``IGNORE_INSTANCE_SIZE_AMC // 4 = 12 // 4 = 3``; 1 keeps all).
         backward_warm_start: start every perturbed solve of the backward from the forward
             solution instead of GAEC from singletons (a departure from COPS, see
-            :class:`AMWCFunction`), improved by the solver's local search whatever
-            ``local_search`` says (unimproved, the start would come back unchanged: a zero
-            gradient).
+            :class:`AMWCFunction`), improved by the solver's local search. Implies local search
+            in the forward solve as well: the forward solution must be a local-search fixpoint,
+            or an unperturbed backward solve would move away from it and bias the gradient.
         backward_float32: form the backward's perturbed costs in float32 instead of float64
             (half the memory traffic; the solver sums in float64, gradients accumulate in
             float64).
@@ -755,7 +754,8 @@ class AMWCLayer(nn.Module):
         self.last_timing = timing
         spec = _Spec(
             grid=grid, thing_mask=self._thing_mask, num_samples=self.num_samples,
-            lambda_min=self.lambda_min, lambda_max=self.lambda_max, local_search=self.local_search,
+            lambda_min=self.lambda_min, lambda_max=self.lambda_max,
+            local_search=self.local_search or self.backward_warm_start,
             num_threads=self.num_threads, generator=generator,
             pixel_weights=None if pixel_weights is None else pixel_weights.detach(),
             edge_weights=None if edge_weights is None else [w.detach() for w in edge_weights],
