@@ -134,9 +134,27 @@ def add_cops_config(cfg):
     cfg.MODEL.COPS.POST_PROCESSOR = "AMWCPostProcessor"
     # Whether inference also returns "instances" (masks, classes, boxes, scores).
     cfg.MODEL.COPS.PREDICT_INSTANCES = True
-    # Whether inference also returns "sem_seg_head" (softmax of the semantic head at the output
-    # size; the evaluators then score its mIoU too): after the AMWC solve the costliest output.
-    cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = True
+    # Whether inference also returns "sem_seg_head" (the semantic head's logits at the output
+    # size, the authors' "orig_sem_seg"; the evaluators then score its mIoU too). Off: a
+    # [K, height, width] float32 tensor costs more than the rest of the post-processing
+    # (docs/benchmarks.md), and the authors score only "sem_seg" and "panoptic_seg".
+    cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = False
+    # Inference conventions (AMWCPostProcessor); the defaults are the authors'
+    # (panoptic_seg_affinity.py, post_processing.py, utils.interpolate_mask, losses.MaskScore).
+    # Solve the AMWC on the whole padded grid (authors) or only on the image's part of it.
+    cfg.MODEL.COPS.SOLVE_PADDED_GRID = True
+    # Units of STUFF_AREA / INSTANCE_AREA at inference: "input" (network-input pixels, stride**2
+    # per grid pixel of the solved grid, padding included: authors) or "output" (output pixels).
+    cfg.MODEL.COPS.AREA_UNITS = "input"
+    # Resize of the segment map and sem_seg from the input size to the output size:
+    # F.interpolate mode "nearest" (authors) or "nearest-exact".
+    cfg.MODEL.COPS.RESIZE_MODE = "nearest"
+    # Resize of the upsampled logits (sem_seg_head, the instance score) to the output size:
+    # "nearest" (authors) or "bilinear" (Detectron2's sem_seg_postprocess).
+    cfg.MODEL.COPS.LOGITS_RESIZE_MODE = "nearest"
+    # Edge term of the instance score: "positions" (authors' MaskScore: sums divided by the
+    # number of map positions, per distance) or "edges" (means over the edges themselves).
+    cfg.MODEL.COPS.INSTANCE_SCORE_EDGE_MEAN = "positions"
     # Log the exact PQ of the training batch's AMWC solution (fully differentiable stage).
     cfg.MODEL.COPS.LOG_TRAIN_PQ = True
 

@@ -207,12 +207,13 @@ def test_cuda_costs_match_cpu():
 
 # ----------------------------------------------------------------------------- backward vs direct
 def _direct_estimate(c_V, c_E, grid, fwd_labels, fwd_cut, seg_classes, dP, dX, dY, lam, things,
-                     warm=None):
+                     warm=None, local_search=True):
     """The COPS estimator for one image and one lambda, written out label by label.
 
     c_V [N, K], c_E [E], dP [M, N], dX [K, N], dY [E]; returns (grad_V [N, K], grad_E [E]).
     ``warm = (fwd_masks [M, N] bool, fwd_instance_ids [N])``: start the perturbed solve from the
     forward solution (``backward_warm_start``): each pixel at its mask's MWC label.
+    ``local_search``: the solves' local search, as the layer's.
     """
     N, K = c_V.shape
     if np.any(dP):
@@ -224,14 +225,15 @@ def _direct_estimate(c_V, c_E, grid, fwd_labels, fwd_cut, seg_classes, dP, dX, d
         if warm is not None:
             assert warm[0].sum(0).min() == 1  # the masks partition the pixels
             init = warm[0].argmax(0)
-        r = solve_mwc(np.stack(cols, 1), grid.edges, c_E + lam * dY, initial_labels=init)
+        r = solve_mwc(np.stack(cols, 1), grid.edges, c_E + lam * dY, initial_labels=init,
+                      local_search=local_search)
         new_cls = np.asarray(label_class)[r.node_labels]
         new_cut = r.node_labels[grid.edges[:, 0]] != r.node_labels[grid.edges[:, 1]]
     else:
         part = np.zeros(K, bool)
         part[list(things)] = True
         kw = {} if warm is None else dict(initial_labels=fwd_labels, initial_clusters=warm[1])
-        r = solve_amwc(c_V + lam * dX.T, grid.edges, c_E + lam * dY, part, **kw)
+        r = solve_amwc(c_V + lam * dX.T, grid.edges, c_E + lam * dY, part, local_search=local_search, **kw)
         new_cls = r.node_labels
         new_cut = r.edge_labels.astype(bool)
     eye = np.eye(K)
@@ -283,7 +285,8 @@ def _direct_batch(layer, sc, ec, out, RP, RX, RY, lambdas, warm=False):
         for lam in lambdas[b]:
             gV, gE = _direct_estimate(c_V, c_E, grid, out.node_labels[b].reshape(-1).numpy(), fwd_cut,
                                       out.mask_classes[torch.from_numpy(sel)].tolist(), dP, dX, dY, lam,
-                                      layer.thing_classes, warm=w)
+                                      layer.thing_classes, warm=w,
+                                      local_search=layer.local_search or layer.backward_warm_start)
             acc_V += gV / len(lambdas[b])
             acc_E += gE / len(lambdas[b])
         g_sem[b] = acc_V.T.reshape(K, H, W)
@@ -870,11 +873,11 @@ def test_backward_warm_start_and_float32_switches_work_both_ways(monkeypatch):
             forward, backward = seen
             assert forward == [(False, np.float64)]
             assert backward == [(warm, np.float32 if f32 else np.float64)] * 2
-    # the default is warm + float32; with local_search=False a warm-started layer still searches
-    # locally, forward and backward (its forward solution must be a local-search fixpoint), a
-    # cold one never
+    # the default is the authors' (cold, no local search) + float32; with local_search=False a
+    # warm-started layer still searches locally, forward and backward (its forward solution must
+    # be a local-search fixpoint), a cold one never
     layer = make_layer()
-    assert layer.backward_warm_start and layer.backward_float32
+    assert not layer.backward_warm_start and not layer.local_search and layer.backward_float32
     for warm in (True, False):
         seen.clear()
         searched.clear()

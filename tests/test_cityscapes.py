@@ -19,6 +19,7 @@ pytest.importorskip("cityscapesscripts", reason="cityscapesscripts is not instal
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
 from PIL import Image  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
@@ -151,14 +152,17 @@ def test_sem_seg_is_amwc_node_labels_and_head_output_separate(cs):
     cfg = _cfg(cs)
     model = _model(cfg, seed=1).eval()
     record = DatasetCatalog.get(cs["val"])[0]
+    inputs = [COPSDatasetMapper(cfg, False)(record)]
     with torch.no_grad():
-        (out,) = model([COPSDatasetMapper(cfg, False)(record)])
+        (out,) = model(inputs)
+        logits = model.sem_seg_head.layers(model.backbone(model.preprocess_image(inputs).tensor))
     sem, head = out["sem_seg"], out["sem_seg_head"]
     assert sem.shape == head.shape == (19, H, W)
-    # sem_seg: one-hot AMWC node labels; sem_seg_head: softmax of the head
+    # sem_seg: one-hot AMWC node labels; sem_seg_head: the head's logits, upsampled by the stride
     assert sem.dtype == torch.uint8 and head.dtype == torch.float32
     assert set(sem.unique().tolist()) <= {0, 1} and (sem.sum(0) == 1).all()
-    torch.testing.assert_close(head.sum(0), torch.ones(H, W))
+    up = F.interpolate(logits, scale_factor=4, mode="bilinear", align_corners=False)[0, :, :H, :W]
+    torch.testing.assert_close(head, up)
     # every kept panoptic segment carries its AMWC class in sem_seg
     pan, info = out["panoptic_seg"]
     labels = sem.argmax(0)

@@ -1,5 +1,5 @@
 """The shipped configs resolve to what their comments promise: the paper's R-52 configs run the
-authors' solver and backward, every config loads with the project's keys."""
+authors' solver, backward and inference conventions, every config loads with the project's keys."""
 
 from __future__ import annotations
 
@@ -34,11 +34,16 @@ def test_every_config_loads():
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_paper_configs_run_the_authors_solver_and_backward(path):
+def test_paper_configs_run_the_authors_solver_backward_and_inference(path):
     cops = _load(path).MODEL.COPS
     assert cops.LOCAL_SEARCH is False
     assert cops.BACKWARD_WARM_START is False
     assert cops.BACKWARD_FLOAT32 is True
+    assert cops.SOLVE_PADDED_GRID is True
+    assert cops.AREA_UNITS == "input"
+    assert cops.RESIZE_MODE == "nearest"
+    assert cops.LOGITS_RESIZE_MODE == "nearest"
+    assert cops.INSTANCE_SCORE_EDGE_MEAN == "positions"
 
 
 def test_there_are_four_paper_configs():

@@ -268,12 +268,18 @@ def test_post_processor_known_solution():
     assert inst.pred_classes.tolist() == [1, 1]
     assert torch.equal(inst.pred_masks[0], pan == 2) and torch.equal(inst.pred_masks[1], pan == 3)
     assert inst.pred_boxes.tensor.tolist() == [[4.0, 4.0, 12.0, 12.0], [12.0, 4.0, 20.0, 12.0]]
-    # MaskScore: mean class logit inside + (mean cut logit leaving - mean cut logit inside).
-    # Each block: 4 inner edges at -5; 8 leaving edges, 2 of them (to the other block) at +5.
+    # MaskScore: mean class logit inside + cut logits leaving - cut logits inside. Each block: 4
+    # inner edges at -5; 8 leaving edges, 2 of them (to the other block) at +5. The authors'
+    # ("positions", the default) divide both sums by the 2 x 6 x 8 positions of the edge map,
+    # "edges" takes the means over the edges.
     up = F.interpolate(sem, scale_factor=4, mode="bilinear", align_corners=False)[0, 1]
     for k in range(2):
-        expected = float(up[inst.pred_masks[k]].mean()) + (2 * 5.0 - 6 * 5.0) / 8 - (-5.0)
+        expected = float(up[inst.pred_masks[k]].mean()) + ((2 * 5.0 - 6 * 5.0) - 4 * (-5.0)) / 96
         assert float(inst.scores[k]) == pytest.approx(expected, rel=1e-5)
+    (out,) = _pp(instance_score_edge_mean="edges")(sem, cut, [(24, 32)], [(24, 32)])
+    for k in range(2):
+        expected = float(up[inst.pred_masks[k]].mean()) + (2 * 5.0 - 6 * 5.0) / 8 - (-5.0)
+        assert float(out["instances"].scores[k]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_post_processor_resizes_crops_and_drops_small_segments():

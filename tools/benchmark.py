@@ -13,7 +13,7 @@ Examples (the figures of the development machine are in docs/benchmarks.md)::
     python tools/benchmark.py solver --seed 0 --repeats 7 [--lpmp /tmp/lpmp_gaec_driver]
     python tools/benchmark.py layer --seed 0 --batch 4 --height 128 --width 256 --repeats 9 \\
         --warmup 1 --variants cold64 cold32 warm64 warm32 [--memory]
-    python tools/benchmark.py inference --seed 0 --repeats 2 [--device cuda] [--no-sem-seg-head]
+    python tools/benchmark.py inference --seed 0 --repeats 2 [--device cuda] [--sem-seg-head]
 
 ``python tools/benchmark.py SUBCOMMAND --help`` describes each one.
 """
@@ -413,7 +413,7 @@ def run_inference(args):
     project's R-52 config with random weights, so only the times mean something): ``network``
     (``preprocess_image``, backbone, both heads), ``solver`` (the batched AMWC solve inside the
     post-processor) and ``rest`` (everything else the post-processor does: calibration, cost
-    arrays, panoptic map, ``sem_seg``, ``sem_seg_head``, masks, boxes, scores); medians after one
+    arrays, panoptic map, ``sem_seg``, masks, boxes, scores, ``sem_seg_head`` with ``--sem-seg-head``); medians after one
     warm-up. A network with random weights gives noise logits, unlike a trained model's, so the
     post-processor gets the logits of a synthetic scene with CNN-like noise
     (``--post-input synthetic``, the default) of the network's output shapes."""
@@ -447,7 +447,7 @@ def run_inference(args):
           + (f" ({torch.cuda.get_device_name(0)})" if dev.startswith("cuda") else "")
           + f", {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time, post-processor input {args.post_input}, "
-          f"sem_seg_head {'off' if args.no_sem_seg_head else 'on'}")
+          f"sem_seg_head {'on' if args.sem_seg_head else 'off'}")
     rows = []
     for name in args.datasets:
         config, (H, W), authors_s = INFERENCE_DATASETS[name]
@@ -457,7 +457,8 @@ def run_inference(args):
         cfg.merge_from_file(str(ROOT / config))
         cfg.MODEL.WEIGHTS = ""
         cfg.MODEL.DEVICE = dev
-        cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = not args.no_sem_seg_head
+        if args.sem_seg_head:
+            cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD = True
         torch.manual_seed(args.seed)
         model = build_model(cfg).eval()
         g = torch.Generator().manual_seed(args.seed)
@@ -557,8 +558,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="device of the network and the outputs (default: cuda if available)")
     p.add_argument("--post-input", choices=["synthetic", "network"], default="synthetic",
                    help="logits fed to the post-processor: a synthetic scene (default) or the random network's")
-    p.add_argument("--no-sem-seg-head", action="store_true",
-                   help="MODEL.COPS.PREDICT_SEM_SEG_HEAD False: no full-resolution softmax of the head")
+    p.add_argument("--sem-seg-head", action="store_true",
+                   help="MODEL.COPS.PREDICT_SEM_SEG_HEAD True: also the head's full-resolution logits "
+                        "(off in the configs read here)")
     p.add_argument("--skip-network", action="store_true", help="time only the post-processing")
     p.add_argument("--threads", type=int, default=0, help="PyTorch threads (0: PyTorch's default)")
     p.add_argument("--cpu-time", action="store_true",

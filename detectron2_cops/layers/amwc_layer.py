@@ -336,7 +336,7 @@ class AMWCFunction(torch.autograd.Function):
       ``c_E + lambda dL/dY`` with the thing classes partitionable, since without a mask gradient
       the segment labels of the MWC carry no information.
 
-    Warm start (``spec.warm_start``, :class:`AMWCLayer` ``backward_warm_start``, the default;
+    Warm start (``spec.warm_start``, :class:`AMWCLayer` ``backward_warm_start``; off by default,
     not in the COPS code, which solves every perturbed problem from scratch): each perturbed
     solve starts from the forward solution ``s(c)`` mapped to the MWC labels (every pixel at its
     segment's label, see :func:`_mwc_initial_labels`; the naive-pipeline AMWC at the forward's
@@ -669,10 +669,10 @@ class AMWCLayer(nn.Module):
         num_samples: int = 5,
         lambda_min: float = 1.0,
         lambda_max: float = 5000.0,
-        local_search: bool = True,
+        local_search: bool = False,
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
-        backward_warm_start: bool = True,
+        backward_warm_start: bool = False,
         backward_float32: bool = True,
     ) -> None:
         super().__init__()

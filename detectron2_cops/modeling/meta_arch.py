@@ -132,7 +132,7 @@ class COPS(nn.Module):
 
     Inference (``model.eval()``; ``DefaultPredictor``-compatible): one dict per image with
     ``panoptic_seg``, ``sem_seg`` (one-hot AMWC node labels, what the paper's mIoU scores),
-    ``sem_seg_head`` (head probabilities; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``) and
+    ``sem_seg_head`` (head logits; ``MODEL.COPS.PREDICT_SEM_SEG_HEAD``) and
     ``instances`` at the input dict's ``(height, width)`` (default: the image's size), from
     :class:`~detectron2_cops.modeling.post_processing.AMWCPostProcessor`.
     """

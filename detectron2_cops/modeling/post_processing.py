@@ -85,29 +85,44 @@ def build_post_processor(cfg):
     return POST_PROCESSOR_REGISTRY.get(cfg.MODEL.COPS.POST_PROCESSOR)(cfg)
 
 
-def _linear_resize_weights(out_len: int, in_len: int, stride: int, grid_len: int) -> torch.Tensor:
+RESIZE_MODES = ("nearest", "nearest-exact")
+LOGITS_RESIZE_MODES = ("nearest", "bilinear")
+AREA_UNITS = ("input", "output")
+INSTANCE_SCORE_EDGE_MEANS = ("positions", "edges")
+
+
+def _resize_index(out_len: int, in_len: int, mode: str) -> torch.Tensor:
+    """``[out_len] int64``: the input row (or column) that ``F.interpolate(..., size=out_len,
+    mode=mode)`` reads for each output row, ``mode`` ``"nearest"`` (``floor(y * in / out)``, the
+    authors' ``interpolate_mask``) or ``"nearest-exact"`` (``floor((y + 0.5) * in / out)``), taken
+    from PyTorch itself so that both follow its rounding exactly."""
+    src = torch.arange(in_len, dtype=torch.float64).view(1, 1, in_len)
+    return F.interpolate(src, size=out_len, mode=mode)[0, 0].to(torch.int64)
+
+
+def _linear_resize_weights(out_len: int, in_len: int, stride: int, grid_len: int, mode: str) -> torch.Tensor:
     """``[grid_len, out_len] float64`` weights of the 1-d version of
     :meth:`AMWCPostProcessor._upsampled_logits`: entry ``[q, y]`` is the weight of grid row ``q``
     in output row ``y`` after linear upsampling by ``stride`` (``align_corners=False``, cropped to
-    ``in_len``) and the linear resize to ``out_len``. Bilinear interpolation is this map applied
-    along rows and along columns (it is separable), so the upsampled logits are
+    ``in_len``) and the resize to ``out_len`` (``mode`` ``"bilinear"``: linear; ``"nearest"``: the
+    row :func:`_resize_index` reads). Both are separable, so the upsampled logits are
     ``A^T @ logits @ B`` with ``A``, ``B`` these weights for rows and columns."""
     eye = torch.eye(grid_len, dtype=torch.float64)[None]
     w = F.interpolate(eye, scale_factor=stride, mode="linear", align_corners=False)[0, :, :in_len]
     if out_len != in_len:
-        w = F.interpolate(w[None], size=out_len, mode="linear", align_corners=False)[0]
+        if mode == "bilinear":
+            w = F.interpolate(w[None], size=out_len, mode="linear", align_corners=False)[0]
+        else:
+            w = w[:, _resize_index(out_len, in_len, mode)]
     return w
 
 
-def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int) -> torch.Tensor:
-    """Grid row (or column) read by each output row (column), nearest-neighbour sampling.
-
-    Output pixel ``y`` of ``out_len`` lies at input-image row ``floor((y + 0.5) * in_len /
-    out_len)``, which lies in grid cell ``row // stride`` (grid pixel ``i`` covers image rows
-    ``[stride * i, stride * (i + 1))``).
-    """
-    pos = torch.div((torch.arange(out_len, dtype=torch.float64) + 0.5) * in_len, out_len, rounding_mode="floor")
-    pos = pos.to(torch.int64).clamp_(0, max(in_len - 1, 0))
+def _nearest_index(out_len: int, in_len: int, stride: int, grid_len: int, mode: str) -> torch.Tensor:
+    """Grid row (or column) read by each output row (column), nearest-neighbour sampling:
+    output row ``y`` of ``out_len`` reads input-image row :func:`_resize_index` (``mode``), which
+    lies in grid row ``row // stride`` (grid pixel ``i`` covers image rows ``[stride * i, stride *
+    (i + 1))``, as nearest upsampling by ``stride`` maps them)."""
+    pos = _resize_index(out_len, in_len, mode)
     return torch.div(pos, stride, rounding_mode="floor").clamp_(max=max(grid_len - 1, 0))
 
 
@@ -128,20 +143,25 @@ class AMWCPostProcessor:
     1. costs: ``(c_V, c_E) = calibration(sem_seg_logits, cut_logits)`` (COPS' learned affine
        calibration, :class:`detectron2_cops.layers.CostCalibration`); without a calibration
        ``c_V = -logits``, ``c_E = -cut_logits`` (the original ``ComputeMulticutCosts``);
-    2. the costs are cropped to the image's part of the grid, ``(ceil(H / 4), ceil(W / 4))``
-       grid pixels (the padding is not segmented), and the AMWC is solved with GAEC (+ local
-       search) by :func:`detectron2_cops.solvers.solve_amwc_batch` on the CPU, all images of the
-       batch in parallel; thing classes are partitionable;
+    2. the AMWC is solved with GAEC (+ local search) by
+       :func:`detectron2_cops.solvers.solve_amwc_batch` on the CPU, all images of the batch in
+       parallel, thing classes partitionable, on the whole padded grid ``h x w`` (the authors'
+       ``PanopticAffinityAMWC``; ``solve_padded_grid``) or on the image's part of it,
+       ``(ceil(H / 4), ceil(W / 4))`` grid pixels;
     3. segments: the AMWC clusters; all stuff clusters of one class form one segment (stuff is
        not partitionable, as in the panoptic format and Panoptic-DeepLab); every thing cluster is
        one instance;
-    4. the grid segment map is resized to ``(height, width)`` by nearest-neighbour sampling (the
-       output pixel's position in the ``H x W`` input, then its grid cell), as
-       ``sem_seg_postprocess`` crops the padded prediction to the image and resizes it;
-    5. segments with fewer output pixels than ``stuff_area`` (stuff) or ``instance_area``
-       (things) become void (id 0); the remaining segments get ids ``1, 2, ...`` in the order of
-       their first grid pixel (row-major). Thing clusters with fewer than
-       ``min_thing_cluster_size`` grid pixels are void whatever their output area.
+    4. the grid segment map is resized to ``(height, width)`` by nearest-neighbour sampling: the
+       output pixel's row and column in the ``H x W`` input (``F.interpolate`` with
+       ``resize_mode``, the authors' ``interpolate_mask``: ``"nearest"``), then its grid cell
+       (nearest upsampling by the stride);
+    5. segments smaller than ``stuff_area`` (stuff) or ``instance_area`` (things) become void
+       (id 0), areas counted in ``area_units``: ``"input"``, network-input pixels of the solved
+       grid (``stride**2`` per grid pixel, padding included: the authors' mask areas of the
+       upsampled padded prediction) or ``"output"``, pixels of the output image; segments that
+       no output pixel reads are dropped too. The remaining segments get ids ``1, 2, ...`` in
+       the order of their first grid pixel (row-major). Thing clusters with fewer than
+       ``min_thing_cluster_size`` grid pixels are void whatever their area.
 
     Outputs, one dict per image:
 
@@ -154,8 +174,10 @@ class AMWCPostProcessor:
       (``SemSegEvaluator``, the ``Visualizer``, ...) take ``argmax(dim=0)``; ``.float()`` gives
       a float32 one-hot;
     * ``"sem_seg_head"`` (when ``predict_sem_seg_head``, the costliest output):
-      ``[K, height, width] float32``, softmax of the semantic logits bilinearly upsampled by
-      ``common_stride`` and ``sem_seg_postprocess``-ed (the authors' ``"orig_sem_seg"``);
+      ``[K, height, width] float32`` semantic logits, bilinearly upsampled by ``common_stride``,
+      cropped to the image and resized to the output size with ``logits_resize_mode``
+      (``"nearest"``: the authors' ``"orig_sem_seg"``; ``"bilinear"``: ``sem_seg_postprocess``);
+      logits, as Detectron2's ``sem_seg`` outputs;
     * ``"instances"`` (when ``predict_instances``): ``Instances((height, width))`` with one entry
       per thing segment of ``panoptic_seg``: ``pred_masks [M, height, width] bool``,
       ``pred_classes [M] int64``, ``pred_boxes`` (tight boxes of the masks, ``Boxes``) and
@@ -163,13 +185,17 @@ class AMWCPostProcessor:
 
     Instance score (the original COPS ``MaskScore``, the authors' ``losses.py``)::
 
-        score = mean_{mask} semantic_logit[class]            (output pixels, upsampled logits)
-              + mean_{edges leaving the mask} cut_logit - mean_{edges inside the mask} cut_logit
+        score = mean_{mask} semantic_logit[class]      (output pixels, logits as "sem_seg_head")
+              + edge term
 
-    The edge terms are taken over all valid edges of all distances on the grid (an edge with one
-    endpoint in the mask leaves it, one with both inside is inside); an empty set contributes 0.
-    Unlike the original (which averages over all map positions, including non-edges), the means
-    are over the edges themselves.
+    ``instance_score_edge_mean="positions"`` (the authors' ``MaskScore``): the mask is read on
+    the grid at the output pixels ``(s * i + s // 2, s * j + s // 2)`` (their ``mask[2::4,
+    2::4]``), and for each distance ``d`` the cut logits of the edges leaving the mask minus those
+    of the edges inside it are summed and divided by the number of positions of the distance's
+    whole (padded) ``[2, H_d, W_d]`` map, non-edges included; the edge term is the sum over the
+    distances. ``"edges"``: the mask is the segment's grid pixels, and the edge term is the mean
+    cut logit over the edges leaving the mask minus the mean over the edges inside it, over all
+    distances together (an empty set contributes 0).
 
     Args (with the config key :meth:`from_config` reads; thing ids from the dataset):
         num_classes: K, number of semantic classes (``MODEL.SEM_SEG_HEAD.NUM_CLASSES``).
@@ -177,10 +203,13 @@ class AMWCPostProcessor:
         edge_distances, edge_sampling_intervals: edge distances ``d`` in pixels of the stride
             grid and one sampling interval each, default 1 (``MODEL.AFFINITY_HEAD.EDGE_*``).
         common_stride: stride of the grid in input pixels (``MODEL.AFFINITY_HEAD.COMMON_STRIDE``).
-        stuff_area, instance_area: minimum areas of a stuff / thing segment, in output-image
-            pixels (``MODEL.COPS.STUFF_AREA``, ``INSTANCE_AREA``).
+        stuff_area, instance_area: minimum areas of a stuff / thing segment, in ``area_units``
+            (``MODEL.COPS.STUFF_AREA``, ``INSTANCE_AREA``).
         predict_instances, predict_sem_seg_head, local_search: also return ``instances`` /
             ``sem_seg_head``; run the AMWC local search after GAEC (``MODEL.COPS.<NAME>``).
+        solve_padded_grid, area_units, resize_mode, logits_resize_mode,
+            instance_score_edge_mean: the conventions of steps 2, 5, 4, of ``sem_seg_head`` and
+            the instance score above (``MODEL.COPS.<NAME>``); the defaults are the authors'.
         num_threads: threads of the batch solver, 0 = one per image, at most the CPU count
             (``MODEL.COPS.NUM_THREADS``).
         min_thing_cluster_size: thing clusters with fewer *grid* pixels become void (the COPS
@@ -189,7 +218,8 @@ class AMWCPostProcessor:
         ValueError: naming the argument and its key: a count, size or id that is not an integer
             (bools and ``4.0`` included) in range (``num_threads``, thing ids >= 0, thing ids <
             ``num_classes``, the others >= 1), no distance or not one interval per distance, an
-            area that is not a finite number >= 0. On call: see :meth:`__call__`.
+            area that is not a finite number >= 0, a convention not among its choices. On call:
+            see :meth:`__call__`.
     """
 
     @configurable
@@ -204,10 +234,15 @@ class AMWCPostProcessor:
         stuff_area: float = 0,
         instance_area: float = 0,
         predict_instances: bool = True,
-        predict_sem_seg_head: bool = True,
-        local_search: bool = True,
+        predict_sem_seg_head: bool = False,
+        local_search: bool = False,
         num_threads: int = 0,
         min_thing_cluster_size: int = 1,
+        solve_padded_grid: bool = True,
+        area_units: str = "input",
+        resize_mode: str = "nearest",
+        logits_resize_mode: str = "nearest",
+        instance_score_edge_mean: str = "positions",
     ):
         self.num_classes = as_int(num_classes, "num_classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)", 1)
         self.thing_ids = sorted(as_int_set(thing_ids, "thing_ids", 0))
@@ -236,6 +271,17 @@ class AMWCPostProcessor:
         self.predict_instances = bool(predict_instances)
         self.predict_sem_seg_head = bool(predict_sem_seg_head)
         self.local_search = bool(local_search)
+        self.solve_padded_grid = bool(solve_padded_grid)
+        for name, value, choices in (
+            ("area_units", area_units, AREA_UNITS),
+            ("resize_mode", resize_mode, RESIZE_MODES),
+            ("logits_resize_mode", logits_resize_mode, LOGITS_RESIZE_MODES),
+            ("instance_score_edge_mean", instance_score_edge_mean, INSTANCE_SCORE_EDGE_MEANS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} (MODEL.COPS.{name.upper()}) must be one of {choices}, got {value!r}")
+        self.area_units, self.resize_mode = area_units, resize_mode
+        self.logits_resize_mode, self.instance_score_edge_mean = logits_resize_mode, instance_score_edge_mean
         # (sizes) -> the banded resize matrices of _semantic_sums and their diagonals
         self._band_cache: Dict[tuple, tuple] = {}
 
@@ -257,6 +303,11 @@ class AMWCPostProcessor:
             local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
             num_threads=cfg.MODEL.COPS.NUM_THREADS,
             min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
+            solve_padded_grid=cfg.MODEL.COPS.SOLVE_PADDED_GRID,
+            area_units=cfg.MODEL.COPS.AREA_UNITS,
+            resize_mode=cfg.MODEL.COPS.RESIZE_MODE,
+            logits_resize_mode=cfg.MODEL.COPS.LOGITS_RESIZE_MODE,
+            instance_score_edge_mean=cfg.MODEL.COPS.INSTANCE_SCORE_EDGE_MEAN,
         )
 
     def __repr__(self) -> str:
@@ -366,10 +417,14 @@ class AMWCPostProcessor:
                 for m, s in zip(maps, self.edge_sampling_intervals)
             ]
 
-        # One AMWC instance per image, on the image's part of the grid.
+        # One AMWC instance per image, on the whole grid or the image's part of it.
         instances, crops = [], []
+        h, w = sem_seg_logits.shape[-2:]
         for b, (H, W) in enumerate(image_sizes):
-            hc, wc = -(-H // self.common_stride), -(-W // self.common_stride)
+            if self.solve_padded_grid:
+                hc, wc = h, w
+            else:
+                hc, wc = -(-H // self.common_stride), -(-W // self.common_stride)
             graph = self.graph(hc, wc)
             node_costs = sem_costs[b, :, :hc, :wc].detach().permute(1, 2, 0).reshape(hc * wc, -1)
             edge_values = graph.maps_to_edge_values(image_maps(edge_costs, b, hc, wc))
@@ -389,7 +444,9 @@ class AMWCPostProcessor:
         return [
             self._image_outputs(
                 result, hc, wc, graph, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
-                image_maps(cut_logits, b, hc, wc), sem_seg_logits.device,
+                # the instance score's edge term: on the solved grid, or the whole map
+                image_maps(cut_logits, b, *((h, w) if self.instance_score_edge_mean == "positions" else (hc, wc))),
+                sem_seg_logits.device,
             )
             for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops))
         ]
@@ -402,7 +459,8 @@ class AMWCPostProcessor:
         column of context are upsampled (output row ``y < H`` reads grid rows
         ``floor((y + 0.5) / s - 0.5)`` and the next one), straight into the ``H x W`` crop
         (ATen's ``upsample_bilinear2d`` with size and scale, as ``F.interpolate(scale_factor=s)``
-        calls it); the resize to the image's own size (the identity) is skipped."""
+        calls it); the resize to the output size (``logits_resize_mode``) is skipped when it is
+        the identity."""
         H, W = image_size
         s = self.common_stride
         h, w = logits.shape[-2:]
@@ -410,7 +468,13 @@ class AMWCPostProcessor:
         src = logits[None, :, :hr, :wr]
         up = torch.ops.aten.upsample_bilinear2d.default(src, [H, W], False, float(s), float(s))[0]
         if tuple(output_size) != (H, W):
-            up = F.interpolate(up[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+            height, width = output_size
+            if self.logits_resize_mode == "bilinear":
+                up = F.interpolate(up[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            else:
+                rows = _resize_index(height, H, self.logits_resize_mode).to(up.device)
+                cols = _resize_index(width, W, self.logits_resize_mode).to(up.device)
+                up = up.index_select(1, rows).index_select(2, cols)
         return up
 
     def _semantic_sums(self, logits, image_size, output_size, rows, cols, seg_grid, segment_class, segments):
@@ -443,10 +507,10 @@ class AMWCPostProcessor:
         cached = self._band_cache.get(key)
         if cached is None:  # P_r, P_c depend on the sizes only (an image size repeats)
             p_r = torch.zeros((hc, hr), dtype=torch.float64).index_add_(
-                0, rows, _linear_resize_weights(height, H, s, hr).T
+                0, rows, _linear_resize_weights(height, H, s, hr, self.logits_resize_mode).T
             ).numpy()
             p_c = torch.zeros((wc, wr), dtype=torch.float64).index_add_(
-                0, cols, _linear_resize_weights(width, W, s, wr).T
+                0, cols, _linear_resize_weights(width, W, s, wr, self.logits_resize_mode).T
             ).numpy()
             diag_r = np.unique(np.subtract(*np.nonzero(p_r)[::-1]))
             diag_c = np.unique(np.subtract(*np.nonzero(p_c)[::-1]))
@@ -508,23 +572,24 @@ class AMWCPostProcessor:
 
         # Nearest-neighbour resize: the grid row (column) read by each output row (column), and
         # how many output rows (columns) read each grid row (column).
-        rows = _nearest_index(height, image_size[0], self.common_stride, hc)
-        cols = _nearest_index(width, image_size[1], self.common_stride, wc)
+        rows = _nearest_index(height, image_size[0], self.common_stride, hc, self.resize_mode)
+        cols = _nearest_index(width, image_size[1], self.common_stride, wc, self.resize_mode)
         rows_np, cols_np = rows.numpy(), cols.numpy()
         row_count = np.bincount(rows_np, minlength=hc)
         col_count = np.bincount(cols_np, minlength=wc)
 
-        # Area filter (output pixels = sum over the segment's grid cells of rows x columns read),
-        # then ids 1.. in segment order.
+        # Area filter, then ids 1.. in segment order. Output pixels of a segment = sum over its
+        # grid cells of rows x columns read; input pixels = stride**2 x grid cells.
         cell_area = np.outer(row_count, col_count).reshape(-1)
         areas = np.bincount(seg_grid.reshape(-1), weights=cell_area, minlength=num_segments)
         areas = np.rint(areas).astype(np.int64)  # exact: integer sums far below 2**53
+        grid_areas = np.bincount(seg_grid.reshape(-1), minlength=num_segments)
         classes = np.asarray(segment_class, dtype=np.int64)
         is_thing = self.partitionable[classes] if num_segments else np.zeros(0, dtype=bool)
         limits = np.where(is_thing, self.instance_area, self.stuff_area)
-        keep = (areas > 0) & (areas >= limits)
+        filter_areas = grid_areas * self.common_stride**2 if self.area_units == "input" else areas
+        keep = (areas > 0) & (filter_areas >= limits)
         if self.min_thing_cluster_size > 1 and num_segments:
-            grid_areas = np.bincount(seg_grid.reshape(-1), minlength=num_segments)
             keep &= ~(is_thing & (grid_areas < self.min_thing_cluster_size))
         new_ids = np.zeros(num_segments, dtype=np.int64)
         new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
@@ -563,14 +628,7 @@ class AMWCPostProcessor:
             sem_seg.scatter_(0, node_out[None], 1)
         out = {"panoptic_seg": (panoptic, segments_info), "sem_seg": sem_seg}
         if self.predict_sem_seg_head:
-            probs = self._upsampled_logits(logits, image_size, output_size)
-            if probs.device.type == "cpu":
-                # In place (the softmax kernel reads a position's logits before it writes them):
-                # no second [K, height, width] buffer.
-                torch.softmax(probs, 0, out=probs)
-            else:
-                probs = F.softmax(probs, dim=0)
-            out["sem_seg_head"] = probs
+            out["sem_seg_head"] = self._upsampled_logits(logits, image_size, output_size)
         if self.predict_instances:
             out["instances"] = self._instances(
                 panoptic, segments_info, new_ids, seg_grid, segment_class, graph, cut_maps,
@@ -643,19 +701,11 @@ class AMWCPostProcessor:
                                        thing_segments)
             sem_score = sums / np.asarray([s["area"] for s in things], dtype=np.float64)
 
-        # Edge term on the grid: mean cut logit on edges leaving - on edges inside the segment.
-        edge_score = np.zeros(num, dtype=np.float64)
-        if graph.num_edges and num:
-            values = graph.maps_to_edge_values(cut_maps)
-            in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(
-                np.ascontiguousarray(seg_grid.reshape(-1), dtype=np.int64), graph.edges, values, num
+        if M:
+            sem_score = sem_score + self._edge_scores(
+                seg_grid, num, thing_segments, things, panoptic, graph, cut_maps, tuple(logits.shape[-2:])
             )
-            edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
-                in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
-            )
-        scores = torch.as_tensor(sem_score, dtype=torch.float32, device=device) + torch.as_tensor(
-            edge_score[thing_segments], dtype=torch.float32, device=device
-        )
+        scores = torch.as_tensor(sem_score, dtype=torch.float32, device=device)
 
         instances = Instances(size)
         instances.pred_masks = masks
@@ -663,3 +713,36 @@ class AMWCPostProcessor:
         instances.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32, device=device))
         instances.scores = scores
         return instances
+
+    def _edge_scores(self, seg_grid, num_segments, thing_segments, things, panoptic, graph, cut_maps, grid_size):
+        """``[M] float64`` edge term of the instance score of each thing (class docstring).
+        ``cut_maps``: the image's cut-logit maps of the solved grid ``graph`` (``"edges"``) or of
+        the whole padded grid ``grid_size`` (``"positions"``)."""
+        if self.instance_score_edge_mean == "edges":
+            if not graph.num_edges:
+                return np.zeros(len(things))
+            in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(
+                np.ascontiguousarray(seg_grid.reshape(-1), dtype=np.int64), graph.edges,
+                graph.maps_to_edge_values(cut_maps), num_segments,
+            )
+            edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
+                in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
+            )
+            return edge_score[thing_segments]
+        # "positions": the output panoptic ids at the centres of the grid cells (the authors'
+        # mask[2::4, 2::4] of the output mask zero-padded to the grid), each distance's cut
+        # logits divided by the number of positions of its map.
+        h, w = grid_size
+        s = self.common_stride
+        sampled = panoptic[s // 2 :: s, s // 2 :: s][:h, :w].cpu().numpy()
+        ids = np.zeros((h, w), dtype=np.int64)
+        ids[: sampled.shape[0], : sampled.shape[1]] = sampled
+        full = self.graph(h, w)
+        if not full.num_edges:
+            return np.zeros(len(things))
+        thing_ids = np.asarray([t["id"] for t in things], dtype=np.int64)
+        values = full.maps_to_edge_values([m.astype(np.float64) / m.size for m in cut_maps])
+        in_sum, _, out_sum, _ = _C.segment_edge_sums(
+            ids.reshape(-1), full.edges, values, int(max(ids.max(), thing_ids.max())) + 1
+        )
+        return (out_sum - in_sum)[thing_ids]
