@@ -349,81 +349,126 @@ double objective(py::handle node_costs, py::handle edges, py::handle edge_costs,
   }
 }
 
-// Per-segment sums over the edges of a labelled graph, for the edge term of the instance scores
-// (post-processing): for every segment s, the sum and count of `values` over the edges inside s
-// (both ends in s) and over the edges leaving s (one end in s; such an edge counts for both of its
-// segments). One pass over the edges, GIL released.
-py::tuple segment_edge_sums(py::handle segments, py::handle edges, py::handle values, int64_t num_segments) {
-  require_kind(segments, "iu", "segment_edge_sums: segments");
-  require_kind(edges, "iu", "segment_edge_sums: edges");
-  require_kind(values, "fiu", "segment_edge_sums: values");
-  IArray seg = IArray::ensure(segments), e = IArray::ensure(edges);
-  DArray v = DArray::ensure(values);
-  if (!seg || !e || !v) {
+// Per-segment sums of the cut logits over the edges of the COPS grid graph, read straight off the
+// edge maps, for the edge term of the instance scores (post-processing). The grid-edge
+// convention is GridGraph's (detectron2_cops/solvers/grid.py): distance d, sampling interval s,
+// lo = (d == 1 ? 0 : d / 2), hi = d - lo; map position (c, i, j) is anchored at pixel
+// (y, x) = (i * s, j * s); channel 0 joins (y - lo, x) and (y + hi, x), channel 1 joins
+// (y, x - lo) and (y, x + hi); a position with an endpoint outside the grid is no edge (its
+// value is not read). Per distance and segment k: sum and count of the values over the edges
+// inside k (both ends in k) and over the edges leaving k (one end in k; such an edge counts for
+// both of its segments). One pass over the ids (range check), then one over the maps, GIL
+// released, that checks the values it reads.
+py::tuple grid_edge_sums(py::handle ids, py::sequence maps, const std::vector<int64_t>& edge_distances,
+                         const std::vector<int64_t>& edge_sampling_intervals, int64_t num_segments) {
+  const std::string where = "grid_edge_sums: ";
+  IArray grid = IArray::ensure(require_kind(ids, "iu", where + "ids"));
+  if (!grid) {
     PyErr_Clear();
-    fail("segment_edge_sums: segments and edges must be integer arrays, values a numeric array");
+    fail(where + "ids must be convertible to an int64 array");
   }
-  if (seg.ndim() != 1) fail("segment_edge_sums: segments must have shape [N]");
-  if (e.ndim() != 2 || e.shape(1) != 2) fail("segment_edge_sums: edges must have shape [E, 2]");
-  if (v.ndim() != 1 || v.shape(0) != e.shape(0)) fail("segment_edge_sums: values must have shape [E] with E = len(edges)");
-  if (num_segments < 0) fail("segment_edge_sums: num_segments must be >= 0");
-  const int64_t n = seg.shape(0), E = e.shape(0), S = num_segments;
-  const int64_t* sp = seg.data();
-  const int64_t* ep = e.data();
-  const double* vp = v.data();
-  for (int64_t i = 0; i < n; ++i) {
-    if (sp[i] < 0 || sp[i] >= S)
-      fail("segment_edge_sums: segments must hold ids in [0, " + std::to_string(S) + "); node " + std::to_string(i) +
-           " has " + std::to_string(sp[i]));
+  if (grid.ndim() != 2) fail(where + "ids must have shape [h, w]" + got_shape(grid));
+  const int64_t D = static_cast<int64_t>(edge_distances.size()), S = num_segments;
+  const int64_t h = grid.shape(0), w = grid.shape(1);
+  if (static_cast<int64_t>(edge_sampling_intervals.size()) != D)
+    fail(where + "edge_sampling_intervals must have one entry per edge distance: got " +
+         std::to_string(edge_sampling_intervals.size()) + " for " + std::to_string(D) + " distances");
+  if (static_cast<int64_t>(py::len(maps)) != D)
+    fail(where + "maps must hold one map per edge distance (" + std::to_string(D) + "), got " +
+         std::to_string(py::len(maps)));
+  if (S < 0) fail(where + "num_segments must be >= 0");
+  std::vector<FArray> held;
+  for (int64_t d = 0; d < D; ++d) {
+    const int64_t dist = edge_distances[d], s = edge_sampling_intervals[d];
+    if (dist < 1 || s < 1)
+      fail(where + "edge distances and sampling intervals must be >= 1; entry " + std::to_string(d) + " is " +
+           std::to_string(dist) + " and " + std::to_string(s));
+    const std::string name = where + "maps[" + std::to_string(d) + "]";
+    py::array a = require_kind(maps[d], "f", name, "a float32");
+    if (a.dtype().kind() != 'f' || a.dtype().itemsize() != 4)
+      fail(name + " must be a float32 array, got dtype " + std::string(py::str(a.dtype())));
+    held.push_back(FArray::ensure(a));  // a C-contiguous copy only when strided
+    if (!held.back()) {
+      PyErr_Clear();
+      fail(name + " could not be made C-contiguous");
+    }
+    const int64_t Hd = h == 0 ? 0 : (h - 1) / s + 1, Wd = w == 0 ? 0 : (w - 1) / s + 1;
+    const FArray& m = held.back();
+    if (m.ndim() != 3 || m.shape(0) != 2 || m.shape(1) != Hd || m.shape(2) != Wd)
+      fail(name + " must have shape [2, " + std::to_string(Hd) + ", " + std::to_string(Wd) + "] (distance " +
+           std::to_string(dist) + ", interval " + std::to_string(s) + ")" + got_shape(m));
   }
-  for (int64_t k = 0; k < E; ++k) {
-    if (ep[2 * k] < 0 || ep[2 * k] >= n || ep[2 * k + 1] < 0 || ep[2 * k + 1] >= n)
-      fail("segment_edge_sums: edges must hold node ids in [0, " + std::to_string(n) + "); edge " + std::to_string(k) +
-           " is (" + std::to_string(ep[2 * k]) + ", " + std::to_string(ep[2 * k + 1]) + ")");
+  const int64_t* g = grid.data();
+  for (int64_t p = 0; p < h * w; ++p) {
+    if (g[p] < 0 || g[p] >= S)
+      fail(where + "ids must hold segment ids in [0, " + std::to_string(S) + "); pixel (" + std::to_string(p / w) +
+           ", " + std::to_string(p % w) + ") has " + std::to_string(g[p]));
   }
-  for (int64_t k = 0; k < E; ++k) {
-    if (!(std::fabs(vp[k]) < 0x1p960))  // the solvers' bound on costs: the sums stay finite
-      fail("segment_edge_sums: values must be finite with |value| < 2^960; found " + std::to_string(vp[k]) + " at edge " + std::to_string(k));
-  }
-  py::array_t<double> in_sum(S), out_sum(S);
-  py::array_t<int64_t> in_cnt(S), out_cnt(S);
+  const std::vector<py::ssize_t> shape = {static_cast<py::ssize_t>(D), static_cast<py::ssize_t>(S)};
+  py::array_t<double> in_sum(shape), out_sum(shape);
+  py::array_t<int64_t> in_cnt(shape), out_cnt(shape);
   double* is = in_sum.mutable_data();
   double* os = out_sum.mutable_data();
   int64_t* ic = in_cnt.mutable_data();
   int64_t* oc = out_cnt.mutable_data();
-  bool changed = false;
+  std::vector<const float*> values;
+  for (const FArray& m : held) values.push_back(m.data());
+  std::string error;  // set, with the GIL released, by the first bad value read; the loops stop
   {
     py::gil_scoped_release release;
-    std::fill(is, is + S, 0.0);
-    std::fill(os, os + S, 0.0);
-    std::fill(ic, ic + S, int64_t{0});
-    std::fill(oc, oc + S, int64_t{0});
-    for (int64_t k = 0; k < E; ++k) {
-      // Every index is read once and range-checked where it is used (the arrays were checked
-      // above, but another thread may write them while the GIL is released).
-      const int64_t u = ep[2 * k], v = ep[2 * k + 1];
-      if (u < 0 || v < 0 || u >= n || v >= n) {
-        changed = true;
-        break;
-      }
-      const int64_t a = sp[u], b = sp[v];
-      if (a < 0 || b < 0 || a >= S || b >= S) {
-        changed = true;
-        break;
-      }
-      const double x = vp[k];
-      if (a == b) {
-        is[a] += x;
-        ++ic[a];
-      } else {
-        os[a] += x;
-        ++oc[a];
-        os[b] += x;
-        ++oc[b];
+    std::fill(is, is + D * S, 0.0);
+    std::fill(os, os + D * S, 0.0);
+    std::fill(ic, ic + D * S, int64_t{0});
+    std::fill(oc, oc + D * S, int64_t{0});
+    for (int64_t d = 0; d < D && error.empty(); ++d) {
+      const int64_t dist = edge_distances[d], s = edge_sampling_intervals[d];
+      const int64_t lo = dist == 1 ? 0 : dist / 2, hi = dist - lo;
+      const int64_t Hd = h == 0 ? 0 : (h - 1) / s + 1, Wd = w == 0 ? 0 : (w - 1) / s + 1;
+      // Map rows (columns) whose anchor y (x) has both endpoints of a channel-0 (channel-1) edge
+      // in the grid: lo <= i * s <= h - 1 - hi.
+      const int64_t first = lo == 0 ? 0 : (lo - 1) / s + 1;
+      const int64_t end_i = h - 1 - hi >= 0 ? (h - 1 - hi) / s + 1 : 0, end_j = w - 1 - hi >= 0 ? (w - 1 - hi) / s + 1 : 0;
+      double* isd = is + d * S;
+      double* osd = os + d * S;
+      int64_t* icd = ic + d * S;
+      int64_t* ocd = oc + d * S;
+      for (int64_t c = 0; c < 2 && error.empty(); ++c) {
+        const int64_t i0 = c == 0 ? first : 0, i1 = c == 0 ? end_i : Hd;
+        const int64_t j0 = c == 0 ? 0 : first, j1 = c == 0 ? Wd : end_j;
+        if (i0 >= i1 || j0 >= j1) continue;  // no edge; else lo + hi < h (c = 0) or w (c = 1): no overflow below
+        const int64_t step_a = c == 0 ? -lo * w : -lo, step_b = c == 0 ? hi * w : hi;  // endpoints from the anchor
+        for (int64_t i = i0; i < i1 && error.empty(); ++i) {
+          const float* row = values[d] + (c * Hd + i) * Wd;
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t anchor = i * s * w + j * s;
+            // The ids are read once and range-checked where they are used (they were checked
+            // above, but another thread may write them while the GIL is released).
+            const int64_t a = g[anchor + step_a], b = g[anchor + step_b];
+            if (a < 0 || b < 0 || a >= S || b >= S) {
+              error = "ids changed during the call (another thread wrote them)";
+              break;
+            }
+            const float x = row[j];
+            if (!std::isfinite(x)) {
+              error = "maps must hold finite values; maps[" + std::to_string(d) + "] has " + std::to_string(x) +
+                      " at (" + std::to_string(c) + ", " + std::to_string(i) + ", " + std::to_string(j) + ")";
+              break;
+            }
+            if (a == b) {
+              isd[a] += x;
+              ++icd[a];
+            } else {
+              osd[a] += x;
+              ++ocd[a];
+              osd[b] += x;
+              ++ocd[b];
+            }
+          }
+        }
       }
     }
   }
-  if (changed) fail("segment_edge_sums: segments or edges changed during the call (another thread wrote them)");
+  if (!error.empty()) fail(where + error);
   return py::make_tuple(in_sum, in_cnt, out_sum, out_cnt);
 }
 
@@ -449,8 +494,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("labelling_objective", &objective, py::arg("node_costs"), py::arg("edges"), py::arg("edge_costs"),
         py::arg("partitionable"), py::arg("node_labels"), py::arg("instance_ids"),
         "AMWC objective of a labelling (edge cut iff instance ids differ).");
-  m.def("segment_edge_sums", &segment_edge_sums, py::arg("segments"), py::arg("edges"), py::arg("values"),
-        py::arg("num_segments"),
-        "Per segment: (sum, count) of values over the edges inside it and over the edges leaving it; "
-        "returns (in_sum, in_count, out_sum, out_count), each [num_segments].");
+  m.def("grid_edge_sums", &grid_edge_sums, py::arg("ids"), py::arg("maps"), py::arg("edge_distances"),
+        py::arg("edge_sampling_intervals"), py::arg("num_segments"),
+        "Per edge distance and segment of the grid ids ([h, w] ints in [0, num_segments)): sum and count of "
+        "the edge maps' values (one float32 [2, ceil(h / s), ceil(w / s)] map per distance, GridGraph's "
+        "convention) over the edges inside the segment and over the edges leaving it (counted for both "
+        "ends); returns (in_sum float64, in_count int64, out_sum float64, out_count int64), each "
+        "[len(edge_distances), num_segments]. Raises ValueError on a wrong dtype or shape, a wrong number "
+        "of maps or intervals, a distance or interval < 1, ids out of range or a non-finite value on an edge.");
 }

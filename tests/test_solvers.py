@@ -783,9 +783,9 @@ from detectron2_cops.solvers import clear_graph_structure_cache, solve_amwc
 from detectron2_cops.solvers.synthetic import synthetic_instance
 inst = synthetic_instance(48, 48, 5, 2, [1, 4, 16], seed=1)
 E = np.ascontiguousarray(inst.edges, dtype=np.int64)
-segments = np.arange(inst.node_costs.shape[0], dtype=np.int64) % 7
-values = inst.edge_costs.astype(np.float64)
-TARGET, orig = (E, E.copy()) if MODE == "solve" else (segments, segments.copy())
+ids = (np.arange(48 * 48, dtype=np.int64) % 7).reshape(48, 48)
+maps = [np.ones((2, 48, 48), np.float32)] * 3
+TARGET, orig = (E, E.copy()) if MODE == "solve" else (ids.reshape(-1), ids.reshape(-1).copy())
 stop = False
 def write():
     while not stop:
@@ -801,7 +801,7 @@ try:
             if MODE == "solve":
                 solve_amwc(inst.node_costs, E, inst.edge_costs, inst.partitionable)
             else:
-                _C.segment_edge_sums(segments, E, values, 7)
+                _C.grid_edge_sums(ids, maps, [1, 4, 16], [1, 1, 1], 7)
             outcomes["done"] += 1
         except ValueError:
             outcomes["ValueError"] += 1
@@ -812,10 +812,10 @@ print(outcomes)
 """
 
 
-@pytest.mark.parametrize("mode", ["solve", "segment_edge_sums"])
+@pytest.mark.parametrize("mode", ["solve", "grid_edge_sums"])
 def test_arrays_written_by_another_thread_during_native_calls_never_crash(mode):
-    """The native code reads the edges once, into its checked int32 copy, and segment_edge_sums
-    range-checks every index where it uses it: a thread that writes invalid ids into the arrays
+    """The native code reads the edges once, into its checked int32 copy, and grid_edge_sums
+    range-checks every segment id where it uses it: a thread that writes invalid ids into the arrays
     while the calls run (GIL released) gives errors or results, never an out-of-range index (the
     build read the edges again after validating them and crashed, 3 runs of 3). Run in a child
     process, so that a crash fails this test instead of ending the session."""
@@ -886,43 +886,84 @@ def test_warm_start_from_a_good_labelling_beats_or_matches_cold_on_small_perturb
 
 
 # --------------------------------------------------------------------------- post-processing helper
-def test_segment_edge_sums_matches_bincount_and_rejects_bad_input():
-    """``_C.segment_edge_sums`` (the edge term of the instance scores): per segment, sum and count
-    of the values on edges inside it and on edges leaving it (counted for both ends); bad ids,
-    shapes and non-finite values are named."""
+def _grid_edge_sums_reference(ids, maps, distances, intervals, num_segments):
+    """``_C.grid_edge_sums`` in NumPy: each distance's edges and values from ``GridGraph``, summed
+    per segment with ``np.bincount``."""
+    h, w = ids.shape
+    out = [[], [], [], []]
+    for m, d, s in zip(maps, distances, intervals):
+        grid = GridGraph(h, w, [d], [s])
+        v = grid.maps_to_edge_values([m]).astype(np.float64)
+        su, sv = ids.reshape(-1)[grid.edges[:, 0]], ids.reshape(-1)[grid.edges[:, 1]]
+        inside = su == sv
+        ends = np.concatenate([su[~inside], sv[~inside]])
+        out[0].append(np.bincount(su[inside], weights=v[inside], minlength=num_segments))
+        out[1].append(np.bincount(su[inside], minlength=num_segments))
+        out[2].append(np.bincount(ends, weights=np.tile(v[~inside], 2), minlength=num_segments))
+        out[3].append(np.bincount(ends, minlength=num_segments))
+    return [np.stack(x).reshape(len(maps), num_segments) for x in out]
+
+
+@pytest.mark.parametrize(
+    "h, w, distances, intervals",
+    [(12, 17, [1, 3, 4, 5, 20], [1, 1, 2, 3, 1]), (9, 5, [2, 3, 7], [4, 2, 5]), (1, 1, [1], [1]), (0, 6, [1, 2], [1, 2])],
+)
+def test_grid_edge_sums_matches_the_grid_graph(h, w, distances, intervals):
+    """``_C.grid_edge_sums`` (the edge term of the instance scores): per distance and segment, sum
+    and count of the map values on the GridGraph edges inside the segment and on those leaving it
+    (counted for both ends), read straight off the maps (strided ones too); distance 20 exceeds
+    the 12 x 17 grid, so its maps hold no edge."""
     from detectron2_cops import _C
 
     rng = np.random.default_rng(3)
-    grid = GridGraph(12, 17, [1, 3, 5])
-    seg = rng.integers(0, 9, grid.num_nodes)
-    seg[:20] = 4  # some edges inside a segment
-    values = rng.normal(0, 1, grid.num_edges).astype(np.float32)
-    in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(seg, grid.edges, values, 11)
-    su, sv = seg[grid.edges[:, 0]], seg[grid.edges[:, 1]]
-    inside = su == sv
-    v = values.astype(np.float64)
-    np.testing.assert_allclose(in_sum, np.bincount(su[inside], weights=v[inside], minlength=11), rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(in_cnt, np.bincount(su[inside], minlength=11))
-    ends = np.concatenate([su[~inside], sv[~inside]])
-    np.testing.assert_allclose(out_sum, np.bincount(ends, weights=np.tile(v[~inside], 2), minlength=11),
-                               rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(out_cnt, np.bincount(ends, minlength=11))
-    assert in_cnt.sum() + out_cnt.sum() // 2 == grid.num_edges
-    with pytest.raises(ValueError, match="segments must hold ids in"):
-        _C.segment_edge_sums(seg, grid.edges, values, 5)
-    with pytest.raises(ValueError, match="edges must hold node ids"):
-        _C.segment_edge_sums(seg[:10], grid.edges, values, 11)
-    with pytest.raises(ValueError, match="values must have shape"):
-        _C.segment_edge_sums(seg, grid.edges, values[:-1], 11)
-    with pytest.raises(ValueError, match="edges must have shape"):
-        _C.segment_edge_sums(seg, grid.edges[:, :1], values, 11)
-    for bad_value in (np.nan, np.inf, -np.inf, 1e300, -2.0**960):  # the last two: sums could overflow
-        bad = values.astype(np.float64)
-        bad[7] = bad_value
-        with pytest.raises(ValueError, match=r"values must be finite with \|value\| < 2\^960; found .* at edge 7"):
-            _C.segment_edge_sums(seg, grid.edges, bad, 11)
-    empty = _C.segment_edge_sums(np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0), 0)
-    assert all(len(x) == 0 for x in empty)
+    ids = rng.integers(0, 9, (h, w))
+    ids[:3, :4] = 4  # some edges inside a segment
+    maps = [rng.normal(0, 1, shape).astype(np.float32) for shape in GridGraph(h, w, distances, intervals).map_shapes]
+    maps[0] = np.asfortranarray(maps[0])
+    got = _C.grid_edge_sums(ids, maps, distances, intervals, 11)
+    want = _grid_edge_sums_reference(ids, maps, distances, intervals, 11)
+    for g, r in zip(got, want):
+        assert g.shape == (len(distances), 11)
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+    assert got[1].dtype == got[3].dtype == np.int64 and got[0].dtype == got[2].dtype == np.float64
+    assert got[1].sum() + got[3].sum() // 2 == GridGraph(h, w, distances, intervals).num_edges
+
+
+def test_grid_edge_sums_rejects_bad_input():
+    """Bad ids, dtypes, shapes, numbers of maps and non-finite values on edges are named."""
+    from detectron2_cops import _C
+
+    rng = np.random.default_rng(4)
+    distances, intervals = [1, 3], [1, 2]
+    ids = rng.integers(0, 5, (8, 11))
+    maps = [rng.normal(0, 1, shape).astype(np.float32) for shape in GridGraph(8, 11, distances, intervals).map_shapes]
+    for bad_id in (-1, 5):
+        bad = ids.copy()
+        bad[2, 3] = bad_id
+        with pytest.raises(ValueError, match=rf"ids must hold segment ids in \[0, 5\); pixel \(2, 3\) has {bad_id}"):
+            _C.grid_edge_sums(bad, maps, distances, intervals, 5)
+    with pytest.raises(ValueError, match="ids must be an integer array, got dtype float64"):
+        _C.grid_edge_sums(ids.astype(np.float64), maps, distances, intervals, 5)
+    with pytest.raises(ValueError, match=r"ids must have shape \[h, w\], got \[88\]"):
+        _C.grid_edge_sums(ids.reshape(-1), maps, distances, intervals, 5)
+    with pytest.raises(ValueError, match=r"maps\[1\] must be a float32 array, got dtype float64"):
+        _C.grid_edge_sums(ids, [maps[0], maps[1].astype(np.float64)], distances, intervals, 5)
+    with pytest.raises(ValueError, match=r"maps\[1\] must have shape \[2, 4, 6\] \(distance 3, interval 2\), got \[2, 8, 11\]"):
+        _C.grid_edge_sums(ids, [maps[0], maps[0]], distances, intervals, 5)
+    with pytest.raises(ValueError, match=r"maps must hold one map per edge distance \(2\), got 1"):
+        _C.grid_edge_sums(ids, maps[:1], distances, intervals, 5)
+    with pytest.raises(ValueError, match="edge_sampling_intervals must have one entry per edge distance"):
+        _C.grid_edge_sums(ids, maps, distances, [1], 5)
+    with pytest.raises(ValueError, match="edge distances and sampling intervals must be >= 1; entry 1 is 0 and 2"):
+        _C.grid_edge_sums(ids, maps, [1, 0], intervals, 5)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        bad = [m.copy() for m in maps]
+        bad[1][1, 2, 3] = bad_value
+        with pytest.raises(ValueError, match=r"maps must hold finite values; maps\[1\] has .* at \(1, 2, 3\)"):
+            _C.grid_edge_sums(ids, bad, distances, intervals, 5)
+    bad = [m.copy() for m in maps]
+    bad[0][0, 7, 5] = np.nan  # distance 1, channel 0 at the last row: joins rows 7 and 8, no edge, not read
+    _C.grid_edge_sums(ids, bad, distances, intervals, 5)
 
 
 # --------------------------------------------------------------------------- node-cost perturbations

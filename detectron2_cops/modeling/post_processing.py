@@ -432,7 +432,7 @@ class AMWCPostProcessor:
                 (node_costs.float().cpu().numpy(), graph.edges, edge_values.astype(np.float32, copy=False),
                  self.partitionable)
             )
-            crops.append((hc, wc, graph))
+            crops.append((hc, wc))
         try:
             results = solve_amwc_batch(instances, local_search=self.local_search, num_threads=self.num_threads)
         except ValueError as err:  # e.g. NaN logits, or float64 ones beyond the float32 range the solve reads
@@ -443,12 +443,12 @@ class AMWCPostProcessor:
 
         return [
             self._image_outputs(
-                result, hc, wc, graph, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
+                result, hc, wc, tuple(image_sizes[b]), tuple(output_sizes[b]), sem_seg_logits[b],
                 # the instance score's edge term: on the solved grid, or the whole map
                 image_maps(cut_logits, b, *((h, w) if self.instance_score_edge_mean == "positions" else (hc, wc))),
                 sem_seg_logits.device,
             )
-            for b, (result, (hc, wc, graph)) in enumerate(zip(results, crops))
+            for b, (result, (hc, wc)) in enumerate(zip(results, crops))
         ]
 
     def _upsampled_logits(self, logits, image_size, output_size):
@@ -536,7 +536,7 @@ class AMWCPostProcessor:
         return np.bincount(flat[sel], weights=values, minlength=num)[segments]
 
     def _image_outputs(
-        self, result, hc, wc, graph, image_size, output_size, logits, cut_maps, device
+        self, result, hc, wc, image_size, output_size, logits, cut_maps, device
     ):
         """Outputs of one image from its AMWC solution (see the class docstring), computed on the
         grid but for the gathers that write full-resolution outputs: the nearest-neighbour resize
@@ -631,7 +631,7 @@ class AMWCPostProcessor:
             out["sem_seg_head"] = self._upsampled_logits(logits, image_size, output_size)
         if self.predict_instances:
             out["instances"] = self._instances(
-                panoptic, segments_info, new_ids, seg_grid, segment_class, graph, cut_maps,
+                panoptic, segments_info, new_ids, seg_grid, segment_class, cut_maps,
                 logits, image_size, (height, width), rows, cols, row_count, col_count,
             )
         return out
@@ -659,7 +659,7 @@ class AMWCPostProcessor:
         x1 = np.searchsorted(cols, used_c[c_last], side="right")
         return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
 
-    def _instances(self, panoptic, segments_info, new_ids, seg_grid, segment_class, graph,
+    def _instances(self, panoptic, segments_info, new_ids, seg_grid, segment_class,
                    cut_maps, logits, image_size, size, rows, cols, row_count, col_count):
         """``Instances`` of the thing segments, with the ``MaskScore`` of the class docstring; boxes
         from the grid (:meth:`_segment_boxes`), masks written inside their boxes only, scores on
@@ -703,7 +703,7 @@ class AMWCPostProcessor:
 
         if M:
             sem_score = sem_score + self._edge_scores(
-                seg_grid, num, thing_segments, things, panoptic, graph, cut_maps, tuple(logits.shape[-2:])
+                seg_grid, num, thing_segments, things, panoptic, cut_maps, tuple(logits.shape[-2:])
             )
         scores = torch.as_tensor(sem_score, dtype=torch.float32, device=device)
 
@@ -714,16 +714,16 @@ class AMWCPostProcessor:
         instances.scores = scores
         return instances
 
-    def _edge_scores(self, seg_grid, num_segments, thing_segments, things, panoptic, graph, cut_maps, grid_size):
-        """``[M] float64`` edge term of the instance score of each thing (class docstring).
-        ``cut_maps``: the image's cut-logit maps of the solved grid ``graph`` (``"edges"``) or of
-        the whole padded grid ``grid_size`` (``"positions"``)."""
+    def _edge_scores(self, seg_grid, num_segments, thing_segments, things, panoptic, cut_maps, grid_size):
+        """``[M] float64`` edge term of the instance score of each thing (class docstring), from
+        ``_C.grid_edge_sums`` over the image's float32 cut-logit maps: those of the solved grid
+        ``seg_grid`` (``"edges"``) or of the whole padded grid ``grid_size`` (``"positions"``)."""
+        distances, intervals = self.edge_distances, self.edge_sampling_intervals
         if self.instance_score_edge_mean == "edges":
-            if not graph.num_edges:
-                return np.zeros(len(things))
-            in_sum, in_cnt, out_sum, out_cnt = _C.segment_edge_sums(
-                np.ascontiguousarray(seg_grid.reshape(-1), dtype=np.int64), graph.edges,
-                graph.maps_to_edge_values(cut_maps), num_segments,
+            # the mean over all edges (all distances) leaving the segment minus the mean over all
+            # edges inside it, 0 for no edge
+            in_sum, in_cnt, out_sum, out_cnt = (
+                x.sum(0) for x in _C.grid_edge_sums(seg_grid, cut_maps, distances, intervals, num_segments)
             )
             edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
                 in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
@@ -737,12 +737,9 @@ class AMWCPostProcessor:
         sampled = panoptic[s // 2 :: s, s // 2 :: s][:h, :w].cpu().numpy()
         ids = np.zeros((h, w), dtype=np.int64)
         ids[: sampled.shape[0], : sampled.shape[1]] = sampled
-        full = self.graph(h, w)
-        if not full.num_edges:
-            return np.zeros(len(things))
         thing_ids = np.asarray([t["id"] for t in things], dtype=np.int64)
-        values = full.maps_to_edge_values([m.astype(np.float64) / m.size for m in cut_maps])
-        in_sum, _, out_sum, _ = _C.segment_edge_sums(
-            ids.reshape(-1), full.edges, values, int(max(ids.max(), thing_ids.max())) + 1
+        in_sum, _, out_sum, _ = _C.grid_edge_sums(
+            ids, cut_maps, distances, intervals, int(max(ids.max(), thing_ids.max())) + 1
         )
-        return (out_sum - in_sum)[thing_ids]
+        positions = np.asarray([m.size for m in cut_maps], dtype=np.float64).reshape(-1, 1)
+        return ((out_sum - in_sum) / positions).sum(0)[thing_ids]
