@@ -77,8 +77,12 @@ _SHIMS = {
 }
 
 
-def _install_shims(folder: Path) -> list:
-    """Write import-only stand-ins for the modules that are not importable; returns their names."""
+def _install_shims(folder: Path, overrides: dict = None) -> list:
+    """Write import-only stand-ins for the modules that are not importable; returns their names.
+    ``overrides``: ``{relative path: text}`` replacing entries of ``_SHIMS`` (e.g. a working
+    ``lpmp_mc/raw_solvers.py``, as ``check_cops_inference_parity.py`` writes)."""
+    texts = dict(_SHIMS)
+    texts.update(overrides or {})
     used = []
     for top in ("lpmp_mc", "panopticapi", "skimage", "cv2"):
         try:
@@ -86,7 +90,7 @@ def _install_shims(folder: Path) -> list:
             continue
         except ImportError:
             pass
-        for rel, text in _SHIMS.items():
+        for rel, text in texts.items():
             if rel.startswith(top + "/"):
                 path = folder / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +100,8 @@ def _install_shims(folder: Path) -> list:
     return used
 
 
-def import_their_code(cops_code: Path, shim_dir: Path):
-    shims = _install_shims(shim_dir)
+def import_their_code(cops_code: Path, shim_dir: Path, shim_overrides: dict = None):
+    shims = _install_shims(shim_dir, shim_overrides)
     sys.path.insert(0, str(cops_code))
     import panoptic_affinity as pa
     from panoptic_affinity import utils as their_utils
@@ -176,11 +180,15 @@ def released_layout(model: torch.nn.Module) -> dict:
     return {k: v for k, v in frozen.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
-def read_image(path: str, dataset: str) -> torch.Tensor:
+def read_image(path: str, dataset: str, size=None) -> torch.Tensor:
+    """``[3, H, W] float`` RGB: resized to ``size`` ``(H, W)`` if given, else to the Cityscapes
+    training crop or to longest edge 640 (COCO)."""
     from PIL import Image
 
     img = Image.open(path).convert("RGB")
-    if dataset == "Cityscapes":
+    if size is not None:
+        img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+    elif dataset == "Cityscapes":
         img = img.resize((1024, 512), Image.BILINEAR)  # the training crop (ASPP pooling window)
     else:
         w, h = img.size
@@ -226,7 +234,17 @@ def diff(a: torch.Tensor, b: torch.Tensor):
     return d, d / max(scale, 1e-30), scale
 
 
-def run_dataset(dataset, pa, their_utils, cops_code, image_path, seed, tmp, tol, fixture):
+def build_models(dataset, pa, cops_code, seed, tmp, fixture=None, their_opts=(), our_opts=(), adjust=None):
+    """Their ``PanopticAffinity`` with seeded random weights (:func:`randomize_`, then
+    :func:`released_layout`) and our model of ``cops_R_52_fully_differentiable.yaml`` loaded from
+    its checkpoint converted by ``tools/convert_cops_checkpoint.py``, both in eval mode.
+    ``their_opts`` / ``our_opts``: config ``KEY VALUE`` lists merged before building;
+    ``adjust``: optional ``fn(their_model)`` run after :func:`randomize_`, before the checkpoint
+    is written (so our model gets the adjusted weights through the converter too).
+
+    Returns:
+        ``(their cfg, their model, our cfg, our model, the converter's report)``.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -235,8 +253,11 @@ def run_dataset(dataset, pa, their_utils, cops_code, image_path, seed, tmp, tol,
 
     torch.manual_seed(seed)
     tcfg = their_cfg(pa, cops_code, dataset, os.path.join(tmp, f"their_{dataset}"))
+    tcfg.merge_from_list(list(their_opts))
     theirs = build_model(tcfg).eval()
     randomize_(theirs, seed)
+    if adjust is not None:
+        adjust(theirs)
     sd = released_layout(theirs)
     theirs = theirs.eval()
     if fixture is not None:
@@ -247,11 +268,16 @@ def run_dataset(dataset, pa, their_utils, cops_code, image_path, seed, tmp, tol,
     src, dst = os.path.join(tmp, f"{dataset}_theirs.pth"), os.path.join(tmp, f"{dataset}_ours.pth")
     torch.save({"model": sd, "iteration": 0}, src)
     ocfg = our_cfg(dataset)
+    ocfg.merge_from_list(list(our_opts))
     report = conv.convert_checkpoint(src, dst, ocfg)
     ours = build_model(ocfg).eval()
     DetectionCheckpointer(ours).load(dst)
     ours.load_state_dict(torch.load(dst, weights_only=False)["model"], strict=True)
+    return tcfg, theirs, ocfg, ours, report
 
+
+def run_dataset(dataset, pa, their_utils, cops_code, image_path, seed, tmp, tol, fixture):
+    tcfg, theirs, ocfg, ours, report = build_models(dataset, pa, cops_code, seed, tmp, fixture)
     image = read_image(image_path, dataset)
     t_img, t_sem, t_aff, t_seg_c, t_aff_c = their_outputs(theirs, their_utils, image, tcfg.MODEL.SIZE_DIVISIBILITY)
     o_img, o_sem, o_aff, o_seg_c, o_aff_c = our_outputs(ours, image)
