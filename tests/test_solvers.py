@@ -454,7 +454,8 @@ def test_stuff_is_never_split_and_things_are():
 # --------------------------------------------------------------------------- grid graph
 @pytest.mark.parametrize(
     "H,W,D,S",
-    [(7, 9, [1, 2, 3, 4], None), (16, 5, [1, 4, 16], [1, 2, 3]), (1, 1, [1], None), (0, 4, [1, 2], None), (10, 13, [5], [4])],
+    [(7, 9, [1, 2, 3, 4], None), (16, 5, [1, 4, 16], [1, 2, 3]), (1, 1, [1], None), (0, 4, [1, 2], None),
+     (10, 13, [5], [4]), (12, 2, [3, 5], [1, 2])],
 )
 def test_grid_graph_convention_and_round_trip(H, W, D, S):
     g = GridGraph(H, W, D, S)

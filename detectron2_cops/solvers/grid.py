@@ -111,6 +111,9 @@ class GridGraph:
         H, W = self.height, self.width
         self.map_shapes: List[Tuple[int, int, int]] = []
         edges, index, valid_masks = [], [], []
+        # The valid positions of channel 0 are whole map rows, those of channel 1 whole map
+        # columns: (first row, end row, first column, end column) of each distance's map.
+        self._bounds: List[Tuple[int, int, int, int]] = []
         offset = 0
         for d, s in zip(self.edge_distances, self.edge_sampling_intervals):
             lo, hi = _offsets(d)
@@ -132,6 +135,11 @@ class GridGraph:
             edges += [e0, e1]
             index += [pos[0][v0], pos[1][v1]]
             valid_masks.append(valid)
+            rows = np.flatnonzero((ys - lo >= 0) & (ys + hi <= H - 1))
+            cols = np.flatnonzero((xs - lo >= 0) & (xs + hi <= W - 1))
+            r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+            c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
+            self._bounds.append((r0, r1, c0, c1))
             offset += 2 * Hd * Wd
         self._total_map_size = offset
         self.edges = (
@@ -182,8 +190,14 @@ class GridGraph:
                              f"{[list(lead + s) for s in self.map_shapes]}, got {[list(m.shape) for m in ms]}")
         if not ms:
             return np.zeros(0, dtype=np.float64)
-        flat = np.concatenate([m.reshape(lead + (int(np.prod(m.shape[len(lead):])),)) for m in ms], -1)  # B = 0 too
-        return flat[..., self.map_index]
+        # the same order as map_index: per distance, channel 0's valid rows, channel 1's valid
+        # columns, each row-major (slices: one copy, no gather)
+        parts = []
+        for m, (r0, r1, c0, c1) in zip(ms, self._bounds):
+            Hd, Wd = m.shape[-2:]
+            parts.append(m[..., 0, r0:r1, :].reshape(lead + ((r1 - r0) * Wd,)))  # B = 0 too
+            parts.append(m[..., 1, :, c0:c1].reshape(lead + (Hd * (c1 - c0),)))
+        return np.concatenate(parts, -1)
 
     def edge_values_to_maps(self, values: np.ndarray, fill=0) -> List[np.ndarray]:
         """Scatter per-edge values back into maps; invalid positions get ``fill``.
