@@ -85,9 +85,11 @@ class CostCalibration(nn.Module):
         _check_maps(cut_logits, "cut_logits", self.num_edge_distances, semantic_logits.shape[0])
         a = self.semantic_weight.to(semantic_logits.dtype)
         b = self.semantic_bias.to(semantic_logits.dtype)
-        semantic_costs = -(a * semantic_logits + b)
+        # -(a * x + b) with one new tensor (the product; the sum and the sign in place: the
+        # product is not saved for the backward, so autograd allows it), bitwise the same
+        semantic_costs = (a * semantic_logits).add_(b).neg_()
         edge_costs = [
-            -(self.edge_weight[d].to(c.dtype).abs() * c + self.edge_bias[d].to(c.dtype))
+            (self.edge_weight[d].to(c.dtype).abs() * c).add_(self.edge_bias[d].to(c.dtype)).neg_()
             for d, c in enumerate(cut_logits)
         ]
         return semantic_costs, edge_costs

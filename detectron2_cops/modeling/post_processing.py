@@ -505,19 +505,23 @@ class AMWCPostProcessor:
         g = logits[:, :hr, :wr].detach().to("cpu", logits.dtype if exact else torch.float32).numpy()
         key = (height, H, hr, hc, width, W, wr, wc)
         cached = self._band_cache.get(key)
-        if cached is None:  # P_r, P_c depend on the sizes only (an image size repeats)
-            p_r = torch.zeros((hc, hr), dtype=torch.float64).index_add_(
-                0, rows, _linear_resize_weights(height, H, s, hr, self.logits_resize_mode).T
-            ).numpy()
-            p_c = torch.zeros((wc, wr), dtype=torch.float64).index_add_(
-                0, cols, _linear_resize_weights(width, W, s, wr, self.logits_resize_mode).T
-            ).numpy()
-            diag_r = np.unique(np.subtract(*np.nonzero(p_r)[::-1]))
-            diag_c = np.unique(np.subtract(*np.nonzero(p_c)[::-1]))
+        if cached is None:  # the bands depend on the sizes only (an image size repeats)
+            bands = []
+            for n_out, n_in, n_grid, n_r, index in ((height, H, hc, hr, rows), (width, W, wc, wr, cols)):
+                p = torch.zeros((n_grid, n_r), dtype=torch.float64).index_add_(
+                    0, index, _linear_resize_weights(n_out, n_in, s, n_r, self.logits_resize_mode).T
+                ).numpy()
+                # grid row i reads rows i + d of the logits for the band's few offsets d:
+                # their (clipped) indices [n_grid, D] and weights (0 outside the logits)
+                diag = np.unique(np.subtract(*np.nonzero(p)[::-1]))
+                idx = np.arange(n_grid)[:, None] + diag[None, :]
+                inside = (idx >= 0) & (idx < n_r)
+                idx = np.clip(idx, 0, n_r - 1)
+                bands.append((idx, np.where(inside, np.take_along_axis(p, idx, 1), 0.0)))
             if len(self._band_cache) >= 16:
                 self._band_cache.clear()
-            cached = self._band_cache[key] = (p_r, p_c, diag_r, diag_c)
-        p_r, p_c, diag_r, diag_c = cached
+            cached = self._band_cache[key] = tuple(bands)
+        (idx_r, w_r), (idx_c, w_c) = cached
         # Only the cells of the requested segments, each in its segment's class channel:
         # (P_r L_c P_c^T)[r, q] = sum_{a, b} P_r[r, a] P_c[q, b] L_c[a, b] over the few non-zero
         # diagonals a - r, b - q of the banded P_r, P_c (gathers, no [C, hc, wc] product).
@@ -525,14 +529,14 @@ class AMWCPostProcessor:
         ch = channel[flat]
         sel = np.flatnonzero(ch >= 0)
         r, q, c = sel // wc, sel % wc, ch[sel]
+        g = np.ascontiguousarray(g).reshape(-1)  # (a copy only if the image leaves grid rows or columns out)
         values = np.zeros(len(sel), dtype=np.float64)
-        for dr in diag_r.tolist():
-            a = np.clip(r + dr, 0, hr - 1)
-            w_r = np.where((r + dr >= 0) & (r + dr < hr), p_r[r, a], 0.0)
-            for dc in diag_c.tolist():
-                b = np.clip(q + dc, 0, wr - 1)
-                w_c = np.where((q + dc >= 0) & (q + dc < wr), p_c[q, b], 0.0)
-                values += w_r * w_c * g[c, a, b]
+        for i in range(idx_r.shape[1]):
+            row_base = c * (hr * wr) + idx_r[r, i] * wr
+            acc = np.zeros(len(sel), dtype=np.float64)
+            for j in range(idx_c.shape[1]):
+                acc += np.take(g, row_base + idx_c[q, j]) * w_c[q, j]
+            values += acc * w_r[r, i]
         return np.bincount(flat[sel], weights=values, minlength=num)[segments]
 
     def _image_outputs(
