@@ -55,7 +55,7 @@ def panoptic_to_semantic(
 #: What each model output key of COPS holds (for the log line of the evaluator).
 OUTPUT_KEY_DESCRIPTIONS = {
     "sem_seg": "AMWC node labels (the paper's mIoU)",
-    "sem_seg_head": "semantic head probabilities, argmax without the AMWC",
+    "sem_seg_head": "semantic head logits, argmax without the AMWC",
 }
 
 
@@ -70,7 +70,7 @@ class PanopticSemSegEvaluator(SemSegEvaluator):
     ``{output_key: {"mIoU", "fwIoU", "IoU-<class>", "mACC", "pACC", ...}}`` in percent: the
     result key names the output that was scored. COPS models output ``"sem_seg"`` (one-hot
     AMWC node labels, what the paper's mIoU measures) and ``"sem_seg_head"`` (the semantic
-    head's probabilities); the evaluator logs which one it scores.
+    head's logits); the evaluator logs which one it scores.
 
     Args:
         dataset_name: a registered panoptic dataset (dicts with ``pan_seg_file_name`` and

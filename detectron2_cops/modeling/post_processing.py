@@ -609,7 +609,7 @@ class AMWCPostProcessor:
         ]
         # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
         # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py), which their mIoU
-        # scores. The semantic head's probabilities stay available as "sem_seg_head".
+        # scores. The semantic head's own logits are "sem_seg_head".
         if device.type == "cpu":
             # Zeroed memory from NumPy (calloc: at these sizes fresh pages that the kernel zeroes
             # on first touch), then one np.equal per class that occurs, inside the class's box
