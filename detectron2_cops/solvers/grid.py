@@ -111,8 +111,8 @@ class GridGraph:
         H, W = self.height, self.width
         self.map_shapes: List[Tuple[int, int, int]] = []
         edges, index, valid_masks = [], [], []
-        # The valid positions of channel 0 are whole map rows, those of channel 1 whole map
-        # columns: (first row, end row, first column, end column) of each distance's map.
+        # (first row, end row, first column, end column) of the valid positions of each
+        # distance's map (channel 0: those rows, all columns; channel 1: all rows, those columns)
         self._bounds: List[Tuple[int, int, int, int]] = []
         offset = 0
         for d, s in zip(self.edge_distances, self.edge_sampling_intervals):
@@ -123,20 +123,19 @@ class GridGraph:
             xs = np.arange(Wd, dtype=np.int64) * s
             yy, xx = np.meshgrid(ys, xs, indexing="ij")
             pos = np.arange(2 * Hd * Wd, dtype=np.int64).reshape(2, Hd, Wd) + offset
+            # Channel 0 (along y) is an edge where both endpoints' rows lie in the grid, channel 1
+            # (along x) where both columns do: whole map rows / columns.
+            row_ok = (ys - lo >= 0) & (ys + hi <= H - 1)
+            col_ok = (xs - lo >= 0) & (xs + hi <= W - 1)
             valid = np.zeros((2, Hd, Wd), dtype=bool)
-            # channel 0: along rows (y)
-            v0 = (yy - lo >= 0) & (yy + hi <= H - 1)
-            valid[0] = v0
-            e0 = np.stack([(yy - lo) * W + xx, (yy + hi) * W + xx], -1)[v0]
-            # channel 1: along columns (x)
-            v1 = (xx - lo >= 0) & (xx + hi <= W - 1)
-            valid[1] = v1
-            e1 = np.stack([yy * W + xx - lo, yy * W + xx + hi], -1)[v1]
+            valid[0] = row_ok[:, None]
+            valid[1] = col_ok[None, :]
+            e0 = np.stack([(yy - lo) * W + xx, (yy + hi) * W + xx], -1)[valid[0]]
+            e1 = np.stack([yy * W + xx - lo, yy * W + xx + hi], -1)[valid[1]]
             edges += [e0, e1]
-            index += [pos[0][v0], pos[1][v1]]
+            index += [pos[0][valid[0]], pos[1][valid[1]]]
             valid_masks.append(valid)
-            rows = np.flatnonzero((ys - lo >= 0) & (ys + hi <= H - 1))
-            cols = np.flatnonzero((xs - lo >= 0) & (xs + hi <= W - 1))
+            rows, cols = np.flatnonzero(row_ok), np.flatnonzero(col_ok)
             r0, r1 = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
             c0, c1 = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
             self._bounds.append((r0, r1, c0, c1))
