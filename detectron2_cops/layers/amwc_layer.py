@@ -130,13 +130,6 @@ def _new_timing() -> Dict[str, float]:
             "backward_solver_s": 0.0, "backward_other_s": 0.0}
 
 
-def _flat_maps(maps: Sequence[Tensor], batch: int) -> Tensor:
-    """Concatenate per-distance maps ``[B, 2, H_d, W_d]`` to ``[B, sum_d 2 H_d W_d]`` (on the CPU)."""
-    if len(maps) == 0:
-        return torch.zeros(batch, 0, dtype=torch.float64)
-    return torch.cat([m.detach().to("cpu").reshape(batch, -1) for m in maps], 1)
-
-
 def _node_costs_f64(semantic_costs: Tensor) -> np.ndarray:
     """``[B, K, H, W]`` -> C-contiguous ``[B, H*W, K] float64`` on the CPU, in one copy."""
     B, K, H, W = semantic_costs.shape
@@ -378,8 +371,7 @@ class AMWCFunction(torch.autograd.Function):
         device, dtype = semantic_costs.device, semantic_costs.dtype
 
         node_costs = _node_costs_f64(semantic_costs)  # [B, N, K]
-        map_index = torch.from_numpy(grid.map_index)
-        edge_cost_values = _flat_maps(edge_costs, B)[:, map_index].to(torch.float64).numpy()  # [B, E]
+        edge_cost_values = grid._to_values([m.detach().to("cpu", torch.float64).numpy() for m in edge_costs], (B,))
         thing_mask = spec.thing_mask
 
         t0 = time.perf_counter()
@@ -481,14 +473,11 @@ class AMWCFunction(torch.autograd.Function):
         # Incoming gradients stay in their dtype (no float64 copy of the [M, H, W] mask gradient).
         dP = None if grad_masks is None else cpu_grad(grad_masks, "the masks").reshape(-1, N).numpy()
         dX = None if grad_one_hot is None else cpu_grad(grad_one_hot, "the node one-hot").reshape(B, K, N).numpy()
-        if all(g is None for g in grad_edge_maps):
-            dY = None
-        else:
-            maps = []
-            for d, (g, shape) in enumerate(zip(grad_edge_maps, grid.map_shapes)):
-                maps.append(torch.zeros((B,) + shape, dtype=torch.float64) if g is None
-                            else cpu_grad(g, f"the edge labels (distance index {d})").to(torch.float64))
-            dY = _flat_maps(maps, B)[:, torch.from_numpy(grid.map_index)].numpy()  # [B, E]
+        dY = None  # [B, E] float64
+        if any(g is not None for g in grad_edge_maps):
+            dY = grid._to_values([np.zeros((B,) + shape) if g is None else
+                                  cpu_grad(g, f"the edge labels (distance index {d})").to(torch.float64).numpy()
+                                  for d, (g, shape) in enumerate(zip(grad_edge_maps, grid.map_shapes))], (B,))
 
         fdt = np.float32 if spec.float32 else np.float64
         ws = _workspace  # the perturbed costs below live until the solver returns

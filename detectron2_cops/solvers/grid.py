@@ -187,12 +187,17 @@ class GridGraph:
         if len(ms) != len(self.map_shapes) or any(m.shape != lead + s for m, s in zip(ms, self.map_shapes)):
             raise ValueError(f"maps must hold one map per edge distance {self.edge_distances}, of shapes "
                              f"{[list(lead + s) for s in self.map_shapes]}, got {[list(m.shape) for m in ms]}")
-        if not ms:
-            return np.zeros(0, dtype=np.float64)
+        return self._to_values(ms, lead)
+
+    def _to_values(self, maps: Sequence[np.ndarray], lead: Tuple[int, ...] = ()) -> np.ndarray:
+        """:meth:`maps_to_edge_values` without its checks: ``maps`` one array ``lead + (2, H_d,
+        W_d)`` per distance (``lead``: ``()`` or ``(B,)``); float64 ``lead + (0,)`` without maps."""
+        if not maps:
+            return np.zeros(lead + (0,), dtype=np.float64)
         # the same order as map_index: per distance, channel 0's valid rows, channel 1's valid
         # columns, each row-major (slices: one copy, no gather)
         parts = []
-        for m, (r0, r1, c0, c1) in zip(ms, self._bounds):
+        for m, (r0, r1, c0, c1) in zip(maps, self._bounds):
             Hd, Wd = m.shape[-2:]
             parts.append(m[..., 0, r0:r1, :].reshape(lead + ((r1 - r0) * Wd,)))  # B = 0 too
             parts.append(m[..., 1, :, c0:c1].reshape(lead + (Hd * (c1 - c0),)))
