@@ -55,6 +55,13 @@ def as_float(value, name: str, minimum: Optional[float] = None, *, positive: boo
     return v
 
 
+def as_choice(value, name: str, choices):
+    """``value`` if it is one of ``choices``; else ValueError naming ``name`` and ``choices`` (shown as given)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def as_int_list(values, name: str, minimum: Optional[int] = None) -> List[int]:
     """``values`` (a list, tuple, array or tensor; not a string) as a list of Python ints, each
     an integer in the sense of :func:`as_int` and ``>= minimum`` where given.

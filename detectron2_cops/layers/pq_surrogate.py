@@ -23,7 +23,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
-from ..checks import as_float, as_int_set
+from ..checks import as_choice, as_float, as_int_set
 from ._checks import check_tensor
 
 __all__ = ["GroundTruthPadding", "PanopticQualitySurrogate", "SurrogateOutput", "match_segments"]
@@ -332,9 +332,7 @@ class PanopticQualitySurrogate(nn.Module):
         self.beta = as_float(beta, "beta", positive=True)
         self.area_temperature = as_float(area_temperature, "area_temperature", positive=True)
         self.ratio_eps = as_float(ratio_eps, "ratio_eps", 0.0)
-        if rule not in _RULES:
-            raise ValueError(f"rule must be one of {list(_RULES)}, got {rule!r}")
-        self.rule = rule
+        self.rule = as_choice(rule, "rule", list(_RULES))
         if not isinstance(match_zero_overlap, (bool, np.bool_)):
             raise ValueError(f"match_zero_overlap must be a bool, got {match_zero_overlap!r}")
         self.match_zero_overlap = bool(match_zero_overlap)

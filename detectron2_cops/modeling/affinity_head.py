@@ -43,7 +43,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.utils.registry import Registry
 
-from ..checks import as_int_list
+from ..checks import as_choice, as_int_list
 from ..solvers.grid import edge_offsets
 from .sem_seg_head import conv3x3_head, deeplab_head_config
 
@@ -196,17 +196,14 @@ class AffinityHead(DeepLabV3PlusHead):
                 "MODEL.AFFINITY_HEAD.EDGE_DISTANCES must be distinct (at least one) and "
                 f"EDGE_SAMPLING_INTERVALS hold one entry per edge distance, got {distances} and {intervals}"
             )
-        if head.LOSS_NORMALIZATION not in _LOSS_NORMALIZATIONS:
-            raise ValueError(
-                f"MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION must be one of {_LOSS_NORMALIZATIONS}, "
-                f"got {head.LOSS_NORMALIZATION!r}"
-            )
+        normalization = as_choice(head.LOSS_NORMALIZATION, "MODEL.AFFINITY_HEAD.LOSS_NORMALIZATION",
+                                  _LOSS_NORMALIZATIONS)
         return dict(
             ret,
             num_sem_seg_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             edge_distances=distances,
             edge_sampling_intervals=intervals,
-            loss_normalization=head.LOSS_NORMALIZATION,
+            loss_normalization=normalization,
         )
 
     # ------------------------------------------------------------------ forward

@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.registry import Registry
 
 from detectron2_cops import _C
-from detectron2_cops.checks import as_float, as_int, as_int_list, as_int_set
+from detectron2_cops.checks import as_choice, as_float, as_int, as_int_list, as_int_set
 from detectron2_cops.data.datasets import get_panoptic_metadata
 from detectron2_cops.solvers import GridGraph, solve_amwc_batch
 from detectron2_cops.solvers.grid import cached_grid_graph
@@ -278,10 +278,7 @@ class AMWCPostProcessor:
             ("logits_resize_mode", logits_resize_mode, LOGITS_RESIZE_MODES),
             ("instance_score_edge_mean", instance_score_edge_mean, INSTANCE_SCORE_EDGE_MEANS),
         ):
-            if value not in choices:
-                raise ValueError(f"{name} (MODEL.COPS.{name.upper()}) must be one of {choices}, got {value!r}")
-        self.area_units, self.resize_mode = area_units, resize_mode
-        self.logits_resize_mode, self.instance_score_edge_mean = logits_resize_mode, instance_score_edge_mean
+            setattr(self, name, as_choice(value, f"{name} (MODEL.COPS.{name.upper()})", choices))
         # (sizes) -> the banded resize matrices of _semantic_sums and their diagonals
         self._band_cache: Dict[tuple, tuple] = {}
 

@@ -21,7 +21,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.deeplab import DeepLabV3PlusHead
 from detectron2.projects.deeplab.loss import DeepLabCE
 
-from ..checks import as_float, as_int
+from ..checks import as_choice, as_float, as_int
 
 __all__ = ["COPSSemSegHead", "deeplab_head_config"]
 
@@ -198,12 +198,11 @@ class COPSSemSegHead(DeepLabV3PlusHead):
                 ``"cross_entropy"``.
         """
         head = cfg.MODEL.SEM_SEG_HEAD
-        if head.LOSS_TYPE not in _LOSS_TYPES:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.LOSS_TYPE must be one of {_LOSS_TYPES}, got {head.LOSS_TYPE!r}")
+        loss_type = as_choice(head.LOSS_TYPE, "MODEL.SEM_SEG_HEAD.LOSS_TYPE", _LOSS_TYPES)
         return dict(
             deeplab_head_config(cfg, input_shape, "SEM_SEG_HEAD"),
             num_classes=as_int(head.NUM_CLASSES, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 1),
-            loss_type=head.LOSS_TYPE,
+            loss_type=loss_type,
             ignore_value=head.IGNORE_VALUE,
             head_depthwise_separable_conv=head.HEAD_USE_DEPTHWISE_SEPARABLE_CONV,
         )
