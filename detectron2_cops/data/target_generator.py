@@ -186,12 +186,9 @@ class COPSTargetGenerator:
         self.ignore_crowd_in_affinities = bool(ignore_crowd_in_affinities)
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_thing_classes={len(self.thing_ids)}, "
-            f"label_divisor={self.label_divisor}, stride={self.stride}, "
-            f"edge_distances={self.edge_distances}, "
-            f"edge_sampling_intervals={self.edge_sampling_intervals})"
-        )
+        fields = ("label_divisor", "stride", "edge_distances", "edge_sampling_intervals")
+        shown = ", ".join(f"{n}={getattr(self, n)}" for n in fields)
+        return f"{type(self).__name__}(num_thing_classes={len(self.thing_ids)}, {shown})"
 
     def _segment_table(self, segments_info: Sequence[dict]):
         """Per-segment arrays (ids, classes, is_thing, is_crowd, panoptic ids), checked."""

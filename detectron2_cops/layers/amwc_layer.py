@@ -690,15 +690,12 @@ class AMWCLayer(nn.Module):
         self.last_timing: Dict[str, float] = _new_timing()
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, thing_classes={list(self.thing_classes)}, "
-            f"edge_distances={list(self.edge_distances)}, "
-            f"edge_sampling_intervals={list(self.edge_sampling_intervals)}, "
-            f"num_samples={self.num_samples}, lambda=[{self.lambda_min}, {self.lambda_max}], "
-            f"local_search={self.local_search}, num_threads={self.num_threads}, "
-            f"min_thing_cluster_size={self.min_thing_cluster_size}, "
-            f"backward_warm_start={self.backward_warm_start}, backward_float32={self.backward_float32}"
-        )
+        lists = ", ".join(f"{n}={list(getattr(self, n))}"
+                          for n in ("thing_classes", "edge_distances", "edge_sampling_intervals"))
+        rest = ", ".join(f"{n}={getattr(self, n)}" for n in (
+            "local_search", "num_threads", "min_thing_cluster_size", "backward_warm_start", "backward_float32"))
+        return (f"num_classes={self.num_classes}, {lists}, num_samples={self.num_samples}, "
+                f"lambda=[{self.lambda_min}, {self.lambda_max}], {rest}")
 
     def grid(self, height: int, width: int) -> GridGraph:
         """The (cached, :func:`~detectron2_cops.solvers.grid.cached_grid_graph`) :class:`GridGraph`

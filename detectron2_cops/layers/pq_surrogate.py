@@ -338,12 +338,10 @@ class PanopticQualitySurrogate(nn.Module):
         self.match_zero_overlap = bool(match_zero_overlap)
 
     def extra_repr(self) -> str:
-        return (
-            f"thing_classes={sorted(self.thing_classes)}, stuff_area={self.stuff_area}, "
-            f"instance_area={self.instance_area}, eps={self.eps}, beta={self.beta}, "
-            f"area_temperature={self.area_temperature}, ratio_eps={self.ratio_eps}, "
-            f"rule={self.rule!r}, match_zero_overlap={self.match_zero_overlap}"
-        )
+        fields = ("stuff_area", "instance_area", "eps", "beta", "area_temperature", "ratio_eps", "rule",
+                  "match_zero_overlap")
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in fields)
+        return f"thing_classes={sorted(self.thing_classes)}, {shown}"
 
     def soft_threshold(self, iou: Tensor) -> Tensor:
         """``h(u) = u^beta / (u^beta + (1 - u)^beta)``: soft step at 0.5 (COPS ``soft_threshold``)."""

@@ -308,11 +308,9 @@ class AMWCPostProcessor:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(num_classes={self.num_classes}, "
-            f"num_thing_classes={len(self.thing_ids)}, edge_distances={self.edge_distances}, "
-            f"stuff_area={self.stuff_area}, instance_area={self.instance_area})"
-        )
+        shown = ", ".join(f"{n}={getattr(self, n)}" for n in ("edge_distances", "stuff_area", "instance_area"))
+        return (f"{type(self).__name__}(num_classes={self.num_classes}, "
+                f"num_thing_classes={len(self.thing_ids)}, {shown})")
 
     def graph(self, height: int, width: int) -> GridGraph:
         """The (cached, :func:`~detectron2_cops.solvers.grid.cached_grid_graph`) :class:`GridGraph`

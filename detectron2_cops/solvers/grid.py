@@ -165,11 +165,8 @@ class GridGraph:
         return [m.copy() for m in self._valid_masks]
 
     def __repr__(self) -> str:
-        return (
-            f"GridGraph(height={self.height}, width={self.width}, "
-            f"edge_distances={self.edge_distances}, "
-            f"edge_sampling_intervals={self.edge_sampling_intervals}, num_edges={self.num_edges})"
-        )
+        fields = ("height", "width", "edge_distances", "edge_sampling_intervals", "num_edges")
+        return f"GridGraph({', '.join(f'{n}={getattr(self, n)}' for n in fields)})"
 
     # ------------------------------------------------------------------ conversions
     def maps_to_edge_values(self, maps: Sequence[np.ndarray]) -> np.ndarray:
