@@ -287,24 +287,16 @@ class AMWCPostProcessor:
         """The keys named in the class docstring and the thing classes of the dataset
         (:func:`cops_dataset_metadata`)."""
         head = cfg.MODEL.AFFINITY_HEAD
+        cops_keys = ("stuff_area", "instance_area", "predict_instances", "predict_sem_seg_head", "local_search",
+                     "num_threads", "min_thing_cluster_size", "solve_padded_grid", "area_units", "resize_mode",
+                     "logits_resize_mode", "instance_score_edge_mean")  # MODEL.COPS.<NAME>
         return dict(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             thing_ids=cops_dataset_metadata(cfg)["thing_ids"],
             edge_distances=list(head.EDGE_DISTANCES),
             edge_sampling_intervals=list(head.EDGE_SAMPLING_INTERVALS),
             common_stride=head.COMMON_STRIDE,
-            stuff_area=cfg.MODEL.COPS.STUFF_AREA,
-            instance_area=cfg.MODEL.COPS.INSTANCE_AREA,
-            predict_instances=cfg.MODEL.COPS.PREDICT_INSTANCES,
-            predict_sem_seg_head=cfg.MODEL.COPS.PREDICT_SEM_SEG_HEAD,
-            local_search=cfg.MODEL.COPS.LOCAL_SEARCH,
-            num_threads=cfg.MODEL.COPS.NUM_THREADS,
-            min_thing_cluster_size=cfg.MODEL.COPS.MIN_THING_CLUSTER_SIZE,
-            solve_padded_grid=cfg.MODEL.COPS.SOLVE_PADDED_GRID,
-            area_units=cfg.MODEL.COPS.AREA_UNITS,
-            resize_mode=cfg.MODEL.COPS.RESIZE_MODE,
-            logits_resize_mode=cfg.MODEL.COPS.LOGITS_RESIZE_MODE,
-            instance_score_edge_mean=cfg.MODEL.COPS.INSTANCE_SCORE_EDGE_MEAN,
+            **{name: getattr(cfg.MODEL.COPS, name.upper()) for name in cops_keys},
         )
 
     def __repr__(self) -> str:
@@ -565,9 +557,7 @@ class AMWCPostProcessor:
                     segment_class.append(c)
                 cluster_segment[k] = stuff_segment[c]
         num_segments = len(segment_class)
-        seg_grid = cluster_segment[instance_ids].reshape(hc, wc) if num_clusters else np.zeros(
-            (hc, wc), dtype=np.int64
-        )
+        seg_grid = cluster_segment[instance_ids].reshape(hc, wc)
 
         # Nearest-neighbour resize: the grid row (column) read by each output row (column), and
         # how many output rows (columns) read each grid row (column).
@@ -643,19 +633,17 @@ class AMWCPostProcessor:
         used_r, used_c = np.flatnonzero(row_count), np.flatnonzero(col_count)
         sampled = seg_grid[np.ix_(used_r, used_c)]
         num = int(seg_grid.max()) + 1
-        in_row = np.zeros((num, len(used_r)), dtype=bool)
-        in_row[sampled, np.arange(len(used_r))[:, None]] = True
-        in_col = np.zeros((num, len(used_c)), dtype=bool)
-        in_col[sampled, np.arange(len(used_c))[None, :]] = True
-        r_first = in_row[segments].argmax(1)
-        r_last = len(used_r) - 1 - in_row[segments][:, ::-1].argmax(1)
-        c_first = in_col[segments].argmax(1)
-        c_last = len(used_c) - 1 - in_col[segments][:, ::-1].argmax(1)
-        # Output rows reading grid row r: [searchsorted(rows, r, left), searchsorted(rows, r, right)).
-        y0 = np.searchsorted(rows, used_r[r_first], side="left")
-        y1 = np.searchsorted(rows, used_r[r_last], side="right")
-        x0 = np.searchsorted(cols, used_c[c_first], side="left")
-        x1 = np.searchsorted(cols, used_c[c_last], side="right")
+        bounds = []  # y0, y1, then x0, x1
+        for axis, used, index in ((0, used_r, rows), (1, used_c, cols)):
+            # present[s, i]: segment s occurs in the i-th used grid row (column)
+            present = np.zeros((num, len(used)), dtype=bool)
+            present[sampled, np.expand_dims(np.arange(len(used)), 1 - axis)] = True
+            first = present[segments].argmax(1)
+            last = len(used) - 1 - present[segments][:, ::-1].argmax(1)
+            # output rows (columns) reading grid row r: [searchsorted(index, r, left), ..(right))
+            bounds += [np.searchsorted(index, used[first], side="left"),
+                       np.searchsorted(index, used[last], side="right")]
+        y0, y1, x0, x1 = bounds
         return np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
 
     def _instances(self, panoptic, segments_info, new_ids, seg_grid, segment_class,
@@ -667,50 +655,38 @@ class AMWCPostProcessor:
         things = [s for s in segments_info if s["isthing"]]
         M = len(things)
         classes = torch.tensor([s["category_id"] for s in things], dtype=torch.int64, device=device)
-        on_cpu = device.type == "cpu"
-        # [M, H, W]; on the CPU zeroed memory from NumPy (calloc: at this size fresh pages that
-        # the kernel zeroes on first touch, so the pixels outside the boxes cost nothing here)
-        shape = (M,) + tuple(size)
-        if on_cpu:
-            masks = torch.from_numpy(np.zeros(shape, dtype=bool))
-        else:
-            masks = torch.zeros(shape, dtype=torch.bool, device=device)
-
         num = len(new_ids)
         segment_of_id = np.zeros(int(new_ids.max()) + 1 if num else 1, dtype=np.int64)
         segment_of_id[new_ids[new_ids > 0]] = np.flatnonzero(new_ids > 0)
         thing_segments = segment_of_id[[s["id"] for s in things]] if things else np.zeros(0, np.int64)
-        rows_np, cols_np = rows.numpy(), cols.numpy()
-        boxes = np.zeros((0, 4), dtype=np.int64)
+        boxes, score = np.zeros((0, 4), dtype=np.int64), np.zeros(M, dtype=np.float64)
         if M:
-            boxes = self._segment_boxes(seg_grid, thing_segments, rows_np, cols_np, row_count, col_count)
-        if on_cpu:
-            masks_np, pan_np = masks.numpy(), panoptic.numpy()
+            boxes = self._segment_boxes(seg_grid, thing_segments, rows.numpy(), cols.numpy(), row_count, col_count)
+            # the mean logit of the segment's class over its output pixels, plus the edge term
+            sums = self._semantic_sums(logits, image_size, size, rows, cols, seg_grid, segment_class, thing_segments)
+            edge = self._edge_scores(seg_grid, num, thing_segments, things, panoptic, cut_maps, logits.shape[-2:])
+            score = sums / np.asarray([s["area"] for s in things], dtype=np.float64) + edge
+
+        shape = (M,) + tuple(size)  # [M, H, W] masks
+        if device.type == "cpu":
+            # zeroed memory from NumPy (calloc: at this size fresh pages that the kernel zeroes on
+            # first touch, so the pixels outside the boxes cost nothing here)
+            masks_np, pan_np = np.zeros(shape, dtype=bool), panoptic.numpy()
             for m, s in enumerate(things):
                 x0, y0, x1, y1 = boxes[m].tolist()
                 np.equal(pan_np[y0:y1, x0:x1], s["id"], out=masks_np[m, y0:y1, x0:x1])
+            masks = torch.from_numpy(masks_np)
         else:
+            masks = torch.zeros(shape, dtype=torch.bool, device=device)
             for m, s in enumerate(things):
                 x0, y0, x1, y1 = boxes[m].tolist()
                 masks[m, y0:y1, x0:x1] = panoptic[y0:y1, x0:x1] == s["id"]
-        # Semantic term: mean logit of the segment's class over its output pixels.
-        sem_score = np.zeros(M, dtype=np.float64)
-        if M:
-            sums = self._semantic_sums(logits, image_size, size, rows, cols, seg_grid, segment_class,
-                                       thing_segments)
-            sem_score = sums / np.asarray([s["area"] for s in things], dtype=np.float64)
-
-        if M:
-            sem_score = sem_score + self._edge_scores(
-                seg_grid, num, thing_segments, things, panoptic, cut_maps, tuple(logits.shape[-2:])
-            )
-        scores = torch.as_tensor(sem_score, dtype=torch.float32, device=device)
 
         instances = Instances(size)
         instances.pred_masks = masks
         instances.pred_classes = classes
         instances.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32, device=device))
-        instances.scores = scores
+        instances.scores = torch.as_tensor(score, dtype=torch.float32, device=device)
         return instances
 
     def _edge_scores(self, seg_grid, num_segments, thing_segments, things, panoptic, cut_maps, grid_size):
