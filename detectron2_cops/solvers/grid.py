@@ -141,14 +141,9 @@ class GridGraph:
             self._bounds.append((r0, r1, c0, c1))
             offset += 2 * Hd * Wd
         self._total_map_size = offset
-        self.edges = (
-            np.concatenate(edges, 0).astype(np.int64, copy=False)
-            if edges
-            else np.zeros((0, 2), dtype=np.int64)
-        )
-        self.map_index = (
-            np.concatenate(index, 0).astype(np.int64, copy=False) if index else np.zeros(0, np.int64)
-        )
+        # (the empty int64 part gives the right shape and dtype when there is no distance)
+        self.edges = np.concatenate(edges + [np.zeros((0, 2), dtype=np.int64)])
+        self.map_index = np.concatenate(index + [np.zeros(0, dtype=np.int64)])
         self._valid_masks = valid_masks
 
     # ------------------------------------------------------------------ properties
