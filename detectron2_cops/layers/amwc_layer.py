@@ -428,9 +428,7 @@ class AMWCFunction(torch.autograd.Function):
         ctx.seg_classes = seg_classes  # per image: class of each segment (predicted, then padded)
         ctx.seg_of_pixel = seg_of_pixels  # per image [N]: segment of each pixel, -1 = no mask
         ctx.offsets = offsets
-        ctx.cost_meta = [(semantic_costs.device, semantic_costs.dtype)] + [
-            (e.device, e.dtype) for e in edge_costs
-        ]
+        ctx.cost_meta = [(c.device, c.dtype) for c in (semantic_costs, *edge_costs)]
 
         outs = (
             masks.to(device),
