@@ -304,15 +304,9 @@ class COPSTargetGenerator:
         grid_crowd = lut(is_crowd, False)[grid_index]
         pixel_weights = (gvalid & ~grid_crowd).astype(np.float32)
 
-        present = np.zeros(n + 1, dtype=bool)
-        present[grid_index.ravel()] = True
-        crowd_ids: List[int] = []
-        mask_ids: List[int] = []
-        for k in np.flatnonzero(present[:n]).tolist():
-            pid = int(pan_ids[k])
-            target = crowd_ids if is_crowd[k] else mask_ids
-            if pid not in target:
-                target.append(pid)
+        on_grid = np.unique(grid_index[gvalid]).tolist()  # segments on the grid, in segments_info order
+        crowd_ids = list(dict.fromkeys(int(pan_ids[k]) for k in on_grid if is_crowd[k]))
+        mask_ids = list(dict.fromkeys(int(pan_ids[k]) for k in on_grid if not is_crowd[k]))
         mask_id_array = np.asarray(mask_ids, dtype=np.int64)
         # Pixels of crowd regions never belong to a ground-truth mask (they matter only if a
         # crowd stuff segment shared its class id with a non-crowd stuff segment).
