@@ -62,6 +62,14 @@ def as_choice(value, name: str, choices):
     return value
 
 
+def unmatched_entry_error(key: str, entry, names) -> ValueError:
+    """The error for an ``entry`` of the config list ``key`` (a parameter-name prefix or pattern)
+    that matches none of the model's parameter ``names``; lists the top-level modules."""
+    top = sorted({n.split(".")[0] for n in names})
+    return ValueError(f"{key} entry {entry!r} matches no parameter of the model "
+                      f"(top-level modules with parameters: {top})")
+
+
 def as_int_list(values, name: str, minimum: Optional[int] = None) -> List[int]:
     """``values`` (a list, tuple, array or tensor; not a string) as a list of Python ints, each
     an integer in the sense of :func:`as_int` and ``>= minimum`` where given.

@@ -25,7 +25,7 @@ from torch import nn
 
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from .checks import as_float
+from .checks import as_float, unmatched_entry_error
 
 __all__ = ["build_param_groups", "build_optimizer", "match_pattern"]
 
@@ -110,11 +110,7 @@ def build_param_groups(
     for k, p in enumerate(patterns):
         matched = [n for n in names if match_pattern(n, p)]
         if not matched:
-            top = sorted({n.split(".")[0] for n in names})
-            raise ValueError(
-                f"SOLVER.LR_GROUP_PATTERNS entry {p!r} matches no parameter of the model "
-                f"(top-level modules with parameters: {top})"
-            )
+            raise unmatched_entry_error("SOLVER.LR_GROUP_PATTERNS", p, names)
         for n in matched:
             if n in owner:
                 raise ValueError(
@@ -147,11 +143,8 @@ def build_param_groups(
             wd = weight_decay_norm if norm else (weight_decay_bias if pname == "bias" else weight_decay)
             if pname == "bias":
                 lr = lr * bias_lr_factor
-            key = (k, lr, wd)
-            if key not in groups:
-                groups[key] = {"params": [], "lr": lr, "weight_decay": wd,
-                               "name": patterns[k] if k >= 0 else "<other>"}
-            groups[key]["params"].append(param)
+            group = {"params": [], "lr": lr, "weight_decay": wd, "name": patterns[k] if k >= 0 else "<other>"}
+            groups.setdefault((k, lr, wd), group)["params"].append(param)
             entry = summary[k] if k >= 0 else other
             entry["num_tensors"] += 1
             entry["num_params"] += param.numel()

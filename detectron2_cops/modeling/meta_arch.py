@@ -31,7 +31,7 @@ from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
-from detectron2_cops.checks import as_float, as_int
+from detectron2_cops.checks import as_float, as_int, unmatched_entry_error
 from detectron2_cops.layers.amwc_layer import AMWCLayer, NonFiniteError
 from detectron2_cops.layers.calibration import CostCalibration, EdgeDropout, PixelDropout
 from detectron2_cops.layers.panoptic_quality import panoptic_quality
@@ -63,11 +63,7 @@ def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> List[str]:
         p = str(prefix).rstrip(".")
         matched = [n for n in params if n == p or n.startswith(p + ".")] if p else []
         if not matched:
-            top = sorted({n.split(".")[0] for n in params})
-            raise ValueError(
-                f"MODEL.COPS.FROZEN_PREFIXES entry {prefix!r} matches no parameter of the model "
-                f"(top-level modules with parameters: {top})"
-            )
+            raise unmatched_entry_error("MODEL.COPS.FROZEN_PREFIXES", prefix, params)
         frozen += matched
     for n in frozen:
         params[n].requires_grad_(False)
@@ -572,8 +568,7 @@ class COPS(nn.Module):
             grid = (min(hc, s.node_labels.shape[0]), min(wc, s.node_labels.shape[1]))
             gt = gt[: grid[0], : grid[1]]
             # re-encode the ground truth with the (possibly larger) divisor of the prediction
-            valid = gt >= 0
-            gt = np.where(valid, (gt // self.label_divisor) * divisor + gt % self.label_divisor, -1)
+            gt = np.where(gt >= 0, (gt // self.label_divisor) * divisor + gt % self.label_divisor, -1)
             crowd = [int(c // self.label_divisor) * divisor + int(c % self.label_divisor) for c in x["crowd_ids"].tolist()]
             preds.append(self._solution_panoptic(s, grid, divisor))
             gts.append(gt)
