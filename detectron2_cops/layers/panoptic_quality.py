@@ -122,14 +122,11 @@ def _image_stats(
     classes = np.unique(np.concatenate([gt_cls[~gt_void], pred_cls[~pred_void]]))
     k = classes.size
     iou_sum = np.zeros(k, dtype=np.float64)
-    tp = np.zeros(k, dtype=np.int64)
-    fp = np.zeros(k, dtype=np.int64)
-    fn = np.zeros(k, dtype=np.int64)
     m_cls = np.searchsorted(classes, gt_cls[cg[match]])
     np.add.at(iou_sum, m_cls, iou[match])
-    np.add.at(tp, m_cls, 1)
-    np.add.at(fp, np.searchsorted(classes, pred_cls[is_fp]), 1)
-    np.add.at(fn, np.searchsorted(classes, gt_cls[is_fn]), 1)
+    tp = np.bincount(m_cls, minlength=k)
+    fp = np.bincount(np.searchsorted(classes, pred_cls[is_fp]), minlength=k)
+    fn = np.bincount(np.searchsorted(classes, gt_cls[is_fn]), minlength=k)
     return classes, iou_sum, tp, fp, fn
 
 
