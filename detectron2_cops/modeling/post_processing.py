@@ -592,9 +592,7 @@ class AMWCPostProcessor:
             {"id": int(new_ids[k]), "category_id": int(classes[k]), "isthing": bool(is_thing[k]), "area": int(areas[k])}
             for k in np.flatnonzero(keep).tolist()
         ]
-        # sem_seg: the AMWC node labels (before the area filter), resized like the segments,
-        # one-hot; the authors' "sem_seg" (their panoptic_seg_affinity.py), which their mIoU
-        # scores. The semantic head's own logits are "sem_seg_head".
+        # sem_seg (class docstring): the one-hot AMWC node labels, resized like the segments.
         if device.type == "cpu":
             # Zeroed memory from NumPy (calloc: at these sizes fresh pages that the kernel zeroes
             # on first touch), then one np.equal per class that occurs, inside the class's box
