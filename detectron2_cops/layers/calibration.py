@@ -115,6 +115,12 @@ class _CostDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
+    def _drop(self, x: Tensor, shape, g: Optional[torch.Generator]) -> Tensor:
+        """``x`` times a keep mask of ``shape`` (broadcast to ``x``; 0 with probability ``p``), drawn
+        on the device of ``g`` (of ``x`` without one) and moved to ``x``'s device and dtype."""
+        keep = torch.rand(shape, generator=g, device=g.device if g is not None else x.device) >= self.p
+        return x * keep.to(device=x.device, dtype=x.dtype)
+
 
 class PixelDropout(_CostDropout):
     """Drop whole pixels of the semantic costs in training (COPS ``DropoutPixels``).
@@ -154,9 +160,7 @@ class PixelDropout(_CostDropout):
         if not self.training or self.p == 0.0:
             return x
         B, _, H, W = x.shape
-        dev = g.device if g is not None else x.device
-        keep = torch.rand((B, 1, H, W), generator=g, device=dev) >= self.p
-        return x * keep.to(device=x.device, dtype=x.dtype)
+        return self._drop(x, (B, 1, H, W), g)
 
 
 class EdgeDropout(_CostDropout):
@@ -198,9 +202,4 @@ class EdgeDropout(_CostDropout):
         g = self._check_generator(generator) if generator is not None else self.generator
         if not self.training or self.p == 0.0:
             return list(edge_costs)
-        out = []
-        for e in edge_costs:
-            dev = g.device if g is not None else e.device
-            keep = torch.rand(e.shape, generator=g, device=dev) >= self.p
-            out.append(e * keep.to(device=e.device, dtype=e.dtype))
-        return out
+        return [self._drop(e, e.shape, g) for e in edge_costs]
