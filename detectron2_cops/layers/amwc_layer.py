@@ -381,8 +381,7 @@ class AMWCFunction(torch.autograd.Function):
 
         labels = np.stack([r.node_labels for r in results]).astype(np.int64)  # [B, N]
         inst = np.stack([r.instance_ids for r in results]).astype(np.int64)  # [B, N]
-        edge_labels = (np.stack([r.edge_labels for r in results]) if grid.num_edges
-                       else np.zeros((B, 0), np.uint8))  # [B, E]
+        edge_labels = np.stack([r.edge_labels for r in results])  # [B, E] uint8 (E = 0 included)
         objectives = np.array([r.objective for r in results], dtype=np.float64)
 
         # Segments (one per stuff class present, one per thing cluster of at least
@@ -392,8 +391,7 @@ class AMWCFunction(torch.autograd.Function):
             seg_of_pixel, classes_b = _segments(labels[b], inst[b], thing_mask, K, spec.min_thing_cluster_size)
             pad_b = np.zeros(0, dtype=np.int64)
             if spec.pad_fn is not None:
-                masks_b = _scatter_masks(torch.zeros(len(classes_b), N, dtype=dtype), seg_of_pixel)
-                masks_b = masks_b.reshape(len(classes_b), H, W)
+                masks_b = _scatter_masks(torch.zeros(len(classes_b), N, dtype=dtype), seg_of_pixel).reshape(-1, H, W)
                 pad_b = _check_pad_classes(spec.pad_fn(b, masks_b, torch.from_numpy(classes_b)), b, K)
             seg_of_pixels.append(seg_of_pixel)
             seg_classes.append(np.concatenate([classes_b, pad_b]))
@@ -413,9 +411,7 @@ class AMWCFunction(torch.autograd.Function):
         mask_classes = torch.from_numpy(np.concatenate(seg_classes).astype(np.int64))
 
         labels_t = torch.from_numpy(labels)
-        one_hot = torch.zeros(B, K, N, dtype=dtype)
-        one_hot.scatter_(1, labels_t[:, None, :], 1)
-        one_hot = one_hot.reshape(B, K, H, W)
+        one_hot = torch.zeros(B, K, N, dtype=dtype).scatter_(1, labels_t[:, None, :], 1).reshape(B, K, H, W)
         edge_maps = [torch.from_numpy(m) for m in grid._to_maps(edge_labels)]
 
         ctx.spec = spec
@@ -430,16 +426,10 @@ class AMWCFunction(torch.autograd.Function):
         ctx.offsets = offsets
         ctx.cost_meta = [(c.device, c.dtype) for c in (semantic_costs, *edge_costs)]
 
-        outs = (
-            masks.to(device),
-            mask_image_index.to(device),
-            mask_classes.to(device),
-            one_hot.to(device),
-            labels_t.reshape(B, H, W).to(device),
-            torch.from_numpy(inst).reshape(B, H, W).to(device),
-            torch.from_numpy(objectives).to(device),
-            mask_is_padding.to(device),
-        ) + tuple(m.to(device=device, dtype=dtype) for m in edge_maps)
+        outs = tuple(t.to(device) for t in (
+            masks, mask_image_index, mask_classes, one_hot, labels_t.reshape(B, H, W),
+            torch.from_numpy(inst).reshape(B, H, W), torch.from_numpy(objectives), mask_is_padding,
+        )) + tuple(m.to(device=device, dtype=dtype) for m in edge_maps)
         ctx.mark_non_differentiable(outs[1], outs[2], outs[4], outs[5], outs[6], outs[7])
         spec.timing["forward_solver_s"] = t_solver
         spec.timing["forward_other_s"] = time.perf_counter() - t_start - t_solver
@@ -521,10 +511,7 @@ class AMWCFunction(torch.autograd.Function):
                 label_class = np.arange(K)
                 base = ctx.node_costs[b].astype(fdt, copy=False)
                 delta = ws.empty(base.shape, fdt)
-                if has_x:
-                    delta[...] = dX_b
-                else:
-                    delta.fill(0)
+                delta[...] = dX_b if has_x else 0
                 part = spec.thing_mask
                 warm = ((ctx.labels[b].astype(np.int32), ctx.instance_ids[b].astype(np.int32))
                         if spec.warm_start else (None, None))
@@ -574,9 +561,7 @@ class AMWCFunction(torch.autograd.Function):
         g_edges = [torch.from_numpy(m) for m in grid._to_maps(grad_edge)]
         if spec.edge_weights is not None:
             g_edges = [g * w.to("cpu", torch.float64) for g, w in zip(g_edges, spec.edge_weights)]
-        meta = ctx.cost_meta
-        out = [g_sem.to(device=meta[0][0], dtype=meta[0][1])]
-        out += [g.to(device=dev, dtype=dt) for g, (dev, dt) in zip(g_edges, meta[1:])]
+        out = [g.to(device=dev, dtype=dt) for g, (dev, dt) in zip([g_sem] + g_edges, ctx.cost_meta)]
         spec.timing["backward_solver_s"] = t_solver
         spec.timing["backward_other_s"] = time.perf_counter() - t_start - t_solver
         return (None, *out)
