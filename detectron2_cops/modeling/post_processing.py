@@ -594,11 +594,9 @@ class AMWCPostProcessor:
         ]
         # sem_seg (class docstring): the one-hot AMWC node labels, resized like the segments.
         if device.type == "cpu":
-            # Zeroed memory from NumPy (calloc: at these sizes fresh pages that the kernel zeroes
-            # on first touch), then one np.equal per class that occurs, inside the class's box
-            # (outside it the plane stays zero; the other classes' planes are never written
-            # here; on the CPU several times faster than zeros + scatter_); viewed as uint8
-            # without a copy.
+            # Zeroed NumPy memory (calloc, as in _instances), then one np.equal per class that
+            # occurs, inside the class's box (the rest of the planes is never written; several
+            # times faster on the CPU than zeros + scatter_); viewed as uint8 without a copy.
             small = np.uint8 if self.num_classes <= 256 else np.int64
             node_grid = node_labels.reshape(hc, wc)
             node_out = _nearest_resize(node_grid.astype(small), row_count, col_count)
@@ -692,19 +690,17 @@ class AMWCPostProcessor:
         ``_C.grid_edge_sums`` over the image's float32 cut-logit maps: those of the solved grid
         ``seg_grid`` (``"edges"``) or of the whole padded grid ``grid_size`` (``"positions"``)."""
         distances, intervals = self.edge_distances, self.edge_sampling_intervals
-        if self.instance_score_edge_mean == "edges":
-            # the mean over all edges (all distances) leaving the segment minus the mean over all
-            # edges inside it, 0 for no edge
+        if self.instance_score_edge_mean == "edges":  # over all distances together
             in_sum, in_cnt, out_sum, out_cnt = (
                 x.sum(0) for x in _C.grid_edge_sums(seg_grid, cut_maps, distances, intervals, num_segments)
             )
-            edge_score = np.where(out_cnt > 0, out_sum / np.maximum(out_cnt, 1), 0.0) - np.where(
-                in_cnt > 0, in_sum / np.maximum(in_cnt, 1), 0.0
-            )
-            return edge_score[thing_segments]
-        # "positions": the output panoptic ids at the centres of the grid cells (the authors'
-        # mask[2::4, 2::4] of the output mask zero-padded to the grid), each distance's cut
-        # logits divided by the number of positions of its map.
+
+            def mean(total, count):  # 0 for no edge
+                return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+            return (mean(out_sum, out_cnt) - mean(in_sum, in_cnt))[thing_segments]
+        # "positions": the output ids at the grid cells' centres (the authors' mask[2::4, 2::4],
+        # zero-padded to the grid), each distance's sums divided by its map's number of positions
         h, w = grid_size
         s = self.common_stride
         sampled = panoptic[s // 2 :: s, s // 2 :: s][:h, :w].cpu().numpy()
