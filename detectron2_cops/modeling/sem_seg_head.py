@@ -170,15 +170,12 @@ class COPSSemSegHead(DeepLabV3PlusHead):
         self.loss_type = loss_type
         self.loss_top_k = float(loss_top_k)
         self.head_depthwise_separable_conv = bool(head_depthwise_separable_conv)
-        if self.head_depthwise_separable_conv:
-            # One 5x5 depthwise-separable conv has the receptive field of two 3x3 convs
-            # (Panoptic-DeepLab). Not the original COPS head: departure, off by default.
+        if self.head_depthwise_separable_conv:  # one 5x5 conv: the receptive field of two 3x3 convs
             self.head = DepthwiseSeparableConv2d(
                 decoder_channels[0], head_channels, kernel_size=5, padding=2,
                 norm1=norm, activation1=F.relu, norm2=norm, activation2=F.relu,
             )
         else:
-            # The original COPS head (PanopticAffinitySemSegHead.head).
             self.head = conv3x3_head(decoder_channels[0], decoder_channels[0], head_channels, norm)
         self.predictor = Conv2d(head_channels, self.num_classes, kernel_size=1)
         nn.init.normal_(self.predictor.weight, 0, 0.001)
