@@ -470,8 +470,7 @@ class PanopticQualitySurrogate(nn.Module):
                 pairs = image.pairs + [(m + k, j) for k, j in enumerate(image.unmatched)]
             g_nonzero = g.flatten(1).gt(0).any(1)  # [G]
             per_image.append((p, inter, union, area_p, area_g, g_nonzero, pred_cls, gt_cls, pairs))
-            all_classes.update(pred_cls)
-            all_classes.update(gt_cls)
+            all_classes.update(pred_cls, gt_cls)
 
         matches = [list(item[-1]) for item in per_image]
         classes = sorted(all_classes)

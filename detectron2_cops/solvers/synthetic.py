@@ -130,13 +130,11 @@ def synthetic_instance(
     cut = seg[grid.edges[:, 0]] != seg[grid.edges[:, 1]]
     edge_fields = [_correlated_noise(rng, shape, noise_smoothing) for shape in grid.map_shapes]
     cut_logits = np.where(cut, edge_margin, -edge_margin) + edge_noise * grid.maps_to_edge_values(edge_fields)
-    partitionable = np.zeros(num_classes, dtype=bool)
-    partitionable[thing_classes] = True
     return SyntheticInstance(
         node_costs=np.ascontiguousarray(-logits, dtype=np.float32),  # [N, K] row-major
         edges=grid.edges,
         edge_costs=(-cut_logits).astype(np.float32),
-        partitionable=partitionable,
+        partitionable=np.arange(num_classes) < num_thing_classes,  # the first num_thing_classes
         grid=grid,
         semantic=sem,
         instance=inst,
