@@ -339,18 +339,14 @@ class COPS(nn.Module):
                 )
             if img.is_floating_point() and not bool(torch.isfinite(img).all()):
                 raise ValueError(f"batched_inputs[{i}]['image'] contains NaN or inf")
-            img = img.to(self.device, self.pixel_mean.dtype)
-            if img.shape[0] == 1 and channels != 1:
-                img = img.expand(channels, -1, -1)
+            img = img.to(self.device, self.pixel_mean.dtype)  # one channel broadcasts to the mean's channels
             images.append((img - self.pixel_mean) / self.pixel_std)
         image_list = ImageList.from_tensors(images, self.size_divisibility)
         if self.min_input_size is not None:
-            h, w = image_list.tensor.shape[-2:]
-            ph, pw = max(self.min_input_size[0] - h, 0), max(self.min_input_size[1] - w, 0)
-            if ph or pw:
-                # Targets are padded to the network's grid with weight 0 in ``losses``; outputs
-                # are cropped to ``image_sizes``.
-                image_list = ImageList(F.pad(image_list.tensor, (0, pw, 0, ph)), image_list.image_sizes)
+            # Targets are padded to the network's grid with weight 0 in ``losses``; outputs are
+            # cropped to ``image_sizes``.
+            size = [max(m, n) for m, n in zip(self.min_input_size, image_list.tensor.shape[-2:])]
+            image_list = ImageList(_pad_or_crop(image_list.tensor, size, 0.0), image_list.image_sizes)
         return image_list
 
     def forward(self, batched_inputs: List[dict]):
