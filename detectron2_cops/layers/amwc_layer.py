@@ -155,8 +155,7 @@ def _segments(labels: np.ndarray, inst: np.ndarray, thing_mask: np.ndarray, K: i
     num_keys = K + (int(inst.max()) + 1 if N else 0)
     sizes = np.bincount(key, minlength=num_keys)
     present = sizes > 0
-    if min_thing_cluster_size > 1:
-        present[K:] &= sizes[K:] >= min_thing_cluster_size
+    present[K:] &= sizes[K:] >= min_thing_cluster_size
     remap = np.cumsum(present) - 1
     remap[~present] = -1
     key_class = np.empty(num_keys, dtype=np.int64)
@@ -652,8 +651,7 @@ class AMWCLayer(nn.Module):
         self.thing_classes = tuple(sorted(as_int_set(thing_classes, "thing_classes", 0)))
         if self.thing_classes and self.thing_classes[-1] >= self.num_classes:
             raise ValueError(f"thing_classes {list(self.thing_classes)} must lie in [0, {self.num_classes}) (num_classes)")
-        self._thing_mask = np.zeros(self.num_classes, dtype=bool)
-        self._thing_mask[list(self.thing_classes)] = True
+        self._thing_mask = np.isin(np.arange(self.num_classes), self.thing_classes)
         # GridGraph checks the distances and intervals.
         probe = GridGraph(0, 0, edge_distances, edge_sampling_intervals)
         self.edge_distances = tuple(probe.edge_distances)

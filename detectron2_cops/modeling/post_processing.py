@@ -248,8 +248,7 @@ class AMWCPostProcessor:
         self.thing_ids = sorted(as_int_set(thing_ids, "thing_ids", 0))
         if self.thing_ids and self.thing_ids[-1] >= self.num_classes:
             raise ValueError(f"thing_ids must lie in [0, num_classes={self.num_classes}), got {self.thing_ids}")
-        self.partitionable = np.zeros(self.num_classes, dtype=bool)
-        self.partitionable[self.thing_ids] = True
+        self.partitionable = np.isin(np.arange(self.num_classes), self.thing_ids)
         self.edge_distances = as_int_list(edge_distances, "edge_distances (MODEL.AFFINITY_HEAD.EDGE_DISTANCES)", 1)
         if edge_sampling_intervals is None:
             edge_sampling_intervals = [1] * len(self.edge_distances)
@@ -545,17 +544,13 @@ class AMWCPostProcessor:
         cluster_thing = self.partitionable[cluster_class]
         cluster_segment = np.empty(num_clusters, dtype=np.int64)
         segment_class: List[int] = []
-        stuff_segment: Dict[int, int] = {}
-        for k in range(num_clusters):  # clusters are numbered in order of their first node
-            c = int(cluster_class[k])
-            if cluster_thing[k]:
-                cluster_segment[k] = len(segment_class)
+        segment_of_key: Dict[int, int] = {}  # thing cluster k: key k; stuff class c: key -1 - c
+        for k, c in enumerate(cluster_class.tolist()):  # clusters are numbered in order of their first node
+            key = k if cluster_thing[k] else -1 - c
+            if key not in segment_of_key:
+                segment_of_key[key] = len(segment_class)
                 segment_class.append(c)
-            else:
-                if c not in stuff_segment:
-                    stuff_segment[c] = len(segment_class)
-                    segment_class.append(c)
-                cluster_segment[k] = stuff_segment[c]
+            cluster_segment[k] = segment_of_key[key]
         num_segments = len(segment_class)
         seg_grid = cluster_segment[instance_ids].reshape(hc, wc)
 
