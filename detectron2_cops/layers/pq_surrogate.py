@@ -121,10 +121,8 @@ def _assign(inter: np.ndarray, union: np.ndarray, pred_cls: Sequence[int], gt_cl
             # Pairs that do not overlap are never matched (and must not compete in the assignment).
             score = np.where(sub_inter > 0, score, 0.0)
         rows, cols = linear_sum_assignment(score, maximize=True)
-        for r, k in zip(rows.tolist(), cols.tolist()):
-            if is_thing and not sub_inter[r, k] > 0:
-                continue
-            pairs.append((int(pi[r]), int(gi[k])))
+        pairs += [(int(pi[r]), int(gi[k])) for r, k in zip(rows.tolist(), cols.tolist())
+                  if not is_thing or sub_inter[r, k] > 0]
     pairs.sort()
     return pairs
 
@@ -509,8 +507,7 @@ class PanopticQualitySurrogate(nn.Module):
         matched_pred = torch.zeros(len(pred_cls), dtype=torch.bool, device=dev)
         matched_gt = torch.zeros(len(gt_cls), dtype=torch.bool, device=dev)
         if pairs:
-            mp = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=dev)
-            mg = torch.tensor([j for _, j in pairs], dtype=torch.long, device=dev)
+            mp, mg = torch.tensor(pairs, dtype=torch.long, device=dev).T  # pred / gt index of each pair
             matched_pred[mp] = True
             matched_gt[mg] = True
             iou = (inter[mp, mg] + self.eps) / (union[mp, mg] + self.eps)
