@@ -208,10 +208,8 @@ class COPSTargetGenerator:
             if not isinstance(crowd, (bool, np.bool_)):
                 crowd = as_int(crowd, f"{where}['iscrowd'] (0 or 1)", minimum=0, maximum=1)
             is_crowd[k] = bool(crowd)
-            if self.class_ids is not None:
-                known = cat in self.class_ids
-            else:
-                known = 0 <= cat < self.label_divisor and cat != self.ignore_label
+            known = (cat in self.class_ids if self.class_ids is not None
+                     else 0 <= cat < self.label_divisor and cat != self.ignore_label)
             if not known:
                 raise ValueError(
                     f"{where} (segment id {ids[k]}) has category_id {cat}, which is not a "

@@ -65,8 +65,7 @@ def cops_dataset_metadata(cfg) -> dict:
             "COPS needs the panoptic metadata (thing classes, label_divisor) of a dataset: "
             "cfg.DATASETS.TRAIN and cfg.DATASETS.TEST are both empty"
         )
-    info = dict(get_panoptic_metadata(names[0]))
-    info["dataset_name"] = names[0]
+    info = dict(get_panoptic_metadata(names[0]), dataset_name=names[0])
     num_classes = as_int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
     top = max(info["class_ids"]) if info["class_ids"] else -1
     if top + 1 != num_classes:
