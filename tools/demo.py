@@ -137,8 +137,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import numpy as np
     import tqdm
-    import importlib
-
     from PIL import Image
 
     from detectron2.data import MetadataCatalog
@@ -146,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
 
-    importlib.import_module("detectron2_cops")  # importing registers the COPS components and datasets
+    import detectron2_cops  # noqa: F401  (importing registers the COPS components and datasets)
 
     try:
         cfg = setup_cfg(args)
