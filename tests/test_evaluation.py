@@ -35,6 +35,7 @@ from detectron2_cops.evaluation import (  # noqa: E402
     PanopticEvaluator,
     PanopticSemSegEvaluator,
     build_cops_evaluator,
+    print_panoptic_results,
     pq_compute,
 )
 from detectron2_cops.evaluation.build import _coco_instances_dataset  # noqa: E402
@@ -187,6 +188,24 @@ def test_perfect_prediction_is_100(sample, tmp_path):
         }
         for s in a["segments_info"]:
             assert s["category_id"] == inv[(s["id"] - 1) // 1000]  # dataset ids, not contiguous
+
+
+def test_print_panoptic_results_logs_percent_table(caplog):
+    res = {
+        "All": {"pq": 0.5, "sq": 0.75, "rq": 0.625, "n": 19},
+        "Things": {"pq": 0.25, "sq": 0.5, "rq": 0.5, "n": 8},
+        "Stuff": {"pq": 0.675, "sq": 0.9, "rq": 0.75, "n": 11},
+    }
+    with caplog.at_level("INFO", logger="detectron2_cops.evaluation.panoptic_evaluation"):
+        print_panoptic_results(res)
+    rows = [r for r in caplog.text.splitlines() if r.startswith("|")]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert cells[0] == ["", "PQ", "SQ", "RQ", "#categories"]
+    assert cells[2:] == [
+        ["All", "50.000", "75.000", "62.500", "19"],
+        ["Things", "25.000", "50.000", "50.000", "8"],
+        ["Stuff", "67.500", "90.000", "75.000", "11"],
+    ]
 
 
 def perturbed_predictions(sample, seed):

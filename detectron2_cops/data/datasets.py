@@ -51,6 +51,7 @@ __all__ = [
     "cityscapes_gt_file",
     "dataset_paths",
     "require_registered",
+    "read_json",
     "get_panoptic_metadata",
     "register_panoptic_instances_view",
     "load_panoptic_as_instances",
@@ -81,7 +82,7 @@ def _describe_root() -> str:
     )
 
 
-def _read_json(path: str, what: str):
+def read_json(path: str, what: str):
     """The json at ``path``; FileNotFoundError (from the open) or ValueError naming it."""
     with PathManager.open(path, "r") as f:
         try:
@@ -123,10 +124,10 @@ def _read_categories(folder: str) -> Tuple[List[dict], str]:
     paths = _folder_paths(folder)
     if PathManager.isfile(paths["categories_json"]):
         source = paths["categories_json"]
-        categories = _read_json(source, "category file")
+        categories = read_json(source, "category file")
     else:
         source = paths["panoptic_json"]
-        categories = _read_json(source, "panoptic annotation file").get("categories")
+        categories = read_json(source, "panoptic annotation file").get("categories")
     if not isinstance(categories, list) or not categories:
         raise ValueError(f"'{source}' must hold a non-empty list of categories")
     for k, cat in enumerate(categories):
@@ -210,7 +211,7 @@ def load_coco_panoptic_folder(
             ``category_id`` (names the annotation); a segment whose ``category_id`` is not a
             category of the dataset (names the image and the id).
     """
-    data = _read_json(json_file, "panoptic annotation file")
+    data = read_json(json_file, "panoptic annotation file")
     thing_map = metadata["thing_dataset_id_to_contiguous_id"]
     stuff_map = metadata["stuff_dataset_id_to_contiguous_id"]
     images = {img["id"]: img for img in data.get("images", [])}

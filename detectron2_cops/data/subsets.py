@@ -33,7 +33,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detectron2_cops.checks import as_int, as_int_list
 
-from .datasets import _read_json, cityscapes_gt_file, dataset_paths, require_registered
+from .datasets import read_json, cityscapes_gt_file, dataset_paths, require_registered
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
 
@@ -181,7 +181,7 @@ def register_panoptic_subset(
             )
     chosen = [records[i] for i in sorted(indices)]
 
-    gt = _read_json(meta.panoptic_json, "panoptic_json")
+    gt = read_json(meta.panoptic_json, "panoptic_json")
     png_names = {os.path.basename(r["pan_seg_file_name"]) for r in chosen}
     annotations = [a for a in gt["annotations"] if a["file_name"] in png_names]
     if len(annotations) != len(png_names):

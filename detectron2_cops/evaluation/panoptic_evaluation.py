@@ -30,21 +30,36 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
+from tabulate import tabulate
 
 from detectron2.evaluation import COCOPanopticEvaluator
-from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from detectron2_cops.data.datasets import _read_json, get_panoptic_metadata
+from detectron2_cops.data.datasets import get_panoptic_metadata, read_json
 from detectron2_cops.data.panoptic_utils import id2rgb, rgb2id
 
 __all__ = ["PanopticEvaluator", "pq_compute", "print_panoptic_results"]
 
 logger = logging.getLogger(__name__)
 
-#: Logs the PQ/SQ/RQ table of :func:`pq_compute`'s result (Detectron2's own table).
-print_panoptic_results = _print_panoptic_results
+def print_panoptic_results(pq_res: Dict[str, Dict[str, float]]) -> None:
+    """Logs the PQ/SQ/RQ table (in percent) of :func:`pq_compute`'s result: rows "All", "Things",
+    "Stuff", each a dict with ``"pq"``, ``"sq"``, ``"rq"`` (fractions) and ``"n"`` (categories),
+    laid out as Detectron2's ``COCOPanopticEvaluator`` logs it."""
+    rows = [
+        [name] + [pq_res[name][k] * 100 for k in ("pq", "sq", "rq")] + [pq_res[name]["n"]]
+        for name in ("All", "Things", "Stuff")
+    ]
+    table = tabulate(
+        rows,
+        headers=["", "PQ", "SQ", "RQ", "#categories"],
+        tablefmt="pipe",
+        floatfmt=".3f",
+        stralign="center",
+        numalign="center",
+    )
+    logger.info("Panoptic Evaluation Results:\n" + table)
 
 
 def _pq_chunk(args):
@@ -172,8 +187,8 @@ def pq_compute(
             whose ``category_id`` is not in ``categories``, a segment id in a PNG missing from
             the json or vice versa.
     """
-    gt_json = _read_json(gt_json_file, "ground-truth json")
-    pred_json = _read_json(pred_json_file, "prediction json")
+    gt_json = read_json(gt_json_file, "ground-truth json")
+    pred_json = read_json(pred_json_file, "prediction json")
     categories = categories or gt_json.get("categories")
     if not categories:
         raise ValueError(f"no categories: '{gt_json_file}' has none and none were given")
@@ -271,7 +286,7 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         self._num_processes = int(num_processes)
         self._gt_png = {
             a["image_id"]: os.path.join(self._metadata.panoptic_root, a["file_name"])
-            for a in _read_json(self._metadata.panoptic_json, "panoptic_json")["annotations"]
+            for a in read_json(self._metadata.panoptic_json, "panoptic_json")["annotations"]
         }
         self.reset()
 
@@ -364,10 +379,10 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         )
         gt_json = PathManager.get_local_path(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        json_data = _read_json(gt_json, "panoptic_json")
+        json_data = read_json(gt_json, "panoptic_json")
         categories = json_data.get("categories")
         if not categories and self._metadata.get("categories_file"):
-            categories = _read_json(self._metadata.categories_file, "category file")
+            categories = read_json(self._metadata.categories_file, "category file")
         annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
         pairs = _pair_up(
             json_data["annotations"],
