@@ -83,7 +83,9 @@ def _describe_root() -> str:
 
 
 def read_json(path: str, what: str):
-    """The json at ``path``; FileNotFoundError (from the open) or ValueError naming it."""
+    """The parsed json at ``path`` (any ``PathManager`` path). Raises FileNotFoundError (from the
+    open), or ValueError naming ``what`` (e.g. ``"panoptic_json"``) and the path if it is not
+    valid json."""
     with PathManager.open(path, "r") as f:
         try:
             return json.load(f)

@@ -33,7 +33,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from detectron2_cops.checks import as_int, as_int_list
 
-from .datasets import read_json, cityscapes_gt_file, dataset_paths, require_registered
+from .datasets import cityscapes_gt_file, dataset_paths, read_json, require_registered
 
 __all__ = ["register_panoptic_subset", "evenly_spaced"]
 

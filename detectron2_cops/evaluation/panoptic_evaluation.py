@@ -43,6 +43,7 @@ __all__ = ["PanopticEvaluator", "pq_compute", "print_panoptic_results"]
 
 logger = logging.getLogger(__name__)
 
+
 def print_panoptic_results(pq_res: Dict[str, Dict[str, float]]) -> None:
     """Logs the PQ/SQ/RQ table (in percent) of :func:`pq_compute`'s result: rows "All", "Things",
     "Stuff", each a dict with ``"pq"``, ``"sq"``, ``"rq"`` (fractions) and ``"n"`` (categories),
